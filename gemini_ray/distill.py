@@ -1,0 +1,180 @@
+"""`gemini-ray distill`: setup → fit → export, on Ray Data + Ray Train.
+
+    gemini-ray distill                                  # the embedded demo (real teacher, real corpus)
+    gemini-ray distill --config my.yaml loss.lambda_kd=0.7 train.max_steps=200
+
+Running the same command again with the same run.name and run.storage_path resumes from the latest
+checkpoint. Outputs: <storage_path>/<name>/student (a plain HF directory) and <...>/summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from gemini_ray.config import Config, config_to_dict
+from gemini_ray.errors import GeminiRayError
+
+__all__ = ["distill", "signal_bytes_per_token", "run_dir"]
+
+
+def signal_bytes_per_token(top_k: int, hidden_size: int, span_length: int) -> float:
+    """Bytes of teacher signal per token: top-k ids (int32) + logits (float32) + top-k mass (float32),
+    plus each span's pooled embedding (float32) spread over its tokens."""
+    return top_k * (4 + 4) + 4 + hidden_size * 4 / span_length
+
+
+def run_dir(cfg: Config) -> str:
+    """<storage_path>/<name>, absolute for local paths (Ray Train needs that)."""
+    storage = cfg.run.storage_path
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    return f"{storage.rstrip('/')}/{cfg.run.name}"
+
+
+def _init_ray(cfg: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+    ray.init(address=address, log_to_driver=True, include_dashboard=False if address is None else None)
+
+
+def _configure_data_context(cfg: Config) -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the trainer prints its own progress lines
+    ctx.print_on_execution_start = False
+
+
+def distill(cfg: Config) -> dict[str, Any]:
+    """Run the whole distillation; returns the summary (also written to summary.json)."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from gemini_ray.checkpoint import atomic_write_text, export_student
+    from gemini_ray.models import build_student, count_parameters, load_student, load_teacher, load_tokenizer, resolve_teacher
+    from gemini_ray.pipeline import build_examples, label_and_mine
+    from gemini_ray.train_worker import train_loop_per_worker
+
+    times: dict[str, float] = {}
+    t_start = time.perf_counter()
+    out_dir = run_dir(cfg)
+    local_out = "://" not in out_dir
+    if local_out:
+        try:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GeminiRayError(f"cannot write to run.storage_path '{cfg.run.storage_path}': {exc.strerror}. "
+                                 "Choose a writable directory.") from None
+        if not os.access(out_dir, os.W_OK):
+            raise GeminiRayError(f"run.storage_path '{cfg.run.storage_path}' is not writable. Choose another.")
+
+    # --- setup: teacher, student, examples --------------------------------------------------------
+    t0 = time.perf_counter()
+    teacher_source = resolve_teacher(cfg.teacher)
+    tokenizer = load_tokenizer(teacher_source, cfg.teacher.trust_remote_code)
+    teacher, kind = load_teacher(teacher_source, cfg.teacher.kind, cfg.teacher.trust_remote_code)
+    vocab = teacher.config.vocab_size
+    if cfg.teacher.top_k > vocab:
+        raise GeminiRayError(f"teacher.top_k={cfg.teacher.top_k} exceeds the teacher's vocabulary ({vocab} tokens). "
+                             f"Choose teacher.top_k <= {vocab}; 16-64 keeps the signal small.")
+    if cfg.student.from_pretrained:
+        student = load_student(cfg.student.from_pretrained, kind, teacher, tokenizer)
+    else:
+        student = build_student(teacher, kind, cfg.student, seed=cfg.train.seed)
+    teacher_params, student_params = count_parameters(teacher), count_parameters(student)
+    hidden = teacher.config.hidden_size
+    del teacher
+    times["teacher_setup_s"] = time.perf_counter() - t0
+    print(f"[gemini-ray] teacher {teacher_source} ({kind}, {teacher_params / 1e6:.1f} M params); "
+          f"student {student_params / 1e6:.1f} M params ({student_params / teacher_params:.0%} of the teacher)")
+
+    _init_ray(cfg)
+    _configure_data_context(cfg)
+    t0 = time.perf_counter()
+    examples, stats = build_examples(cfg, teacher_source, kind)
+    times["tokenize_s"] = time.perf_counter() - t0
+    print(f"[gemini-ray] corpus: {stats.documents} documents -> {stats.examples} examples "
+          f"(skipped: {stats.skipped_too_short} too short, {stats.skipped_empty} empty, "
+          f"{stats.skipped_non_utf8} not UTF-8, {stats.duplicate_documents} duplicates)")
+
+    rows_per_step = cfg.train.batch_size * cfg.train.num_workers
+    steps_per_epoch = stats.examples // rows_per_step
+    if steps_per_epoch == 0:
+        raise GeminiRayError(
+            f"the corpus gives {stats.examples} examples, fewer than one step needs "
+            f"(train.batch_size={cfg.train.batch_size} x train.num_workers={cfg.train.num_workers}). "
+            "Lower train.batch_size or add documents."
+        )
+    epochs = math.ceil(cfg.train.max_steps / steps_per_epoch)
+    if epochs == 1:  # the teacher labels only the rows the run will use
+        examples = examples.limit(cfg.train.max_steps * rows_per_step)
+    else:
+        print(f"[gemini-ray] note: {cfg.train.max_steps} steps need {epochs} passes over the data; the online "
+              "teacher runs once per pass.")
+    stream = label_and_mine(cfg, examples)
+
+    # --- fit ----------------------------------------------------------------------------------------
+    import ray.train.torch  # noqa: F401  (registers the torch backend)
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": config_to_dict(cfg), "hf_config": student.config.to_dict(), "kind": kind,
+                           "init_weights": ray.put(student.state_dict())},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=out_dir.rsplit("/", 1)[0],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": stream},
+    )
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    times["label_and_train_s"] = time.perf_counter() - t0
+    if result.checkpoint is None:
+        raise GeminiRayError("training finished without a checkpoint; see the worker log above.")
+
+    # --- export -------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    student_dir = cfg.run.output_dir or f"{out_dir}/student"
+    with result.checkpoint.as_directory() as ckpt:
+        export_student(ckpt, student_dir, teacher_source)
+        state = json.loads((Path(ckpt) / "state.json").read_text(encoding="utf-8"))
+    times["export_s"] = time.perf_counter() - t0
+    times["total_s"] = time.perf_counter() - t_start
+
+    history = state["history"]
+    summary = {
+        "config": config_to_dict(cfg),
+        "teacher": {"source": teacher_source, "kind": kind, "parameters": teacher_params, "vocab_size": vocab},
+        "student": {"path": str(student_dir), "parameters": student_params,
+                    "parameter_ratio": student_params / teacher_params},
+        "corpus": stats.as_dict(),
+        "training": {"steps": state["step"], "epochs_started": state["epoch"] + 1,
+                     "resumed_from_steps": state["resumed_from_steps"], **state["totals"],
+                     "first": history[0] if history else None, "last": history[-1] if history else None,
+                     "history": history},
+        "teacher_signal_bytes_per_token": signal_bytes_per_token(cfg.teacher.top_k, hidden, cfg.data.span_length),
+        "full_distribution_bytes_per_token": vocab * 4,
+        "wall_time_s": times,
+    }
+    summary_path = f"{out_dir}/summary.json"
+    if local_out:
+        atomic_write_text(summary_path, json.dumps(summary, indent=1))
+    first, last = summary["training"]["first"], summary["training"]["last"]
+    if first and last:
+        print(f"[gemini-ray] KD loss {first['loss/kd']:.3f} -> {last['loss/kd']:.3f}, "
+              f"CL loss {first['loss/cl']:.3f} -> {last['loss/cl']:.3f} over {state['step']} steps")
+    print(f"[gemini-ray] student: {student_dir}")
+    print(f"[gemini-ray] summary: {summary_path}")
+    return summary

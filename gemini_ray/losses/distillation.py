@@ -1,0 +1,79 @@
+"""Distillation on the teacher's top-k soft labels (L_KD).
+
+Paper form (default), temperature on the teacher only:
+
+    y^T_i = softmax(z^T_i / T)  restricted to the teacher's top-k ids and renormalised there
+    L_KD  = − Σ_i Σ_{j ∈ topk_i} y^T_ij · log softmax(z^S_i)_j          (mean over valid positions)
+
+Hinton form: the student is softened too, and the loss is scaled by T² so gradients keep their size:
+
+    L_KD  = T² · ( − Σ_i Σ_j y^T_ij · log softmax(z^S_i / T)_j )
+
+Tail handling: only the teacher's top-k logits are stored, so y^T is renormalised over those k ids
+(exact inside the top-k for any T, because softmax is shift-invariant; the tail mass is dropped).
+The student's log-probabilities are always normalised over the *full* vocabulary. With k = vocabulary
+size both forms equal their dense references exactly (tests check it).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["topk_kd_loss", "dense_kd_loss"]
+
+
+def topk_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_topk_ids: torch.Tensor,
+    teacher_topk_logits: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    form: Literal["paper", "hinton"] = "paper",
+) -> torch.Tensor:
+    """Sparse soft-label cross-entropy from the teacher's top-k logits.
+
+    Args:
+        student_logits: (B, L, V) raw student logits.
+        teacher_topk_ids: (B, L, k) int64 vocabulary ids of the teacher's top-k logits.
+        teacher_topk_logits: (B, L, k) teacher logits at those ids, *before* temperature.
+        mask: (B, L) bool/0-1, positions that carry a soft label (padding and, for masked LMs,
+            unmasked positions are 0).
+        temperature: KD temperature T > 0.
+        form: 'paper' (teacher softened only) or 'hinton' (both softened, × T²).
+
+    Returns:
+        Scalar: mean over valid positions; exactly 0 (not NaN) when no position is valid.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    mask = mask.to(student_logits.dtype)  # (B, L)
+    t_probs = torch.softmax(teacher_topk_logits.float() / temperature, dim=-1)  # (B, L, k)
+    s_scaled = student_logits.float() / temperature if form == "hinton" else student_logits.float()
+    s_logp = torch.log_softmax(s_scaled, dim=-1)  # (B, L, V)
+    s_logp_k = torch.gather(s_logp, -1, teacher_topk_ids.long())  # (B, L, k)
+    per_pos = -(t_probs * s_logp_k).sum(-1)  # (B, L)
+    loss = (per_pos * mask).sum() / mask.sum().clamp(min=1.0)
+    return loss * temperature**2 if form == "hinton" else loss
+
+
+def dense_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    form: Literal["paper", "hinton"] = "paper",
+) -> torch.Tensor:
+    """Dense reference of `topk_kd_loss` over the full vocabulary (used by tests and evaluation).
+
+    Args:
+        student_logits: (B, L, V); teacher_logits: (B, L, V); mask: (B, L).
+    """
+    mask = mask.to(student_logits.dtype)
+    t_probs = F.softmax(teacher_logits.float() / temperature, dim=-1)  # (B, L, V)
+    s_scaled = student_logits.float() / temperature if form == "hinton" else student_logits.float()
+    per_pos = -(t_probs * F.log_softmax(s_scaled, dim=-1)).sum(-1)  # (B, L)
+    loss = (per_pos * mask).sum() / mask.sum().clamp(min=1.0)
+    return loss * temperature**2 if form == "hinton" else loss

