@@ -143,8 +143,8 @@ class MiningConfig:
 class LossConfig:
     lambda_kd: float = 0.5
     """λ: weight of the distillation loss; (1 − λ) weights the contrastive loss."""
-    kd_temperature: float = 2.0
-    """T: softens the teacher's distribution (and the student's too in the Hinton form)."""
+    kd_temperature: float = 1.0
+    """T: softens the teacher's distribution (the student's too in the Hinton form). T = 1: match the teacher."""
     kd_form: Literal["paper", "hinton"] = "paper"
     """'paper': −Σ softmax(z_T/T)·log softmax(z_S). 'hinton': both softened by T, loss × T²."""
     cl_temperature: float = 0.05

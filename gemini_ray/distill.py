@@ -42,7 +42,7 @@ def _init_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, log_to_driver=True, include_dashboard=False if address is None else None)
+    ray.init(address=address, log_to_driver=True)  # a local head binds to 127.0.0.1, token auth on
 
 
 def _configure_data_context(cfg: Config) -> None:

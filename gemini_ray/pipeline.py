@@ -131,7 +131,7 @@ def build_examples(cfg: Config, tokenizer_source: str, kind: str) -> tuple[ray.d
             f"(negatives come from other documents), but the corpus gives {stats.documents_used}. "
             "Lower loss.num_negatives or add documents."
         )
-    examples = pairs.filter(lambda r: r["status"] == STATUS_OK).drop_columns(["status"]).materialize()
+    examples = pairs.filter(expr=f"status == '{STATUS_OK}'").drop_columns(["status"]).materialize()
     return examples, stats
 
 

@@ -8,6 +8,8 @@ The data stream is not part of a checkpoint: a resumed run re-reads the stream f
 
 from __future__ import annotations
 
+import logging
+import sys
 import tempfile
 import time
 from typing import Any
@@ -51,6 +53,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     resume_from = ray.train.get_checkpoint()
     # -------------------------------------------------------------------------------------------
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report is ours, not Ray's
     cfg = config_from_dict(loop_config["cfg"])
     tc = cfg.train
     if not tc.use_gpu:
@@ -67,7 +70,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state = load_checkpoint(d, model, optimizer)
         state["resumed_from_steps"].append(state["step"])
         if rank == 0:
-            print(f"[gemini-ray] resuming from checkpoint at step {state['step']}")
+            print(f"[gemini-ray] resuming from checkpoint at step {state['step']}", file=sys.__stdout__, flush=True)
     else:
         model.load_state_dict(ray.get(loop_config["init_weights"]))
     student = ray.train.torch.prepare_model(DistillStudent(model))  # DDP when world > 1
@@ -133,7 +136,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     print(f"[gemini-ray] step {step:>5}/{tc.max_steps} | loss {means['loss/total']:.4f} "
                           f"| kd {means['loss/kd']:.4f} | cl {means['loss/cl']:.4f} "
                           f"| {metrics['examples_per_s']:.2f} ex/s | data wait {metrics['data_wait_fraction']:.0%}",
-                          flush=True)
+                          file=sys.__stdout__, flush=True)  # __stdout__: Train V2 would print it twice
                 window = {"loss/total": 0.0, "loss/kd": 0.0, "loss/cl": 0.0, "n": 0}
                 mass_sum, mass_n = 0.0, 0.0
                 t_window, wait_time, step_time = time.perf_counter(), 0.0, 0.0

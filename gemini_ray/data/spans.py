@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SpanPairer", "text_hash", "span_hash", "STATUS_OK"]
+__all__ = ["SpanPairer", "text_hash", "span_hash", "special_wrap", "STATUS_OK"]
 
 STATUS_OK = "ok"
 
@@ -35,6 +35,16 @@ def text_hash(text: str) -> int:
 def span_hash(ids: np.ndarray) -> int:
     """Stable hash of a span's token ids (padding excluded by the caller)."""
     return int.from_bytes(hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=8).digest(), "little") >> 1
+
+
+def special_wrap(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens a tokenizer puts before and after one sequence (BERT: [CLS] ... [SEP])."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return list(full[:i]), list(full[i + len(plain) :])
+    return [], []
 
 
 class SpanPairer:
@@ -61,10 +71,12 @@ class SpanPairer:
         if kind == "masked":
             if self.tok.mask_token_id is None:
                 raise ValueError("a masked-LM teacher needs a tokenizer with a mask token")
-            self.n_special = self.tok.num_special_tokens_to_add(pair=False)
+            self.prefix, self.suffix = special_wrap(self.tok)
         else:
-            self.n_special = 0
-        self.body_length = span_length - self.n_special
+            self.prefix, self.suffix = [], []
+        self.body_length = span_length - len(self.prefix) - len(self.suffix)
+        if self.body_length < 2:
+            raise ValueError(f"span_length={span_length} leaves no room for text after the special tokens")
 
     def _spans(self, ids: list[int]) -> list[list[int]]:
         n = self.body_length
@@ -72,7 +84,7 @@ class SpanPairer:
         if chunks and len(chunks[-1]) < max(2, n // 2):
             chunks.pop()
         if self.kind == "masked":
-            chunks = [self.tok.build_inputs_with_special_tokens(c) for c in chunks]
+            chunks = [self.prefix + c + self.suffix for c in chunks]
         return chunks
 
     def _row(self, chunk: list[int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny teachers (no downloads), a small real corpus, and one Ray instance per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import save, tiny_bert, tiny_llama, word_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def lee_texts() -> list[str]:
+    """The first 40 real news articles of gensim's Lee background corpus."""
+    from gemini_ray.data.corpus import gensim_test_data
+
+    lines = (gensim_test_data() / "lee_background.cor").read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line.strip()][:40]
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory, lee_texts) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text("".join(json.dumps({"body": t}) + "\n" for t in lee_texts), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory, lee_texts) -> Path:
+    tok = word_tokenizer(lee_texts, masked=False)
+    return save(tiny_llama(tok), tok, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory, lee_texts) -> Path:
+    tok = word_tokenizer(lee_texts, masked=True)
+    return save(tiny_bert(tok), tok, tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def ray_start_2_cpus():
+    """The one Ray instance of the test session (Ray is slow to start on 2 cores)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield
+    ray.shutdown()

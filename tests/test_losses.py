@@ -1,0 +1,154 @@
+"""Losses against dense references and hand computations; properties of the temperatures."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gemini_ray.losses import combine, dense_kd_loss, info_nce_loss, topk_kd_loss
+
+B, L, V = 3, 5, 11
+
+
+@pytest.fixture
+def logits():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(B, L, V, generator=g) * 3, torch.randn(B, L, V, generator=g) * 3
+
+
+@pytest.mark.parametrize("form", ["paper", "hinton"])
+@pytest.mark.parametrize("T", [0.5, 1.0, 2.0, 4.0])
+def test_topk_with_k_equal_vocab_equals_dense(logits, form, T):
+    s, t = logits
+    mask = torch.ones(B, L)
+    vals, ids = torch.topk(t, V, dim=-1)
+    sparse = topk_kd_loss(s, ids, vals, mask, T, form)
+    assert torch.allclose(sparse, dense_kd_loss(s, t, mask, T, form), atol=1e-5)
+
+
+def test_paper_form_matches_formula_by_hand(logits):
+    s, t = logits
+    T = 2.0
+    expected = 0.0
+    for b in range(B):
+        for i in range(L):
+            y_t = F.softmax(t[b, i] / T, -1)
+            expected += -(y_t * F.log_softmax(s[b, i], -1)).sum()
+    vals, ids = torch.topk(t, V, dim=-1)
+    got = topk_kd_loss(s, ids, vals, torch.ones(B, L), T, "paper")
+    assert torch.allclose(got, expected / (B * L), atol=1e-5)
+
+
+def test_hinton_form_scales_by_t_squared(logits):
+    s, t = logits
+    vals, ids = torch.topk(t, V, dim=-1)
+    T = 3.0
+    got = topk_kd_loss(s, ids, vals, torch.ones(B, L), T, "hinton")
+    ref = -(F.softmax(t / T, -1) * F.log_softmax(s / T, -1)).sum(-1).mean() * T**2
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["paper", "hinton"])
+def test_identical_teacher_and_student_is_the_minimum(logits, form):
+    """At T = 1 (paper) or any T (hinton), the student equal to the teacher minimises the cross-entropy."""
+    _, t = logits
+    T = 1.0 if form == "paper" else 2.0
+    vals, ids = torch.topk(t, V, dim=-1)
+    mask = torch.ones(B, L)
+    at_teacher = topk_kd_loss(t, ids, vals, mask, T, form)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        perturbed = t + 0.3 * torch.randn(t.shape, generator=g)
+        assert topk_kd_loss(perturbed, ids, vals, mask, T, form) > at_teacher
+    # and the gradient vanishes there
+    s = t.clone().requires_grad_(True)
+    topk_kd_loss(s, ids, vals, mask, T, form).backward()
+    assert s.grad.abs().max() < 1e-6
+
+
+def test_gradients_reach_only_the_student(logits):
+    s, t = logits
+    s = s.clone().requires_grad_(True)
+    vals, ids = torch.topk(t, 4, dim=-1)
+    vals = vals.clone().requires_grad_(True)  # even if a caller forgot to detach, only s is optimised
+    loss = topk_kd_loss(s, ids, vals.detach(), torch.ones(B, L), 2.0)
+    loss.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert vals.grad is None
+
+
+def test_masked_positions_contribute_nothing(logits):
+    s, t = logits
+    vals, ids = torch.topk(t, 4, dim=-1)
+    mask = torch.zeros(B, L)
+    mask[:, :2] = 1
+    base = topk_kd_loss(s, ids, vals, mask, 1.0)
+    s2 = s.clone()
+    s2[:, 2:] = torch.randn(B, L - 2, V) * 10  # change only masked positions
+    assert torch.allclose(base, topk_kd_loss(s2, ids, vals, mask, 1.0))
+
+
+def test_all_masked_gives_zero_not_nan(logits):
+    s, t = logits
+    s = s.clone().requires_grad_(True)
+    vals, ids = torch.topk(t, 4, dim=-1)
+    loss = topk_kd_loss(s, ids, vals, torch.zeros(B, L), 1.0)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(s.grad).all()
+
+
+def test_kd_temperature_flattens_the_teacher(logits):
+    """Higher T spreads the teacher's mass: the target's entropy grows with T."""
+    _, t = logits
+    ent = [-(F.softmax(t / T, -1) * F.log_softmax(t / T, -1)).sum(-1).mean() for T in (0.5, 1, 2, 4)]
+    assert all(a < b for a, b in zip(ent, ent[1:]))
+    # in the paper form, a uniform student's loss is log V whatever T is
+    vals, ids = torch.topk(t, V, dim=-1)
+    for T in (0.5, 2.0):
+        assert math.isclose(topk_kd_loss(torch.zeros(B, L, V), ids, vals, torch.ones(B, L), T).item(), math.log(V),
+                            rel_tol=1e-5)
+
+
+def test_info_nce_matches_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    a, p, n = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(4, 3, 8, generator=g)
+    tau = 0.1
+    expected = 0.0
+    for b in range(4):
+        sp = F.cosine_similarity(a[b], p[b], dim=0) / tau
+        sn = torch.stack([F.cosine_similarity(a[b], n[b, k], dim=0) for k in range(3)]) / tau
+        expected += -(sp - torch.logsumexp(torch.cat([sp[None], sn]), 0))
+    assert torch.allclose(info_nce_loss(a, p, n, tau), expected / 4, atol=1e-5)
+
+
+def test_info_nce_temperature():
+    """Positive more similar than every negative: a smaller τ gives a smaller loss, and the loss tends to 0."""
+    a = torch.tensor([[1.0, 0.0]])
+    p = torch.tensor([[0.9, 0.1]])
+    n = torch.tensor([[[0.0, 1.0], [-1.0, 0.2]]])
+    losses = [info_nce_loss(a, p, n, tau).item() for tau in (1.0, 0.5, 0.1, 0.01)]
+    assert all(x > y for x, y in zip(losses, losses[1:])) and losses[-1] < 1e-6
+    with pytest.raises(ValueError):
+        info_nce_loss(a, p, n, 0.0)
+
+
+def test_info_nce_negative_mask_drops_slots():
+    g = torch.Generator().manual_seed(0)
+    a, p, n = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g), torch.randn(2, 3, 8, generator=g)
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    assert torch.allclose(info_nce_loss(a, p, n, 0.1, mask), info_nce_loss(a, p, n[:, :2], 0.1))
+    # every negative masked: only the positive is left, loss 0 and finite gradients
+    a = a.clone().requires_grad_(True)
+    loss = info_nce_loss(a, p, n, 0.1, torch.zeros(2, 3, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(a.grad).all()
+
+
+def test_combine_weights_the_parts():
+    kd, cl = torch.tensor(2.0), torch.tensor(4.0)
+    parts = combine(kd, cl, 0.25)
+    assert parts.total.item() == pytest.approx(0.25 * 2 + 0.75 * 4)
+    assert set(parts.as_floats()) == {"loss/total", "loss/kd", "loss/cl"}
+    assert combine(kd, cl, 1.0).total.item() == 2.0 and combine(kd, cl, 0.0).total.item() == 4.0

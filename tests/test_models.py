@@ -1,0 +1,94 @@
+"""Teacher resolution and loading, student derivation, layer-subset initialisation (tiny models only)."""
+
+import pytest
+import torch
+
+from gemini_ray.config import StudentConfig, TeacherConfig
+from gemini_ray.errors import GeminiRayError
+from gemini_ray.models import (
+    DistillStudent, build_student, count_parameters, load_student, load_teacher, load_tokenizer, mean_pool,
+    resolve_teacher, student_layer_ids,
+)
+
+
+def test_layer_ids_are_evenly_spaced_with_first_and_last():
+    assert student_layer_ids(30, 6) == [0, 6, 12, 17, 23, 29]
+    assert student_layer_ids(4, 2) == [0, 3]
+    assert student_layer_ids(4, 4) == [0, 1, 2, 3]
+    with pytest.raises(GeminiRayError, match="exceeds"):
+        student_layer_ids(4, 5)
+
+
+@pytest.mark.parametrize("fixture, kind", [("llama_dir", "causal"), ("bert_dir", "masked")])
+def test_teacher_kind_is_detected(request, fixture, kind):
+    path = str(request.getfixturevalue(fixture))
+    assert resolve_teacher(TeacherConfig(model=path)) == str(path)
+    model, got = load_teacher(path)
+    assert got == kind and not model.training
+
+
+@pytest.mark.parametrize("fixture", ["llama_dir", "bert_dir"])
+def test_layer_subset_init_copies_teacher_weights(request, fixture):
+    teacher, kind = load_teacher(str(request.getfixturevalue(fixture)))
+    student = build_student(teacher, kind, StudentConfig(num_layers=2))
+    assert student.config.num_hidden_layers == 2
+    assert count_parameters(student) < count_parameters(teacher)
+    t_state, s_state = teacher.state_dict(), student.state_dict()
+    layers = "model.layers" if kind == "causal" else "bert.encoder.layer"
+    for s_idx, t_idx in enumerate(student_layer_ids(4, 2)):
+        for name, value in s_state.items():
+            if name.startswith(f"{layers}.{s_idx}."):
+                rest = name[len(f"{layers}.{s_idx}."):]
+                assert torch.equal(value, t_state[f"{layers}.{t_idx}.{rest}"]), name
+    emb = "model.embed_tokens.weight" if kind == "causal" else "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(s_state[emb], t_state[emb])
+
+
+def test_random_init_and_narrower_student(llama_dir):
+    teacher, kind = load_teacher(str(llama_dir))
+    student = build_student(teacher, kind, StudentConfig(num_layers=2, hidden_size=16, init="random"))
+    assert student.config.hidden_size == 16 and student.config.vocab_size == teacher.config.vocab_size
+    with pytest.raises(GeminiRayError, match="student.init=random"):
+        build_student(teacher, kind, StudentConfig(num_layers=2, hidden_size=16))
+    with pytest.raises(GeminiRayError, match="multiple"):
+        build_student(teacher, kind, StudentConfig(num_layers=2, hidden_size=18, init="random"))
+
+
+def test_student_with_another_vocabulary_is_refused(tmp_path, llama_dir, lee_texts):
+    from tiny import save, tiny_llama, word_tokenizer
+
+    other_tok = word_tokenizer(lee_texts[:5], masked=False, vocab_size=120)
+    other = save(tiny_llama(other_tok), other_tok, tmp_path / "other")
+    teacher, kind = load_teacher(str(llama_dir))
+    with pytest.raises(GeminiRayError, match="different vocabulary"):
+        load_student(str(other), kind, teacher, load_tokenizer(str(llama_dir)))
+
+
+def test_bad_teacher_paths(tmp_path):
+    with pytest.raises(GeminiRayError, match="does not exist"):
+        resolve_teacher(TeacherConfig(model=str(tmp_path / "missing")))
+    (tmp_path / "notamodel").mkdir()
+    with pytest.raises(GeminiRayError, match="not a Hugging Face model directory"):
+        resolve_teacher(TeacherConfig(model=str(tmp_path / "notamodel")))
+    with pytest.raises(GeminiRayError, match="does not exist"):
+        resolve_teacher(TeacherConfig(model=str(tmp_path / "x.gguf")))
+    with pytest.raises(GeminiRayError, match="unknown embedded teacher"):
+        resolve_teacher(TeacherConfig(model="embedded:gpt5"))
+
+
+def test_mean_pool_ignores_padding():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    assert torch.allclose(mean_pool(hidden, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+    assert torch.isfinite(mean_pool(hidden, torch.zeros(1, 3))).all()
+
+
+@pytest.mark.parametrize("fixture", ["llama_dir", "bert_dir"])
+def test_distill_student_logits_match_the_plain_model(request, fixture):
+    model, _ = load_teacher(str(request.getfixturevalue(fixture)))
+    ids = torch.randint(5, model.config.vocab_size, (3, 7))
+    att = torch.ones(3, 7, dtype=torch.long)
+    logits, pooled = DistillStudent(model)(ids, att, 2)
+    assert logits.shape == (2, 7, model.config.vocab_size) and pooled.shape == (3, model.config.hidden_size)
+    with torch.no_grad():
+        ref = model(input_ids=ids[:2], attention_mask=att[:2]).logits
+    assert torch.allclose(logits, ref, atol=1e-5)
