@@ -29,7 +29,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/teacher_stage.py
+	$(BIN)/python benchmarks/teacher_stage.py --threads 1 --examples 256
+	$(BIN)/python benchmarks/teacher_stage.py --threads 2 --examples 256
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

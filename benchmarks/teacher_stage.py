@@ -45,7 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--examples", type=int, default=192, help="examples (2 spans of 32 tokens each)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "teacher_stage.json"))
+    parser.add_argument("--batch-spans", type=int, default=None, help="spans per forward (default: teacher.batch_size)")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/teacher_stage_<threads>t.json")
     args = parser.parse_args()
 
     import ray
@@ -59,7 +60,8 @@ def main() -> None:
     from gemini_ray.models import resolve_teacher
 
     cfg = Config()
-    tcfg = dataclasses.replace(cfg.teacher, torch_threads=args.threads, num_cpus=1.0)
+    tcfg = dataclasses.replace(cfg.teacher, torch_threads=args.threads, num_cpus=1.0,
+                               batch_size=args.batch_spans or cfg.teacher.batch_size)
     source = resolve_teacher(tcfg)
     texts = (gensim_test_data() / "lee_background.cor").read_text(encoding="utf-8").splitlines()
     pairs = SpanPairer(source, "causal", cfg.data.span_length)({"text": np.array(texts, dtype=object)})
@@ -78,6 +80,7 @@ def main() -> None:
     loop_out = [labeler(b) for b in batches]
     loop_total = time.perf_counter() - t0
     loop_steady = loop_out[-1]["t_end"][0] - loop_out[0]["t_start"][0]
+    loop_compute = sum(o["t_end"][0] - o["t_start"][0] for o in loop_out)
 
     # --- Ray Data actor pool ----------------------------------------------------------------------
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -90,6 +93,8 @@ def main() -> None:
     ray_total = time.perf_counter() - t0
     stamps = labelled.select_columns(["t_start", "t_end"]).to_pandas()
     ray_steady = stamps["t_end"].max() - stamps["t_start"].min()
+    spans = stamps.drop_duplicates()  # one row per batch
+    ray_compute = float((spans["t_end"] - spans["t_start"]).sum())
     sample = labelled.take_batch(per_batch, batch_format="numpy")
     sample_tokens = int(sample["attention_mask"].sum())
     signal = sum(sample[k].nbytes for k in ("topk_ids", "topk_logits", "topk_mass", "embedding"))
@@ -98,17 +103,20 @@ def main() -> None:
     result = {
         "teacher": source, "examples": len(keep), "tokens": tokens, "torch_threads": args.threads,
         "top_k": tcfg.top_k, "span_length": cfg.data.span_length, "batch_spans": tcfg.batch_size,
-        "plain_loop": {"model_load_s": t_load, "total_s": loop_total, "steady_s": loop_steady,
+        "plain_loop": {"model_load_s": t_load, "total_s": loop_total, "steady_s": loop_steady, "compute_s": loop_compute,
+                       "batch_s": [float(o["t_end"][0] - o["t_start"][0]) for o in loop_out],
                        "tokens_per_s_total": tokens / loop_total, "tokens_per_s_steady": tokens / loop_steady},
-        "ray_actor_pool": {"total_s": ray_total, "steady_s": ray_steady,
+        "ray_actor_pool": {"total_s": ray_total, "steady_s": ray_steady, "compute_s": ray_compute,
+                           "batch_s": sorted((spans["t_end"] - spans["t_start"]).tolist()),
                            "tokens_per_s_total": tokens / ray_total, "tokens_per_s_steady": tokens / ray_steady},
         "ratio_total": loop_total / ray_total,
         "ratio_steady": loop_steady / ray_steady,
+        "ratio_compute": loop_compute / ray_compute,
         "signal_bytes_per_token_measured": signal / sample_tokens,
         "signal_bytes_per_token_formula": signal_bytes_per_token(tcfg.top_k, 576, cfg.data.span_length),
         "full_distribution_bytes_per_token": 49152 * 4,
     }
-    out = Path(args.out)
+    out = Path(args.out or Path(__file__).parent / "results" / f"teacher_stage_{args.threads}t.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     r, p = result["ray_actor_pool"], result["plain_loop"]
@@ -117,6 +125,8 @@ def main() -> None:
           f"| {result['ratio_total']:.2f} |\n"
           f"| tokens/s, steady state | {p['tokens_per_s_steady']:.0f} | {r['tokens_per_s_steady']:.0f} "
           f"| {result['ratio_steady']:.2f} |\n"
+          f"| seconds inside the forward passes | {loop_compute:.1f} | {ray_compute:.1f} "
+          f"| {result['ratio_compute']:.2f} |\n"
           f"| teacher signal, bytes/token | | {result['signal_bytes_per_token_measured']:.0f} "
           f"(full distribution: {result['full_distribution_bytes_per_token']:,}) | |")
     print(f"({tokens} tokens, {len(keep)} examples, {args.threads} torch threads; written to {out})")

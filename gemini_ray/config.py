@@ -59,8 +59,8 @@ class TeacherConfig:
     """Run model code shipped with the checkpoint. Off unless you trust its author."""
     top_k: int = 16
     """Teacher logits kept per token (ids + values). The rest of the vocabulary never leaves the actor."""
-    batch_size: int = 16
-    """Spans per teacher forward pass."""
+    batch_size: int = 64
+    """Spans per teacher forward pass (2 per example). Large batches keep Ray's per-call costs small."""
     num_actors: int = 1
     """Fixed size of the teacher actor pool (GPU pools do not autoscale well)."""
     num_gpus: float = 0.0

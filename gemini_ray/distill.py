@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,13 @@ def run_dir(cfg: Config) -> str:
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
     return f"{storage.rstrip('/')}/{cfg.run.name}"
+
+
+def _upload(local: Path, uri: str) -> None:
+    """Copy a local file or directory to an object-store URI (s3://, gs://, ...)."""
+    import pyarrow.fs
+
+    pyarrow.fs.copy_files(str(local), uri)
 
 
 def _init_ray(cfg: Config) -> None:
@@ -148,8 +156,13 @@ def distill(cfg: Config) -> dict[str, Any]:
     t0 = time.perf_counter()
     student_dir = cfg.run.output_dir or f"{out_dir}/student"
     with result.checkpoint.as_directory() as ckpt:
-        export_student(ckpt, student_dir, teacher_source)
         state = json.loads((Path(ckpt) / "state.json").read_text(encoding="utf-8"))
+        if "://" in student_dir:  # export locally, then copy to the shared store
+            with tempfile.TemporaryDirectory() as tmp:
+                export_student(ckpt, Path(tmp) / "student", teacher_source)
+                _upload(Path(tmp) / "student", student_dir)
+        else:
+            export_student(ckpt, student_dir, teacher_source)
     times["export_s"] = time.perf_counter() - t0
     times["total_s"] = time.perf_counter() - t_start
 
@@ -171,6 +184,10 @@ def distill(cfg: Config) -> dict[str, Any]:
     summary_path = f"{out_dir}/summary.json"
     if local_out:
         atomic_write_text(summary_path, json.dumps(summary, indent=1))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+            _upload(Path(tmp) / "summary.json", summary_path)
     first, last = summary["training"]["first"], summary["training"]["last"]
     if first and last:
         print(f"[gemini-ray] KD loss {first['loss/kd']:.3f} -> {last['loss/kd']:.3f}, "
