@@ -1,6 +1,8 @@
-"""Command line: `gemini-ray distill [--config FILE] [section.key=value ...]`.
+"""Command line: `gemini-ray {distill,label,tune,config} [--config FILE] [section.key=value ...]`.
 
     gemini-ray distill                          # embedded demo
+    gemini-ray label                            # teacher once -> parquet cache (distill/tune reuse it)
+    gemini-ray tune                             # Ray Tune over λ, τ, K (tune_spaces/quick.yaml)
     gemini-ray distill train.max_steps=200 loss.lambda_kd=0.7
     gemini-ray config                           # print the effective config as YAML
 """
@@ -21,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show stack traces for user errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("distill", "run teacher labelling, mining and student training end to end"),
+                            ("label", "run the teacher once and keep its signal in a parquet cache"),
+                            ("tune", "search λ, τ, K (tune.space) with Ray Tune on the cached teacher signal"),
                             ("config", "print the effective config (defaults <- --config <- overrides) as YAML")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", "-c", default=None, help="YAML file with config sections")
@@ -38,6 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         from gemini_ray.config import config_to_dict, load_config
 
         cfg = load_config(args.config, args.overrides)
+        if args.command == "tune":
+            from gemini_ray.tune import run_tune
+
+            run_tune(args.config, args.overrides)
+            return 0
+        if args.command == "label":
+            from gemini_ray.label import label
+
+            label(cfg)
+            return 0
         if args.command == "config":
             import yaml
 

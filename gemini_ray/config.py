@@ -28,6 +28,8 @@ __all__ = [
     "StudentConfig",
     "DataConfig",
     "MiningConfig",
+    "LabelConfig",
+    "TuneConfig",
     "LossConfig",
     "TrainConfig",
     "RunConfig",
@@ -119,8 +121,11 @@ class DataConfig:
     """Fraction of tokens masked for a masked-LM teacher (ignored for causal teachers)."""
     seed: int = 0
     """Seed for masking and pairing."""
+    val_fraction: float = 0.05
+    """Fraction of documents held out for validation (chosen by content hash; never trained on)."""
 
     def __post_init__(self) -> None:
+        _check(0.0 <= self.val_fraction < 0.5, "data.val_fraction", f"must be in [0, 0.5), got {self.val_fraction}")
         _check(self.span_length >= 4, "data.span_length", f"must be >= 4, got {self.span_length}")
         if self.max_documents is not None:
             _check(self.max_documents >= 2, "data.max_documents", f"must be >= 2, got {self.max_documents}")
@@ -137,6 +142,52 @@ class MiningConfig:
 
     def __post_init__(self) -> None:
         _check(self.window >= 2, "mining.window", f"must be >= 2, got {self.window}")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    max_negatives: int = 8
+    """K_max: hard negatives mined into the cache; training may use any loss.num_negatives <= K_max."""
+    cache_root: Optional[str] = None
+    """Where caches live (local dir or URI). Default: <run.storage_path>/signal_cache."""
+    path: Optional[str] = None
+    """An explicit cache directory to read (its manifest must match the config's teacher and corpus)."""
+    use: Literal["auto", "never", "require"] = "auto"
+    """distill/tune: 'auto' reads a matching cache if one exists, else runs the teacher online;
+    'never' always runs it online; 'require' refuses to run without a cache."""
+    shards_per_round: int = 4
+    """Shards labelled per round; finished rounds survive an interruption."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_negatives >= 1, "label.max_negatives", f"must be >= 1, got {self.max_negatives}")
+        _check(self.shards_per_round >= 1, "label.shards_per_round", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    space: str = "tune_spaces/quick.yaml"
+    """Search space: a YAML file mapping config keys to Tune distributions."""
+    num_samples: int = 4
+    """Trials sampled from the space (grid values multiply it)."""
+    max_concurrent_trials: Optional[int] = None
+    """None: as many as the cluster's CPUs (or GPUs) fit, at least 1."""
+    metric: str = "val/loss_kd"
+    """Metric every trial reports and the scheduler compares (held-out distillation loss by default)."""
+    mode: Literal["min", "max"] = "min"
+    """Whether the metric is minimised or maximised."""
+    grace_period: int = 1
+    """ASHA: reports a trial makes before it may be stopped."""
+    reduction_factor: int = 2
+    """ASHA: keep 1/reduction_factor of the trials at each rung."""
+    name: str = "tune"
+    """Tune experiment name; the same name and run.storage_path resume an interrupted search."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_samples >= 1, "tune.num_samples", f"must be >= 1, got {self.num_samples}")
+        if self.max_concurrent_trials is not None:
+            _check(self.max_concurrent_trials >= 1, "tune.max_concurrent_trials", "must be >= 1")
+        _check(self.grace_period >= 1, "tune.grace_period", "must be >= 1")
+        _check(self.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
 
 
 @dataclass(frozen=True)
@@ -175,6 +226,8 @@ class TrainConfig:
     """Clip the global gradient norm (0 disables)."""
     log_every: int = 5
     """Report and print the loss parts every N steps."""
+    eval_every: int = 20
+    """Evaluate on the held-out documents every N steps (also before the first step and at the end)."""
     checkpoint_every: int = 20
     """Checkpoint every N steps (and always at the end)."""
     num_workers: int = 1
@@ -194,6 +247,7 @@ class TrainConfig:
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _check(self.num_workers >= 1, "train.num_workers", f"must be >= 1, got {self.num_workers}")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
@@ -221,9 +275,11 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 # --------------------------------------------------------------------------- loading

@@ -44,23 +44,6 @@ def _upload(local: Path, uri: str) -> None:
     pyarrow.fs.copy_files(str(local), uri)
 
 
-def _init_ray(cfg: Config) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, log_to_driver=True)  # a local head binds to 127.0.0.1, token auth on
-
-
-def _configure_data_context(cfg: Config) -> None:
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # the trainer prints its own progress lines
-    ctx.print_on_execution_start = False
-
-
 def distill(cfg: Config) -> dict[str, Any]:
     """Run the whole distillation; returns the summary (also written to summary.json)."""
     import ray
@@ -68,8 +51,9 @@ def distill(cfg: Config) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     from gemini_ray.checkpoint import atomic_write_text, export_student
-    from gemini_ray.models import build_student, count_parameters, load_student, load_teacher, load_tokenizer, resolve_teacher
-    from gemini_ray.pipeline import build_examples, label_and_mine
+    from gemini_ray.label import find_cache, setup
+    from gemini_ray.models import build_student, count_parameters, load_student
+    from gemini_ray.pipeline import label_and_mine, read_cache, split, teacher_token_counter
     from gemini_ray.train_worker import train_loop_per_worker
 
     times: dict[str, float] = {}
@@ -85,50 +69,55 @@ def distill(cfg: Config) -> dict[str, Any]:
         if not os.access(out_dir, os.W_OK):
             raise GeminiRayError(f"run.storage_path '{cfg.run.storage_path}' is not writable. Choose another.")
 
-    # --- setup: teacher, student, examples --------------------------------------------------------
-    t0 = time.perf_counter()
-    teacher_source = resolve_teacher(cfg.teacher)
-    tokenizer = load_tokenizer(teacher_source, cfg.teacher.trust_remote_code)
-    teacher, kind = load_teacher(teacher_source, cfg.teacher.kind, cfg.teacher.trust_remote_code)
-    vocab = teacher.config.vocab_size
-    if cfg.teacher.top_k > vocab:
-        raise GeminiRayError(f"teacher.top_k={cfg.teacher.top_k} exceeds the teacher's vocabulary ({vocab} tokens). "
-                             f"Choose teacher.top_k <= {vocab}; 16-64 keeps the signal small.")
+    # --- setup: teacher, student, examples, teacher signal -----------------------------------------
+    s, teacher = setup(cfg, teacher_model_needed=True)
+    kind, stats = s.kind, s.stats
     if cfg.student.from_pretrained:
-        student = load_student(cfg.student.from_pretrained, kind, teacher, tokenizer)
+        student = load_student(cfg.student.from_pretrained, kind, teacher, s.tokenizer)
     else:
         student = build_student(teacher, kind, cfg.student, seed=cfg.train.seed)
-    teacher_params, student_params = count_parameters(teacher), count_parameters(student)
-    hidden = teacher.config.hidden_size
+    teacher_params, student_params = s.teacher_params, count_parameters(student)
+    hidden, vocab = s.teacher_config.hidden_size, s.teacher_config.vocab_size
     del teacher
-    times["teacher_setup_s"] = time.perf_counter() - t0
-    print(f"[gemini-ray] teacher {teacher_source} ({kind}, {teacher_params / 1e6:.1f} M params); "
+    times.update(s.seconds)
+    print(f"[gemini-ray] teacher {s.teacher_source} ({kind}, {teacher_params / 1e6:.1f} M params); "
           f"student {student_params / 1e6:.1f} M params ({student_params / teacher_params:.0%} of the teacher)")
-
-    _init_ray(cfg)
-    _configure_data_context(cfg)
-    t0 = time.perf_counter()
-    examples, stats = build_examples(cfg, teacher_source, kind)
-    times["tokenize_s"] = time.perf_counter() - t0
-    print(f"[gemini-ray] corpus: {stats.documents} documents -> {stats.examples} examples "
-          f"(skipped: {stats.skipped_too_short} too short, {stats.skipped_empty} empty, "
-          f"{stats.skipped_non_utf8} not UTF-8, {stats.duplicate_documents} duplicates)")
-
+    if stats.documents_used <= cfg.loss.num_negatives:
+        raise GeminiRayError(
+            f"loss.num_negatives={cfg.loss.num_negatives} needs more than {cfg.loss.num_negatives} usable documents "
+            f"(negatives come from other documents), but the corpus gives {stats.documents_used}. "
+            "Lower loss.num_negatives or add documents."
+        )
     rows_per_step = cfg.train.batch_size * cfg.train.num_workers
-    steps_per_epoch = stats.examples // rows_per_step
+    steps_per_epoch = stats.train_examples // rows_per_step
     if steps_per_epoch == 0:
         raise GeminiRayError(
-            f"the corpus gives {stats.examples} examples, fewer than one step needs "
+            f"the corpus gives {stats.train_examples} training examples, fewer than one step needs "
             f"(train.batch_size={cfg.train.batch_size} x train.num_workers={cfg.train.num_workers}). "
             "Lower train.batch_size or add documents."
         )
     epochs = math.ceil(cfg.train.max_steps / steps_per_epoch)
-    if epochs == 1:  # the teacher labels only the rows the run will use
-        examples = examples.limit(cfg.train.max_steps * rows_per_step)
+    tokens_before = ray.get(teacher_token_counter().total.remote())
+    t0 = time.perf_counter()
+    cache = find_cache(cfg, s)
+    if cache is not None:
+        cache_dir, manifest = cache
+        print(f"[gemini-ray] reading the teacher signal from the cache {cache_dir}")
+        stream = read_cache(cache_dir, manifest["shards_train"], cfg.loss.num_negatives)
+        val = read_cache(cache_dir, manifest["shards_val"], cfg.loss.num_negatives) if manifest["shards_val"] else None
+        teacher_source_note = {"cache": cache_dir, "cache_teacher_tokens": manifest["teacher_tokens"]}
     else:
-        print(f"[gemini-ray] note: {cfg.train.max_steps} steps need {epochs} passes over the data; the online "
-              "teacher runs once per pass.")
-    stream = label_and_mine(cfg, examples)
+        train_examples = split(s.examples, "train")
+        if epochs == 1:  # the teacher labels only the rows the run will use
+            train_examples = train_examples.limit(cfg.train.max_steps * rows_per_step)
+        else:
+            print(f"[gemini-ray] note: {cfg.train.max_steps} steps need {epochs} passes over the data; the online "
+                  "teacher runs once per pass ('gemini-ray label' makes a cache that runs it once).")
+        stream = label_and_mine(cfg, train_examples)
+        val = label_and_mine(cfg, split(s.examples, "val")).materialize() if stats.val_examples else None
+        teacher_source_note = {"cache": None}
+    times["val_label_s"] = time.perf_counter() - t0
+    teacher_source = s.teacher_source
 
     # --- fit ----------------------------------------------------------------------------------------
     import ray.train.torch  # noqa: F401  (registers the torch backend)
@@ -136,7 +125,7 @@ def distill(cfg: Config) -> dict[str, Any]:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": config_to_dict(cfg), "hf_config": student.config.to_dict(), "kind": kind,
-                           "init_weights": ray.put(student.state_dict())},
+                           "init_weights": ray.put(student.state_dict()), "has_val": val is not None},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=ray.train.RunConfig(
@@ -144,7 +133,8 @@ def distill(cfg: Config) -> dict[str, Any]:
             storage_path=out_dir.rsplit("/", 1)[0],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
-        datasets={"train": stream},
+        datasets={"train": stream, **({"val": val} if val is not None else {})},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),  # every rank evaluates all of val
     )
     t0 = time.perf_counter()
     result = trainer.fit()
@@ -173,6 +163,8 @@ def distill(cfg: Config) -> dict[str, Any]:
         "student": {"path": str(student_dir), "parameters": student_params,
                     "parameter_ratio": student_params / teacher_params},
         "corpus": stats.as_dict(),
+        "teacher_signal": {**teacher_source_note,
+                           "teacher_tokens_this_run": ray.get(teacher_token_counter().total.remote()) - tokens_before},
         "training": {"steps": state["step"], "epochs_started": state["epoch"] + 1,
                      "resumed_from_steps": state["resumed_from_steps"], **state["totals"],
                      "first": history[0] if history else None, "last": history[-1] if history else None,

@@ -8,6 +8,7 @@ known before the teacher starts; the teacher and mining stages stream into the t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
 from gemini_ray.data.teacher_stage import TeacherLabeler
 from gemini_ray.errors import GeminiRayError
 
-__all__ = ["CorpusStats", "read_documents", "build_examples", "label_and_mine"]
+__all__ = ["CorpusStats", "read_documents", "build_examples", "split", "label_and_mine", "is_val_doc",
+           "teacher_token_counter", "label_shards", "read_cache"]
 
 
 @dataclass
@@ -35,6 +37,10 @@ class CorpusStats:
     skipped_too_short: int = 0
     documents_used: int = 0
     examples: int = 0
+    train_examples: int = 0
+    val_examples: int = 0
+    val_documents: int = 0
+    fingerprint: str = ""
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -42,6 +48,12 @@ class CorpusStats:
 
 def _is_uri(path: str) -> bool:
     return "://" in path
+
+
+TRAIN_COLUMNS = ["input_ids", "attention_mask", "label_mask", "topk_ids", "topk_logits", "topk_mass",
+                 "neg_input_ids", "neg_attention_mask", "neg_mask", "teacher_tokens", "random_negatives",
+                 "missing_negatives"]
+"""What the trainer reads (ids, hashes and the split name stay behind)."""
 
 
 def read_documents(cfg: Config) -> ray.data.Dataset:
@@ -84,8 +96,17 @@ def read_documents(cfg: Config) -> ray.data.Dataset:
     return ds.limit(d.max_documents) if d.max_documents else ds
 
 
-def _dedupe(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v[:1] for k, v in batch.items()}
+def is_val_doc(doc_id: np.ndarray, val_fraction: float) -> np.ndarray:
+    """Held-out documents, chosen by content hash: stable across runs, corpora orders and machines."""
+    return (np.asarray(doc_id) % 10_000) < int(round(val_fraction * 10_000))
+
+
+def _add_split(val_fraction: float):
+    def add(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch["split"] = np.where(is_val_doc(batch["doc_id"], val_fraction), "val", "train").astype(object)
+        return batch
+
+    return add
 
 
 def build_examples(cfg: Config, tokenizer_source: str, kind: str) -> tuple[ray.data.Dataset, CorpusStats]:
@@ -101,6 +122,8 @@ def build_examples(cfg: Config, tokenizer_source: str, kind: str) -> tuple[ray.d
     hashes = table["text"].map(text_hash)
     stats.duplicate_documents = int(hashes.duplicated().sum())
     table = table[~hashes.duplicated()]
+    unique = np.sort(hashes[~hashes.duplicated()].to_numpy())
+    stats.fingerprint = hashlib.sha256(unique.tobytes()).hexdigest()  # order-free identity of the corpus
     ds = ray.data.from_pandas(table[["text"]].reset_index(drop=True))
     pairs = ds.map_batches(
         SpanPairer,
@@ -118,6 +141,9 @@ def build_examples(cfg: Config, tokenizer_source: str, kind: str) -> tuple[ray.d
     ok = status[status["status"] == STATUS_OK]
     stats.examples = len(ok)
     stats.documents_used = int(ok["doc_id"].nunique())
+    val = is_val_doc(ok["doc_id"].to_numpy(), cfg.data.val_fraction)
+    stats.val_examples, stats.train_examples = int(val.sum()), int((~val).sum())
+    stats.val_documents = int(ok["doc_id"][val].nunique())
     if stats.examples == 0:
         raise GeminiRayError(
             f"no document of '{cfg.data.path}' is long enough for an anchor and a positive span "
@@ -131,15 +157,55 @@ def build_examples(cfg: Config, tokenizer_source: str, kind: str) -> tuple[ray.d
             f"(negatives come from other documents), but the corpus gives {stats.documents_used}. "
             "Lower loss.num_negatives or add documents."
         )
-    examples = pairs.filter(expr=f"status == '{STATUS_OK}'").drop_columns(["status"]).materialize()
+    examples = (pairs.filter(expr=f"status == '{STATUS_OK}'").drop_columns(["status"])
+                .map_batches(_add_split(cfg.data.val_fraction), batch_format="numpy").materialize())
     return examples, stats
 
 
-def label_and_mine(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
-    """Teacher top-k + embeddings on a fixed actor pool, then hard negatives per mining window (lazy)."""
+def split(examples: ray.data.Dataset, name: str) -> ray.data.Dataset:
+    """The 'train' or 'val' rows of the examples."""
+    return examples.filter(expr=f"split == '{name}'")
+
+
+@ray.remote(num_cpus=0)
+class TeacherTokenCounter:
+    """Counts tokens pushed through teacher forwards in this Ray session (the cache's proof of work)."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    def add(self, n: int) -> None:
+        self.tokens += n
+
+    def total(self) -> int:
+        return self.tokens
+
+
+COUNTER_NAME = "gemini_ray_teacher_tokens"
+
+
+def teacher_token_counter():
+    """The session's counter actor (created on first use)."""
+    return TeacherTokenCounter.options(name=COUNTER_NAME, get_if_exists=True, lifetime="detached").remote()
+
+
+class CountingTeacherLabeler(TeacherLabeler):
+    """TeacherLabeler that reports every forward's real tokens to the session's counter actor."""
+
+    def __init__(self, teacher_cfg: dict):
+        super().__init__(teacher_cfg)
+        self.counter = teacher_token_counter()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = super().__call__(batch)
+        self.counter.add.remote(int(out["teacher_tokens"].sum()))
+        return out
+
+
+def _teacher_stage(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
     t = cfg.teacher
-    labelled = examples.map_batches(
-        TeacherLabeler,
+    return examples.map_batches(
+        CountingTeacherLabeler,
         fn_constructor_kwargs={"teacher_cfg": dataclasses.asdict(t)},
         compute=ActorPoolStrategy(size=t.num_actors),
         batch_size=max(1, t.batch_size // 2),  # one example holds two spans
@@ -147,6 +213,11 @@ def label_and_mine(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
         num_gpus=t.num_gpus,
         batch_format="numpy",
     )
+
+
+def label_and_mine(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
+    """Online: teacher top-k + embeddings on a fixed actor pool, then hard negatives per window (lazy)."""
+    labelled = _teacher_stage(cfg, examples)
     return labelled.map_batches(
         HardNegativeMiner,
         fn_constructor_kwargs={"num_negatives": cfg.loss.num_negatives, "seed": cfg.mining.seed},
@@ -154,4 +225,87 @@ def label_and_mine(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
         batch_size=cfg.mining.window,
         num_cpus=0.1,
         batch_format="numpy",
+    ).select_columns(TRAIN_COLUMNS)
+
+
+# --------------------------------------------------------------------------- the teacher-signal cache
+
+
+def assign_shards(examples: ray.data.Dataset, n_train: int, n_val: int) -> ray.data.Dataset:
+    """Shard = hash bucket of the example id: train rows in [0, n_train), val rows in [n_train, n_train + n_val).
+
+    Membership depends only on content, so an interrupted run rebuilds the same shards."""
+
+    def add(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ex = np.asarray(batch["example_id"])
+        val = np.asarray(batch["split"]) == "val"
+        batch["shard"] = np.where(val, n_train + ex % max(n_val, 1), ex % n_train).astype(np.int64)
+        return batch
+
+    return examples.map_batches(add, batch_format="numpy")
+
+
+class ShardWriter:
+    """map_groups UDF: mine K_max negatives within one shard (rows sorted by id, so the result does not
+    depend on arrival order), write it as one parquet file under a temporary name, rename it."""
+
+    def __init__(self, directory: str, max_negatives: int, seed: int):
+        from gemini_ray.cache import open_dir
+
+        self.fs, self.dir = open_dir(directory)
+        self.k, self.seed = max_negatives, seed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import uuid
+
+        import pyarrow.parquet as pq
+        from ray.data.block import BlockAccessor
+
+        from gemini_ray.cache import shard_name
+
+        order = np.argsort(np.asarray(batch["example_id"]), kind="stable")
+        rows = {k: np.asarray(v)[order] for k, v in batch.items()}
+        shard = int(rows["shard"][0])
+        mined = HardNegativeMiner(self.k, seed=self.seed + shard)(rows)  # fresh per shard: deterministic
+        table = BlockAccessor.batch_to_block(mined)
+        final = f"{self.dir}/{shard_name(shard)}"
+        tmp = f"{self.dir}/.{shard_name(shard)}.{uuid.uuid4().hex}.tmp"
+        pq.write_table(table, tmp, filesystem=self.fs)
+        self.fs.move(tmp, final)
+        return {"shard": np.array([shard]), "rows": np.array([len(order)]),
+                "bytes": np.array([self.fs.get_file_info(final).size]),
+                "teacher_tokens": np.array([int(rows["teacher_tokens"].sum())]),
+                "positions": np.array([int(np.prod(rows["input_ids"].shape))]),
+                "missing_negatives": np.array([int(mined["missing_negatives"].sum())])}
+
+
+def label_shards(cfg: Config, examples: ray.data.Dataset, directory: str, shards: list[int]) -> list[dict]:
+    """Label and write the given shards (one Ray Data execution); returns one record per shard."""
+    todo = set(shards)
+    subset = examples.filter(lambda r: r["shard"] in todo)
+    labelled = _teacher_stage(cfg, subset)
+    written = labelled.groupby("shard").map_groups(
+        ShardWriter,
+        fn_constructor_kwargs={"directory": directory, "max_negatives": cfg.label.max_negatives,
+                               "seed": cfg.mining.seed},
+        compute=ActorPoolStrategy(size=1),
+        num_cpus=0.1,
+        batch_format="numpy",
     )
+    return written.to_pandas().to_dict("records")
+
+
+def read_cache(directory: str, shards: list[int], num_negatives: int) -> ray.data.Dataset:
+    """Stream the given cache shards, keeping the first (hardest) `num_negatives` negatives."""
+    from gemini_ray.cache import open_dir, shard_name
+
+    fs, path = open_dir(directory)
+    files = [f"{path}/{shard_name(s)}" for s in shards]
+    ds = ray.data.read_parquet(files, filesystem=fs, columns=TRAIN_COLUMNS)
+
+    def first_k(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for key in ("neg_input_ids", "neg_attention_mask", "neg_mask"):
+            batch[key] = np.ascontiguousarray(batch[key][:, :num_negatives])
+        return batch
+
+    return ds.map_batches(first_k, batch_format="numpy")

@@ -51,6 +51,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if loop_config.get("has_val") else None
     resume_from = ray.train.get_checkpoint()
     # -------------------------------------------------------------------------------------------
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report is ours, not Ray's
@@ -85,6 +86,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
 
+    def evaluate() -> dict[str, float]:
+        """Mean loss parts over the held-out documents (every rank reads all of them)."""
+        if val_shard is None:
+            return {}
+        sums, n = {"val/loss_total": 0.0, "val/loss_kd": 0.0, "val/loss_cl": 0.0}, 0
+        student.eval()
+        with torch.no_grad():
+            for batch in val_shard.iter_torch_batches(batch_size=tc.batch_size, device=device):
+                b = int(batch["input_ids"].shape[0])
+                for key, value in compute_loss(student, batch, cfg.loss).as_floats().items():
+                    sums["val/loss_" + key.split("/", 1)[1]] += value * b
+                n += b
+        student.train()
+        return {**{k: v / max(n, 1) for k, v in sums.items()}, "val/step": state["step"], "val/examples": n}
+
+    student.train()
+    val_metrics = evaluate()  # the baseline, so every report carries a validation metric
+    if rank == 0 and val_metrics:
+        print(f"[gemini-ray] step {state['step']:>5}/{tc.max_steps} | held-out kd {val_metrics['val/loss_kd']:.4f} "
+              f"| cl {val_metrics['val/loss_cl']:.4f} ({val_metrics['val/examples']} examples)",
+              file=sys.__stdout__, flush=True)
     window = {"loss/total": 0.0, "loss/kd": 0.0, "loss/cl": 0.0, "n": 0}
     t_window, wait_time, step_time = time.perf_counter(), 0.0, 0.0
     last_checkpoint_step = state["step"]
@@ -131,11 +153,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                            "teacher_topk_mass": coverage["m"] / max(coverage["n"], 1.0),
                            "examples_per_s": counters["examples"] / max(elapsed, 1e-9),
                            "data_wait_fraction": wait_time / max(wait_time + step_time, 1e-9)}
+                if step % tc.eval_every == 0 or last:
+                    val_metrics = evaluate()
+                metrics.update(val_metrics)
                 state["history"].append(metrics)
                 if rank == 0:
                     print(f"[gemini-ray] step {step:>5}/{tc.max_steps} | loss {means['loss/total']:.4f} "
                           f"| kd {means['loss/kd']:.4f} | cl {means['loss/cl']:.4f} "
-                          f"| {metrics['examples_per_s']:.2f} ex/s | data wait {metrics['data_wait_fraction']:.0%}",
+                          f"| {metrics['examples_per_s']:.2f} ex/s | data wait {metrics['data_wait_fraction']:.0%}"
+                          + (f" | held-out kd {val_metrics['val/loss_kd']:.4f}" if val_metrics.get("val/step") == step
+                             else ""),
                           file=sys.__stdout__, flush=True)  # __stdout__: Train V2 would print it twice
                 window = {"loss/total": 0.0, "loss/kd": 0.0, "loss/cl": 0.0, "n": 0}
                 mass_sum, mass_n = 0.0, 0.0

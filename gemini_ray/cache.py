@@ -1,0 +1,152 @@
+"""The teacher-signal cache: where it lives, what identifies it, and whether a shard is whole. No Ray here.
+
+    <label.cache_root>/<key>/manifest.json
+    <label.cache_root>/<key>/shard-00000.parquet ...
+
+The key is a hash of everything that changes what the teacher says or which rows exist: the teacher's
+weights (content hash), its tokenizer's vocabulary, the corpus (hash of its deduplicated documents), span
+length, masking, top-k, K_max, the mining window and seeds. λ, τ and K ≤ K_max are not in it: every run and
+every Tune trial with the same inputs reads the same cache.
+
+Shards are written under a temporary name and renamed when complete; on resume a shard counts as done
+only if its parquet footer reads and its row count is the one the manifest expects, so a truncated or
+half-written shard is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from gemini_ray.errors import GeminiRayError
+
+__all__ = [
+    "CACHE_VERSION",
+    "cache_key",
+    "weights_hash",
+    "vocab_hash",
+    "open_dir",
+    "shard_name",
+    "shard_is_complete",
+    "read_manifest",
+    "write_manifest",
+    "check_compatible",
+]
+
+CACHE_VERSION = 1
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_hash(model_dir: str) -> str:
+    """Content hash of a model directory's weight files (memoised beside them by size and mtime)."""
+    d = Path(model_dir)
+    files = sorted(p for p in d.glob("*") if p.suffix in (".safetensors", ".bin", ".gguf", ".pt"))
+    if not files:  # a hub name: its identity is the name (and the hub's revision)
+        return hashlib.sha256(model_dir.encode()).hexdigest()
+    h = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        memo = d / f".{p.name}.sha256"
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        digest = None
+        if memo.is_file():
+            saved_stamp, _, saved = memo.read_text().partition(" ")
+            digest = saved.strip() if saved_stamp == stamp else None
+        if digest is None:
+            digest = _sha256_file(p)
+            try:
+                memo.write_text(f"{stamp} {digest}")
+            except OSError:
+                pass  # read-only model directory: hash again next time
+        h.update(f"{p.name}:{digest}".encode())
+    return h.hexdigest()
+
+
+def vocab_hash(tokenizer) -> str:
+    """Hash of a tokenizer's token → id map (two tokenizers agree iff their soft labels are interchangeable)."""
+    items = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
+def cache_key(identity: dict[str, Any]) -> str:
+    """Short stable hash of the inputs that determine the cache's contents."""
+    blob = json.dumps({"version": CACHE_VERSION, **identity}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def open_dir(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local directory or an object-store URI."""
+    if "://" in uri_or_path:
+        return pafs.FileSystem.from_uri(uri_or_path)
+    return pafs.LocalFileSystem(), str(Path(uri_or_path).expanduser().resolve())
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+def shard_is_complete(fs: pafs.FileSystem, path: str, expected_rows: int) -> bool:
+    """A shard counts as done iff it exists, its parquet footer reads, and it holds the expected rows."""
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        return False
+    try:
+        with fs.open_input_file(path) as f:
+            return pq.ParquetFile(f).metadata.num_rows == expected_rows
+    except Exception:  # noqa: BLE001 - truncated or corrupt: redo it
+        return False
+
+
+def read_manifest(fs: pafs.FileSystem, directory: str) -> dict[str, Any] | None:
+    path = f"{directory}/manifest.json"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    try:
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None
+
+
+def write_manifest(fs: pafs.FileSystem, directory: str, manifest: dict[str, Any]) -> None:
+    """Write manifest.json under a temporary name, then move it into place."""
+    fs.create_dir(directory, recursive=True)
+    tmp = f"{directory}/.manifest.json.{os.getpid()}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(manifest, indent=1).encode("utf-8"))
+    fs.move(tmp, f"{directory}/manifest.json")
+
+
+def check_compatible(manifest: dict[str, Any], identity: dict[str, Any], where: str) -> None:
+    """Refuse a cache made from another teacher, tokenizer or corpus than the config names."""
+    made = manifest.get("identity", {})
+    for key, what, fix in (
+        ("teacher_weights", "teacher", "teacher.model"),
+        ("tokenizer_vocab", "tokenizer", "teacher.model"),
+        ("corpus", "corpus", "data.path"),
+    ):
+        if made.get(key) != identity.get(key):
+            raise GeminiRayError(
+                f"the teacher-signal cache at '{where}' was made by a different {what} than the config names "
+                f"({made.get(key, '?')[:12]} vs {str(identity.get(key))[:12]}). Point label.path at a cache made "
+                f"from this {fix}, or run 'gemini-ray label' with this config to make one."
+            )
+    for key in ("span_length", "top_k", "mining_window", "masked", "mlm_probability", "data_seed"):
+        if made.get(key) != identity.get(key):
+            raise GeminiRayError(
+                f"the teacher-signal cache at '{where}' was made with {key}={made.get(key)}, the config says "
+                f"{identity.get(key)}. Use matching settings or run 'gemini-ray label' again."
+            )
