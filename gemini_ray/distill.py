@@ -104,7 +104,8 @@ def distill(cfg: Config) -> dict[str, Any]:
         cache_dir, manifest = cache
         print(f"[gemini-ray] reading the teacher signal from the cache {cache_dir}")
         stream = read_cache(cache_dir, manifest["shards_train"], cfg.loss.num_negatives)
-        val = read_cache(cache_dir, manifest["shards_val"], cfg.loss.num_negatives) if manifest["shards_val"] else None
+        val = (read_cache(cache_dir, manifest["shards_val"], cfg.loss.num_negatives).materialize()
+               if manifest["shards_val"] else None)  # small: read once, before the trainer holds its CPUs
         teacher_source_note = {"cache": cache_dir, "cache_teacher_tokens": manifest["teacher_tokens"]}
     else:
         train_examples = split(s.examples, "train")

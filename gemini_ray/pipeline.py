@@ -301,11 +301,12 @@ def read_cache(directory: str, shards: list[int], num_negatives: int) -> ray.dat
 
     fs, path = open_dir(directory)
     files = [f"{path}/{shard_name(s)}" for s in shards]
-    ds = ray.data.read_parquet(files, filesystem=fs, columns=TRAIN_COLUMNS)
+    # fractional CPUs: on a small machine the trainer (and a Tune trial's driver) hold most of them
+    ds = ray.data.read_parquet(files, filesystem=fs, columns=TRAIN_COLUMNS, num_cpus=0.25)
 
     def first_k(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for key in ("neg_input_ids", "neg_attention_mask", "neg_mask"):
             batch[key] = np.ascontiguousarray(batch[key][:, :num_negatives])
         return batch
 
-    return ds.map_batches(first_k, batch_format="numpy")
+    return ds.map_batches(first_k, batch_format="numpy", num_cpus=0.25)

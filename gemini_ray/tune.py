@@ -100,6 +100,8 @@ def tune_distributions(search: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _trial(params: dict[str, Any], base: dict[str, Any], cache_dir: str, manifest: dict[str, Any],
            hf_config: dict[str, Any], kind: str, init_weights: Any, storage: str) -> None:
     """One trial: the training driver. Builds a TorchTrainer on the cached signal and fits it."""
+    import ray
+    import ray.data
     import ray.train
     import ray.tune
     from ray.train.torch import TorchTrainer
@@ -109,9 +111,11 @@ def _trial(params: dict[str, Any], base: dict[str, Any], cache_dir: str, manifes
     from gemini_ray.train_worker import train_loop_per_worker
 
     trial_id = ray.tune.get_context().get_trial_id()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the worker prints its own lines
+    init_weights = ray.put(init_weights)  # with_parameters hands over the value; workers fetch it by reference
     cfg = config_from_dict(apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in params.items()]))
     train = read_cache(cache_dir, manifest["shards_train"], cfg.loss.num_negatives)
-    val = read_cache(cache_dir, manifest["shards_val"], cfg.loss.num_negatives)
+    val = read_cache(cache_dir, manifest["shards_val"], cfg.loss.num_negatives).materialize()  # small; read once
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": config_to_dict(cfg), "hf_config": hf_config, "kind": kind,
@@ -206,7 +210,8 @@ def run_tune(config_path: str | None = None, overrides: list[str] | None = None)
     trainable = tune.with_parameters(_trial, base=base, cache_dir=cache_dir, manifest=manifest,
                                      hf_config=student.config.to_dict(), kind=s.kind, init_weights=init_weights,
                                      storage=f"{storage}/{cfg.tune.name}-trials")
-    trainable = tune.with_resources(trainable, {"cpu": 0})  # the driver only waits on its TorchTrainer
+    # the driver only waits on its TorchTrainer: no CPU (a fraction would starve Ray Data tasks that need a whole one)
+    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 256 * 1024**2})
     reports = math.ceil(cfg.train.max_steps / cfg.train.log_every)
     scheduler = ASHAScheduler(time_attr="training_iteration", metric=cfg.tune.metric, mode=cfg.tune.mode,
                               max_t=reports, grace_period=min(cfg.tune.grace_period, reports),
@@ -235,6 +240,10 @@ def run_tune(config_path: str | None = None, overrides: list[str] | None = None)
     os.close(fd)
     df.to_csv(tmp, index=False)
     os.replace(tmp, out / "results.csv")
+    if cfg.tune.metric not in df.columns or df[cfg.tune.metric].isna().all():
+        errors = [str(r.error).splitlines()[-1][:300] for r in grid if r.error is not None]
+        raise GeminiRayError(f"no trial reported {cfg.tune.metric} ({len(errors)} of {len(df)} failed; first error: "
+                             f"{errors[0] if errors else 'none'}). Results so far: {out / 'results.csv'}.")
     best = grid.get_best_result(metric=cfg.tune.metric, mode=cfg.tune.mode)
     best_cfg = config_from_dict(apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in best.config.items()]))
     atomic_write_text(out / "best_config.yaml",
