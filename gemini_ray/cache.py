@@ -30,11 +30,13 @@ __all__ = [
     "CACHE_VERSION",
     "cache_key",
     "weights_hash",
+    "sha256_file",
     "vocab_hash",
     "open_dir",
     "shard_name",
     "shard_is_complete",
     "read_manifest",
+    "column_bytes",
     "write_manifest",
     "check_compatible",
 ]
@@ -42,7 +44,7 @@ __all__ = [
 CACHE_VERSION = 1
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -66,7 +68,7 @@ def weights_hash(model_dir: str) -> str:
             saved_stamp, _, saved = memo.read_text().partition(" ")
             digest = saved.strip() if saved_stamp == stamp else None
         if digest is None:
-            digest = _sha256_file(p)
+            digest = sha256_file(p)
             try:
                 memo.write_text(f"{stamp} {digest}")
             except OSError:
@@ -108,6 +110,21 @@ def shard_is_complete(fs: pafs.FileSystem, path: str, expected_rows: int) -> boo
             return pq.ParquetFile(f).metadata.num_rows == expected_rows
     except Exception:  # noqa: BLE001 - truncated or corrupt: redo it
         return False
+
+
+def column_bytes(fs: pafs.FileSystem, files: list[str]) -> dict[str, int]:
+    """Compressed bytes per column over parquet files (from their footers)."""
+    sizes: dict[str, int] = {}
+    for path in files:
+        with fs.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).metadata
+        for rg in range(meta.num_row_groups):
+            group = meta.row_group(rg)
+            for c in range(group.num_columns):
+                col = group.column(c)
+                name = col.path_in_schema.split(".")[0]
+                sizes[name] = sizes.get(name, 0) + col.total_compressed_size
+    return sizes
 
 
 def read_manifest(fs: pafs.FileSystem, directory: str) -> dict[str, Any] | None:

@@ -135,7 +135,7 @@ def label(cfg: Config) -> dict[str, Any]:
     """Make (or finish) the cache for this config; returns its manifest."""
     import ray
 
-    from gemini_ray.cache import open_dir, read_manifest, shard_is_complete, shard_name, write_manifest
+    from gemini_ray.cache import column_bytes, open_dir, read_manifest, shard_is_complete, shard_name, write_manifest
     from gemini_ray.pipeline import assign_shards, label_shards, teacher_token_counter
 
     t_start = time.perf_counter()
@@ -198,19 +198,25 @@ def label(cfg: Config) -> dict[str, Any]:
     total_bytes = sum(v["bytes"] for v in shards.values())
     positions = sum(v["positions"] for v in shards.values())
     tokens = sum(v["teacher_tokens"] for v in shards.values())
-    k = cfg.label.max_negatives
+    columns = column_bytes(fs, [f"{path}/{shard_name(i)}" for i in sorted(expected)])
+    signal = sum(columns.get(c, 0) for c in ("topk_ids", "topk_logits", "topk_mass"))
+    negatives = sum(columns.get(c, 0) for c in ("neg_input_ids", "neg_attention_mask", "neg_mask"))
     manifest.update(
         complete=True,
         rows=sum(v["rows"] for v in shards.values()),
         teacher_tokens=tokens,
         teacher_tokens_this_run=ray.get(counter.total.remote()) - tokens_before,
         bytes=total_bytes,
-        # positions counts anchor + positive tokens; each row also stores K_max negatives' token ids
+        # per anchor/positive token position, on disk (parquet, compressed): everything, the teacher's
+        # top-k signal alone, and the K_max negatives' token ids + masks each row carries for the student
         bytes_per_token=total_bytes / max(positions, 1),
-        negative_id_bytes_per_token=k * 4 / 2,  # K_max spans of int32 ids per 2 labelled spans
+        signal_bytes_per_token=signal / max(positions, 1),
+        negative_bytes_per_token=negatives / max(positions, 1),
+        column_bytes=columns,
         wall_time_s={**s.seconds, "label_s": time.perf_counter() - t_label, "total_s": time.perf_counter() - t_start},
     )
     write_manifest(fs, path, manifest)
     print(f"[gemini-ray] cache: {directory} ({manifest['rows']} rows, {tokens} teacher tokens, "
-          f"{manifest['bytes_per_token']:.0f} bytes/token on disk incl. negatives' token ids)")
+          f"{manifest['bytes_per_token']:.0f} bytes/token on disk: {manifest['signal_bytes_per_token']:.0f} teacher "
+          f"top-k signal, {manifest['negative_bytes_per_token']:.0f} negatives' token ids)")
     return manifest

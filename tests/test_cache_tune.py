@@ -1,0 +1,203 @@
+"""The teacher-signal cache (keys, resume, truncation) and the Ray Tune search on tiny models."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gemini_ray.cache import cache_key, check_compatible
+from gemini_ray.config import load_config
+from gemini_ray.errors import ConfigError, GeminiRayError
+from gemini_ray.tune import load_space, validate_space
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
+
+IDENTITY = {"teacher_weights": "aa", "tokenizer_vocab": "bb", "corpus": "cc", "span_length": 32, "masked": False,
+            "mlm_probability": None, "data_seed": 0, "val_fraction": 0.05, "top_k": 16, "max_negatives": 8,
+            "mining_window": 128, "mining_seed": 0}
+
+
+def test_cache_key_is_stable_and_changes_with_every_input():
+    assert cache_key(dict(IDENTITY)) == cache_key(dict(reversed(list(IDENTITY.items()))))
+    for key, other in [("teacher_weights", "zz"), ("tokenizer_vocab", "zz"), ("corpus", "zz"), ("top_k", 8),
+                       ("span_length", 64), ("max_negatives", 16), ("mining_window", 64)]:
+        assert cache_key({**IDENTITY, key: other}) != cache_key(IDENTITY), key
+
+
+def test_cache_from_another_teacher_or_corpus_is_refused():
+    manifest = {"identity": IDENTITY}
+    check_compatible(manifest, dict(IDENTITY), "somewhere")
+    with pytest.raises(GeminiRayError, match="different teacher"):
+        check_compatible(manifest, {**IDENTITY, "teacher_weights": "other"}, "somewhere")
+    with pytest.raises(GeminiRayError, match="different tokenizer"):
+        check_compatible(manifest, {**IDENTITY, "tokenizer_vocab": "other"}, "somewhere")
+    with pytest.raises(GeminiRayError, match="different corpus"):
+        check_compatible(manifest, {**IDENTITY, "corpus": "other"}, "somewhere")
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
+def test_every_tune_space_loads_with_real_keys(path):
+    search, fixed = load_space(path)
+    assert {"loss.lambda_kd", "loss.cl_temperature", "loss.num_negatives"} <= set(search)
+    from gemini_ray.config import apply_overrides, config_from_dict
+
+    raw = apply_overrides({}, [f"{k}={json.dumps(v)}" for k, v in fixed.items()])
+    validate_space(raw, search, config_from_dict(raw).label.max_negatives, str(path))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("loss.lamda_kd: {uniform: [0.1, 0.9]}\n", "not a config key.*loss.lambda_kd"),
+    ("loss.lambda_kd: {uniform: [0.5, 1.5]}\n", "loss.lambda_kd=1.5 is invalid"),
+    ("loss.cl_temperature: {uniform: [0.0, 0.1]}\n", "loss.cl_temperature=0.0 is invalid"),
+    ("loss.cl_temperature: {loguniform: [0.0, 0.1]}\n", "needs low > 0"),
+    ("loss.num_negatives: {choice: [2, 32]}\n", "exceeds K_max=8"),
+    ("loss.lambda_kd: {uniform: [0.9, 0.1]}\n", "low < high"),
+    ("loss.lambda_kd: {normal: [0.5, 0.1]}\n", "must be one of"),
+    ("train.max_steps: 10\n", "searches no key"),
+])
+def test_bad_search_spaces_are_refused(tmp_path, text, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        search, fixed = load_space(path)
+        validate_space({}, search, 8, str(path))
+
+
+# --------------------------------------------------------------------------- with Ray
+
+
+def tiny(teacher_dir, corpus, storage, *extra):
+    return [f"teacher.model={teacher_dir}", "teacher.top_k=8", "teacher.batch_size=16", f"data.path={corpus}",
+            "data.text_column=body", "data.span_length=16", "data.val_fraction=0.2", "student.num_layers=2",
+            "loss.num_negatives=2", "label.max_negatives=4", "mining.window=64", "label.shards_per_round=2",
+            "train.batch_size=4", "train.log_every=2", "train.eval_every=2", "train.checkpoint_every=4",
+            "train.warmup_steps=1", f"run.storage_path={storage}", *extra]
+
+
+def read_rows(directory: Path) -> dict[str, np.ndarray]:
+    """Every row of a cache as numpy columns, sorted by example id."""
+    import ray.data
+
+    files = [str(p) for p in sorted(directory.glob("shard-*.parquet"))]
+    batch = ray.data.read_parquet(files).take_batch(batch_size=1_000_000, batch_format="numpy")
+    order = np.argsort(batch["example_id"], kind="stable")
+    return {k: np.asarray(v)[order] for k, v in batch.items()}
+
+
+def assert_same_rows(a: dict, b: dict) -> None:
+    assert np.array_equal(a["example_id"], b["example_id"])
+    for col in ("input_ids", "topk_ids", "neg_input_ids", "neg_mask", "label_mask", "shard"):
+        assert np.array_equal(a[col], b[col]), col
+    assert np.allclose(a["topk_logits"], b["topk_logits"], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_start_2_cpus, llama_dir, corpus_file, tmp_path_factory):
+    from gemini_ray.label import label
+
+    storage = tmp_path_factory.mktemp("cache-b")
+    manifest = label(load_config(None, tiny(llama_dir, corpus_file, storage)))
+    directory = next((storage / "signal_cache").iterdir())
+    return storage, directory, manifest
+
+
+@pytest.mark.ray
+def test_label_writes_one_teacher_pass(uninterrupted, llama_dir, lee_texts):
+    from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
+    from gemini_ray.pipeline import is_val_doc
+
+    _, directory, manifest = uninterrupted
+    assert manifest["complete"] and (directory / "manifest.json").is_file()
+    pairs = SpanPairer(str(llama_dir), "causal", 16)({"text": np.array(lee_texts, dtype=object)})
+    ok = pairs["status"] == STATUS_OK
+    assert manifest["rows"] == ok.sum()
+    # every labelled token went through the teacher exactly once
+    assert manifest["teacher_tokens"] == manifest["teacher_tokens_this_run"] == pairs["attention_mask"][ok].sum()
+    rows = read_rows(directory)
+    assert len(rows["example_id"]) == ok.sum() and len(np.unique(rows["example_id"])) == ok.sum()  # no loss, no dup
+    val_shards = set(manifest["shards_val"])
+    assert val_shards and all(is_val_doc(np.array([d]), 0.2)[0] == (s in val_shards)
+                              for d, s in zip(rows["doc_id"], rows["shard"]))
+    assert {text_hash(t) for t in lee_texts} >= set(rows["doc_id"].tolist())
+    assert rows["neg_input_ids"].shape[1:] == (4, 16)  # K_max negatives per row
+
+
+@pytest.mark.ray
+def test_interrupted_label_resumes_and_redoes_truncated_shards(uninterrupted, llama_dir, corpus_file, tmp_path,
+                                                                monkeypatch):
+    import gemini_ray.pipeline as pipeline
+    from gemini_ray.label import label
+
+    real = pipeline.label_shards
+    calls: list[list[int]] = []
+
+    def interrupt_after_first_round(cfg, examples, directory, shards):
+        if calls:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        calls.append(list(shards))
+        return real(cfg, examples, directory, shards)
+
+    cfg = load_config(None, tiny(llama_dir, corpus_file, tmp_path))
+    monkeypatch.setattr(pipeline, "label_shards", interrupt_after_first_round)
+    with pytest.raises(KeyboardInterrupt):
+        label(cfg)
+    directory = next((tmp_path / "signal_cache").iterdir())
+    partial = json.loads((directory / "manifest.json").read_text())
+    assert not partial["complete"] and sorted(map(int, partial["shards"])) == calls[0]
+
+    resumed: list[list[int]] = []
+    monkeypatch.setattr(pipeline, "label_shards", lambda *a: resumed.append(list(a[3])) or real(*a))
+    label(cfg)
+    done_first = set(calls[0])
+    assert not done_first & {s for r in resumed for s in r}  # finished shards were not recomputed
+    _, b_dir, _ = uninterrupted
+    assert directory.name == b_dir.name  # same inputs, same cache key
+    assert_same_rows(read_rows(directory), read_rows(b_dir))
+
+    # a truncated shard is detected and redone
+    victim = sorted(directory.glob("shard-*.parquet"))[1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    resumed.clear()
+    label(cfg)
+    assert resumed == [[int(victim.stem.split("-")[1])]]
+    assert_same_rows(read_rows(directory), read_rows(b_dir))
+
+
+@pytest.mark.ray
+def test_distill_reads_the_cache_and_tune_searches_it(uninterrupted, llama_dir, corpus_file):
+    from gemini_ray.distill import distill
+    from gemini_ray.tune import run_tune
+
+    storage, directory, manifest = uninterrupted
+    summary = distill(load_config(None, tiny(llama_dir, corpus_file, storage, "train.max_steps=4", "run.name=cached",
+                                             "label.use=require")))
+    assert summary["teacher_signal"]["cache"] == str(directory)
+    assert summary["teacher_signal"]["teacher_tokens_this_run"] == 0
+    assert "val/loss_kd" in summary["training"]["last"]
+
+    result = run_tune(None, tiny(llama_dir, corpus_file, storage, "tune.space=tune_spaces/quick.yaml",
+                                 "train.max_steps=4", "train.log_every=2", "train.eval_every=2",
+                                 "train.checkpoint_every=4", "tune.num_samples=3"))
+    assert result["trials"] >= 3 and result["errored"] == 0
+    assert result["teacher_tokens_during_search"] == 0  # one teacher pass (the cache) for every trial
+    assert result["teacher_tokens_in_cache"] == manifest["teacher_tokens"]
+    table = pd.read_csv(result["results"])
+    assert len(table) >= 3 and {"config/loss.lambda_kd", "config/loss.cl_temperature", "val/loss_kd"} <= set(table)
+    best = load_config(result["best_config"])
+    assert best.loss.num_negatives in (2, 4) and 0.2 <= best.loss.lambda_kd <= 0.8
+    assert Path(result["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.ray
+def test_cache_requirements_are_enforced(uninterrupted, llama_dir, corpus_file, tmp_path):
+    from gemini_ray.distill import distill
+
+    storage, directory, _ = uninterrupted
+    with pytest.raises(GeminiRayError, match="loss.num_negatives=5 exceeds the 4 negatives"):
+        distill(load_config(None, tiny(llama_dir, corpus_file, storage, "loss.num_negatives=5",
+                                       f"label.path={directory}")))
+    with pytest.raises(GeminiRayError, match="no complete teacher-signal cache"):
+        distill(load_config(None, tiny(llama_dir, corpus_file, tmp_path, "label.use=require")))
