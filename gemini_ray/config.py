@@ -263,6 +263,9 @@ class RunConfig:
     """Where the exported student goes. Default: <storage_path>/<name>/student."""
     ray_address: Optional[str] = None
     """Ray cluster to join ('auto', 'ray://...'); None starts a local instance (or joins RAY_ADDRESS)."""
+    check_resources: bool = True
+    """Fail before training when the trainer and the data stage that streams beside it do not fit the
+    cluster's nodes at once. Turn off on an autoscaling cluster whose worker nodes are not up yet."""
 
     def __post_init__(self) -> None:
         ok = bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name)
@@ -321,6 +324,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

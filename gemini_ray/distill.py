@@ -20,13 +20,43 @@ from typing import Any
 from gemini_ray.config import Config, config_to_dict
 from gemini_ray.errors import GeminiRayError
 
-__all__ = ["distill", "signal_bytes_per_token", "run_dir"]
+__all__ = ["distill", "signal_bytes_per_token", "run_dir", "resources_needed", "check_resources"]
 
 
 def signal_bytes_per_token(top_k: int, hidden_size: int, span_length: int) -> float:
     """Bytes of teacher signal per token: top-k ids (int32) + logits (float32) + top-k mass (float32),
     plus each span's pooled embedding (float32) spread over its tokens."""
     return top_k * (4 + 4) + 4 + hidden_size * 4 / span_length
+
+
+def resources_needed(cfg: Config, cached: bool) -> dict[str, float]:
+    """What the fit holds at once: the Train workers plus the data stage that streams beside them
+    (the teacher pool and the miner when labelling online; a fractional read from a cache)."""
+    from gemini_ray.pipeline import CACHE_READ_CPUS, LIGHT_CPUS
+
+    t = cfg.train
+    cpu = t.num_workers * t.cpus_per_worker
+    gpu = t.num_workers * (1.0 if t.use_gpu else 0.0)
+    if cached:
+        cpu += CACHE_READ_CPUS
+    else:  # teacher actors + the miner actor + one light task (filter / column selection) at a time
+        cpu += cfg.teacher.num_actors * cfg.teacher.num_cpus + 2 * LIGHT_CPUS
+        gpu += cfg.teacher.num_actors * cfg.teacher.num_gpus
+    return {"CPU": cpu, "GPU": gpu}
+
+
+def check_resources(needed: dict[str, float], available: dict[str, float]) -> None:
+    """Fail before the fit when the cluster cannot hold the trainer and its data stage at once (else Ray
+    Data waits for a free CPU until its no-progress timeout, 30 minutes later)."""
+    short = {k: (v, available.get(k, 0.0)) for k, v in needed.items() if v > available.get(k, 0.0) + 1e-9}
+    if short:
+        what = ", ".join(f"{v:g} {k} needed, {have:g} in the cluster" for k, (v, have) in short.items())
+        raise GeminiRayError(
+            f"the trainer and its data stage do not fit the cluster at once ({what}). Lower "
+            "train.num_workers or train.cpus_per_worker (or train.use_gpu), teacher.num_actors or "
+            "teacher.num_cpus / teacher.num_gpus, or add nodes (run.check_resources=false skips this check on an "
+            "autoscaling cluster)."
+        )
 
 
 def run_dir(cfg: Config) -> str:
@@ -119,6 +149,8 @@ def distill(cfg: Config) -> dict[str, Any]:
         teacher_source_note = {"cache": None}
     times["val_label_s"] = time.perf_counter() - t0
     teacher_source = s.teacher_source
+    if cfg.run.check_resources:
+        check_resources(resources_needed(cfg, cached=cache is not None), ray.cluster_resources())
 
     # --- fit ----------------------------------------------------------------------------------------
     import ray.train.torch  # noqa: F401  (registers the torch backend)

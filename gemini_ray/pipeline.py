@@ -46,6 +46,15 @@ class CorpusStats:
         return dataclasses.asdict(self)
 
 
+LIGHT_CPUS = 0.1
+"""CPUs per task of the cheap row operations (filter, column selection) in datasets that stream beside the
+trainer: on a small machine the Train workers and the teacher pool hold almost every CPU, and an
+operation that asks for a whole one would wait forever (Ray Data's no-progress error after 30 minutes)."""
+
+CACHE_READ_CPUS = 0.25
+"""CPUs per cache-read task: a Tune trial's driver and trainer hold the rest."""
+
+
 def _is_uri(path: str) -> bool:
     return "://" in path
 
@@ -164,7 +173,7 @@ def build_examples(cfg: Config, tokenizer_source: str, kind: str) -> tuple[ray.d
 
 def split(examples: ray.data.Dataset, name: str) -> ray.data.Dataset:
     """The 'train' or 'val' rows of the examples."""
-    return examples.filter(expr=f"split == '{name}'")
+    return examples.filter(expr=f"split == '{name}'", num_cpus=LIGHT_CPUS)
 
 
 @ray.remote(num_cpus=0)
@@ -223,9 +232,9 @@ def label_and_mine(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
         fn_constructor_kwargs={"num_negatives": cfg.loss.num_negatives, "seed": cfg.mining.seed},
         compute=ActorPoolStrategy(size=1),
         batch_size=cfg.mining.window,
-        num_cpus=0.1,
+        num_cpus=LIGHT_CPUS,
         batch_format="numpy",
-    ).select_columns(TRAIN_COLUMNS)
+    ).select_columns(TRAIN_COLUMNS, num_cpus=LIGHT_CPUS)
 
 
 # --------------------------------------------------------------------------- the teacher-signal cache
@@ -242,7 +251,7 @@ def assign_shards(examples: ray.data.Dataset, n_train: int, n_val: int) -> ray.d
         batch["shard"] = np.where(val, n_train + ex % max(n_val, 1), ex % n_train).astype(np.int64)
         return batch
 
-    return examples.map_batches(add, batch_format="numpy")
+    return examples.map_batches(add, batch_format="numpy", num_cpus=LIGHT_CPUS)
 
 
 class ShardWriter:
@@ -282,14 +291,14 @@ class ShardWriter:
 def label_shards(cfg: Config, examples: ray.data.Dataset, directory: str, shards: list[int]) -> list[dict]:
     """Label and write the given shards (one Ray Data execution); returns one record per shard."""
     todo = set(shards)
-    subset = examples.filter(lambda r: r["shard"] in todo)
+    subset = examples.filter(lambda r: r["shard"] in todo, num_cpus=LIGHT_CPUS)
     labelled = _teacher_stage(cfg, subset)
     written = labelled.groupby("shard").map_groups(
         ShardWriter,
         fn_constructor_kwargs={"directory": directory, "max_negatives": cfg.label.max_negatives,
                                "seed": cfg.mining.seed},
         compute=ActorPoolStrategy(size=1),
-        num_cpus=0.1,
+        num_cpus=LIGHT_CPUS,
         batch_format="numpy",
     )
     return written.to_pandas().to_dict("records")
@@ -302,11 +311,11 @@ def read_cache(directory: str, shards: list[int], num_negatives: int) -> ray.dat
     fs, path = open_dir(directory)
     files = [f"{path}/{shard_name(s)}" for s in shards]
     # fractional CPUs: on a small machine the trainer (and a Tune trial's driver) hold most of them
-    ds = ray.data.read_parquet(files, filesystem=fs, columns=TRAIN_COLUMNS, num_cpus=0.25)
+    ds = ray.data.read_parquet(files, filesystem=fs, columns=TRAIN_COLUMNS, num_cpus=CACHE_READ_CPUS)
 
     def first_k(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for key in ("neg_input_ids", "neg_attention_mask", "neg_mask"):
             batch[key] = np.ascontiguousarray(batch[key][:, :num_negatives])
         return batch
 
-    return ds.map_batches(first_k, batch_format="numpy", num_cpus=0.25)
+    return ds.map_batches(first_k, batch_format="numpy", num_cpus=CACHE_READ_CPUS)

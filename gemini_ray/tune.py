@@ -134,12 +134,15 @@ def _trial(params: dict[str, Any], base: dict[str, Any], cache_dir: str, manifes
 def _max_concurrent(cfg: Config) -> int:
     import ray
 
+    from gemini_ray.distill import resources_needed
+    from gemini_ray.pipeline import CACHE_READ_CPUS
+
     if cfg.tune.max_concurrent_trials:
         return cfg.tune.max_concurrent_trials
     res = ray.cluster_resources()
     if cfg.train.use_gpu:
         return max(1, int(res.get("GPU", 0) // cfg.train.num_workers))
-    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + 0.5  # + headroom for reading the cache
+    per_trial = resources_needed(cfg, cached=True)["CPU"] + CACHE_READ_CPUS  # + a second read task's worth
     return max(1, int(res.get("CPU", 1) // per_trial))
 
 
@@ -176,7 +179,7 @@ def run_tune(config_path: str | None = None, overrides: list[str] | None = None)
     from ray.tune.schedulers import ASHAScheduler
 
     from gemini_ray.checkpoint import atomic_write_text
-    from gemini_ray.distill import run_dir
+    from gemini_ray.distill import check_resources, resources_needed, run_dir
     from gemini_ray.label import find_cache, label, setup
     from gemini_ray.models import build_student, count_parameters
     from gemini_ray.pipeline import teacher_token_counter
@@ -216,6 +219,8 @@ def run_tune(config_path: str | None = None, overrides: list[str] | None = None)
     scheduler = ASHAScheduler(time_attr="training_iteration", metric=cfg.tune.metric, mode=cfg.tune.mode,
                               max_t=reports, grace_period=min(cfg.tune.grace_period, reports),
                               reduction_factor=cfg.tune.reduction_factor)
+    if cfg.run.check_resources:  # one trial must fit, else every trial waits on Ray Data for a free CPU
+        check_resources(resources_needed(cfg, cached=True), ray.cluster_resources())
     concurrent = _max_concurrent(cfg)
     experiment = f"{storage}/{cfg.tune.name}"
     if tune.Tuner.can_restore(experiment):
