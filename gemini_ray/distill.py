@@ -83,7 +83,7 @@ def distill(cfg: Config) -> dict[str, Any]:
     from gemini_ray.checkpoint import atomic_write_text, export_student
     from gemini_ray.label import find_cache, setup
     from gemini_ray.models import build_student, count_parameters, load_student
-    from gemini_ray.pipeline import label_and_mine, read_cache, split, teacher_token_counter
+    from gemini_ray.pipeline import label_and_mine, read_cache, split, teacher_token_counter, to_arrays
     from gemini_ray.train_worker import train_loop_per_worker
 
     times: dict[str, float] = {}
@@ -102,6 +102,9 @@ def distill(cfg: Config) -> dict[str, Any]:
     # --- setup: teacher, student, examples, teacher signal -----------------------------------------
     s, teacher = setup(cfg, teacher_model_needed=True)
     kind, stats = s.kind, s.stats
+    if cfg.loss.objective == "lm" and kind != "causal":
+        raise GeminiRayError("loss.objective=lm (next-token cross-entropy) needs a causal teacher's tokenizer and "
+                             f"spans; this teacher is {kind}. Use loss.objective=distill.")
     if cfg.student.from_pretrained:
         student = load_student(cfg.student.from_pretrained, kind, teacher, s.tokenizer)
     else:
@@ -134,7 +137,7 @@ def distill(cfg: Config) -> dict[str, Any]:
         cache_dir, manifest = cache
         print(f"[gemini-ray] reading the teacher signal from the cache {cache_dir}")
         stream = read_cache(cache_dir, manifest["shards_train"], cfg.loss.num_negatives)
-        val = (read_cache(cache_dir, manifest["shards_val"], cfg.loss.num_negatives).materialize()
+        val = (to_arrays(read_cache(cache_dir, manifest["shards_val"], cfg.loss.num_negatives))
                if manifest["shards_val"] else None)  # small: read once, before the trainer holds its CPUs
         teacher_source_note = {"cache": cache_dir, "cache_teacher_tokens": manifest["teacher_tokens"]}
     else:
@@ -145,7 +148,7 @@ def distill(cfg: Config) -> dict[str, Any]:
             print(f"[gemini-ray] note: {cfg.train.max_steps} steps need {epochs} passes over the data; the online "
                   "teacher runs once per pass ('gemini-ray label' makes a cache that runs it once).")
         stream = label_and_mine(cfg, train_examples)
-        val = label_and_mine(cfg, split(s.examples, "val")).materialize() if stats.val_examples else None
+        val = to_arrays(label_and_mine(cfg, split(s.examples, "val"))) if stats.val_examples else None
         teacher_source_note = {"cache": None}
     times["val_label_s"] = time.perf_counter() - t0
     teacher_source = s.teacher_source
@@ -158,7 +161,8 @@ def distill(cfg: Config) -> dict[str, Any]:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": config_to_dict(cfg), "hf_config": student.config.to_dict(), "kind": kind,
-                           "init_weights": ray.put(student.state_dict()), "has_val": val is not None},
+                           "init_weights": ray.put(student.state_dict()),
+                           "val": ray.put(val) if val is not None else None},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=ray.train.RunConfig(
@@ -166,8 +170,7 @@ def distill(cfg: Config) -> dict[str, Any]:
             storage_path=out_dir.rsplit("/", 1)[0],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
-        datasets={"train": stream, **({"val": val} if val is not None else {})},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),  # every rank evaluates all of val
+        datasets={"train": stream},  # every rank evaluates all of val (an object, see to_arrays)
     )
     t0 = time.perf_counter()
     result = trainer.fit()
@@ -178,14 +181,17 @@ def distill(cfg: Config) -> dict[str, Any]:
     # --- export -------------------------------------------------------------------------------------
     t0 = time.perf_counter()
     student_dir = cfg.run.output_dir or f"{out_dir}/student"
+    # what `gemini-ray eval` needs to find the teacher and the held-out documents of this run
+    meta = {"teacher": teacher_source, "kind": kind, "data": config_to_dict(cfg)["data"],
+            "loss": config_to_dict(cfg)["loss"], "corpus_fingerprint": stats.fingerprint}
     with result.checkpoint.as_directory() as ckpt:
         state = json.loads((Path(ckpt) / "state.json").read_text(encoding="utf-8"))
         if "://" in student_dir:  # export locally, then copy to the shared store
             with tempfile.TemporaryDirectory() as tmp:
-                export_student(ckpt, Path(tmp) / "student", teacher_source)
+                export_student(ckpt, Path(tmp) / "student", teacher_source, meta)
                 _upload(Path(tmp) / "student", student_dir)
         else:
-            export_student(ckpt, student_dir, teacher_source)
+            export_student(ckpt, student_dir, teacher_source, meta)
     times["export_s"] = time.perf_counter() - t0
     times["total_s"] = time.perf_counter() - t_start
 

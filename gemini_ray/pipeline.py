@@ -25,7 +25,7 @@ from gemini_ray.data.teacher_stage import TeacherLabeler
 from gemini_ray.errors import GeminiRayError
 
 __all__ = ["CorpusStats", "read_documents", "build_examples", "split", "label_and_mine", "is_val_doc",
-           "teacher_token_counter", "label_shards", "read_cache"]
+           "teacher_token_counter", "label_shards", "read_cache", "to_arrays"]
 
 
 @dataclass
@@ -235,6 +235,20 @@ def label_and_mine(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
         num_cpus=LIGHT_CPUS,
         batch_format="numpy",
     ).select_columns(TRAIN_COLUMNS, num_cpus=LIGHT_CPUS)
+
+
+def to_arrays(ds: ray.data.Dataset) -> dict[str, np.ndarray] | None:
+    """A small dataset (the held-out rows) as one dict of column arrays, or None when it is empty.
+
+    The held-out rows go to the Train workers as one object, not as a second Ray Data stream: every
+    concurrent Ray Data execution takes an equal share of the CPUs the trainer leaves free, and on a
+    small machine a share rounds down to nothing (the training stream then waits for its no-progress
+    timeout)."""
+    parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    parts = [p for p in parts if len(next(iter(p.values()))) > 0]
+    if not parts:
+        return None
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 # --------------------------------------------------------------------------- the teacher-signal cache

@@ -51,7 +51,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if loop_config.get("has_val") else None
+    val_rows = ray.get(loop_config["val"]) if loop_config.get("val") is not None else None
     resume_from = ray.train.get_checkpoint()
     # -------------------------------------------------------------------------------------------
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report is ours, not Ray's
@@ -88,12 +88,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def evaluate() -> dict[str, float]:
         """Mean loss parts over the held-out documents (every rank reads all of them)."""
-        if val_shard is None:
+        if val_rows is None:
             return {}
         sums, n = {"val/loss_total": 0.0, "val/loss_kd": 0.0, "val/loss_cl": 0.0}, 0
+        rows = len(val_rows["input_ids"])
         student.eval()
         with torch.no_grad():
-            for batch in val_shard.iter_torch_batches(batch_size=tc.batch_size, device=device):
+            for start in range(0, rows, tc.batch_size):
+                batch = {k: torch.tensor(v[start : start + tc.batch_size], device=device) for k, v in val_rows.items()}
                 b = int(batch["input_ids"].shape[0])
                 for key, value in compute_loss(student, batch, cfg.loss).as_floats().items():
                     sums["val/loss_" + key.split("/", 1)[1]] += value * b

@@ -107,7 +107,7 @@ def _trial(params: dict[str, Any], base: dict[str, Any], cache_dir: str, manifes
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gemini_ray.pipeline import read_cache
+    from gemini_ray.pipeline import read_cache, to_arrays
     from gemini_ray.train_worker import train_loop_per_worker
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -115,18 +115,17 @@ def _trial(params: dict[str, Any], base: dict[str, Any], cache_dir: str, manifes
     init_weights = ray.put(init_weights)  # with_parameters hands over the value; workers fetch it by reference
     cfg = config_from_dict(apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in params.items()]))
     train = read_cache(cache_dir, manifest["shards_train"], cfg.loss.num_negatives)
-    val = read_cache(cache_dir, manifest["shards_val"], cfg.loss.num_negatives).materialize()  # small; read once
+    val = to_arrays(read_cache(cache_dir, manifest["shards_val"], cfg.loss.num_negatives))  # small; read once
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": config_to_dict(cfg), "hf_config": hf_config, "kind": kind,
-                           "init_weights": init_weights, "has_val": True},
+                           "init_weights": init_weights, "val": ray.put(val)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         run_config=ray.train.RunConfig(name=f"trial-{trial_id}", storage_path=storage,
                                        callbacks=[TuneReportCallback()],
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
-        datasets={"train": train, "val": val},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets={"train": train},
     )
     trainer.fit()
 

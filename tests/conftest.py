@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # a Ray Data stream that cannot get a CPU fails in 5 minutes, not Ray's default 30 (read by ray.init's processes)
 os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "300")
+import gemini_ray  # noqa: E402,F401  (sets Ray Data's resource-request expiry before Ray starts)
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import save, tiny_bert, tiny_llama, word_tokenizer  # noqa: E402
