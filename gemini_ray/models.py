@@ -34,6 +34,7 @@ __all__ = [
     "load_student",
     "student_layer_ids",
     "mean_pool",
+    "embed",
     "count_parameters",
     "DistillStudent",
 ]
@@ -301,6 +302,12 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     """
     m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (N, L, 1)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (N, H)
+
+
+def embed(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A text's embedding as training sees it: mean_pool of the body's last hidden states. (N, H)"""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return mean_pool(hidden, attention_mask)
 
 
 def lm_head(model: nn.Module) -> nn.Module:

@@ -13,13 +13,14 @@ import math
 import torch
 
 from gemini_ray.config import LossConfig, TrainConfig
-from gemini_ray.losses import LossParts, combine, info_nce_loss, topk_kd_loss
+from gemini_ray.losses import LossParts, combine, info_nce_loss, next_token_loss, topk_kd_loss
 
 __all__ = ["compute_loss", "make_optimizer", "lr_at"]
 
 
 def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: LossConfig) -> LossParts:
-    """λ·L_KD + (1 − λ)·L_CL for a batch; `student` is a (possibly DDP-wrapped) DistillStudent."""
+    """λ·L_KD + (1 − λ)·L_CL for a batch (or next-token CE with loss.objective='lm');
+    `student` is a (possibly DDP-wrapped) DistillStudent."""
     ids = batch["input_ids"].long()  # (B, 2, L)
     B, _, L = ids.shape
     K = cfg.num_negatives
@@ -38,6 +39,11 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
     z, z_pos = pooled[:B], pooled[B : 2 * B]  # (B, H)
     z_neg = pooled[2 * B :].reshape(B, K, -1)  # (B, K, H)
     cl = info_nce_loss(z, z_pos, z_neg, cfg.cl_temperature, batch["neg_mask"][:, :K].bool())
+    if cfg.objective == "lm":  # no-teacher baseline: KD and CL are logged, the gradient is plain CE
+        span_ids = torch.cat([ids[:, 0], ids[:, 1]])  # (2B, L), ordered like the logits
+        span_att = torch.cat([att[:, 0], att[:, 1]])
+        ce = next_token_loss(logits, span_ids, span_att)
+        return LossParts(total=ce, kd=kd.detach(), cl=cl.detach())
     return combine(kd, cl, cfg.lambda_kd)
 
 

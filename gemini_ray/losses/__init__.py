@@ -8,8 +8,9 @@ import torch
 
 from gemini_ray.losses.contrastive import info_nce_loss
 from gemini_ray.losses.distillation import dense_kd_loss, topk_kd_loss
+from gemini_ray.losses.language_model import next_token_loss
 
-__all__ = ["LossParts", "combine", "info_nce_loss", "topk_kd_loss", "dense_kd_loss"]
+__all__ = ["LossParts", "combine", "info_nce_loss", "topk_kd_loss", "dense_kd_loss", "next_token_loss"]
 
 
 @dataclass

@@ -1,0 +1,104 @@
+"""Evaluation metrics: pure functions over arrays and tensors. No Ray, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["spearman", "TokenStats", "token_stats", "causal_targets", "linear_probe_accuracy"]
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); NaN when either side is constant."""
+    rx = pd.Series(np.asarray(x, dtype=float)).rank().to_numpy()
+    ry = pd.Series(np.asarray(y, dtype=float)).rank().to_numpy()
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+@dataclass
+class TokenStats:
+    """Sums over predicted positions; perplexity, KL and agreement are their means."""
+
+    nll: float = 0.0
+    kl: float = 0.0
+    agree: float = 0.0
+    count: int = 0
+
+    def add(self, other: "TokenStats") -> None:
+        self.nll += other.nll
+        self.kl += other.kl
+        self.agree += other.agree
+        self.count += other.count
+
+    def summary(self, with_teacher: bool) -> dict[str, float]:
+        n = max(self.count, 1)
+        out = {"tokens": self.count, "nll": self.nll / n, "perplexity": float(np.exp(self.nll / n))}
+        if with_teacher:
+            out.update(kl_to_teacher=self.kl / n, teacher_top1_agreement=self.agree / n)
+        return out
+
+
+def causal_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets and positions for next-token prediction: position t predicts token t + 1.
+
+    Returns (targets (N, L), positions (N, L) bool); the last position and padding are never predicted."""
+    targets = torch.zeros_like(input_ids)
+    targets[:, :-1] = input_ids[:, 1:]
+    positions = torch.zeros_like(attention_mask, dtype=torch.bool)
+    positions[:, :-1] = (attention_mask[:, :-1] * attention_mask[:, 1:]).bool()
+    return targets, positions
+
+
+@torch.no_grad()
+def token_stats(logits: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor,
+                teacher_logits: torch.Tensor | None = None) -> TokenStats:
+    """NLL of the targets, KL(teacher ‖ model) and top-1 agreement with the teacher, summed over positions.
+
+    Args:
+        logits: (N, L, V) model logits; targets: (N, L) token ids; positions: (N, L) bool, where to score.
+        teacher_logits: (N, L, V) or None (then KL and agreement stay 0).
+    """
+    lp = torch.log_softmax(logits[positions].float(), dim=-1)  # (P, V)
+    t = targets[positions].long()  # (P,)
+    stats = TokenStats(nll=float(-lp.gather(1, t[:, None]).sum()), count=int(t.numel()))
+    if teacher_logits is not None:
+        tlp = torch.log_softmax(teacher_logits[positions].float(), dim=-1)  # (P, V)
+        stats.kl = float((tlp.exp() * (tlp - lp)).sum())
+        stats.agree = float((tlp.argmax(-1) == lp.argmax(-1)).sum())
+    return stats
+
+
+def linear_probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                          l2: float = 1e-2, seed: int = 0, max_iter: int = 200) -> float:
+    """Logistic regression on frozen features (standardised on the training side, L2-regularised, full-batch
+    L-BFGS in float64: deterministic for a given seed); returns test accuracy.
+
+    Args:
+        x_*: (n, d) features; y_*: (n,) integer class labels 0..C-1.
+    """
+    torch.manual_seed(seed)
+    xtr = torch.as_tensor(np.asarray(x_train), dtype=torch.float64)
+    xte = torch.as_tensor(np.asarray(x_test), dtype=torch.float64)
+    mu, sd = xtr.mean(0), xtr.std(0).clamp(min=1e-8)
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    ytr = torch.tensor(np.array(y_train), dtype=torch.long)
+    n_classes = int(max(ytr.max().item(), int(np.max(y_test))) + 1)
+    w = torch.zeros(xtr.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(xtr @ w + b, ytr) + l2 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        pred = (xte @ w + b).argmax(1).numpy()
+    return float((pred == np.asarray(y_test)).mean())

@@ -1,0 +1,354 @@
+"""`gemini-ray eval MODEL_DIR`: a student (and its teacher, for reference) on a fixed protocol.
+
+Protocol (every number in the report comes from here):
+* Language modelling on the held-out documents of the training corpus (the `data.val_fraction` share
+  chosen by content hash, never trained on): windows of `eval.lm_window` tokens, at most
+  `eval.lm_max_tokens` of them. Causal models: next-token perplexity; masked models: pseudo-perplexity at
+  `eval.mlm_probability` seeded masked positions. With the teacher's tokenizer: KL(teacher ‖ model) and
+  top-1 agreement with the teacher at the same positions.
+* Lee similarity: Spearman between the 1,225 human ratings and the cosine of the models' embeddings.
+* Rotten Tomatoes: a logistic-regression probe on frozen embeddings, train/test split by film.
+* Cost: parameters; forward tokens/s of model and teacher timed alternately in one process on the same
+  batch; peak resident memory of a fresh process that loads the model and runs that batch.
+Embeddings are `models.embed` (mean of the last hidden states over real tokens), the pooling the
+contrastive loss trains.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gemini_ray.config import Config
+from gemini_ray.errors import GeminiRayError
+from gemini_ray.evaluation.metrics import TokenStats, causal_targets, linear_probe_accuracy, spearman, token_stats
+from gemini_ray.evaluation.sets import LEE_PAIRS, lee_similarity, overlap, rotten_tomatoes
+
+__all__ = ["Model", "load_model", "evaluate", "markdown_table", "read_student_meta", "eval_config", "write_report",
+           "versus_teacher"]
+
+
+@dataclass
+class Model:
+    name: str
+    source: str
+    model: torch.nn.Module
+    tokenizer: Any
+    kind: str
+    vocab: str
+
+
+def _check_model_dir(path: str, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise GeminiRayError(f"{what} '{path}' does not exist or is not a directory. "
+                             "Give a directory written by 'gemini-ray distill' (…/student) or save_pretrained.")
+    if not (p / "config.json").is_file():
+        raise GeminiRayError(f"{what} '{path}' holds no config.json: not a Hugging Face model directory.")
+    if not any(p.glob("*.safetensors")) and not any(p.glob("pytorch_model*.bin")):
+        raise GeminiRayError(f"{what} '{path}' holds no weights (*.safetensors). Export the model again.")
+    return p.resolve()
+
+
+def read_student_meta(model_dir: str) -> dict[str, Any]:
+    """What `distill` recorded next to an exported student ({} for other models)."""
+    from gemini_ray.checkpoint import STUDENT_META
+
+    path = Path(model_dir).expanduser() / STUDENT_META
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def load_model(name: str, source: str, kind: str = "auto") -> Model:
+    from gemini_ray.cache import vocab_hash
+    from gemini_ray.models import load_teacher, load_tokenizer
+
+    model, resolved = load_teacher(source, kind)
+    tok = load_tokenizer(source)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return Model(name, source, model, tok, resolved, vocab_hash(tok))
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    att = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        att[i, : len(r)] = 1
+    return ids, att
+
+
+@torch.no_grad()
+def embed_texts(m: Model, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
+    """(n, H) float32 embeddings; texts are batched by length (less padding), returned in input order."""
+    from gemini_ray.models import embed
+
+    ids = m.tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = np.zeros((len(texts), m.model.config.hidden_size), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch_ids, att = _pad([ids[i] or [m.tokenizer.pad_token_id] for i in idx], m.tokenizer.pad_token_id)
+        out[idx] = embed(m.model, batch_ids, att).float().numpy()
+    return out
+
+
+def lm_windows(m: Model, documents: list[str], window: int, max_tokens: int) -> list[list[int]]:
+    """Held-out documents cut into windows of `window` tokens (the last, shorter piece of a document is
+    kept if it has at least 8 tokens), in corpus order, until `max_tokens`."""
+    windows, total = [], 0
+    for doc in documents:
+        ids = m.tokenizer(doc, add_special_tokens=m.kind == "masked")["input_ids"]
+        for start in range(0, len(ids), window):
+            piece = ids[start : start + window]
+            if len(piece) < 8 or total >= max_tokens:
+                continue
+            windows.append(piece)
+            total += len(piece)
+    return windows
+
+
+def _mask(ids: torch.Tensor, att: torch.Tensor, tok, probability: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded masked-LM corruption: (masked input ids, positions to score)."""
+    special = torch.tensor([[t in tok.all_special_ids for t in row] for row in ids.tolist()])
+    gen = torch.Generator().manual_seed(seed)
+    positions = (torch.rand(ids.shape, generator=gen) < probability) & att.bool() & ~special
+    masked = ids.masked_fill(positions, tok.mask_token_id)
+    return masked, positions
+
+
+@torch.no_grad()
+def lm_metrics(m: Model, windows: list[list[int]], batch_size: int, reference: Model | None,
+               mlm_probability: float, seed: int) -> dict[str, float]:
+    """Perplexity (and, with a reference teacher of the same vocabulary, KL and agreement) over windows."""
+    stats = TokenStats()
+    for b, start in enumerate(range(0, len(windows), batch_size)):
+        ids, att = _pad(windows[start : start + batch_size], m.tokenizer.pad_token_id)
+        if m.kind == "causal":
+            inputs = ids
+            targets, positions = causal_targets(ids, att)
+        else:
+            inputs, positions = _mask(ids, att, m.tokenizer, mlm_probability, seed + b)
+            targets = ids
+        logits = m.model(input_ids=inputs, attention_mask=att).logits
+        if reference is m:
+            ref = logits
+        else:
+            ref = reference.model(input_ids=inputs, attention_mask=att).logits if reference is not None else None
+        stats.add(token_stats(logits, targets, positions, ref))
+    return stats.summary(with_teacher=reference is not None)
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def _peak_rss_child(source: str, kind: str, batch: tuple[int, int], conn) -> None:  # pragma: no cover (child)
+    import resource
+
+    from gemini_ray.models import load_teacher
+
+    torch.set_num_threads(1)
+    model, _ = load_teacher(source, kind)
+    with torch.no_grad():
+        model(input_ids=torch.ones(batch, dtype=torch.long), attention_mask=torch.ones(batch, dtype=torch.long))
+    conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB on Linux
+    conn.close()
+
+
+def peak_memory_mib(m: Model, batch: tuple[int, int]) -> float:
+    """Peak resident memory (MiB) of a fresh process that loads the model and runs one forward of `batch`."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_peak_rss_child, args=(m.source, m.kind, batch, child))
+    proc.start()
+    try:
+        value = parent.recv() if parent.poll(600) else float("nan")
+    except EOFError:
+        value = float("nan")
+    proc.join(30)
+    return float(value)
+
+
+@torch.no_grad()
+def throughput(models: list[Model], batch: tuple[int, int], repeats: int = 3) -> dict[str, float]:
+    """Forward tokens/s per model, timed alternately on the same random batch (median of `repeats`)."""
+    gen = torch.Generator().manual_seed(0)
+    times: dict[str, list[float]] = {m.name: [] for m in models}
+    for r in range(repeats + 1):  # the first round warms up
+        for m in models:
+            ids = torch.randint(0, m.model.config.vocab_size, batch, generator=gen)
+            t0 = time.perf_counter()
+            m.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            if r:
+                times[m.name].append(time.perf_counter() - t0)
+    return {name: batch[0] * batch[1] / float(np.median(t)) for name, t in times.items()}
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def _corpus(cfg: Config) -> tuple[list[str], set[int]]:
+    """Held-out documents of the training corpus (in corpus order) and every document's hash."""
+    from gemini_ray.data.spans import text_hash
+    from gemini_ray.label import init_ray
+    from gemini_ray.pipeline import is_val_doc, read_documents
+
+    init_ray(cfg)
+    table = read_documents(cfg).to_pandas()
+    table = table[~table["bad_utf8"]]
+    hashes = table["text"].map(text_hash).to_numpy()
+    keep = ~table["text"].map(text_hash).duplicated().to_numpy()
+    held = keep & is_val_doc(hashes, cfg.data.val_fraction)
+    return table["text"][held].tolist(), set(int(h) for h in hashes)
+
+
+def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, with_teacher: bool = True,
+             name: str = "student") -> dict[str, Any]:
+    """Run the protocol on the model (and the teacher); returns the report."""
+    from gemini_ray.models import count_parameters, resolve_teacher
+
+    e = cfg.eval
+    t_start = time.perf_counter()
+    student_path = _check_model_dir(model_dir, "the model directory")
+    meta = read_student_meta(str(student_path))
+    if teacher_source is None:
+        teacher_source = meta.get("teacher") or resolve_teacher(cfg.teacher)
+    if Path(teacher_source).expanduser().exists():
+        teacher_source = str(_check_model_dir(teacher_source, "the teacher directory"))
+
+    # evaluation sets first: an overlap with the training corpus refuses before any model loads
+    held_out, corpus_hashes = _corpus(cfg)
+    lee_docs, lee_pairs = lee_similarity()
+    rt_train, rt_test = rotten_tomatoes(e.rt_train, e.rt_test, e.rt_test_fraction, e.seed)
+    for set_name, texts in (("Lee similarity", lee_docs), ("Rotten Tomatoes", rt_train["text"].tolist() + rt_test["text"].tolist())):
+        n = overlap(texts, corpus_hashes)
+        if n:
+            raise GeminiRayError(f"{n} texts of the {set_name} evaluation set are documents of the training corpus "
+                                 f"'{cfg.data.path}': its scores would be measured on training data. Train on a corpus "
+                                 "without them, or evaluate with data.path set to the corpus the model was trained on.")
+
+    student = load_model(name, str(student_path), meta.get("kind", "auto"))
+    teacher = load_model("teacher", teacher_source, student.kind) if teacher_source else None
+    notes: list[str] = []
+    same_vocab = teacher is not None and teacher.vocab == student.vocab
+    if teacher is not None and not same_vocab:
+        notes.append(f"{name}'s tokenizer differs from the teacher's: KL to the teacher and top-1 agreement are not "
+                     "measured (they compare distributions over the same tokens); the other metrics are.")
+    if not held_out:
+        notes.append(f"the corpus '{cfg.data.path}' has no held-out documents (data.val_fraction="
+                     f"{cfg.data.val_fraction}): language-modelling metrics are not measured.")
+    models = [student] + ([teacher] if with_teacher and teacher is not None else [])
+    batch = (8, e.lm_window)
+    speed = throughput(models, batch)
+    rows: dict[str, dict[str, Any]] = {}
+    for m in models:
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"source": m.source, "kind": m.kind, "parameters": count_parameters(m.model)}
+        if held_out:
+            ref = teacher if (m is teacher or same_vocab) else None  # the teacher's row checks itself: KL 0, agreement 1
+            row["lm"] = lm_metrics(m, lm_windows(m, held_out, e.lm_window, e.lm_max_tokens), e.batch_size, ref,
+                                   e.mlm_probability, e.seed)
+        emb = embed_texts(m, lee_docs, e.max_length, e.batch_size)
+        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
+        cos = (emb[lee_pairs["i"].to_numpy()] * emb[lee_pairs["j"].to_numpy()]).sum(1)
+        row["lee_spearman"] = spearman(lee_pairs["human"].to_numpy(), cos)
+        x_tr = embed_texts(m, rt_train["text"].tolist(), e.max_length, e.batch_size)
+        x_te = embed_texts(m, rt_test["text"].tolist(), e.max_length, e.batch_size)
+        row["rt_accuracy"] = linear_probe_accuracy(x_tr, rt_train["label"].to_numpy(), x_te, rt_test["label"].to_numpy(),
+                                                   l2=e.probe_l2, seed=e.seed)
+        row["tokens_per_s"] = speed[m.name]
+        row["peak_memory_mib"] = peak_memory_mib(m, batch)
+        row["eval_s"] = time.perf_counter() - t0
+        rows[m.name] = row
+        print(f"[gemini-ray] eval {m.name}: {_line(row)} ({row['eval_s']:.0f} s)")
+    if name in rows and "teacher" in rows:
+        rows[name]["vs_teacher"] = versus_teacher(rows[name], rows["teacher"])
+    return {
+        "protocol": {"held_out_documents": len(held_out), "corpus": cfg.data.path, "val_fraction": cfg.data.val_fraction,
+                     "lee_pairs": LEE_PAIRS, "rt_train": len(rt_train), "rt_test": len(rt_test),
+                     "rt_test_films": int(rt_test["movie_name"].nunique()), "throughput_batch": list(batch),
+                     **{f"eval.{k}": v for k, v in vars(e).items()}},
+        "models": rows,
+        "notes": notes,
+        "wall_time_s": time.perf_counter() - t_start,
+    }
+
+
+def versus_teacher(s: dict[str, Any], t: dict[str, Any]) -> dict[str, float]:
+    """The student's share of the teacher's size, speed and scores (speed: same process, same batch)."""
+    return {
+        "parameter_ratio": s["parameters"] / t["parameters"],
+        "speedup": s["tokens_per_s"] / t["tokens_per_s"],
+        "rt_accuracy_kept": s["rt_accuracy"] / t["rt_accuracy"],
+        "lee_spearman_kept": s["lee_spearman"] / t["lee_spearman"] if t["lee_spearman"] else float("nan"),
+    }
+
+
+def _line(row: dict[str, Any]) -> str:
+    lm = row.get("lm", {})
+    ppl = f"ppl {lm['perplexity']:.1f}, " if lm else ""
+    return (f"{ppl}Lee Spearman {row['lee_spearman']:.3f}, RT accuracy {row['rt_accuracy']:.3f}, "
+            f"{row['tokens_per_s']:.0f} tokens/s")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
+    """One row per model: parameters, held-out perplexity, KL, agreement, Lee, RT, tokens/s, memory."""
+    head = ("| model | params (M) | held-out ppl | KL to teacher | top-1 agreement | Lee Spearman | RT accuracy "
+            "| tokens/s | peak MiB |\n|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for name, r in rows.items():
+        lm = r.get("lm", {})
+        lines.append(f"| {name} | {r['parameters'] / 1e6:.1f} | {_fmt(lm.get('perplexity'), 2)} "
+                     f"| {_fmt(lm.get('kl_to_teacher'))} | {_fmt(lm.get('teacher_top1_agreement'))} "
+                     f"| {_fmt(r['lee_spearman'])} | {_fmt(r['rt_accuracy'])} | {r['tokens_per_s']:.0f} "
+                     f"| {_fmt(r['peak_memory_mib'], 0)} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def eval_config(model_dir: str, config_path: str | None, overrides: list[str]) -> Config:
+    """The student's recorded data settings (held-out split of its own corpus), under --config and overrides."""
+    from gemini_ray.config import apply_overrides, config_from_dict, read_yaml
+
+    raw: dict[str, Any] = {}
+    meta = read_student_meta(model_dir) if Path(model_dir).expanduser().is_dir() else {}
+    if "data" in meta:
+        raw["data"] = dict(meta["data"])
+    for section, values in (read_yaml(config_path) if config_path else {}).items():
+        raw[section] = {**raw.get(section, {}), **(values or {})}
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """report.json and report.md, each written under a temporary name and renamed."""
+    from gemini_ray.checkpoint import atomic_write_text
+
+    out = Path(out_dir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GeminiRayError(f"cannot write the report to '{out_dir}': {exc.strerror}. Choose another --out.") from None
+    md = markdown_table(report["models"])
+    if report["notes"]:
+        md += "\n" + "\n".join(f"* {n}" for n in report["notes"]) + "\n"
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1))
+    atomic_write_text(out / "report.md", md)
+    return out / "report.json", out / "report.md"
