@@ -153,16 +153,25 @@ def lm_metrics(m: Model, windows: list[list[int]], batch_size: int, reference: M
 # --------------------------------------------------------------------------- cost
 
 
-def _peak_rss_child(source: str, kind: str, batch: tuple[int, int], conn) -> None:  # pragma: no cover (child)
+def _vm_hwm_mib() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
+    from the parent through fork + exec, so a child of a large process would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB -> MiB
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: best available
+
+
+def _peak_rss_child(source: str, kind: str, batch: tuple[int, int], conn) -> None:  # pragma: no cover (child)
     from gemini_ray.models import load_teacher
 
     torch.set_num_threads(1)
     model, _ = load_teacher(source, kind)
     with torch.no_grad():
         model(input_ids=torch.ones(batch, dtype=torch.long), attention_mask=torch.ones(batch, dtype=torch.long))
-    conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB on Linux
+    conn.send(_vm_hwm_mib())
     conn.close()
 
 
