@@ -216,8 +216,9 @@ def _corpus(cfg: Config) -> tuple[list[str], set[int]]:
     init_ray(cfg)
     table = read_documents(cfg).to_pandas()
     table = table[~table["bad_utf8"]]
-    hashes = table["text"].map(text_hash).to_numpy()
-    keep = ~table["text"].map(text_hash).duplicated().to_numpy()
+    hashes = table["text"].map(text_hash)
+    keep = ~hashes.duplicated().to_numpy()
+    hashes = hashes.to_numpy()
     held = keep & is_val_doc(hashes, cfg.data.val_fraction)
     return table["text"][held].tolist(), set(int(h) for h in hashes)
 
