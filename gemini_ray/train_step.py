@@ -4,6 +4,7 @@ A batch (B examples, K negatives, span length L, teacher top-k k) holds:
     input_ids (B, 2, L), attention_mask (B, 2, L), label_mask (B, 2, L)   anchor and positive
     topk_ids (B, 2, L, k), topk_logits (B, 2, L, k)                       teacher soft labels
     neg_input_ids (B, K, L), neg_attention_mask (B, K, L), neg_mask (B, K) mined negatives
+    doc_id (B,), span_hash (B, 2)                                         which rows may be in-batch negatives
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ import torch
 
 from gemini_ray.config import LossConfig, TrainConfig
 from gemini_ray.losses import LossParts, combine, info_nce_loss, next_token_loss, topk_kd_loss
+from gemini_ray.losses.contrastive import all_gather_constant, all_gather_with_grad, in_batch_mask
 
 __all__ = ["compute_loss", "make_optimizer", "lr_at"]
 
 
-def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: LossConfig) -> LossParts:
+def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: LossConfig,
+                 across_ranks: bool = True) -> LossParts:
     """λ·L_KD + (1 − λ)·L_CL for a batch (or next-token CE with loss.objective='lm');
-    `student` is a (possibly DDP-wrapped) DistillStudent."""
+    `student` is a (possibly DDP-wrapped) DistillStudent.
+
+    With loss.in_batch_negatives the other rows' positives are negatives too; `across_ranks` gathers them
+    from every torch.distributed rank (a collective: every rank must call it with the same batch size).
+    Off for evaluation, where every rank scores the same rows."""
     ids = batch["input_ids"].long()  # (B, 2, L)
     B, _, L = ids.shape
     K = cfg.num_negatives
@@ -38,7 +45,15 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
 
     z, z_pos = pooled[:B], pooled[B : 2 * B]  # (B, H)
     z_neg = pooled[2 * B :].reshape(B, K, -1)  # (B, K, H)
-    cl = info_nce_loss(z, z_pos, z_neg, cfg.cl_temperature, batch["neg_mask"][:, :K].bool())
+    shared = shared_mask = None
+    if cfg.in_batch_negatives:
+        gather = all_gather_with_grad if across_ranks else (lambda x: x)
+        gather_ids = all_gather_constant if across_ranks else (lambda x: x)
+        shared = gather(z_pos)  # (W·B, H): this rank's slice keeps its gradient
+        span_hash = batch["span_hash"].long()  # (B, 2)
+        shared_mask = in_batch_mask(batch["doc_id"].long(), span_hash, gather_ids(batch["doc_id"].long()),
+                                    gather_ids(span_hash[:, 1].contiguous()))  # (B, W·B)
+    cl = info_nce_loss(z, z_pos, z_neg, cfg.cl_temperature, batch["neg_mask"][:, :K].bool(), shared, shared_mask)
     if cfg.objective == "lm":  # no-teacher baseline: KD and CL are logged, the gradient is plain CE
         span_ids = torch.cat([ids[:, 0], ids[:, 1]])  # (2B, L), ordered like the logits
         span_att = torch.cat([att[:, 0], att[:, 1]])

@@ -97,7 +97,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             for start in range(0, rows, tc.batch_size):
                 batch = {k: torch.tensor(v[start : start + tc.batch_size], device=device) for k, v in val_rows.items()}
                 b = int(batch["input_ids"].shape[0])
-                for key, value in compute_loss(student, batch, cfg.loss).as_floats().items():
+                for key, value in compute_loss(student, batch, cfg.loss, across_ranks=False).as_floats().items():
                     sums["val/loss_" + key.split("/", 1)[1]] += value * b
                 n += b
         student.train()

@@ -152,3 +152,50 @@ def test_combine_weights_the_parts():
     assert parts.total.item() == pytest.approx(0.25 * 2 + 0.75 * 4)
     assert set(parts.as_floats()) == {"loss/total", "loss/kd", "loss/cl"}
     assert combine(kd, cl, 1.0).total.item() == 2.0 and combine(kd, cl, 0.0).total.item() == 4.0
+
+
+def test_info_nce_shared_candidates_match_hand_computation():
+    """In-batch candidates join the denominator; masked ones (own document, duplicates) do not."""
+    g = torch.Generator().manual_seed(1)
+    a, p, n = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g), torch.randn(3, 2, 8, generator=g)
+    mask = torch.tensor([[False, True, True], [True, False, False], [True, True, False]])
+    tau, expected = 0.2, 0.0
+    for b in range(3):
+        sp = F.cosine_similarity(a[b], p[b], dim=0) / tau
+        others = [n[b, k] for k in range(2)] + [p[j] for j in range(3) if mask[b, j]]
+        sn = torch.stack([F.cosine_similarity(a[b], o, dim=0) for o in others]) / tau
+        expected += -(sp - torch.logsumexp(torch.cat([sp[None], sn]), 0))
+    assert torch.allclose(info_nce_loss(a, p, n, tau, shared=p, shared_mask=mask), expected / 3, atol=1e-5)
+    with pytest.raises(ValueError, match="shared_mask"):
+        info_nce_loss(a, p, n, tau, shared=p)
+
+
+def test_in_batch_mask_leaves_out_own_document_and_duplicate_texts():
+    from gemini_ray.losses.contrastive import in_batch_mask
+
+    doc = torch.tensor([1, 1, 2, 3])
+    hashes = torch.tensor([[10, 11], [12, 13], [20, 21], [30, 11]])  # row 3's positive repeats row 0's
+    mask = in_batch_mask(doc, hashes, doc, hashes[:, 1])
+    assert mask.tolist() == [[False, False, True, False],   # own doc (0, 1) and the duplicate text (3)
+                             [False, False, True, True],
+                             [True, True, False, True],
+                             [False, True, True, False]]
+
+
+def test_negatives_gathered_across_two_ranks_equal_one_process_on_the_whole_batch(tmp_path):
+    """Two gloo ranks with half the batch each: the mean of their losses and the DDP-averaged gradients
+    equal the single-process loss and gradients on the concatenated batch (gradients reach every slice)."""
+    import torch.multiprocessing as mp
+
+    from ddp_toy import loss_and_grads, toy_batch, worker
+    from gemini_ray.config import LossConfig
+
+    rows, out = 8, str(tmp_path / "ranks.pt")
+    mp.spawn(worker, args=(2, str(tmp_path / "init"), rows, out), nprocs=2, join=True)
+    ranks = torch.load(out)
+    total, cl, grads = loss_and_grads(toy_batch(rows), LossConfig(lambda_kd=0.3, num_negatives=2))
+    assert ranks["loss"] == pytest.approx([total, cl], rel=1e-5)
+    for got, want in zip(ranks["grads"], grads):
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
+    # and the in-batch negatives matter: without them the single-process loss differs
+    assert loss_and_grads(toy_batch(rows), LossConfig(lambda_kd=0.3, num_negatives=2, in_batch_negatives=False))[1] != pytest.approx(cl)
