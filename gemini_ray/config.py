@@ -49,6 +49,16 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
+_BUILTIN_RESOURCES = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory", "object_store_memory": "memory"}
+
+
+def _check_resources(key: str, resources: dict[str, float]) -> None:
+    for name, amount in resources.items():
+        _check(bool(name) and name not in _BUILTIN_RESOURCES, key,
+               f"'{name}' is not a custom resource name (CPUs and GPUs have their own keys)")
+        _check(amount > 0, key, f"amount of '{name}' must be > 0, got {amount}")
+
+
 @dataclass(frozen=True)
 class TeacherConfig:
     model: str = EMBEDDED_TEACHER
@@ -69,6 +79,9 @@ class TeacherConfig:
     """GPUs per teacher actor (0 on a CPU machine)."""
     num_cpus: float = 0.5
     """Ray CPUs reserved per teacher actor. Leave headroom for Ray Data's read tasks and the trainer."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources per teacher actor, e.g. {teacher: 1}: the actors then run only on nodes started
+    with that resource (`ray start --resources='{"teacher": 4}'`, a launcher node type, a KubeRay group)."""
     torch_threads: int = 1
     """Intra-op threads of each teacher actor on CPU."""
     cache_dir: Optional[str] = None
@@ -82,6 +95,7 @@ class TeacherConfig:
         _check(self.num_cpus > 0, "teacher.num_cpus", f"must be > 0, got {self.num_cpus}")
         _check(self.torch_threads >= 1, "teacher.torch_threads", f"must be >= 1, got {self.torch_threads}")
         _check(bool(self.model.strip()), "teacher.model", "must name a teacher")
+        _check_resources("teacher.resources", self.resources)
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,10 @@ class StudentConfig:
     intermediate_size: Optional[int] = None
     """MLP width; None keeps the teacher's ratio to hidden_size."""
     init: Literal["teacher_layers", "random"] = "teacher_layers"
-    """'teacher_layers': copy embeddings, head and evenly spaced teacher layers (DistilBERT recipe)."""
+    """'teacher_layers': copy embeddings, final norm, head and the teacher layers `student.layers` picks."""
+    layers: Literal["first", "spread"] = "spread"
+    """Teacher layers copied with init='teacher_layers': 'first' the bottom num_layers (the student starts as
+    an exact prefix of the teacher's computation), 'spread' evenly spaced with first and last (DistilBERT)."""
     from_pretrained: Optional[str] = None
     """Start from an existing HF student directory instead (e.g. an earlier export); its vocabulary must match."""
 
@@ -202,6 +219,9 @@ class LossConfig:
     """τ: temperature of the InfoNCE contrastive loss (cosine similarities are divided by τ)."""
     num_negatives: int = 4
     """K: mined hard negatives per anchor."""
+    in_batch_negatives: bool = True
+    """Also use the positives of the batch's other rows as negatives, gathered from every Train worker
+    (W workers x train.batch_size rows), leaving out spans of the same document and duplicate texts."""
     objective: Literal["distill", "lm"] = "distill"
     """'distill': λ·L_KD + (1 − λ)·L_CL. 'lm': plain next-token cross-entropy on the corpus tokens, no
     teacher signal in the gradient (the no-teacher baseline of the ablation; causal teachers only). The KD
@@ -240,6 +260,8 @@ class TrainConfig:
     """One GPU per training worker."""
     cpus_per_worker: float = 1.0
     """Ray CPUs reserved per training worker; also its torch thread count (at least 1)."""
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources per training worker, e.g. {trainer: 1}, to keep the workers on trainer nodes."""
     seed: int = 0
     """Seed of the student's initialisation and dropout."""
 
@@ -255,6 +277,7 @@ class TrainConfig:
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _check(self.num_workers >= 1, "train.num_workers", f"must be >= 1, got {self.num_workers}")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+        _check_resources("train.resources_per_worker", self.resources_per_worker)
 
 
 @dataclass(frozen=True)
@@ -267,6 +290,10 @@ class RunConfig:
     """Where the exported student goes. Default: <storage_path>/<name>/student."""
     ray_address: Optional[str] = None
     """Ray cluster to join ('auto', 'ray://...'); None starts a local instance (or joins RAY_ADDRESS)."""
+    storage_shared: bool = False
+    """Declare that a local run.storage_path (and label.cache_root) is one filesystem every node sees. A
+    multi-node run refuses a local path unless it is on a network filesystem (NFS, CIFS, Lustre, CephFS,
+    a FUSE mount such as gcsfuse/s3fs...) or this is set; object-store URIs (s3://, gs://) always work."""
     check_resources: bool = True
     """Fail before training when the trainer and the data stage that streams beside it do not fit the
     cluster's nodes at once. Turn off on an autoscaling cluster whose worker nodes are not up yet."""
@@ -349,6 +376,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0])
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping like {{name: 1}}, got {value!r}")
+        return {str(_coerce(key, k, args[0])): _coerce(f"{key}.{k}", v, args[1]) for k, v in value.items()}
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"config key '{key}': must be one of {list(args)}, got {value!r}")

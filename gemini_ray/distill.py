@@ -20,43 +20,13 @@ from typing import Any
 from gemini_ray.config import Config, config_to_dict
 from gemini_ray.errors import GeminiRayError
 
-__all__ = ["distill", "signal_bytes_per_token", "run_dir", "resources_needed", "check_resources"]
+__all__ = ["distill", "signal_bytes_per_token", "run_dir", "publish"]
 
 
 def signal_bytes_per_token(top_k: int, hidden_size: int, span_length: int) -> float:
     """Bytes of teacher signal per token: top-k ids (int32) + logits (float32) + top-k mass (float32),
     plus each span's pooled embedding (float32) spread over its tokens."""
     return top_k * (4 + 4) + 4 + hidden_size * 4 / span_length
-
-
-def resources_needed(cfg: Config, cached: bool) -> dict[str, float]:
-    """What the fit holds at once: the Train workers plus the data stage that streams beside them
-    (the teacher pool and the miner when labelling online; a fractional read from a cache)."""
-    from gemini_ray.pipeline import CACHE_READ_CPUS, LIGHT_CPUS
-
-    t = cfg.train
-    cpu = t.num_workers * t.cpus_per_worker
-    gpu = t.num_workers * (1.0 if t.use_gpu else 0.0)
-    if cached:
-        cpu += CACHE_READ_CPUS
-    else:  # teacher actors + the miner actor + one light task (filter / column selection) at a time
-        cpu += cfg.teacher.num_actors * cfg.teacher.num_cpus + 2 * LIGHT_CPUS
-        gpu += cfg.teacher.num_actors * cfg.teacher.num_gpus
-    return {"CPU": cpu, "GPU": gpu}
-
-
-def check_resources(needed: dict[str, float], available: dict[str, float]) -> None:
-    """Fail before the fit when the cluster cannot hold the trainer and its data stage at once (else Ray
-    Data waits for a free CPU until its no-progress timeout, 30 minutes later)."""
-    short = {k: (v, available.get(k, 0.0)) for k, v in needed.items() if v > available.get(k, 0.0) + 1e-9}
-    if short:
-        what = ", ".join(f"{v:g} {k} needed, {have:g} in the cluster" for k, (v, have) in short.items())
-        raise GeminiRayError(
-            f"the trainer and its data stage do not fit the cluster at once ({what}). Lower "
-            "train.num_workers or train.cpus_per_worker (or train.use_gpu), teacher.num_actors or "
-            "teacher.num_cpus / teacher.num_gpus, or add nodes (run.check_resources=false skips this check on an "
-            "autoscaling cluster)."
-        )
 
 
 def run_dir(cfg: Config) -> str:
@@ -74,6 +44,15 @@ def _upload(local: Path, uri: str) -> None:
     pyarrow.fs.copy_files(str(local), uri)
 
 
+def publish(local_dir: Path, uri: str | None) -> None:
+    """Copy the files of a local results directory to `uri` (nothing when the results are already local)."""
+    if uri is None:
+        return
+    for path in sorted(Path(local_dir).iterdir()):
+        if path.is_file():
+            _upload(path, f"{uri.rstrip('/')}/{path.name}")
+
+
 def distill(cfg: Config) -> dict[str, Any]:
     """Run the whole distillation; returns the summary (also written to summary.json)."""
     import ray
@@ -84,6 +63,7 @@ def distill(cfg: Config) -> dict[str, Any]:
     from gemini_ray.label import find_cache, setup
     from gemini_ray.models import build_student, count_parameters, load_student
     from gemini_ray.pipeline import label_and_mine, read_cache, split, teacher_token_counter, to_arrays
+    from gemini_ray.placement import alive_nodes, check_fits, demands
     from gemini_ray.train_worker import train_loop_per_worker
 
     times: dict[str, float] = {}
@@ -153,7 +133,7 @@ def distill(cfg: Config) -> dict[str, Any]:
     times["val_label_s"] = time.perf_counter() - t0
     teacher_source = s.teacher_source
     if cfg.run.check_resources:
-        check_resources(resources_needed(cfg, cached=cache is not None), ray.cluster_resources())
+        check_fits(demands(cfg, cached=cache is not None), alive_nodes())
 
     # --- fit ----------------------------------------------------------------------------------------
     import ray.train.torch  # noqa: F401  (registers the torch backend)
@@ -164,7 +144,8 @@ def distill(cfg: Config) -> dict[str, Any]:
                            "init_weights": ray.put(student.state_dict()),
                            "val": ray.put(val) if val is not None else None},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker,
+                                                                     **cfg.train.resources_per_worker}),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
             storage_path=out_dir.rsplit("/", 1)[0],

@@ -56,6 +56,7 @@ def setup(cfg: Config, teacher_model_needed: bool = False):
     from gemini_ray.cache import vocab_hash, weights_hash
     from gemini_ray.models import count_parameters, load_teacher, load_tokenizer, resolve_teacher
     from gemini_ray.pipeline import build_examples
+    from gemini_ray.placement import alive_nodes, check_shared_storage
 
     seconds = {}
     t0 = time.perf_counter()
@@ -70,6 +71,7 @@ def setup(cfg: Config, teacher_model_needed: bool = False):
     seconds["teacher_setup_s"] = time.perf_counter() - t0
 
     init_ray(cfg)
+    check_shared_storage(cfg, len(alive_nodes()))
     t0 = time.perf_counter()
     examples, stats = build_examples(cfg, source, kind)
     seconds["tokenize_s"] = time.perf_counter() - t0
@@ -141,6 +143,10 @@ def label(cfg: Config) -> dict[str, Any]:
     t_start = time.perf_counter()
     s, _ = setup(cfg)
     stats = s.stats
+    if cfg.run.check_resources:  # a teacher actor no node can hold would wait forever
+        from gemini_ray.placement import alive_nodes, check_fits, demands
+
+        check_fits(demands(cfg, cached=False, trainer=False), alive_nodes())
     if stats.documents_used <= cfg.label.max_negatives:
         raise GeminiRayError(
             f"label.max_negatives={cfg.label.max_negatives} needs more than {cfg.label.max_negatives} usable documents, "

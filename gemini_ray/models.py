@@ -184,12 +184,15 @@ def load_teacher(source: str, kind: str = "auto", trust_remote_code: bool = Fals
 # --------------------------------------------------------------------------- student
 
 
-def student_layer_ids(teacher_layers: int, student_layers: int) -> list[int]:
-    """Evenly spaced teacher layers, first and last included (DistilBERT-style subset)."""
+def student_layer_ids(teacher_layers: int, student_layers: int, selection: str = "spread") -> list[int]:
+    """Which teacher layers a student copies: 'first' (the bottom N, an exact prefix of the teacher's
+    computation) or 'spread' (evenly spaced, first and last included: the DistilBERT subset)."""
     if student_layers > teacher_layers:
         raise GeminiRayError(
             f"student.num_layers={student_layers} exceeds the teacher's {teacher_layers} layers; use fewer."
         )
+    if selection == "first":
+        return list(range(student_layers))
     if student_layers == 1:
         return [teacher_layers - 1]
     step = (teacher_layers - 1) / (student_layers - 1)
@@ -206,14 +209,14 @@ def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
 def build_student(teacher: nn.Module, kind: TeacherKind, cfg: StudentConfig, seed: int = 0) -> nn.Module:
     """Derive a smaller student from the teacher's config: same vocabulary, fewer (narrower) layers.
 
-    init='teacher_layers' copies the embeddings, final norm, head and evenly spaced layers of the teacher;
-    it needs the teacher's width. init='random' initialises from scratch with the config's initializer.
+    init='teacher_layers' copies the embeddings, final norm, head and the student.layers choice of teacher
+    layers; it needs the teacher's width. init='random' initialises from scratch with the config's initializer.
     """
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     t_config = teacher.config
     n_teacher = t_config.num_hidden_layers
-    ids = student_layer_ids(n_teacher, cfg.num_layers)
+    ids = student_layer_ids(n_teacher, cfg.num_layers, cfg.layers)
     s_config = t_config.__class__.from_dict(t_config.to_dict())
     s_config.num_hidden_layers = cfg.num_layers
     if hasattr(s_config, "quantization_config"):

@@ -61,8 +61,9 @@ def _is_uri(path: str) -> bool:
 
 TRAIN_COLUMNS = ["input_ids", "attention_mask", "label_mask", "topk_ids", "topk_logits", "topk_mass",
                  "neg_input_ids", "neg_attention_mask", "neg_mask", "teacher_tokens", "random_negatives",
-                 "missing_negatives"]
-"""What the trainer reads (ids, hashes and the split name stay behind)."""
+                 "missing_negatives", "doc_id", "span_hash"]
+"""What the trainer reads (example ids and the split name stay behind); document ids and span hashes say
+which rows of a batch may serve as each other's negatives."""
 
 
 def read_documents(cfg: Config) -> ray.data.Dataset:
@@ -220,6 +221,7 @@ def _teacher_stage(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
         batch_size=max(1, t.batch_size // 2),  # one example holds two spans
         num_cpus=t.num_cpus,
         num_gpus=t.num_gpus,
+        resources=dict(t.resources) or None,  # e.g. {teacher: 1}: only nodes that offer it
         batch_format="numpy",
     )
 

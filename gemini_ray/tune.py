@@ -121,7 +121,8 @@ def _trial(params: dict[str, Any], base: dict[str, Any], cache_dir: str, manifes
         train_loop_config={"cfg": config_to_dict(cfg), "hf_config": hf_config, "kind": kind,
                            "init_weights": init_weights, "val": ray.put(val)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker,
+                                                                     **cfg.train.resources_per_worker}),
         run_config=ray.train.RunConfig(name=f"trial-{trial_id}", storage_path=storage,
                                        callbacks=[TuneReportCallback()],
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
@@ -133,15 +134,15 @@ def _trial(params: dict[str, Any], base: dict[str, Any], cache_dir: str, manifes
 def _max_concurrent(cfg: Config) -> int:
     import ray
 
-    from gemini_ray.distill import resources_needed
     from gemini_ray.pipeline import CACHE_READ_CPUS
+    from gemini_ray.placement import demands, plan_totals
 
     if cfg.tune.max_concurrent_trials:
         return cfg.tune.max_concurrent_trials
     res = ray.cluster_resources()
     if cfg.train.use_gpu:
         return max(1, int(res.get("GPU", 0) // cfg.train.num_workers))
-    per_trial = resources_needed(cfg, cached=True)["CPU"] + CACHE_READ_CPUS  # + a second read task's worth
+    per_trial = plan_totals(demands(cfg, cached=True))["CPU"] + CACHE_READ_CPUS  # + a second read task's worth
     return max(1, int(res.get("CPU", 1) // per_trial))
 
 
@@ -178,7 +179,8 @@ def run_tune(config_path: str | None = None, overrides: list[str] | None = None)
     from ray.tune.schedulers import ASHAScheduler
 
     from gemini_ray.checkpoint import atomic_write_text
-    from gemini_ray.distill import check_resources, resources_needed, run_dir
+    from gemini_ray.distill import publish, run_dir
+    from gemini_ray.placement import alive_nodes, check_fits, demands, is_uri
     from gemini_ray.label import find_cache, label, setup
     from gemini_ray.models import build_student, count_parameters
     from gemini_ray.pipeline import teacher_token_counter
@@ -208,7 +210,9 @@ def run_tune(config_path: str | None = None, overrides: list[str] | None = None)
     tokens_before = ray.get(teacher_token_counter().total.remote())
 
     storage = run_dir(cfg).rsplit("/", 1)[0]
-    out = Path(storage) / cfg.tune.name
+    remote = f"{storage}/{cfg.tune.name}" if is_uri(storage) else None  # results are written here, then copied
+    out = Path(tempfile.mkdtemp(prefix="gemini-ray-tune-")) if remote else Path(storage) / cfg.tune.name
+    where = remote or str(out)
     trainable = tune.with_parameters(_trial, base=base, cache_dir=cache_dir, manifest=manifest,
                                      hf_config=student.config.to_dict(), kind=s.kind, init_weights=init_weights,
                                      storage=f"{storage}/{cfg.tune.name}-trials")
@@ -219,7 +223,7 @@ def run_tune(config_path: str | None = None, overrides: list[str] | None = None)
                               max_t=reports, grace_period=min(cfg.tune.grace_period, reports),
                               reduction_factor=cfg.tune.reduction_factor)
     if cfg.run.check_resources:  # one trial must fit, else every trial waits on Ray Data for a free CPU
-        check_resources(resources_needed(cfg, cached=True), ray.cluster_resources())
+        check_fits(demands(cfg, cached=True), alive_nodes())
     concurrent = _max_concurrent(cfg)
     experiment = f"{storage}/{cfg.tune.name}"
     if tune.Tuner.can_restore(experiment):
@@ -246,8 +250,9 @@ def run_tune(config_path: str | None = None, overrides: list[str] | None = None)
     os.replace(tmp, out / "results.csv")
     if cfg.tune.metric not in df.columns or df[cfg.tune.metric].isna().all():
         errors = [str(r.error).splitlines()[-1][:300] for r in grid if r.error is not None]
+        publish(out, remote)
         raise GeminiRayError(f"no trial reported {cfg.tune.metric} ({len(errors)} of {len(df)} failed; first error: "
-                             f"{errors[0] if errors else 'none'}). Results so far: {out / 'results.csv'}.")
+                             f"{errors[0] if errors else 'none'}). Results so far: {where}/results.csv.")
     best = grid.get_best_result(metric=cfg.tune.metric, mode=cfg.tune.mode)
     best_cfg = config_from_dict(apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in best.config.items()]))
     atomic_write_text(out / "best_config.yaml",
@@ -264,14 +269,14 @@ def run_tune(config_path: str | None = None, overrides: list[str] | None = None)
         "training_iterations": int(df["training_iteration"].sum()),
         "examples_trained": int(sum(r.metrics.get("step", 0) for r in grid)) * cfg.train.batch_size,
         "student_parameters": count_parameters(student),
-        "results": str(out / "results.csv"), "best_config": str(out / "best_config.yaml"),
-        "plot": str(out / "search.png"),
+        "results": f"{where}/results.csv", "best_config": f"{where}/best_config.yaml", "plot": f"{where}/search.png",
     }
     atomic_write_text(out / "tune_summary.json", json.dumps(summary, indent=1, default=str))
+    publish(out, remote)
     print(f"[gemini-ray] {len(df)} trials; best {cfg.tune.metric} = {best.metrics[cfg.tune.metric]:.4f} "
           f"with {best.config}")
     print(f"[gemini-ray] teacher tokens: {manifest['teacher_tokens']} in the cache (one pass), "
           f"{tokens_during} during the search")
-    print(f"[gemini-ray] results: {out / 'results.csv'}\n[gemini-ray] best config: {out / 'best_config.yaml'}"
-          f"\n[gemini-ray] plot: {out / 'search.png'}")
+    print(f"[gemini-ray] results: {where}/results.csv\n[gemini-ray] best config: {where}/best_config.yaml"
+          f"\n[gemini-ray] plot: {where}/search.png")
     return summary

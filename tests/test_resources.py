@@ -1,36 +1,101 @@
-"""The fit's resource plan: trainer + the data stage beside it must fit the cluster at once (no Ray needed)."""
+"""The run's resource plan against the cluster's nodes, and the shared-storage rule (no Ray needed)."""
 
 from __future__ import annotations
 
 import pytest
 
 from gemini_ray.config import config_from_dict
-from gemini_ray.distill import check_resources, resources_needed
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.placement import check_fits, check_shared_storage, demands, on_network_filesystem, plan_totals
+
+ONE_LAPTOP = [{"CPU": 2.0}]
 
 
 def test_default_online_plan_fits_two_cpus():
-    need = resources_needed(config_from_dict({}), cached=False)
-    assert need["GPU"] == 0
+    plan = demands(config_from_dict({}), cached=False)
+    need = plan_totals(plan)
+    assert "GPU" not in need
     assert 1.0 < need["CPU"] <= 2.0  # one Train worker + teacher actor + miner + one light task
-    check_resources(need, {"CPU": 2.0})
+    check_fits(plan, ONE_LAPTOP)
 
 
 def test_cached_plan_is_lighter_than_online():
     cfg = config_from_dict({})
-    assert resources_needed(cfg, cached=True)["CPU"] < resources_needed(cfg, cached=False)["CPU"]
+    assert plan_totals(demands(cfg, cached=True))["CPU"] < plan_totals(demands(cfg, cached=False))["CPU"]
 
 
 def test_plan_that_cannot_fit_names_the_settings():
     cfg = config_from_dict({"train": {"num_workers": 2}, "teacher": {"num_actors": 2}})
     with pytest.raises(GeminiRayError) as err:
-        check_resources(resources_needed(cfg, cached=False), {"CPU": 2.0})
+        check_fits(demands(cfg, cached=False), ONE_LAPTOP)
     msg = str(err.value)
     assert "CPU needed, 2 in the cluster" in msg
     assert "train.num_workers" in msg and "teacher.num_actors" in msg and "run.check_resources" in msg
 
 
-def test_gpu_teacher_on_cpu_cluster_fails():
+def test_gpu_teacher_on_cpu_cluster_fails_fast_with_the_numbers():
     cfg = config_from_dict({"teacher": {"num_gpus": 1}})
-    with pytest.raises(GeminiRayError, match="GPU needed, 0 in the cluster"):
-        check_resources(resources_needed(cfg, cached=False), {"CPU": 16.0})
+    with pytest.raises(GeminiRayError, match="one teacher actor asks for 0.5 CPU, 1 GPU.*no node"):
+        check_fits(demands(cfg, cached=False), [{"CPU": 16.0}])
+
+
+def test_more_gpus_per_actor_than_any_node_has_fails_although_the_total_would_do():
+    """Two 1-GPU nodes hold 2 GPUs in total, but one 2-GPU teacher actor fits neither."""
+    cfg = config_from_dict({"teacher": {"num_gpus": 2}})
+    nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
+    with pytest.raises(GeminiRayError) as err:
+        check_fits(demands(cfg, cached=False), nodes)
+    msg = str(err.value)
+    assert "2 GPU" in msg and "node 0: 8 CPU, 1 GPU" in msg and "teacher.num_gpus" in msg
+    check_fits(demands(config_from_dict({"teacher": {"num_gpus": 1}}), cached=False), nodes)
+
+
+def test_custom_resources_place_teachers_and_workers_on_their_nodes():
+    cfg = config_from_dict({"teacher": {"resources": {"teacher": 1}}, "train": {"resources_per_worker": {"trainer": 1},
+                                                                             "num_workers": 2}})
+    head, teacher, trainer = {"CPU": 1.0}, {"CPU": 1.0, "teacher": 1.0}, {"CPU": 2.0, "trainer": 2.0}
+    check_fits(demands(cfg, cached=False), [head, teacher, trainer])
+    with pytest.raises(GeminiRayError, match="one teacher actor asks for 0.5 CPU, 1 teacher"):
+        check_fits(demands(cfg, cached=False), [head, trainer])  # no node offers 'teacher'
+    with pytest.raises(GeminiRayError, match="2 trainer needed, 1 in the cluster"):
+        check_fits(demands(cfg, cached=False), [head, teacher, {"CPU": 4.0, "trainer": 1.0}])
+
+
+MOUNTS = """/dev/sda1 / ext4 rw 0 0
+tmpfs /tmp tmpfs rw 0 0
+server:/export /mnt/shared nfs4 rw 0 0
+gcsfuse /mnt/bucket fuse.gcsfuse rw 0 0
+"""
+
+
+@pytest.mark.parametrize("path,shared", [("/home/me/runs", False), ("/tmp/runs", False), ("/mnt/shared/runs", True),
+                                         ("/mnt/shared", True), ("/mnt/sharedx/runs", False),
+                                         ("/mnt/bucket/a", True)])
+def test_network_filesystems_are_recognised(path, shared):
+    assert on_network_filesystem(path, MOUNTS) is shared
+
+
+def test_multi_node_run_refuses_a_node_local_path():
+    cfg = config_from_dict({"run": {"storage_path": "/tmp/runs"}})
+    check_shared_storage(cfg, num_nodes=1, mounts=MOUNTS)  # one node: any path
+    with pytest.raises(GeminiRayError) as err:
+        check_shared_storage(cfg, num_nodes=3, mounts=MOUNTS)
+    msg = str(err.value)
+    assert "run.storage_path='/tmp/runs' is a node-local path" in msg and "3 nodes" in msg and "s3://" in msg
+    for ok in ({"run": {"storage_path": "s3://bucket/runs"}}, {"run": {"storage_path": "/mnt/shared/runs"}},
+               {"run": {"storage_path": "/tmp/runs", "storage_shared": True}}):
+        check_shared_storage(config_from_dict(ok), num_nodes=3, mounts=MOUNTS)
+    cache = config_from_dict({"run": {"storage_path": "gs://b/runs"}, "label": {"cache_root": "/tmp/cache"}})
+    with pytest.raises(GeminiRayError, match="label.cache_root='/tmp/cache'"):
+        check_shared_storage(cache, num_nodes=2, mounts=MOUNTS)
+
+
+def test_custom_resource_config_is_validated():
+    from gemini_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'GPU' is not a custom resource"):
+        config_from_dict({"teacher": {"resources": {"GPU": 1}}})
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        config_from_dict({"train": {"resources_per_worker": 2}})
+    with pytest.raises(ConfigError, match="must be > 0"):
+        config_from_dict({"train": {"resources_per_worker": {"trainer": 0}}})
