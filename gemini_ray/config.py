@@ -108,9 +108,11 @@ class StudentConfig:
     """MLP width; None keeps the teacher's ratio to hidden_size."""
     init: Literal["teacher_layers", "random"] = "teacher_layers"
     """'teacher_layers': copy embeddings, final norm, head and the teacher layers `student.layers` picks."""
-    layers: Literal["first", "spread"] = "spread"
+    layers: Literal["first", "spread"] = "first"
     """Teacher layers copied with init='teacher_layers': 'first' the bottom num_layers (the student starts as
-    an exact prefix of the teacher's computation), 'spread' evenly spaced with first and last (DistilBERT)."""
+    an exact prefix of the teacher's computation: its embeddings keep their meaning), 'spread' evenly spaced
+    with first and last (the DistilBERT subset; skipping layers scrambles the residual stream, and a short
+    run does not repair it: README, Evaluation)."""
     from_pretrained: Optional[str] = None
     """Start from an existing HF student directory instead (e.g. an earlier export); its vocabulary must match."""
 

@@ -62,7 +62,8 @@ def distill(cfg: Config) -> dict[str, Any]:
     from gemini_ray.checkpoint import atomic_write_text, export_student
     from gemini_ray.label import find_cache, setup
     from gemini_ray.models import build_student, count_parameters, load_student
-    from gemini_ray.pipeline import label_and_mine, read_cache, split, teacher_token_counter, to_arrays
+    from gemini_ray.pipeline import (label_and_mine, label_in_process, read_cache, split, teacher_token_counter,
+                                     to_arrays)
     from gemini_ray.placement import alive_nodes, check_fits, demands
     from gemini_ray.train_worker import train_loop_per_worker
 
@@ -91,7 +92,6 @@ def distill(cfg: Config) -> dict[str, Any]:
         student = build_student(teacher, kind, cfg.student, seed=cfg.train.seed)
     teacher_params, student_params = s.teacher_params, count_parameters(student)
     hidden, vocab = s.teacher_config.hidden_size, s.teacher_config.vocab_size
-    del teacher
     times.update(s.seconds)
     print(f"[gemini-ray] teacher {s.teacher_source} ({kind}, {teacher_params / 1e6:.1f} M params); "
           f"student {student_params / 1e6:.1f} M params ({student_params / teacher_params:.0%} of the teacher)")
@@ -128,9 +128,11 @@ def distill(cfg: Config) -> dict[str, Any]:
             print(f"[gemini-ray] note: {cfg.train.max_steps} steps need {epochs} passes over the data; the online "
                   "teacher runs once per pass ('gemini-ray label' makes a cache that runs it once).")
         stream = label_and_mine(cfg, train_examples)
-        val = to_arrays(label_and_mine(cfg, split(s.examples, "val"))) if stats.val_examples else None
+        # the held-out rows are few: labelled here with the teacher already loaded, not by a second actor pool
+        val = label_in_process(cfg, split(s.examples, "val"), teacher) if stats.val_examples else None
         teacher_source_note = {"cache": None}
     times["val_label_s"] = time.perf_counter() - t0
+    del teacher
     teacher_source = s.teacher_source
     if cfg.run.check_resources:
         check_fits(demands(cfg, cached=cache is not None), alive_nodes())

@@ -25,7 +25,7 @@ from gemini_ray.data.teacher_stage import TeacherLabeler
 from gemini_ray.errors import GeminiRayError
 
 __all__ = ["CorpusStats", "read_documents", "build_examples", "split", "label_and_mine", "is_val_doc",
-           "teacher_token_counter", "label_shards", "read_cache", "to_arrays"]
+           "teacher_token_counter", "label_shards", "read_cache", "to_arrays", "label_in_process"]
 
 
 @dataclass
@@ -237,6 +237,30 @@ def label_and_mine(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
         num_cpus=LIGHT_CPUS,
         batch_format="numpy",
     ).select_columns(TRAIN_COLUMNS, num_cpus=LIGHT_CPUS)
+
+
+def label_in_process(cfg: Config, examples: ray.data.Dataset, model) -> dict[str, np.ndarray] | None:
+    """Label and mine a small dataset (the held-out rows) in this process with an already loaded teacher:
+    the same callables as the stream (teacher batches of teacher.batch_size spans, mining windows of
+    mining.window rows), without starting an actor pool for a few dozen rows. None when it is empty."""
+    import torch
+
+    rows = to_arrays(examples)
+    if rows is None:
+        return None
+    threads = torch.get_num_threads()  # TeacherLabeler sets the actor's thread count; this is the driver
+    try:
+        labeler = TeacherLabeler(dataclasses.asdict(cfg.teacher), model=model, device="cpu")
+        n, step = len(rows["input_ids"]), max(1, cfg.teacher.batch_size // 2)
+        parts = [labeler({k: v[i : i + step] for k, v in rows.items()}) for i in range(0, n, step)]
+    finally:
+        torch.set_num_threads(threads)
+    labelled = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    teacher_token_counter().add.remote(int(labelled["teacher_tokens"].sum()))
+    miner = HardNegativeMiner(cfg.loss.num_negatives, cfg.mining.seed)
+    w = cfg.mining.window
+    mined = [miner({k: v[i : i + w] for k, v in labelled.items()}) for i in range(0, n, w)]
+    return {k: np.concatenate([m[k] for m in mined]) for k in TRAIN_COLUMNS}
 
 
 def to_arrays(ds: ray.data.Dataset) -> dict[str, np.ndarray] | None:

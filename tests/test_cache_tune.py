@@ -180,12 +180,12 @@ def test_distill_reads_the_cache_and_tune_searches_it(uninterrupted, llama_dir, 
 
     result = run_tune(None, tiny(llama_dir, corpus_file, storage, "tune.space=tune_spaces/quick.yaml",
                                  "train.max_steps=4", "train.log_every=2", "train.eval_every=2",
-                                 "train.checkpoint_every=4", "tune.num_samples=3"))
-    assert result["trials"] >= 3 and result["errored"] == 0
+                                 "train.checkpoint_every=4", "tune.num_samples=2"))
+    assert result["trials"] >= 2 and result["errored"] == 0
     assert result["teacher_tokens_during_search"] == 0  # one teacher pass (the cache) for every trial
     assert result["teacher_tokens_in_cache"] == manifest["teacher_tokens"]
     table = pd.read_csv(result["results"])
-    assert len(table) >= 3 and {"config/loss.lambda_kd", "config/loss.cl_temperature", "val/loss_kd"} <= set(table)
+    assert len(table) >= 2 and {"config/loss.lambda_kd", "config/loss.cl_temperature", "val/loss_kd"} <= set(table)
     best = load_config(result["best_config"])
     assert best.loss.num_negatives in (2, 4) and 0.2 <= best.loss.lambda_kd <= 0.8
     assert Path(result["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,12 +11,14 @@ from gemini_ray.models import (
 )
 
 
-def test_layer_ids_are_evenly_spaced_with_first_and_last():
-    assert student_layer_ids(30, 6) == [0, 6, 12, 17, 23, 29]
-    assert student_layer_ids(4, 2) == [0, 3]
-    assert student_layer_ids(4, 4) == [0, 1, 2, 3]
-    with pytest.raises(GeminiRayError, match="exceeds"):
-        student_layer_ids(4, 5)
+def test_layer_ids_first_or_evenly_spaced_with_first_and_last():
+    assert student_layer_ids(30, 6, "spread") == [0, 6, 12, 17, 23, 29]
+    assert student_layer_ids(4, 2, "spread") == [0, 3]
+    assert student_layer_ids(4, 4, "spread") == [0, 1, 2, 3]
+    assert student_layer_ids(30, 6, "first") == [0, 1, 2, 3, 4, 5]
+    for layers in ("first", "spread"):
+        with pytest.raises(GeminiRayError, match="exceeds"):
+            student_layer_ids(4, 5, layers)
 
 
 @pytest.mark.parametrize("fixture, kind", [("llama_dir", "causal"), ("bert_dir", "masked")])
@@ -27,21 +29,32 @@ def test_teacher_kind_is_detected(request, fixture, kind):
     assert got == kind and not model.training
 
 
+@pytest.mark.parametrize("layers", ["first", "spread"])
 @pytest.mark.parametrize("fixture", ["llama_dir", "bert_dir"])
-def test_layer_subset_init_copies_teacher_weights(request, fixture):
+def test_layer_subset_init_copies_teacher_weights(request, fixture, layers):
     teacher, kind = load_teacher(str(request.getfixturevalue(fixture)))
-    student = build_student(teacher, kind, StudentConfig(num_layers=2))
+    student = build_student(teacher, kind, StudentConfig(num_layers=2, layers=layers))
     assert student.config.num_hidden_layers == 2
     assert count_parameters(student) < count_parameters(teacher)
     t_state, s_state = teacher.state_dict(), student.state_dict()
-    layers = "model.layers" if kind == "causal" else "bert.encoder.layer"
-    for s_idx, t_idx in enumerate(student_layer_ids(4, 2)):
+    prefix = "model.layers" if kind == "causal" else "bert.encoder.layer"
+    for s_idx, t_idx in enumerate(student_layer_ids(4, 2, layers)):
         for name, value in s_state.items():
-            if name.startswith(f"{layers}.{s_idx}."):
-                rest = name[len(f"{layers}.{s_idx}."):]
-                assert torch.equal(value, t_state[f"{layers}.{t_idx}.{rest}"]), name
+            if name.startswith(f"{prefix}.{s_idx}."):
+                rest = name[len(f"{prefix}.{s_idx}."):]
+                assert torch.equal(value, t_state[f"{prefix}.{t_idx}.{rest}"]), name
     emb = "model.embed_tokens.weight" if kind == "causal" else "bert.embeddings.word_embeddings.weight"
     assert torch.equal(s_state[emb], t_state[emb])
+
+
+def test_first_layers_student_is_a_prefix_of_the_teacher(llama_dir):
+    """layers='first': the student's last hidden states are the teacher's after as many layers (final norm applied)."""
+    teacher, kind = load_teacher(str(llama_dir))
+    student = build_student(teacher, kind, StudentConfig(num_layers=2, layers="first")).eval()
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        hidden = teacher.model(input_ids=ids, output_hidden_states=True).hidden_states[2]
+        assert torch.allclose(student.model(input_ids=ids).last_hidden_state, teacher.model.norm(hidden), atol=1e-5)
 
 
 def test_random_init_and_narrower_student(llama_dir):
