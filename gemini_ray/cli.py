@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from gemini_ray.config import Config
+
+__all__ = ["main", "preflight"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", "-c", default=None, help="YAML file with config sections")
         p.add_argument("overrides", nargs="*", metavar="section.key=value",
                        help="dotted overrides, e.g. loss.lambda_kd=0.7 train.max_steps=200")
-        p.add_argument("--debug", action="store_true", help="show stack traces for user errors")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # keeps `gemini-ray --debug X`
+                       help="show stack traces for user errors")
         if name == "ablate":
             p.add_argument("--out", default=None, help="output directory (default: <storage_path>/<name>-ablation)")
         if name == "eval":
@@ -45,6 +50,24 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--no-teacher", action="store_true", help="skip evaluating the teacher itself")
             p.add_argument("--out", default=None, help="report directory (default: <model_dir>/../eval)")
     return parser
+
+
+def preflight(cfg: Config, command: str) -> None:
+    """Checks that need neither Ray nor the teacher, so that bad input fails in a second and writes nothing:
+    the local corpus files (gemini_ray.data.filecheck) and the directories results go to."""
+    from gemini_ray.data.filecheck import check_corpus
+    from gemini_ray.storage import check_writable
+
+    check_writable(cfg.run.storage_path, "run.storage_path")
+    if command in ("label", "ablate"):
+        key = "label.path" if cfg.label.path else "label.cache_root"
+        if cfg.label.path or cfg.label.cache_root:
+            check_writable(cfg.label.path or cfg.label.cache_root, key)
+        check_corpus(cfg.data, cfg.label.max_negatives + 1, "label.max_negatives")
+    else:
+        if command == "distill" and cfg.run.output_dir:
+            check_writable(cfg.run.output_dir, "run.output_dir")
+        check_corpus(cfg.data, cfg.loss.num_negatives + 1, "loss.num_negatives")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,12 +94,14 @@ def main(argv: list[str] | None = None) -> int:
             print(md_path.read_text(encoding="utf-8"), end="")
             print(f"[gemini-ray] report: {json_path}")
             return 0
+        cfg = load_config(args.config, args.overrides)
+        if args.command != "config":
+            preflight(cfg, args.command)
         if args.command == "ablate":
             from gemini_ray.ablate import ablate
 
             ablate(args.config, args.overrides, args.out)
             return 0
-        cfg = load_config(args.config, args.overrides)
         if args.command == "tune":
             from gemini_ray.tune import run_tune
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,9 +45,25 @@ EMBEDDED_TEACHER = "embedded:smollm2-135m-instruct"
 EMBEDDED_CORPUS = "embedded:lee_background"
 
 
+def _fix(key: str) -> str:
+    """How to fix a bad value of `key`: where to change it, and its default as an example."""
+    section, _, name = key.partition(".")
+    cls = _sections().get(section)
+    fields = {f.name: f for f in dataclasses.fields(cls)} if cls else {}
+    f = fields.get(name.split(".")[0])
+    default = f.default if f is not None else None
+    if isinstance(default, bool):
+        example = f", e.g. {key}={str(default).lower()} (the default)"
+    elif isinstance(default, (int, float, str)) and default != "":
+        example = f", e.g. {key}={default} (the default)"
+    else:
+        example = ""
+    return f"Change it in the --config file or on the command line{example}."
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
-        raise ConfigError(f"config key '{key}': {message}")
+        raise ConfigError(f"config key '{key}': {message}. {_fix(key)}")
 
 
 _BUILTIN_RESOURCES = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory", "object_store_memory": "memory"}
@@ -136,6 +153,11 @@ class DataConfig:
     """Tokens per span. Each example is an anchor span and a positive span of the same document."""
     max_documents: Optional[int] = None
     """Use only the first N documents (None: all)."""
+    max_document_chars: int = 1_000_000
+    """Longest document accepted, in characters (~250 k tokens). Local text files are scanned before anything
+    starts and one with a longer line is refused, naming the line: it is almost always a file without line
+    breaks, which would otherwise be tokenized as one giant document (minutes, gigabytes of memory). Raise it
+    when documents really are that long."""
     mlm_probability: float = 0.15
     """Fraction of tokens masked for a masked-LM teacher (ignored for causal teachers)."""
     seed: int = 0
@@ -148,6 +170,8 @@ class DataConfig:
         _check(self.span_length >= 4, "data.span_length", f"must be >= 4, got {self.span_length}")
         if self.max_documents is not None:
             _check(self.max_documents >= 2, "data.max_documents", f"must be >= 2, got {self.max_documents}")
+        _check(self.max_document_chars >= 1000, "data.max_document_chars",
+               f"must be >= 1000 (a document needs two spans), got {self.max_document_chars}")
         _check(0 < self.mlm_probability < 1, "data.mlm_probability", "must be in (0, 1)")
         _check(bool(self.path.strip()), "data.path", "must name a corpus")
 
@@ -200,6 +224,9 @@ class TuneConfig:
     """ASHA: keep 1/reduction_factor of the trials at each rung."""
     name: str = "tune"
     """Tune experiment name; the same name and run.storage_path resume an interrupted search."""
+    max_failures: int = 1
+    """Times a failed trial is retried (from its latest checkpoint) before the table marks it failed;
+    the other trials go on either way."""
 
     def __post_init__(self) -> None:
         _check(self.num_samples >= 1, "tune.num_samples", f"must be >= 1, got {self.num_samples}")
@@ -207,6 +234,7 @@ class TuneConfig:
             _check(self.max_concurrent_trials >= 1, "tune.max_concurrent_trials", "must be >= 1")
         _check(self.grace_period >= 1, "tune.grace_period", "must be >= 1")
         _check(self.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
+        _check(self.max_failures >= 0, "tune.max_failures", f"must be >= 0, got {self.max_failures}")
 
 
 @dataclass(frozen=True)
@@ -264,6 +292,9 @@ class TrainConfig:
     """Ray CPUs reserved per training worker; also its torch thread count (at least 1)."""
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources per training worker, e.g. {trainer: 1}, to keep the workers on trainer nodes."""
+    max_failures: int = 3
+    """Times Ray Train restarts the worker group after a worker or its node dies; each restart resumes
+    from the latest checkpoint (a non-finite loss is not retried: it would fail the same way)."""
     seed: int = 0
     """Seed of the student's initialisation and dropout."""
 
@@ -279,6 +310,7 @@ class TrainConfig:
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _check(self.num_workers >= 1, "train.num_workers", f"must be >= 1, got {self.num_workers}")
         _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+        _check(self.max_failures >= 0, "train.max_failures", f"must be >= 0, got {self.max_failures}")
         _check_resources("train.resources_per_worker", self.resources_per_worker)
 
 
@@ -366,7 +398,14 @@ def all_keys() -> list[str]:
 
 def _suggest(key: str, options: list[str]) -> str:
     close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else f" Known keys: {', '.join(options)}."
+    if close:
+        return f" Did you mean '{close[0]}'? Fix the name in the --config file or on the command line."
+    section = key.split(".")[0] + "."
+    same = [o for o in options if o.startswith(section)]
+    if same:
+        return f" Use one of that section's keys: {', '.join(same)}."
+    sections = ", ".join(dict.fromkeys(o.split(".")[0] for o in options))
+    return f" Use a key of one of the sections {sections} ('gemini-ray config' prints every key with its default)."
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -380,11 +419,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         return _coerce(key, value, inner[0])
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected a mapping like {{name: 1}}, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a mapping like {{name: 1}}, got {value!r}. {_fix(key)}")
         return {str(_coerce(key, k, args[0])): _coerce(f"{key}.{k}", v, args[1]) for k, v in value.items()}
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"config key '{key}': must be one of {list(args)}, got {value!r}")
+            raise ConfigError(f"config key '{key}': must be one of {list(args)}, got {value!r}. {_fix(key)}")
         return value
     if annotation is bool:
         if isinstance(value, bool):
@@ -393,25 +432,36 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"config key '{key}': must be a finite number, got {value!r}. {_fix(key)}")
+            return number
     elif annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    type_name = getattr(annotation, "__name__", str(annotation))
-    raise ConfigError(f"config key '{key}': expected {type_name}, got {value!r} ({type(value).__name__})")
+    type_name = _TYPE_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+    raise ConfigError(f"config key '{key}': expected {type_name}, got {value!r} ({type(value).__name__}). "
+                      + _fix(key))
+
+
+_TYPE_NAMES = {int: "a whole number (int)", float: "a number (float)", bool: "true or false (bool)",
+               str: "a string (str)"}
 
 
 def config_from_dict(raw: dict[str, Any] | None) -> Config:
     """Build a validated Config from a nested dict (as read from YAML). Unknown keys are errors."""
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}. "
+                          "Write sections such as 'loss:' with their keys indented below them.")
     sections = _sections()
     built = {}
     for section, values in raw.items():
@@ -420,7 +470,8 @@ def config_from_dict(raw: dict[str, Any] | None) -> Config:
         if values is None:
             continue
         if not isinstance(values, dict):
-            raise ConfigError(f"config section '{section}' must be a mapping, got {values!r}")
+            raise ConfigError(f"config section '{section}' must be a mapping, got {values!r}. Put its keys "
+                              f"below it, indented, e.g. '{section}:' then '  key: value'.")
         cls = sections[section]
         hints = typing.get_type_hints(cls)
         kwargs = {}
@@ -471,13 +522,28 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file '{path}' does not exist. Pass an existing YAML file to --config.")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}. Fix the file and run again.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (is it a YAML file?). Save it as UTF-8 "
+                          "YAML and run again.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {_yaml_problem(exc)}. Fix the file there "
+                          "(indent with spaces, close brackets and quotes) and run again.") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of sections (teacher:, loss:, ...).")
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections (teacher:, loss:, ...), got a "
+                          f"{type(raw).__name__}. Write sections such as 'loss:' with their keys indented below them.")
     return raw
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    context = getattr(exc, "context", None)
+    if context:
+        what += f" ({' '.join(str(context).split())})"
+    return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else what
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

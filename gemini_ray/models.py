@@ -67,15 +67,24 @@ def _convert_gguf(gguf_path: Path, cache_dir: Path, trust_remote_code: bool) -> 
     """De-quantise a GGUF file once into a safetensors HF directory; return that directory."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    with open(gguf_path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise GeminiRayError(
+                f"teacher.model file '{gguf_path}' is not a GGUF model (it does not start with the GGUF magic bytes). "
+                "Point teacher.model (or teacher.gguf_file) at a real .gguf file, a Hugging Face model directory "
+                "or a hub name.")
     target = cache_dir / f"{gguf_path.stem}-{sha256_file(gguf_path)[:16]}"
     if (target / "config.json").is_file():
         return target
     print(f"[gemini-ray] converting GGUF teacher {gguf_path.name} to safetensors once (~35 s) -> {target}")
-    cache_dir.mkdir(parents=True, exist_ok=True)
     kwargs = dict(gguf_file=gguf_path.name, trust_remote_code=trust_remote_code)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-    config = AutoConfig.from_pretrained(gguf_path.parent, **kwargs)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        config = AutoConfig.from_pretrained(gguf_path.parent, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - a damaged file or an architecture transformers cannot read
+        raise _hf_error("GGUF teacher", str(gguf_path), exc) from None
+    cache_dir.mkdir(parents=True, exist_ok=True)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the fresh model holds plain fp32 weights
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
@@ -118,6 +127,10 @@ def resolve_teacher(cfg: TeacherConfig | None = None) -> str:
         if not gguf.is_file():
             raise GeminiRayError(f"teacher.gguf_file '{gguf}' does not exist. Check teacher.model and teacher.gguf_file.")
         return str(_convert_gguf(gguf.resolve(), cache_dir, cfg.trust_remote_code))
+    if path.is_file():
+        raise GeminiRayError(
+            f"teacher.model '{cfg.model}' is a file, not a model: give a Hugging Face model directory (written by "
+            "save_pretrained), a .gguf file, or a hub name.")
     if path.exists():
         if not (path / "config.json").is_file():
             raise GeminiRayError(
