@@ -38,6 +38,8 @@ __all__ = [
     "read_manifest",
     "column_bytes",
     "write_manifest",
+    "write_json",
+    "read_json",
     "check_compatible",
 ]
 
@@ -127,24 +129,34 @@ def column_bytes(fs: pafs.FileSystem, files: list[str]) -> dict[str, int]:
     return sizes
 
 
-def read_manifest(fs: pafs.FileSystem, directory: str) -> dict[str, Any] | None:
-    path = f"{directory}/manifest.json"
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
+def read_json(fs: pafs.FileSystem, path: str) -> Any:
+    """A JSON file's value, or None when it is missing or unreadable."""
     try:
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return None
         with fs.open_input_stream(path) as f:
             return json.loads(f.read().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         return None
 
 
+def read_manifest(fs: pafs.FileSystem, directory: str) -> dict[str, Any] | None:
+    return read_json(fs, f"{directory}/manifest.json")
+
+
+def write_json(fs: pafs.FileSystem, path: str, value: Any) -> None:
+    """Write a JSON file under a temporary name in its folder, then move it into place."""
+    directory, _, name = path.rpartition("/")
+    fs.create_dir(directory, recursive=True)
+    tmp = f"{directory}/.{name}.{os.getpid()}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(value, indent=1).encode("utf-8"))
+    fs.move(tmp, path)
+
+
 def write_manifest(fs: pafs.FileSystem, directory: str, manifest: dict[str, Any]) -> None:
     """Write manifest.json under a temporary name, then move it into place."""
-    fs.create_dir(directory, recursive=True)
-    tmp = f"{directory}/.manifest.json.{os.getpid()}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(json.dumps(manifest, indent=1).encode("utf-8"))
-    fs.move(tmp, f"{directory}/manifest.json")
+    write_json(fs, f"{directory}/manifest.json", manifest)
 
 
 def check_compatible(manifest: dict[str, Any], identity: dict[str, Any], where: str) -> None:

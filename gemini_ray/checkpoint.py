@@ -1,10 +1,11 @@
 """Checkpoint and export files. No Ray here.
 
 A checkpoint directory holds:
-    model.safetensors   student weights (safetensors; tied weights stored once)
-    optimizer.pt        optimizer state (tensors and plain containers only; loaded with weights_only=True)
-    state.json          step, epoch, loss history, counters, and the student's HF config
+    model.safetensors      student weights (safetensors; tied weights stored once)
+    optimizer.safetensors  optimizer tensors (AdamW moments, step), their structure in the file's metadata
+    state.json             step, epoch, loss history, counters, and the student's HF config (written last)
 
+Nothing is pickled: weights and optimizer state are safetensors, the rest is JSON.
 The export is a plain Hugging Face directory (config, safetensors weights, tokenizer) that
 `AutoModelForCausalLM.from_pretrained(dir)` (or AutoModelForMaskedLM) loads without gemini_ray.
 Every file and directory is written under a temporary name and renamed when complete.
@@ -15,15 +16,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "student_from_hf_config", "export_student", "atomic_write_text",
-           "STUDENT_META"]
+__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_is_whole", "latest_whole_checkpoint",
+           "student_from_hf_config", "export_student", "atomic_write_text", "STUDENT_META"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -50,17 +52,49 @@ def student_from_hf_config(hf_config: dict[str, Any], kind: str) -> torch.nn.Mod
     return cls.from_config(config, dtype=torch.float32)
 
 
+def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Optimizer state as safetensors: tensors under 'state.<param index>.<name>', the rest as JSON metadata."""
+    sd = optimizer.state_dict()
+    tensors, plain = {}, {}
+    for index, entry in sd["state"].items():
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                plain[f"{index}.{name}"] = value
+    meta = {"param_groups": json.dumps(sd["param_groups"]), "plain": json.dumps(plain)}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in load_file(str(path)).items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in json.loads(meta["plain"]).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}  # betas
+              for g in json.loads(meta["param_groups"])]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any]) -> None:
-    """Write model.safetensors, optimizer.pt and state.json into `directory` (files renamed into place)."""
+    """Write model.safetensors, optimizer.safetensors and, last, state.json into `directory`, each under a
+    temporary name renamed when complete: a directory without state.json is not a checkpoint."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / ".model.safetensors.tmp"
     save_model(model, str(tmp))
     os.replace(tmp, directory / "model.safetensors")
-    tmp = directory / ".optimizer.pt.tmp"
-    torch.save(optimizer.state_dict(), tmp)
-    os.replace(tmp, directory / "optimizer.pt")
+    tmp = directory / ".optimizer.safetensors.tmp"
+    _save_optimizer(optimizer, tmp)
+    os.replace(tmp, directory / "optimizer.safetensors")
     atomic_write_text(directory / "state.json", json.dumps(state, indent=1))
 
 
@@ -70,8 +104,42 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module,
     directory = Path(directory)
     load_model(model, str(directory / "model.safetensors"))
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        _load_optimizer(optimizer, directory / "optimizer.safetensors")
     return json.loads((directory / "state.json").read_text(encoding="utf-8"))
+
+
+def _safetensors_is_whole(path: Path) -> bool:
+    """The file's size is exactly its header's length + the byte range its tensors declare."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size == 8 + n + end
+    except (OSError, ValueError, KeyError, struct.error):
+        return False
+
+
+def checkpoint_is_whole(directory: str | Path) -> bool:
+    """True when a checkpoint directory holds every file, complete (a copy cut short by a kill is not)."""
+    directory = Path(directory)
+    try:
+        state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return ("step" in state and _safetensors_is_whole(directory / "model.safetensors")
+            and _safetensors_is_whole(directory / "optimizer.safetensors"))
+
+
+def latest_whole_checkpoint(run_directory: str | Path) -> tuple[Path, int] | None:
+    """(directory, step) of the whole checkpoint with the highest step under a run directory, or None."""
+    best = None
+    for d in Path(run_directory).glob("checkpoint_*"):
+        if d.is_dir() and checkpoint_is_whole(d):
+            step = json.loads((d / "state.json").read_text(encoding="utf-8"))["step"]
+            if best is None or step > best[1]:
+                best = (d, step)
+    return best
 
 
 STUDENT_META = "gemini_ray.json"

@@ -5,6 +5,11 @@
 
 Running the same command again with the same run.name and run.storage_path resumes from the latest
 checkpoint. Outputs: <storage_path>/<name>/student (a plain HF directory) and <...>/summary.json.
+
+Faults: a dead worker (or its node) makes Ray Train restart the worker group from the latest checkpoint,
+up to train.max_failures times; a dead driver is resumed by running the command again. Both are counted
+in summary.json ('training.resumes'). A NaN or infinite loss stops the run with an error naming the step
+and the loss part; the last good checkpoint is kept and nothing is exported.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from gemini_ray.config import Config, config_to_dict
 from gemini_ray.errors import GeminiRayError
 
-__all__ = ["distill", "signal_bytes_per_token", "run_dir", "publish"]
+__all__ = ["distill", "signal_bytes_per_token", "run_dir", "publish", "raise_if_nonfinite"]
 
 
 def signal_bytes_per_token(top_k: int, hidden_size: int, span_length: int) -> float:
@@ -53,6 +59,52 @@ def publish(local_dir: Path, uri: str | None) -> None:
             _upload(path, f"{uri.rstrip('/')}/{path.name}")
 
 
+def _resume_point(out_dir: str):
+    """Where Ray Train should resume a local run from when its own record cannot say.
+
+    Ray Train resumes from checkpoint_manager_snapshot.json, which it writes in place: a driver killed
+    during that write leaves it cut short, and a driver killed before the first write leaves checkpoints
+    it never recorded. Then: set the broken record aside and name the newest whole checkpoint (None: let
+    Ray Train decide)."""
+    import ray.train
+
+    from gemini_ray.checkpoint import latest_whole_checkpoint
+
+    if "://" in out_dir:
+        return None
+    snapshot = Path(out_dir) / "checkpoint_manager_snapshot.json"
+    if snapshot.is_file():
+        try:
+            json.loads(snapshot.read_text(encoding="utf-8"))
+            return None  # readable: Ray Train resumes from it
+        except (ValueError, UnicodeDecodeError):
+            aside = snapshot.with_name(f".{snapshot.name}.broken-{int(time.time())}")
+            os.replace(snapshot, aside)
+            print(f"[gemini-ray] Ray Train's checkpoint record was cut short; set aside as {aside.name}")
+    latest = latest_whole_checkpoint(out_dir)
+    if latest is None:
+        return None
+    print(f"[gemini-ray] resuming from the newest whole checkpoint {latest[0].name} (step {latest[1]})")
+    return ray.train.Checkpoint.from_directory(str(latest[0]))
+
+
+def raise_if_nonfinite(progress: dict[str, Any] | None, fit_id: str, checkpoint_path: str | None) -> None:
+    """Turn a worker's non-finite-loss stop (recorded in progress.json) into the user's error."""
+    if not progress or progress.get("fit_id") != fit_id or "nonfinite" not in progress:
+        return
+    error = progress["nonfinite"]
+    part = error["part"]
+    what = {"loss/kd": "distillation loss (loss/kd)", "loss/cl": "contrastive loss (loss/cl)"}.get(part, part)
+    kept = (f"the last good checkpoint (step {error['last_good_checkpoint_step']}) is kept"
+            + (f" at {checkpoint_path}" if checkpoint_path else "")) if error["last_good_checkpoint_step"] else \
+        "no checkpoint had been written yet"
+    raise GeminiRayError(
+        f"training stopped at step {error['step']}: the {what} is {error['value']}. Nothing was exported; {kept}"
+        + ". Lower train.lr or raise train.warmup_steps, keep loss.cl_temperature and loss.kd_temperature "
+        "well above 0 (e.g. 0.05 and 1.0), and check the teacher signal (a cache made from a diverged teacher "
+        "holds NaN logits); then run again (a new run.name starts over, the same one resumes).")
+
+
 def distill(cfg: Config) -> dict[str, Any]:
     """Run the whole distillation; returns the summary (also written to summary.json)."""
     import ray
@@ -65,10 +117,10 @@ def distill(cfg: Config) -> dict[str, Any]:
     from gemini_ray.pipeline import (label_and_mine, label_in_process, read_cache, split, teacher_token_counter,
                                      to_arrays)
     from gemini_ray.placement import alive_nodes, check_fits, demands
-    from gemini_ray.train_worker import train_loop_per_worker
+    from gemini_ray.train_worker import read_progress, train_loop_per_worker
 
     times: dict[str, float] = {}
-    t_start = time.perf_counter()
+    t_start, started_at = time.perf_counter(), time.time()
     out_dir = run_dir(cfg)
     local_out = "://" not in out_dir
     if local_out:
@@ -140,11 +192,15 @@ def distill(cfg: Config) -> dict[str, Any]:
     # --- fit ----------------------------------------------------------------------------------------
     import ray.train.torch  # noqa: F401  (registers the torch backend)
 
+    fit_id, progress_path = uuid.uuid4().hex, f"{out_dir}/progress.json"
+
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": config_to_dict(cfg), "hf_config": student.config.to_dict(), "kind": kind,
                            "init_weights": ray.put(student.state_dict()),
-                           "val": ray.put(val) if val is not None else None},
+                           "val": ray.put(val) if val is not None else None,
+                           # a resume can tell a restarted worker group (same fit_id) from a new driver
+                           "fit_id": fit_id, "started_at": started_at, "progress_path": progress_path},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker={"CPU": cfg.train.cpus_per_worker,
                                                                      **cfg.train.resources_per_worker}),
@@ -152,12 +208,22 @@ def distill(cfg: Config) -> dict[str, Any]:
             name=cfg.run.name,
             storage_path=out_dir.rsplit("/", 1)[0],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
         ),
         datasets={"train": stream},  # every rank evaluates all of val (an object, see to_arrays)
+        resume_from_checkpoint=_resume_point(out_dir),
     )
     t0 = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        last = [line for line in str(exc).splitlines() if line.strip()][-1:] or ["?"]
+        raise GeminiRayError(
+            f"training failed after {cfg.train.max_failures} restart(s) of the worker group (train.max_failures): "
+            f"{last[0][:400]}. The latest checkpoint under '{out_dir}' is kept: fix the cause and run the same "
+            "command to resume, or raise train.max_failures if the cluster loses workers often.") from exc
     times["label_and_train_s"] = time.perf_counter() - t0
+    raise_if_nonfinite(read_progress(progress_path), fit_id, result.checkpoint.path if result.checkpoint else None)
     if result.checkpoint is None:
         raise GeminiRayError("training finished without a checkpoint; see the worker log above.")
 
@@ -188,7 +254,12 @@ def distill(cfg: Config) -> dict[str, Any]:
         "teacher_signal": {**teacher_source_note,
                            "teacher_tokens_this_run": ray.get(teacher_token_counter().total.remote()) - tokens_before},
         "training": {"steps": state["step"], "epochs_started": state["epoch"] + 1,
-                     "resumed_from_steps": state["resumed_from_steps"], **state["totals"],
+                     "resumed_from_steps": state["resumed_from_steps"], "resumes": state.get("resumes", []),
+                     "worker_group_restarts": sum(r["cause"] == "worker_group_restart"
+                                                  for r in state.get("resumes", [])),
+                     "driver_restarts": sum(r["cause"] == "driver_restart" for r in state.get("resumes", [])),
+                     "steps_repeated": sum(r["steps_repeated"] or 0 for r in state.get("resumes", [])),
+                     **state["totals"],
                      "first": history[0] if history else None, "last": history[-1] if history else None,
                      "history": history},
         "teacher_signal_bytes_per_token": signal_bytes_per_token(cfg.teacher.top_k, hidden, cfg.data.span_length),

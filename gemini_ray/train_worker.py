@@ -4,11 +4,19 @@ Each worker reads its shard of the streamed, labelled dataset, runs the DDP-wrap
 reports the loss parts every `train.log_every` steps. Rank 0 writes a checkpoint every
 `train.checkpoint_every` steps and at the end; a restarted run resumes from the latest one.
 The data stream is not part of a checkpoint: a resumed run re-reads the stream from its start.
+
+Faults: a worker group restarted by Ray Train (train.max_failures) and a driver started again both
+resume from the latest checkpoint; each resume is recorded in the checkpoint's state ('resumes': the
+step, the cause, the steps done after that checkpoint and lost, the seconds until training went on).
+Rank 0 writes progress.json (last step done, wall time) beside the checkpoints so that a resume can
+count the steps it repeats. A NaN or infinite loss part stops every rank before the optimizer step:
+progress.json (and the last report) name the step and the part, and no checkpoint is written.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -20,12 +28,13 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from gemini_ray.cache import open_dir, read_json, write_json
 from gemini_ray.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config
 from gemini_ray.config import config_from_dict
 from gemini_ray.models import DistillStudent
-from gemini_ray.train_step import compute_loss, lr_at, make_optimizer
+from gemini_ray.train_step import LOSS_PARTS, compute_loss, first_nonfinite, lr_at, make_optimizer
 
-__all__ = ["train_loop_per_worker"]
+__all__ = ["train_loop_per_worker", "read_progress"]
 
 _COUNTERS = ("examples", "teacher_tokens", "random_negatives", "missing_negatives")
 
@@ -46,6 +55,36 @@ def _sum_across_ranks(values: dict[str, float], world: int) -> dict[str, float]:
     return {k: float(v) for k, v in zip(values, t)}
 
 
+def read_progress(path: str | None) -> dict[str, Any] | None:
+    """progress.json of an earlier attempt (None if there is none): {fit_id, step, time}."""
+    if path is None:
+        return None
+    directory, _, name = path.rpartition("/")
+    fs, local = open_dir(directory)
+    return read_json(fs, f"{local}/{name}")
+
+
+def _write_progress(path: str, fit_id: str, step: int, **extra: Any) -> None:
+    directory, _, name = path.rpartition("/")
+    fs, local = open_dir(directory)
+    write_json(fs, f"{local}/{name}", {"fit_id": fit_id, "step": step, "time": time.time(), **extra})
+
+
+def _resume_event(state: dict[str, Any], loop_config: dict[str, Any], progress: dict[str, Any] | None) -> dict:
+    """What a resume cost: the cause, the steps done after the checkpoint (done again now), and the seconds
+    from the fault (driver restart: from the new driver's start) until training goes on."""
+    same_fit = state.get("fit_id") == loop_config["fit_id"]
+    event = {"step": state["step"], "cause": "worker_group_restart" if same_fit else "driver_restart",
+             "steps_repeated": None, "seconds_to_resume": None}
+    if progress is not None and progress.get("step", -1) >= state["step"]:
+        event["steps_repeated"] = progress["step"] - state["step"]
+    if same_fit and progress is not None and progress.get("fit_id") == loop_config["fit_id"]:
+        event["seconds_to_resume"] = round(time.time() - progress["time"], 2)  # from the last step done
+    elif not same_fit and loop_config.get("started_at"):
+        event["seconds_to_resume"] = round(time.time() - loop_config["started_at"], 2)
+    return event
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # --- Ray context, looked up once -----------------------------------------------------------
     ctx = ray.train.get_context()
@@ -55,6 +94,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     resume_from = ray.train.get_checkpoint()
     # -------------------------------------------------------------------------------------------
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report is ours, not Ray's
+    try:  # Train V2 logs every report at INFO under a logger named by its file's path
+        from ray.train.v2._internal.execution import context as _train_context
+
+        logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
     cfg = config_from_dict(loop_config["cfg"])
     tc = cfg.train
     if not tc.use_gpu:
@@ -64,16 +109,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = student_from_hf_config(loop_config["hf_config"], loop_config["kind"])
     optimizer = make_optimizer(model, tc)
     # totals are summed over ranks at each checkpoint; `local` counts this rank since (re)start
+    progress_path = loop_config.get("progress_path")
     state: dict[str, Any] = {"step": 0, "epoch": 0, "history": [], "totals": dict.fromkeys(_COUNTERS, 0),
-                             "resumed_from_steps": []}
+                             "resumed_from_steps": [], "resumes": []}
     if resume_from is not None:
         with resume_from.as_directory() as d:
             state = load_checkpoint(d, model, optimizer)
+        event = _resume_event(state, loop_config, read_progress(progress_path))
         state["resumed_from_steps"].append(state["step"])
+        state.setdefault("resumes", []).append(event)
         if rank == 0:
-            print(f"[gemini-ray] resuming from checkpoint at step {state['step']}", file=sys.__stdout__, flush=True)
+            print(f"[gemini-ray] resuming from checkpoint at step {state['step']} ({event['cause'].replace('_', ' ')}"
+                  + (f", {event['steps_repeated']} step(s) to do again" if event["steps_repeated"] else "") + ")",
+                  file=sys.__stdout__, flush=True)
     else:
         model.load_state_dict(ray.get(loop_config["init_weights"]))
+    state["fit_id"] = loop_config["fit_id"]
     student = ray.train.torch.prepare_model(DistillStudent(model))  # DDP when world > 1
     device = ray.train.torch.get_device()
     state.update(kind=loop_config["kind"], hf_config=loop_config["hf_config"])
@@ -112,6 +163,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     window = {"loss/total": 0.0, "loss/kd": 0.0, "loss/cl": 0.0, "n": 0}
     t_window, wait_time, step_time = time.perf_counter(), 0.0, 0.0
     last_checkpoint_step = state["step"]
+    checkpointed = False  # in this attempt
     local = dict.fromkeys(_COUNTERS, 0.0)
     mass_sum, mass_n = 0.0, 0.0
     while state["step"] < tc.max_steps:
@@ -126,6 +178,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(state["step"], tc)
             parts = compute_loss(student, batch, cfg.loss)
+            values = parts.as_floats()
+            bad = first_nonfinite(values)
+            if world > 1:  # every rank stops together (before backward: DDP's all-reduce would hang)
+                flags = torch.tensor([not math.isfinite(values[k]) for k in LOSS_PARTS], dtype=torch.float32)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                bad = next((k for k, f in zip(LOSS_PARTS, flags.tolist()) if f > 0), None)
+            if bad is not None:
+                step = state["step"] + 1
+                if rank == 0:
+                    print(f"[gemini-ray] step {step}: {bad} is not finite ({values[bad]}); stopping without "
+                          f"a checkpoint (the last good one is step {last_checkpoint_step})",
+                          file=sys.__stdout__, flush=True)
+                error = {"step": step, "part": bad, "value": str(values[bad]),
+                         "last_good_checkpoint_step": last_checkpoint_step}
+                if rank == 0 and progress_path:  # the driver reads it after fit (a report may not reach it)
+                    _write_progress(progress_path, state["fit_id"], state["step"], nonfinite=error)
+                ray.train.report({"step": step, **{f"error/nonfinite_{k}": v for k, v in error.items()}})
+                return
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             if tc.grad_clip > 0:
@@ -138,13 +208,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             lab = batch["label_mask"].float()
             mass_sum += float((batch["topk_mass"] * lab).sum())
             mass_n += float(lab.sum())
-            for key, value in parts.as_floats().items():
+            for key, value in values.items():
                 window[key] += value
             window["n"] += 1
             step_time += time.perf_counter() - t0
 
             step = state["step"]
             last = step >= tc.max_steps
+            if rank == 0 and progress_path and ("://" not in progress_path or step % tc.log_every == 0 or last):
+                _write_progress(progress_path, state["fit_id"], step)  # every step on a local disk
             if step % tc.log_every == 0 or last:
                 n = window.pop("n")
                 means = _mean_across_ranks({k: v / n for k, v in window.items()}, world)
@@ -175,6 +247,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     state["totals"] = {k: state["totals"][k] + int(summed[k]) for k in _COUNTERS}
                     local = dict.fromkeys(_COUNTERS, 0.0)
                     last_checkpoint_step = step
+                    checkpointed = True
                 checkpoint_and_report(metrics, with_checkpoint=save)
             if last:
                 break  # every rank stops at the same step: shards are split with equal=True
@@ -182,3 +255,5 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if not got_any:
             raise RuntimeError("the training stream yielded no batch: fewer examples than one batch per worker")
         state["epoch"] += 1
+    if not checkpointed:  # resumed at (or past) max_steps: record the resume in a final checkpoint
+        checkpoint_and_report({"step": state["step"], **val_metrics}, with_checkpoint=True)

@@ -201,3 +201,50 @@ def test_cache_requirements_are_enforced(uninterrupted, llama_dir, corpus_file, 
                                        f"label.path={directory}")))
     with pytest.raises(GeminiRayError, match="no complete teacher-signal cache"):
         distill(load_config(None, tiny(llama_dir, corpus_file, tmp_path, "label.use=require")))
+
+
+@pytest.mark.ray
+def test_nan_teacher_signal_stops_training_and_exports_nothing(uninterrupted, llama_dir, corpus_file, tmp_path):
+    """Fault: the teacher signal holds NaN logits (a diverged teacher) from some row on. Training stops with
+    an error naming the step and the loss part; the checkpoints before it stay; nothing is exported."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gemini_ray.checkpoint import latest_whole_checkpoint
+    from gemini_ray.cli import main
+
+    _, directory, manifest = uninterrupted
+    bad = tmp_path / "nan-cache"
+    shutil.copytree(directory, bad)
+    for shard in manifest["shards_train"]:  # the last quarter of every training shard: NaN teacher logits
+        path = bad / f"shard-{shard:05d}.parquet"
+        table = pq.read_table(path)
+        column = table.column("topk_logits").combine_chunks()  # Ray's tensor type over flat lists
+        storage = column.storage
+        values = storage.values.to_numpy().copy()
+        values[storage.offsets.to_numpy()[len(column) * 3 // 4]:] = np.nan
+        nan_storage = pa.LargeListArray.from_arrays(storage.offsets, pa.array(values))
+        index = table.schema.get_field_index("topk_logits")
+        table = table.set_column(index, table.schema.field(index),
+                                 pa.ExtensionArray.from_storage(column.type, nan_storage))
+        pq.write_table(table, path)
+    args = tiny(llama_dir, corpus_file, tmp_path, f"label.path={bad}", "run.name=nan", "train.max_steps=200",
+                "train.log_every=4", "train.eval_every=1000", "train.checkpoint_every=4")
+    import io
+    from contextlib import redirect_stderr
+
+    err = io.StringIO()
+    with redirect_stderr(err):
+        assert main(["distill", *args]) == 2
+    message = err.getvalue()
+    import re
+
+    found = re.search(r"training stopped at step (\d+): the distillation loss \(loss/kd\) is nan", message)
+    assert found and "Traceback" not in message, message
+    step = int(found.group(1))
+    kept = latest_whole_checkpoint(tmp_path / "nan")
+    assert kept is not None and kept[1] == (step - 1) // 4 * 4 > 0  # the last good checkpoint is kept
+    assert f"last good checkpoint (step {kept[1]})" in message
+    assert not (tmp_path / "nan" / "student").exists() and not (tmp_path / "nan" / "summary.json").exists()

