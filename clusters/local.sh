@@ -37,6 +37,7 @@ fi
 # Ray Data keeps a dead dataset's share of the cluster until its request expires (180 s by default);
 # gemini_ray needs 30 s (see gemini_ray/__init__.py). Every process of this Ray instance inherits it.
 export RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S=30
+export RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.25  # see gemini_ray/__init__.py
 # Token authentication stays on: set explicitly, so the head never starts open.
 export RAY_AUTH_MODE=token
 ray get-auth-token --generate > /dev/null  # keeps an existing token; never prints it here

@@ -133,6 +133,21 @@ def find_cache(cfg: Config, s: Setup) -> tuple[str, dict] | None:
     return directory, manifest
 
 
+def _check_rows(fs, path: str, shards: list[int], examples) -> tuple[int, int]:
+    """(examples missing from the cache, examples in it more than once), by example id."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from gemini_ray.cache import shard_name
+
+    ids = [pq.read_table(f"{path}/{shard_name(i)}", columns=["example_id"], filesystem=fs).column(0).to_numpy()
+           for i in shards]
+    cached = np.concatenate(ids) if ids else np.array([], dtype=np.int64)
+    wanted = np.unique(examples.select_columns(["example_id"]).to_pandas()["example_id"].to_numpy())
+    unique = np.unique(cached)
+    return int(np.setdiff1d(wanted, unique).size), int(cached.size - unique.size)
+
+
 def label(cfg: Config) -> dict[str, Any]:
     """Make (or finish) the cache for this config; returns its manifest."""
     import ray
@@ -201,6 +216,10 @@ def label(cfg: Config) -> dict[str, Any]:
     bad = [i for i in expected if not shard_is_complete(fs, f"{path}/{shard_name(i)}", expected[i])]
     if bad:
         raise GeminiRayError(f"cache shards {bad} at '{directory}' are incomplete after labelling; run label again.")
+    lost, duplicated = _check_rows(fs, path, sorted(expected), examples)
+    if lost or duplicated:  # a retried teacher batch must replace, never add to or drop from, a shard
+        raise GeminiRayError(f"the cache at '{directory}' lost {lost} and duplicated {duplicated} examples; "
+                             "delete it and run 'gemini-ray label' again.")
     total_bytes = sum(v["bytes"] for v in shards.values())
     positions = sum(v["positions"] for v in shards.values())
     tokens = sum(v["teacher_tokens"] for v in shards.values())
@@ -210,6 +229,7 @@ def label(cfg: Config) -> dict[str, Any]:
     manifest.update(
         complete=True,
         rows=sum(v["rows"] for v in shards.values()),
+        rows_lost=lost, rows_duplicated=duplicated,
         teacher_tokens=tokens,
         teacher_tokens_this_run=ray.get(counter.total.remote()) - tokens_before,
         bytes=total_bytes,

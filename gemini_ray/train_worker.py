@@ -10,7 +10,7 @@ resume from the latest checkpoint; each resume is recorded in the checkpoint's s
 step, the cause, the steps done after that checkpoint and lost, the seconds until training went on).
 Rank 0 writes progress.json (last step done, wall time) beside the checkpoints so that a resume can
 count the steps it repeats. A NaN or infinite loss part stops every rank before the optimizer step:
-progress.json (and the last report) name the step and the part, and no checkpoint is written.
+progress.json names the step and the part; no checkpoint is written.
 """
 
 from __future__ import annotations
@@ -192,10 +192,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                           file=sys.__stdout__, flush=True)
                 error = {"step": step, "part": bad, "value": str(values[bad]),
                          "last_good_checkpoint_step": last_checkpoint_step}
-                if rank == 0 and progress_path:  # the driver reads it after fit (a report may not reach it)
+                if rank == 0 and progress_path:  # the driver (or Tune trial) reads it after fit
                     _write_progress(progress_path, state["fit_id"], state["step"], nonfinite=error)
-                ray.train.report({"step": step, **{f"error/nonfinite_{k}": v for k, v in error.items()}})
-                return
+                return  # no report: a result without the searched metric would stop a whole Tune run
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             if tc.grad_clip > 0:
@@ -224,6 +223,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 counters = _sum_across_ranks({"examples": n * tc.batch_size}, world)
                 coverage = _sum_across_ranks({"m": mass_sum, "n": mass_n}, world)
                 metrics = {**means, "step": step, "epoch": state["epoch"], "lr": lr_at(step - 1, tc),
+                           "restarts": len(state["resumes"]),
                            "teacher_topk_mass": coverage["m"] / max(coverage["n"], 1.0),
                            "examples_per_s": counters["examples"] / max(elapsed, 1e-9),
                            "data_wait_fraction": wait_time / max(wait_time + step_time, 1e-9)}

@@ -16,6 +16,8 @@ import json
 import math
 import os
 import tempfile
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -110,25 +112,33 @@ def _trial(params: dict[str, Any], base: dict[str, Any], cache_dir: str, manifes
     from gemini_ray.pipeline import read_cache, to_arrays
     from gemini_ray.train_worker import train_loop_per_worker
 
+    from gemini_ray.distill import raise_if_nonfinite
+    from gemini_ray.train_worker import read_progress
+
     trial_id = ray.tune.get_context().get_trial_id()
     ray.data.DataContext.get_current().enable_progress_bars = False  # the worker prints its own lines
     init_weights = ray.put(init_weights)  # with_parameters hands over the value; workers fetch it by reference
+    fit_id, progress_path = uuid.uuid4().hex, f"{storage}/trial-{trial_id}/progress.json"
+    _count_attempt(f"{storage}/trial-{trial_id}/attempts.json")  # > 1: Tune retried it (tune.max_failures)
     cfg = config_from_dict(apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in params.items()]))
     train = read_cache(cache_dir, manifest["shards_train"], cfg.loss.num_negatives)
     val = to_arrays(read_cache(cache_dir, manifest["shards_val"], cfg.loss.num_negatives))  # small; read once
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": config_to_dict(cfg), "hf_config": hf_config, "kind": kind,
-                           "init_weights": init_weights, "val": ray.put(val)},
+                           "init_weights": init_weights, "val": ray.put(val),
+                           "fit_id": fit_id, "started_at": time.time(), "progress_path": progress_path},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                                resources_per_worker={"CPU": cfg.train.cpus_per_worker,
                                                                      **cfg.train.resources_per_worker}),
         run_config=ray.train.RunConfig(name=f"trial-{trial_id}", storage_path=storage,
                                        callbacks=[TuneReportCallback()],
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+                                       failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures)),
         datasets={"train": train},
     )
-    trainer.fit()
+    trainer.fit()  # a retried trial (tune.max_failures) resumes this run from its checkpoint
+    raise_if_nonfinite(read_progress(progress_path), fit_id, None)  # fails the trial: the table marks it
 
 
 def _max_concurrent(cfg: Config) -> int:
@@ -168,6 +178,38 @@ def _plot(df, keys: list[str], metric: str, path: Path) -> None:
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def _count_attempt(path: str) -> int:
+    from gemini_ray.cache import open_dir, read_json, write_json
+
+    directory, _, name = path.rpartition("/")
+    fs, local = open_dir(directory)
+    attempts = (read_json(fs, f"{local}/{name}") or {}).get("attempts", 0) + 1
+    write_json(fs, f"{local}/{name}", {"attempts": attempts})
+    return attempts
+
+
+def _results_table(grid, trials_storage: str, max_failures: int) -> "pd.DataFrame":
+    """One row per trial, failed ones included (a trial that never reported is missing from Tune's own
+    dataframe): config/<key> columns, the last reported metrics, retries (Tune ran the trial again after
+    its process died or it raised), restarts (resumes from a checkpoint inside it), error, error_message."""
+    import pandas as pd
+
+    from gemini_ray.cache import open_dir, read_json
+
+    fs, local = open_dir(trials_storage)
+    rows = []
+    for r in grid:
+        row = {f"config/{k}": v for k, v in r.config.items()}
+        row.update({k: v for k, v in (r.metrics or {}).items() if not isinstance(v, dict)})
+        row.setdefault("restarts", 0)
+        attempts = read_json(fs, f"{local}/trial-{row['trial_id']}/attempts.json") if "trial_id" in row else None
+        row["retries"] = max_failures if r.error is not None else max(0, (attempts or {}).get("attempts", 1) - 1)
+        row["error"] = r.error is not None  # failed after tune.max_failures retries
+        row["error_message"] = str(r.error).strip().splitlines()[-1][:300] if r.error is not None else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def run_tune(config_path: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -235,14 +277,14 @@ def run_tune(config_path: str | None = None, overrides: list[str] | None = None)
             param_space=tune_distributions(search),
             tune_config=tune.TuneConfig(num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrent,
                                         scheduler=scheduler),
-            run_config=tune.RunConfig(name=cfg.tune.name, storage_path=storage, verbose=1),
+            run_config=tune.RunConfig(name=cfg.tune.name, storage_path=storage, verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures)),
         )
     print(f"[gemini-ray] searching {list(search)} with {cfg.tune.num_samples} samples, "
           f"{concurrent} trial(s) at a time, ASHA on {cfg.tune.metric}")
     grid = tuner.fit()
 
-    df = grid.get_dataframe()
-    df["error"] = [r.error is not None for r in grid]
+    df = _results_table(grid, f"{storage}/{cfg.tune.name}-trials", cfg.tune.max_failures)
     out.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".csv", dir=out)
     os.close(fd)
@@ -261,7 +303,8 @@ def run_tune(config_path: str | None = None, overrides: list[str] | None = None)
     _plot(df, list(search), cfg.tune.metric, out / "search.png")
     tokens_during = ray.get(teacher_token_counter().total.remote()) - tokens_before
     summary = {
-        "trials": len(df), "errored": int(df["error"].sum()), "metric": cfg.tune.metric,
+        "trials": len(df), "errored": int(df["error"].sum()), "retries": int(df["retries"].sum()),
+        "metric": cfg.tune.metric,
         "best": {"config": best.config, cfg.tune.metric: best.metrics[cfg.tune.metric]},
         "cache": cache_dir,
         "teacher_tokens_in_cache": manifest["teacher_tokens"],

@@ -11,6 +11,7 @@ from gemini_ray.cache import cache_key, check_compatible
 from gemini_ray.config import load_config
 from gemini_ray.errors import ConfigError, GeminiRayError
 from gemini_ray.tune import load_space, validate_space
+from faults import Killer
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
@@ -133,11 +134,13 @@ def test_interrupted_label_resumes_and_redoes_truncated_shards(uninterrupted, ll
 
     real = pipeline.label_shards
     calls: list[list[int]] = []
+    killer = Killer(lambda n: True, ["CountingTeacherLabeler"])  # a teacher actor dies in the first round
 
     def interrupt_after_first_round(cfg, examples, directory, shards):
         if calls:
             raise KeyboardInterrupt("simulated Ctrl-C")
         calls.append(list(shards))
+        killer.start()
         return real(cfg, examples, directory, shards)
 
     cfg = load_config(None, tiny(llama_dir, corpus_file, tmp_path))
@@ -147,6 +150,8 @@ def test_interrupted_label_resumes_and_redoes_truncated_shards(uninterrupted, ll
     directory = next((tmp_path / "signal_cache").iterdir())
     partial = json.loads((directory / "manifest.json").read_text())
     assert not partial["complete"] and sorted(map(int, partial["shards"])) == calls[0]
+    killer.join(timeout=60)
+    assert not killer.errors and len(killer.killed) == 1  # Ray Data restarted it and retried its batches
 
     resumed: list[list[int]] = []
     monkeypatch.setattr(pipeline, "label_shards", lambda *a: resumed.append(list(a[3])) or real(*a))
@@ -155,7 +160,9 @@ def test_interrupted_label_resumes_and_redoes_truncated_shards(uninterrupted, ll
     assert not done_first & {s for r in resumed for s in r}  # finished shards were not recomputed
     _, b_dir, _ = uninterrupted
     assert directory.name == b_dir.name  # same inputs, same cache key
-    assert_same_rows(read_rows(directory), read_rows(b_dir))
+    assert_same_rows(read_rows(directory), read_rows(b_dir))  # no row lost, none twice, same values
+    final = json.loads((directory / "manifest.json").read_text())
+    assert final["rows_lost"] == final["rows_duplicated"] == 0
 
     # a truncated shard is detected and redone
     victim = sorted(directory.glob("shard-*.parquet"))[1]
@@ -178,16 +185,31 @@ def test_distill_reads_the_cache_and_tune_searches_it(uninterrupted, llama_dir, 
     assert summary["teacher_signal"]["teacher_tokens_this_run"] == 0
     assert "val/loss_kd" in summary["training"]["last"]
 
-    result = run_tune(None, tiny(llama_dir, corpus_file, storage, "tune.space=tune_spaces/quick.yaml",
-                                 "train.max_steps=4", "train.log_every=2", "train.eval_every=2",
-                                 "train.checkpoint_every=4", "tune.num_samples=2"))
-    assert result["trials"] >= 2 and result["errored"] == 0
+    # two trials, one at a time: τ = 0.05 loses its trial process once (killed) and is retried from its
+    # checkpoint; τ = 1e-40 overflows the contrastive logits (NaN at step 1) and fails on every try
+    space = storage / "faulty-space.yaml"
+    space.write_text("loss.cl_temperature: {grid: [0.05, 1.0e-40]}\nloss.lambda_kd: {uniform: [0.2, 0.8]}\n"
+                     "loss.num_negatives: {choice: [2, 4]}\n")
+    trials = storage / "tune-trials"
+    killer = Killer(lambda n: any((json.loads(p.read_text()) or {}).get("step", 0) >= 2
+                                  for p in trials.glob("trial-*/progress.json")), ["ImplicitFunc"])
+    killer.start()
+    result = run_tune(None, tiny(llama_dir, corpus_file, storage, f"tune.space={space}", "tune.num_samples=1",
+                                 "tune.max_concurrent_trials=1", "tune.max_failures=1", "train.max_steps=4",
+                                 "train.log_every=2", "train.eval_every=2", "train.checkpoint_every=2"))
+    killer.join(timeout=10)
+    assert not killer.errors and len(killer.killed) == 1
+    assert result["trials"] == 2 and result["errored"] == 1 and result["retries"] == 2
     assert result["teacher_tokens_during_search"] == 0  # one teacher pass (the cache) for every trial
     assert result["teacher_tokens_in_cache"] == manifest["teacher_tokens"]
-    table = pd.read_csv(result["results"])
-    assert len(table) >= 2 and {"config/loss.lambda_kd", "config/loss.cl_temperature", "val/loss_kd"} <= set(table)
+    table = pd.read_csv(result["results"]).set_index("config/loss.cl_temperature")
+    assert {"config/loss.lambda_kd", "val/loss_kd", "retries", "error", "error_message"} <= set(table.columns)
+    survived, failed = table.loc[0.05], table.loc[1e-40]
+    assert not survived["error"] and survived["retries"] == 1 and survived["step"] == 4  # retried, finished
+    assert failed["error"] and failed["retries"] == 1 and "training stopped at step 1: the contrastive loss (loss/cl) is nan" in \
+        failed["error_message"]
     best = load_config(result["best_config"])
-    assert best.loss.num_negatives in (2, 4) and 0.2 <= best.loss.lambda_kd <= 0.8
+    assert best.loss.cl_temperature == 0.05 and 0.2 <= best.loss.lambda_kd <= 0.8
     assert Path(result["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -13,12 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from faults import Killer, alive_pids, wait_for
 
 from gemini_ray.cli import main
 
@@ -40,44 +39,6 @@ def read_progress(run: Path) -> dict | None:
         return json.loads((run / "progress.json").read_text())
     except (OSError, ValueError):
         return None
-
-
-def wait_for(predicate, timeout: float, every: float = 0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError("the condition was not met in time")
-
-
-def alive_pids(class_contains: str) -> list[int]:
-    """PIDs of live actors whose class name holds `class_contains` (Ray Data names a pool's actor class
-    'MapWorker(MapBatches(CountingTeacherLabeler))')."""
-    import ray
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
-    return [a.pid for a in actors if class_contains in a.class_name and a.pid]
-
-
-class Killer(threading.Thread):
-    """SIGKILLs one live actor of each target class, in order, each when `ready(kills so far)` says so."""
-
-    def __init__(self, ready, targets: list[str]):
-        super().__init__(daemon=True)
-        self.ready, self.targets, self.killed, self.errors = ready, list(targets), [], []
-
-    def run(self):
-        try:
-            for target in self.targets:
-                wait_for(lambda: self.ready(len(self.killed)), timeout=240, every=0.01)
-                pid = wait_for(lambda: alive_pids(target), timeout=60, every=0.05)[0]
-                os.kill(pid, signal.SIGKILL)
-                self.killed.append((target, pid, time.time()))
-        except Exception as exc:  # noqa: BLE001 - reported by the test
-            self.errors.append(repr(exc))
 
 
 def test_driver_death_then_worker_and_teacher_deaths_lose_nothing(ray_start_2_cpus, llama_dir, corpus_file,
