@@ -70,7 +70,7 @@ def ablate(config_path: str | None, overrides: list[str], out_dir: str | None = 
     from gemini_ray.checkpoint import atomic_write_text
     from gemini_ray.distill import distill, run_dir
     from gemini_ray.evaluation.run import eval_config, evaluate, versus_teacher
-    from gemini_ray.label import init_ray, label
+    from gemini_ray.label import init_ray, label, setup
 
     base = load_config(config_path, overrides)
     if base.data.val_fraction == 0:
@@ -80,12 +80,14 @@ def ablate(config_path: str | None, overrides: list[str], out_dir: str | None = 
     t_start = time.perf_counter()
     init_ray(base)
     manifest = label(base)  # the teacher runs once; every variant reads this cache
+    prepared = setup(base, teacher_model_needed=True)  # teacher and corpus resolved once for the four variants
     students: dict[str, str] = {}
     summaries: dict[str, dict[str, Any]] = {}
     for variant, extra in VARIANTS.items():
         name = f"{base.run.name}-{variant.replace('+', '-')}"
         print(f"[gemini-ray] ablation: training {variant}")
-        summary = distill(load_config(config_path, [*overrides, *extra, f"run.name={name}", "label.use=require"]))
+        summary = distill(load_config(config_path, [*overrides, *extra, f"run.name={name}", "label.use=require"]),
+                          prepared)
         students[variant] = summary["student"]["path"]
         summaries[variant] = {"teacher_tokens_this_run": summary["teacher_signal"]["teacher_tokens_this_run"],
                               "last": summary["training"]["last"], "loss": summary["config"]["loss"]}

@@ -68,11 +68,13 @@ def weights_hash(model_dir: str) -> str:
         digest = None
         if memo.is_file():
             saved_stamp, _, saved = memo.read_text().partition(" ")
-            digest = saved.strip() if saved_stamp == stamp else None
+            digest = saved.strip() if saved_stamp == stamp and len(saved.strip()) == 64 else None
         if digest is None:
             digest = sha256_file(p)
-            try:
-                memo.write_text(f"{stamp} {digest}")
+            try:  # renamed into place: a cut-short memo would name the wrong weights
+                tmp = d / f".{p.name}.sha256.{os.getpid()}.tmp"
+                tmp.write_text(f"{stamp} {digest}")
+                os.replace(tmp, memo)
             except OSError:
                 pass  # read-only model directory: hash again next time
         h.update(f"{p.name}:{digest}".encode())

@@ -105,8 +105,11 @@ def raise_if_nonfinite(progress: dict[str, Any] | None, fit_id: str, checkpoint_
         "holds NaN logits); then run again (a new run.name starts over, the same one resumes).")
 
 
-def distill(cfg: Config) -> dict[str, Any]:
-    """Run the whole distillation; returns the summary (also written to summary.json)."""
+def distill(cfg: Config, prepared: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Run the whole distillation; returns the summary (also written to summary.json).
+
+    `prepared`: (Setup, teacher model) from `label.setup` for this teacher and corpus, to skip resolving
+    and tokenizing again (the ablation trains four variants on one setup)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -117,23 +120,21 @@ def distill(cfg: Config) -> dict[str, Any]:
     from gemini_ray.pipeline import (label_and_mine, label_in_process, read_cache, split, teacher_token_counter,
                                      to_arrays)
     from gemini_ray.placement import alive_nodes, check_fits, demands
+    from gemini_ray.storage import check_writable
     from gemini_ray.train_worker import read_progress, train_loop_per_worker
 
     times: dict[str, float] = {}
     t_start, started_at = time.perf_counter(), time.time()
     out_dir = run_dir(cfg)
     local_out = "://" not in out_dir
-    if local_out:
-        try:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise GeminiRayError(f"cannot write to run.storage_path '{cfg.run.storage_path}': {exc.strerror}. "
-                                 "Choose a writable directory.") from None
-        if not os.access(out_dir, os.W_OK):
-            raise GeminiRayError(f"run.storage_path '{cfg.run.storage_path}' is not writable. Choose another.")
+    if local_out:  # tried by writing a probe file (permission bits say nothing for root or read-only mounts)
+        check_writable(cfg.run.storage_path, "run.storage_path")
+        if cfg.run.output_dir:
+            check_writable(cfg.run.output_dir, "run.output_dir")
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
 
     # --- setup: teacher, student, examples, teacher signal -----------------------------------------
-    s, teacher = setup(cfg, teacher_model_needed=True)
+    s, teacher = prepared or setup(cfg, teacher_model_needed=True)
     kind, stats = s.kind, s.stats
     if cfg.loss.objective == "lm" and kind != "causal":
         raise GeminiRayError("loss.objective=lm (next-token cross-entropy) needs a causal teacher's tokenizer and "
@@ -144,7 +145,8 @@ def distill(cfg: Config) -> dict[str, Any]:
         student = build_student(teacher, kind, cfg.student, seed=cfg.train.seed)
     teacher_params, student_params = s.teacher_params, count_parameters(student)
     hidden, vocab = s.teacher_config.hidden_size, s.teacher_config.vocab_size
-    times.update(s.seconds)
+    if prepared is None:  # a shared setup's time belongs to whoever made it
+        times.update(s.seconds)
     print(f"[gemini-ray] teacher {s.teacher_source} ({kind}, {teacher_params / 1e6:.1f} M params); "
           f"student {student_params / 1e6:.1f} M params ({student_params / teacher_params:.0%} of the teacher)")
     if stats.documents_used <= cfg.loss.num_negatives:

@@ -1,0 +1,130 @@
+"""Disk writes survive SIGKILL at any moment: a file under its final name is whole or absent.
+
+A forked child rewrites a report (JSON), the cache manifest, a checkpoint and an exported student in a
+loop; the parent kills it with SIGKILL at random moments and then loads what is there. A naive writer
+(open the final name, write) run under the same kills is the control: it leaves cut-short files.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from gemini_ray.cache import open_dir, read_json, write_manifest
+from gemini_ray.checkpoint import (atomic_write_text, checkpoint_is_whole, export_student, latest_whole_checkpoint,
+                                   load_checkpoint, save_checkpoint, student_from_hf_config)
+
+PAD = "x" * 3_000_000  # a few MB per JSON file, so a write takes long enough to be cut
+
+
+def _writer_loop(out: Path, teacher_dir: str, naive: bool) -> None:
+    import torch
+    from transformers import AutoConfig
+
+    from gemini_ray.train_step import make_optimizer
+
+    config = AutoConfig.from_pretrained(teacher_dir).to_dict()
+    model = student_from_hf_config(config, "causal")
+    from gemini_ray.config import TrainConfig
+
+    optimizer = make_optimizer(model, TrainConfig())
+    model(torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    optimizer.step()
+    fs, local = open_dir(str(out / "cache"))
+    (out / "ready").write_text("1")
+    for k in range(1, 1_000_000):
+        text = json.dumps({"k": k, "pad": PAD, "end": True})
+        if naive:
+            (out / "naive.json").write_text(text)
+            continue
+        atomic_write_text(out / "summary.json", text)
+        write_manifest(fs, local, {"k": k, "pad": PAD, "complete": True})
+        ckpt = out / f"checkpoint_{k:06d}"
+        save_checkpoint(ckpt, model, optimizer, {"step": k, "kind": "causal", "hf_config": config})
+        export_student(ckpt, out / "student", teacher_dir)
+
+
+def _whole_json(path: Path) -> bool:
+    try:
+        value = json.loads(path.read_text())
+        return value.get("end") is True or value.get("complete") is True
+    except (OSError, ValueError):
+        return False
+
+
+def _kill_at_random(out: Path, teacher_dir: str, naive: bool, kills: int, rng: random.Random) -> list[str]:
+    """Run the writer `kills` times, SIGKILL it after a random delay each time; returns the problems seen."""
+    problems = []
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(kills):
+        (out / "ready").unlink(missing_ok=True)
+        child = ctx.Process(target=_writer_loop, args=(out, teacher_dir, naive), daemon=True)
+        child.start()
+        deadline = time.monotonic() + 60
+        while not (out / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.8))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        for name in ("summary.json", "naive.json", "cache/manifest.json"):
+            if (out / name).exists() and not _whole_json(out / name):
+                problems.append(f"{name} is cut short")
+        for ckpt in out.glob("checkpoint_*"):  # Ray Train records a checkpoint only after it is whole
+            if (ckpt / "state.json").exists() and not checkpoint_is_whole(ckpt):
+                problems.append(f"{ckpt.name} has state.json but is not whole")
+        student = out / "student"
+        if student.exists() and not (_whole_json_config(student / "config.json")
+                                     and checkpoint_is_whole_weights(student / "model.safetensors")):
+            problems.append("student is cut short")
+    return problems
+
+
+def _whole_json_config(path: Path) -> bool:
+    try:
+        return "model_type" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def checkpoint_is_whole_weights(path: Path) -> bool:
+    from gemini_ray.checkpoint import _safetensors_is_whole
+
+    return _safetensors_is_whole(path)
+
+
+def test_kills_at_random_moments_leave_no_cut_short_file(llama_dir, tmp_path):
+    rng = random.Random(0)
+    out = tmp_path / "atomic"
+    out.mkdir()
+    problems = _kill_at_random(out, str(llama_dir), naive=False, kills=10, rng=rng)
+    assert problems == []
+    assert (out / "summary.json").exists() and list(out.glob("checkpoint_*"))  # the kills hit real writes
+    # what survived loads: the newest whole checkpoint, the manifest, the export
+    newest, step = latest_whole_checkpoint(out)
+    from transformers import AutoConfig
+
+    model = student_from_hf_config(AutoConfig.from_pretrained(llama_dir).to_dict(), "causal")
+    assert load_checkpoint(newest, model)["step"] == step
+    fs, local = open_dir(str(out / "cache"))
+    assert read_json(fs, f"{local}/manifest.json")["complete"] is True
+    if (out / "student").exists():
+        from transformers import AutoModelForCausalLM
+
+        AutoModelForCausalLM.from_pretrained(out / "student")
+
+
+def test_the_check_catches_a_naive_writer(llama_dir, tmp_path):
+    """Control: writing the final name directly is caught cut short by the same kills."""
+    out = tmp_path / "naive"
+    out.mkdir()
+    problems = _kill_at_random(out, str(llama_dir), naive=True, kills=8, rng=random.Random(1))
+    if not problems:
+        pytest.fail("no naive write was cut short: the kills did not land inside writes")
+    assert all(p == "naive.json is cut short" for p in problems)
