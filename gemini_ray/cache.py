@@ -40,6 +40,8 @@ __all__ = [
     "write_manifest",
     "write_json",
     "read_json",
+    "load_json_file",
+    "save_json_file",
     "check_compatible",
 ]
 
@@ -140,6 +142,22 @@ def read_json(fs: pafs.FileSystem, path: str) -> Any:
             return json.loads(f.read().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         return None
+
+
+def _split(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
+    directory, _, name = uri_or_path.rpartition("/")
+    fs, local = open_dir(directory)
+    return fs, f"{local}/{name}"
+
+
+def load_json_file(uri_or_path: str) -> Any:
+    """read_json for a local path or an object-store URI (None when missing or unreadable)."""
+    return read_json(*_split(uri_or_path))
+
+
+def save_json_file(uri_or_path: str, value: Any) -> None:
+    """write_json (temporary name, then move) for a local path or an object-store URI."""
+    write_json(*_split(uri_or_path), value)
 
 
 def read_manifest(fs: pafs.FileSystem, directory: str) -> dict[str, Any] | None:

@@ -28,7 +28,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from gemini_ray.cache import open_dir, read_json, write_json
+from gemini_ray.cache import load_json_file, save_json_file
 from gemini_ray.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config
 from gemini_ray.config import config_from_dict
 from gemini_ray.models import DistillStudent
@@ -57,17 +57,11 @@ def _sum_across_ranks(values: dict[str, float], world: int) -> dict[str, float]:
 
 def read_progress(path: str | None) -> dict[str, Any] | None:
     """progress.json of an earlier attempt (None if there is none): {fit_id, step, time}."""
-    if path is None:
-        return None
-    directory, _, name = path.rpartition("/")
-    fs, local = open_dir(directory)
-    return read_json(fs, f"{local}/{name}")
+    return None if path is None else load_json_file(path)
 
 
 def _write_progress(path: str, fit_id: str, step: int, **extra: Any) -> None:
-    directory, _, name = path.rpartition("/")
-    fs, local = open_dir(directory)
-    write_json(fs, f"{local}/{name}", {"fit_id": fit_id, "step": step, "time": time.time(), **extra})
+    save_json_file(path, {"fit_id": fit_id, "step": step, "time": time.time(), **extra})
 
 
 def _resume_event(state: dict[str, Any], loop_config: dict[str, Any], progress: dict[str, Any] | None) -> dict:

@@ -181,12 +181,10 @@ def _plot(df, keys: list[str], metric: str, path: Path) -> None:
 
 
 def _count_attempt(path: str) -> int:
-    from gemini_ray.cache import open_dir, read_json, write_json
+    from gemini_ray.cache import load_json_file, save_json_file
 
-    directory, _, name = path.rpartition("/")
-    fs, local = open_dir(directory)
-    attempts = (read_json(fs, f"{local}/{name}") or {}).get("attempts", 0) + 1
-    write_json(fs, f"{local}/{name}", {"attempts": attempts})
+    attempts = (load_json_file(path) or {}).get("attempts", 0) + 1
+    save_json_file(path, {"attempts": attempts})
     return attempts
 
 
@@ -196,15 +194,15 @@ def _results_table(grid, trials_storage: str, max_failures: int) -> "pd.DataFram
     its process died or it raised), restarts (resumes from a checkpoint inside it), error, error_message."""
     import pandas as pd
 
-    from gemini_ray.cache import open_dir, read_json
+    from gemini_ray.cache import load_json_file
 
-    fs, local = open_dir(trials_storage)
     rows = []
     for r in grid:
         row = {f"config/{k}": v for k, v in r.config.items()}
         row.update({k: v for k, v in (r.metrics or {}).items() if not isinstance(v, dict)})
         row.setdefault("restarts", 0)
-        attempts = read_json(fs, f"{local}/trial-{row['trial_id']}/attempts.json") if "trial_id" in row else None
+        attempts = load_json_file(f"{trials_storage}/trial-{row['trial_id']}/attempts.json") if "trial_id" in row \
+            else None
         row["retries"] = max_failures if r.error is not None else max(0, (attempts or {}).get("attempts", 1) - 1)
         row["error"] = r.error is not None  # failed after tune.max_failures retries
         row["error_message"] = str(r.error).strip().splitlines()[-1][:300] if r.error is not None else ""
