@@ -27,6 +27,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import gemini_ray  # noqa: E402,F401  (sets Ray Data's resource-request expiry before any node starts)
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from ports import free_port  # noqa: E402
+
 NODES = {
     "head": {"num_cpus": 1},
     "teacher": {"num_cpus": 1, "resources": {"teacher": 1}},
@@ -35,14 +38,6 @@ NODES = {
 PLACEMENT = ["teacher.resources={teacher: 1}", "train.num_workers=2", "train.resources_per_worker={trainer: 1}",
              "train.cpus_per_worker=1", "run.storage_shared=true", "train.max_steps=10", "train.batch_size=4",
              "train.log_every=5", "train.eval_every=10", "train.checkpoint_every=10", "run.name=simulated-cluster"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _role(actor, roles: dict[str, str]) -> str:
@@ -54,13 +49,13 @@ def run(out: Path, overrides: list[str]) -> dict:
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
-    from gemini_ray.config import load_config
-    from gemini_ray.distill import distill
+    from gemini_ray.config import build_config
+    from gemini_ray.commands.distill import distill
 
     t0 = time.perf_counter()
     cluster = Cluster(initialize_head=True, head_node_args={**NODES["head"], "include_dashboard": True,
                                                             "dashboard_host": "127.0.0.1",
-                                                            "dashboard_port": _free_port()})
+                                                            "dashboard_port": free_port()})
     try:
         roles = {cluster.head_node.node_id: "head"}
         for role in ("teacher", "trainer"):
@@ -68,7 +63,7 @@ def run(out: Path, overrides: list[str]) -> dict:
         cluster.wait_for_nodes()
         ray.init(address=cluster.address)
         start_s = time.perf_counter() - t0
-        cfg = load_config(None, PLACEMENT + [f"run.storage_path={out / 'runs'}", f"run.ray_address={cluster.address}"]
+        cfg = build_config(None, PLACEMENT + [f"run.storage_path={out / 'runs'}", f"run.ray_address={cluster.address}"]
                           + overrides)
         summary = distill(cfg)
         actors = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)

@@ -56,7 +56,7 @@ def main() -> None:
     from gemini_ray.config import Config, TeacherConfig
     from gemini_ray.data.corpus import gensim_test_data
     from gemini_ray.data.spans import STATUS_OK, SpanPairer
-    from gemini_ray.distill import signal_bytes_per_token
+    from gemini_ray.cache import signal_bytes_per_token
     from gemini_ray.models import resolve_teacher
 
     cfg = Config()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,35 +24,23 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.paths import atomic_write_json, atomic_write_text, join, read_json, sha256_file
 
 __all__ = [
     "CACHE_VERSION",
     "cache_key",
     "weights_hash",
-    "sha256_file",
     "vocab_hash",
-    "open_dir",
+    "signal_bytes_per_token",
     "shard_name",
     "shard_is_complete",
     "read_manifest",
     "column_bytes",
     "write_manifest",
-    "write_json",
-    "read_json",
-    "load_json_file",
-    "save_json_file",
     "check_compatible",
 ]
 
 CACHE_VERSION = 1
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_hash(model_dir: str) -> str:
@@ -74,9 +61,7 @@ def weights_hash(model_dir: str) -> str:
         if digest is None:
             digest = sha256_file(p)
             try:  # renamed into place: a cut-short memo would name the wrong weights
-                tmp = d / f".{p.name}.sha256.{os.getpid()}.tmp"
-                tmp.write_text(f"{stamp} {digest}")
-                os.replace(tmp, memo)
+                atomic_write_text(memo, f"{stamp} {digest}")
             except OSError:
                 pass  # read-only model directory: hash again next time
         h.update(f"{p.name}:{digest}".encode())
@@ -93,13 +78,6 @@ def cache_key(identity: dict[str, Any]) -> str:
     """Short stable hash of the inputs that determine the cache's contents."""
     blob = json.dumps({"version": CACHE_VERSION, **identity}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def open_dir(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local directory or an object-store URI."""
-    if "://" in uri_or_path:
-        return pafs.FileSystem.from_uri(uri_or_path)
-    return pafs.LocalFileSystem(), str(Path(uri_or_path).expanduser().resolve())
 
 
 def shard_name(index: int) -> str:
@@ -133,50 +111,20 @@ def column_bytes(fs: pafs.FileSystem, files: list[str]) -> dict[str, int]:
     return sizes
 
 
-def read_json(fs: pafs.FileSystem, path: str) -> Any:
-    """A JSON file's value, or None when it is missing or unreadable."""
-    try:
-        if fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        return None
+def read_manifest(directory: str) -> dict[str, Any] | None:
+    """A cache directory's manifest.json (path or URI), or None when missing or unreadable."""
+    return read_json(join(directory, "manifest.json"))
 
 
-def _split(uri_or_path: str) -> tuple[pafs.FileSystem, str]:
-    directory, _, name = uri_or_path.rpartition("/")
-    fs, local = open_dir(directory)
-    return fs, f"{local}/{name}"
-
-
-def load_json_file(uri_or_path: str) -> Any:
-    """read_json for a local path or an object-store URI (None when missing or unreadable)."""
-    return read_json(*_split(uri_or_path))
-
-
-def save_json_file(uri_or_path: str, value: Any) -> None:
-    """write_json (temporary name, then move) for a local path or an object-store URI."""
-    write_json(*_split(uri_or_path), value)
-
-
-def read_manifest(fs: pafs.FileSystem, directory: str) -> dict[str, Any] | None:
-    return read_json(fs, f"{directory}/manifest.json")
-
-
-def write_json(fs: pafs.FileSystem, path: str, value: Any) -> None:
-    """Write a JSON file under a temporary name in its folder, then move it into place."""
-    directory, _, name = path.rpartition("/")
-    fs.create_dir(directory, recursive=True)
-    tmp = f"{directory}/.{name}.{os.getpid()}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(json.dumps(value, indent=1).encode("utf-8"))
-    fs.move(tmp, path)
-
-
-def write_manifest(fs: pafs.FileSystem, directory: str, manifest: dict[str, Any]) -> None:
+def write_manifest(directory: str, manifest: dict[str, Any]) -> None:
     """Write manifest.json under a temporary name, then move it into place."""
-    write_json(fs, f"{directory}/manifest.json", manifest)
+    atomic_write_json(join(directory, "manifest.json"), manifest)
+
+
+def signal_bytes_per_token(top_k: int, hidden_size: int, span_length: int) -> float:
+    """Bytes of teacher signal per token: top-k ids (int32) + logits (float32) + top-k mass (float32),
+    plus each span's pooled embedding (float32) spread over its tokens."""
+    return top_k * (4 + 4) + 4 + hidden_size * 4 / span_length
 
 
 def check_compatible(manifest: dict[str, Any], identity: dict[str, Any], where: str) -> None:

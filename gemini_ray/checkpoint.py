@@ -14,32 +14,17 @@ Every file and directory is written under a temporary name and renamed when comp
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from gemini_ray.paths import atomic_dir, atomic_path, atomic_write_json, remove_tree
+
 __all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_is_whole", "latest_whole_checkpoint",
-           "student_from_hf_config", "export_student", "atomic_write_text", "STUDENT_META"]
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a file under a temporary name in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+           "remove_partial_checkpoints", "student_from_hf_config", "export_student", "STUDENT_META"]
 
 
 def student_from_hf_config(hf_config: dict[str, Any], kind: str) -> torch.nn.Module:
@@ -88,14 +73,11 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: to
     """Write model.safetensors, optimizer.safetensors and, last, state.json into `directory`, each under a
     temporary name renamed when complete: a directory without state.json is not a checkpoint."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / ".model.safetensors.tmp"
-    save_model(model, str(tmp))
-    os.replace(tmp, directory / "model.safetensors")
-    tmp = directory / ".optimizer.safetensors.tmp"
-    _save_optimizer(optimizer, tmp)
-    os.replace(tmp, directory / "optimizer.safetensors")
-    atomic_write_text(directory / "state.json", json.dumps(state, indent=1))
+    with atomic_path(directory / "model.safetensors") as tmp:
+        save_model(model, str(tmp))
+    with atomic_path(directory / "optimizer.safetensors") as tmp:
+        _save_optimizer(optimizer, tmp)
+    atomic_write_json(directory / "state.json", state)
 
 
 def load_checkpoint(directory: str | Path, model: torch.nn.Module,
@@ -142,34 +124,34 @@ def latest_whole_checkpoint(run_directory: str | Path) -> tuple[Path, int] | Non
     return best
 
 
+def remove_partial_checkpoints(run_directory: str | Path) -> list[str]:
+    """Delete the checkpoint_* directories under a run directory that are not whole (a copy cut short by a
+    kill: Ray Train never recorded them, and nothing will). Call only while no run writes there.
+    Returns the names removed."""
+    removed = []
+    for d in sorted(Path(run_directory).glob("checkpoint_*")):
+        if d.is_dir() and not checkpoint_is_whole(d):
+            remove_tree(d)
+            removed.append(d.name)
+    return removed
+
+
 STUDENT_META = "gemini_ray.json"
 """Written next to an exported student: its teacher, kind, data and loss settings (read by `gemini-ray eval`)."""
 
 
-def export_student(checkpoint_dir: str | Path, output_dir: str | Path, tokenizer_source: str,
-                   meta: dict[str, Any] | None = None) -> Path:
-    """Checkpoint -> plain HF directory (config + safetensors + tokenizer [+ gemini_ray.json]), renamed into place."""
+def export_student(checkpoint_dir: str | Path, output_dir: str, tokenizer_source: str,
+                   meta: dict[str, Any] | None = None) -> str:
+    """Checkpoint -> plain HF directory (config + safetensors + tokenizer [+ gemini_ray.json]) at a local path
+    (renamed into place) or a URI (uploaded)."""
     from gemini_ray.models import load_tokenizer
 
     state = json.loads((Path(checkpoint_dir) / "state.json").read_text(encoding="utf-8"))
     model = student_from_hf_config(state["hf_config"], state["kind"])
     load_model(model, str(Path(checkpoint_dir) / "model.safetensors"))
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp)
         load_tokenizer(tokenizer_source).save_pretrained(tmp)
         if meta is not None:
             (tmp / STUDENT_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        if output_dir.exists():
-            old = output_dir.with_name(f".{output_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(output_dir, old)
-            os.replace(tmp, output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return output_dir

@@ -7,6 +7,10 @@
     gemini-ray config                           # print the effective config as YAML
     gemini-ray eval runs/demo/student           # student vs teacher: held-out LM, Lee, Rotten Tomatoes, cost
     gemini-ray ablate                           # no teacher / KD only / contrastive only / KD + contrastive
+
+The CLI builds the config (config.build_config: defaults <- --config <- overrides; `tune` adds its search
+space's fixed values, `eval` starts from the student's recorded data settings), checks what needs neither
+Ray nor the teacher (preflight), and hands the config to the command in gemini_ray.commands.
 """
 
 from __future__ import annotations
@@ -52,13 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def preflight(cfg: Config, command: str) -> None:
+def preflight(cfg: Config, command: str, out: str | None = None) -> None:
     """Checks that need neither Ray nor the teacher, so that bad input fails in a second and writes nothing:
-    the local corpus files (gemini_ray.data.filecheck) and the directories results go to."""
+    the local corpus files (gemini_ray.data.filecheck) and the directories results go to (`out`: --out)."""
     from gemini_ray.data.filecheck import check_corpus
-    from gemini_ray.storage import check_writable
+    from gemini_ray.paths import check_writable
 
     check_writable(cfg.run.storage_path, "run.storage_path")
+    if out:
+        check_writable(out, "--out")
     if command in ("label", "ablate"):
         key = "label.path" if cfg.label.path else "label.cache_root"
         if cfg.label.path or cfg.label.cache_root:
@@ -68,6 +74,46 @@ def preflight(cfg: Config, command: str) -> None:
         if command == "distill" and cfg.run.output_dir:
             check_writable(cfg.run.output_dir, "run.output_dir")
         check_corpus(cfg.data, cfg.loss.num_negatives + 1, "loss.num_negatives")
+
+
+def _run(args: argparse.Namespace) -> None:
+    """Build the config the command runs, check it, run the command."""
+    from gemini_ray.config import build_config, config_to_dict
+
+    if args.command == "eval":
+        from gemini_ray.commands.eval import evaluate_model
+        from gemini_ray.evaluation.run import recorded_settings
+
+        cfg = build_config(args.config, args.overrides, base=recorded_settings(args.model_dir))
+        evaluate_model(args.model_dir, cfg, teacher=args.teacher, with_teacher=not args.no_teacher, out=args.out)
+    elif args.command == "tune":
+        from gemini_ray.search import search_config
+
+        cfg, space = search_config(args.config, args.overrides)  # the space's fixed values are checked too
+        preflight(cfg, args.command)
+        from gemini_ray.commands.tune import tune
+
+        tune(cfg, space)
+    elif args.command == "config":
+        import yaml
+
+        cfg = build_config(args.config, args.overrides)
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    else:
+        cfg = build_config(args.config, args.overrides)
+        preflight(cfg, args.command, out=getattr(args, "out", None))  # before the command's heavy imports
+        if args.command == "ablate":
+            from gemini_ray.commands.ablate import ablate
+
+            ablate(cfg, args.out)
+        elif args.command == "label":
+            from gemini_ray.commands.label import label
+
+            label(cfg)
+        else:
+            from gemini_ray.commands.distill import distill
+
+            distill(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,46 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from gemini_ray.errors import GeminiRayError
 
     try:
-        from gemini_ray.config import config_to_dict, load_config
-
-        if args.command == "eval":
-            from pathlib import Path
-
-            from gemini_ray.evaluation.run import eval_config, evaluate, write_report
-
-            cfg = eval_config(args.model_dir, args.config, args.overrides)
-            report = evaluate(args.model_dir, cfg, teacher_source=args.teacher, with_teacher=not args.no_teacher)
-            out = args.out or str(Path(args.model_dir).expanduser().resolve().parent / "eval")
-            json_path, md_path = write_report(report, out)
-            print(md_path.read_text(encoding="utf-8"), end="")
-            print(f"[gemini-ray] report: {json_path}")
-            return 0
-        cfg = load_config(args.config, args.overrides)
-        if args.command != "config":
-            preflight(cfg, args.command)
-        if args.command == "ablate":
-            from gemini_ray.ablate import ablate
-
-            ablate(args.config, args.overrides, args.out)
-            return 0
-        if args.command == "tune":
-            from gemini_ray.tune import run_tune
-
-            run_tune(args.config, args.overrides)
-            return 0
-        if args.command == "label":
-            from gemini_ray.label import label
-
-            label(cfg)
-            return 0
-        if args.command == "config":
-            import yaml
-
-            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
-            return 0
-        from gemini_ray.distill import distill
-
-        distill(cfg)
+        _run(args)
         return 0
     except GeminiRayError as exc:
         if args.debug:

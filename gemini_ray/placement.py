@@ -12,14 +12,14 @@ Node facts come from `ray.nodes()`; the checks themselves are plain functions of
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.paths import is_remote, local_path
 
-__all__ = ["Demand", "demands", "alive_nodes", "check_fits", "plan_totals", "is_uri", "on_network_filesystem",
+__all__ = ["Demand", "demands", "alive_nodes", "check_fits", "plan_totals", "on_network_filesystem",
            "check_shared_storage"]
 
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "ceph", "glusterfs", "gpfs", "beegfs",
@@ -110,10 +110,6 @@ def check_fits(plan: list[Demand], nodes: list[dict[str, float]]) -> None:
 # --------------------------------------------------------------------------- shared storage
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
 def _mount_type(path: Path, mounts: str) -> str:
     """Filesystem type of the longest mount point above `path`, from /proc/mounts text."""
     best, fstype = "", ""
@@ -134,7 +130,7 @@ def on_network_filesystem(path: str, mounts: str | None = None) -> bool:
             mounts = Path("/proc/mounts").read_text(encoding="utf-8")
         except OSError:  # not Linux: cannot tell
             return False
-    p = Path(os.path.abspath(os.path.expanduser(path.removeprefix("file://"))))
+    p = Path(local_path(path))
     fstype = _mount_type(p, mounts)
     return fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse.")
 
@@ -149,7 +145,7 @@ def check_shared_storage(cfg: Config, num_nodes: int, mounts: str | None = None)
         if getattr(cfg.label, key):
             paths[f"label.{key}"] = getattr(cfg.label, key)
     for key, path in paths.items():
-        if is_uri(path) or on_network_filesystem(path, mounts):
+        if is_remote(path) or on_network_filesystem(path, mounts):
             continue
         raise GeminiRayError(
             f"{key}='{path}' is a node-local path, but the cluster has {num_nodes} nodes: checkpoints written by a "

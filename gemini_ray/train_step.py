@@ -17,9 +17,8 @@ from gemini_ray.config import LossConfig, TrainConfig
 from gemini_ray.losses import LossParts, combine, info_nce_loss, next_token_loss, topk_kd_loss
 from gemini_ray.losses.contrastive import all_gather_constant, all_gather_with_grad, in_batch_mask
 
-__all__ = ["compute_loss", "first_nonfinite", "make_optimizer", "lr_at"]
+__all__ = ["compute_loss", "make_optimizer", "lr_at"]
 
-LOSS_PARTS = ("loss/kd", "loss/cl", "loss/total")
 
 
 def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: LossConfig,
@@ -62,11 +61,6 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
         ce = next_token_loss(logits, span_ids, span_att)
         return LossParts(total=ce, kd=kd.detach(), cl=cl.detach())
     return combine(kd, cl, cfg.lambda_kd)
-
-
-def first_nonfinite(values: dict[str, float]) -> str | None:
-    """The first loss part (KD, then contrastive, then the total) that is NaN or infinite, else None."""
-    return next((name for name in LOSS_PARTS if not math.isfinite(values[name])), None)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

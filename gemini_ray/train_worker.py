@@ -20,7 +20,8 @@ import math
 import sys
 import tempfile
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
 
 import ray
 import ray.train
@@ -28,166 +29,288 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from gemini_ray.cache import load_json_file, save_json_file
 from gemini_ray.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config
-from gemini_ray.config import config_from_dict
+from gemini_ray.config import Config, LossConfig
+from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, LOSS_TOTAL, VAL_EXAMPLES, VAL_LOSS_CL,
+                                     VAL_LOSS_KD, VAL_STEP, held_out)
 from gemini_ray.models import DistillStudent
-from gemini_ray.train_step import LOSS_PARTS, compute_loss, first_nonfinite, lr_at, make_optimizer
+from gemini_ray.paths import atomic_write_json, is_uri, read_json
+from gemini_ray.train_step import compute_loss, lr_at, make_optimizer
 
-__all__ = ["train_loop_per_worker", "read_progress"]
+__all__ = ["RunSpec", "train_loop_per_worker", "read_progress", "COUNTERS"]
 
-_COUNTERS = ("examples", "teacher_tokens", "random_negatives", "missing_negatives")
+COUNTERS = ("examples", "teacher_tokens", "random_negatives", "missing_negatives")
+"""Totals kept in the checkpoint's state, summed over ranks at each checkpoint (summary.json 'training')."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fit of the student, as the driver hands it to every Train worker (`train_loop_config={"run": spec}`)."""
+
+    cfg: Config
+    hf_config: dict[str, Any]
+    """The student's Hugging Face config (the workers build the model from it)."""
+    kind: str
+    """'causal' or 'masked'."""
+    init_weights: Any
+    """ray.ObjectRef of the student's initial state dict (unused when resuming from a checkpoint)."""
+    val: Any
+    """ray.ObjectRef of the held-out rows (one dict of column arrays), or None."""
+    fit_id: str
+    """New for every driver run: a resume with the same fit_id is a restarted worker group."""
+    started_at: float
+    """time.time() when the driver started (the cost of a driver restart is measured from it)."""
+    progress_path: str | None
+    """progress.json (path or URI): rank 0's last step, read back by a resume and by the driver."""
+
+
+@dataclass(frozen=True)
+class _Rank:
+    rank: int
+    world: int
+    device: torch.device
+
+
+def _log(message: str) -> None:
+    print(f"[gemini-ray] {message}", file=sys.__stdout__, flush=True)  # __stdout__: Train V2 would print it twice
+
+
+# --------------------------------------------------------------------------- across ranks
 
 
 def _mean_across_ranks(values: dict[str, float], world: int) -> dict[str, float]:
-    if world == 1:
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64)
-    dist.all_reduce(t)  # sum over ranks
-    return {k: float(v) / world for k, v in zip(values, t)}
+    return {k: v / world for k, v in _sum_across_ranks(values, world).items()}
 
 
 def _sum_across_ranks(values: dict[str, float], world: int) -> dict[str, float]:
     if world == 1:
         return values
     t = torch.tensor(list(values.values()), dtype=torch.float64)
-    dist.all_reduce(t)
+    dist.all_reduce(t)  # sum over ranks
     return {k: float(v) for k, v in zip(values, t)}
 
 
+def nonfinite_part(values: dict[str, float], world: int) -> str | None:
+    """The first loss part that is NaN or infinite on *any* rank, else None. A collective when world > 1:
+    every rank calls it at every step, before backward, so that all stop together (DDP's gradient
+    all-reduce would hang if one rank stopped alone)."""
+    flags = [float(not math.isfinite(values[k])) for k in LOSS_PARTS]
+    if world > 1:
+        t = torch.tensor(flags, dtype=torch.float32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flags = t.tolist()
+    return next((k for k, f in zip(LOSS_PARTS, flags) if f > 0), None)
+
+
+# --------------------------------------------------------------------------- progress.json and resumes
+
+
 def read_progress(path: str | None) -> dict[str, Any] | None:
-    """progress.json of an earlier attempt (None if there is none): {fit_id, step, time}."""
-    return None if path is None else load_json_file(path)
+    """progress.json of an earlier attempt (None if there is none): {fit_id, step, time[, nonfinite]}."""
+    return None if path is None else read_json(path)
 
 
 def _write_progress(path: str, fit_id: str, step: int, **extra: Any) -> None:
-    save_json_file(path, {"fit_id": fit_id, "step": step, "time": time.time(), **extra})
+    atomic_write_json(path, {"fit_id": fit_id, "step": step, "time": time.time(), **extra})
 
 
-def _resume_event(state: dict[str, Any], loop_config: dict[str, Any], progress: dict[str, Any] | None) -> dict:
+def _resume_event(state: dict[str, Any], spec: RunSpec, progress: dict[str, Any] | None) -> dict:
     """What a resume cost: the cause, the steps done after the checkpoint (done again now), and the seconds
     from the fault (driver restart: from the new driver's start) until training goes on."""
-    same_fit = state.get("fit_id") == loop_config["fit_id"]
+    same_fit = state.get("fit_id") == spec.fit_id
     event = {"step": state["step"], "cause": "worker_group_restart" if same_fit else "driver_restart",
              "steps_repeated": None, "seconds_to_resume": None}
     if progress is not None and progress.get("step", -1) >= state["step"]:
         event["steps_repeated"] = progress["step"] - state["step"]
-    if same_fit and progress is not None and progress.get("fit_id") == loop_config["fit_id"]:
+    if same_fit and progress is not None and progress.get("fit_id") == spec.fit_id:
         event["seconds_to_resume"] = round(time.time() - progress["time"], 2)  # from the last step done
-    elif not same_fit and loop_config.get("started_at"):
-        event["seconds_to_resume"] = round(time.time() - loop_config["started_at"], 2)
+    elif not same_fit and spec.started_at:
+        event["seconds_to_resume"] = round(time.time() - spec.started_at, 2)
     return event
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    # --- Ray context, looked up once -----------------------------------------------------------
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    shard = ray.train.get_dataset_shard("train")
-    val_rows = ray.get(loop_config["val"]) if loop_config.get("val") is not None else None
-    resume_from = ray.train.get_checkpoint()
-    # -------------------------------------------------------------------------------------------
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report is ours, not Ray's
-    try:  # Train V2 logs every report at INFO under a logger named by its file's path
-        from ray.train.v2._internal.execution import context as _train_context
-
-        logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
-    except ImportError:
-        pass
-    cfg = config_from_dict(loop_config["cfg"])
-    tc = cfg.train
-    if not tc.use_gpu:
-        torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
-    torch.manual_seed(tc.seed + rank)
-
-    model = student_from_hf_config(loop_config["hf_config"], loop_config["kind"])
-    optimizer = make_optimizer(model, tc)
-    # totals are summed over ranks at each checkpoint; `local` counts this rank since (re)start
-    progress_path = loop_config.get("progress_path")
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "history": [], "totals": dict.fromkeys(_COUNTERS, 0),
-                             "resumed_from_steps": [], "resumes": []}
-    if resume_from is not None:
+def _restore(spec: RunSpec, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             resume_from: ray.train.Checkpoint | None, rank: int) -> dict[str, Any]:
+    """The training state: from the checkpoint Ray Train hands back (recording the resume), else fresh
+    with the driver's initial weights."""
+    if resume_from is None:
+        model.load_state_dict(ray.get(spec.init_weights))
+        state = {"step": 0, "epoch": 0, "history": [], "totals": dict.fromkeys(COUNTERS, 0),
+                 "resumed_from_steps": [], "resumes": []}
+    else:
         with resume_from.as_directory() as d:
             state = load_checkpoint(d, model, optimizer)
-        event = _resume_event(state, loop_config, read_progress(progress_path))
+        event = _resume_event(state, spec, read_progress(spec.progress_path))
         state["resumed_from_steps"].append(state["step"])
         state.setdefault("resumes", []).append(event)
         if rank == 0:
-            print(f"[gemini-ray] resuming from checkpoint at step {state['step']} ({event['cause'].replace('_', ' ')}"
-                  + (f", {event['steps_repeated']} step(s) to do again" if event["steps_repeated"] else "") + ")",
-                  file=sys.__stdout__, flush=True)
-    else:
-        model.load_state_dict(ray.get(loop_config["init_weights"]))
-    state["fit_id"] = loop_config["fit_id"]
-    student = ray.train.torch.prepare_model(DistillStudent(model))  # DDP when world > 1
-    device = ray.train.torch.get_device()
-    state.update(kind=loop_config["kind"], hf_config=loop_config["hf_config"])
+            _log(f"resuming from checkpoint at step {state['step']} ({event['cause'].replace('_', ' ')}"
+                 + (f", {event['steps_repeated']} step(s) to do again" if event["steps_repeated"] else "") + ")")
+    state.update(fit_id=spec.fit_id, kind=spec.kind, hf_config=spec.hf_config)
+    return state
 
-    def checkpoint_and_report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
-        if with_checkpoint and rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(tmp, model, optimizer, state)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
 
-    def evaluate() -> dict[str, float]:
-        """Mean loss parts over the held-out documents (every rank reads all of them)."""
-        if val_rows is None:
-            return {}
-        sums, n = {"val/loss_total": 0.0, "val/loss_kd": 0.0, "val/loss_cl": 0.0}, 0
-        rows = len(val_rows["input_ids"])
-        student.eval()
-        with torch.no_grad():
-            for start in range(0, rows, tc.batch_size):
-                batch = {k: torch.tensor(v[start : start + tc.batch_size], device=device) for k, v in val_rows.items()}
-                b = int(batch["input_ids"].shape[0])
-                for key, value in compute_loss(student, batch, cfg.loss, across_ranks=False).as_floats().items():
-                    sums["val/loss_" + key.split("/", 1)[1]] += value * b
-                n += b
-        student.train()
-        return {**{k: v / max(n, 1) for k, v in sums.items()}, "val/step": state["step"], "val/examples": n}
+def _stop_nonfinite(spec: RunSpec, state: dict[str, Any], part: str, value: float, last_good: int,
+                    rank: int) -> None:
+    """Record a non-finite loss in progress.json (rank 0) for the driver or Tune trial to turn into an error."""
+    step = state["step"] + 1
+    if rank != 0:
+        return
+    _log(f"step {step}: {part} is not finite ({value}); stopping without a checkpoint "
+         f"(the last good one is step {last_good})")
+    if spec.progress_path:
+        _write_progress(spec.progress_path, spec.fit_id, state["step"],
+                        nonfinite={"step": step, "part": part, "value": str(value),
+                                   "last_good_checkpoint_step": last_good})
 
+
+# --------------------------------------------------------------------------- held-out loss
+
+
+def held_out_metrics(student: torch.nn.Module, rows: dict[str, Any] | None, loss_cfg: LossConfig, batch_size: int,
+                     device: torch.device, step: int) -> dict[str, float]:
+    """Mean loss parts over the held-out rows (every rank scores all of them; no collective). {} without rows."""
+    if rows is None:
+        return {}
+    sums, n = dict.fromkeys(LOSS_NAMES, 0.0), 0
+    student.eval()
+    with torch.no_grad():
+        for start in range(0, len(rows["input_ids"]), batch_size):
+            batch = {k: torch.tensor(v[start : start + batch_size], device=device) for k, v in rows.items()}
+            b = int(batch["input_ids"].shape[0])
+            for key, value in compute_loss(student, batch, loss_cfg, across_ranks=False).as_floats().items():
+                sums[key] += value * b
+            n += b
     student.train()
-    val_metrics = evaluate()  # the baseline, so every report carries a validation metric
-    if rank == 0 and val_metrics:
-        print(f"[gemini-ray] step {state['step']:>5}/{tc.max_steps} | held-out kd {val_metrics['val/loss_kd']:.4f} "
-              f"| cl {val_metrics['val/loss_cl']:.4f} ({val_metrics['val/examples']} examples)",
-              file=sys.__stdout__, flush=True)
-    window = {"loss/total": 0.0, "loss/kd": 0.0, "loss/cl": 0.0, "n": 0}
-    t_window, wait_time, step_time = time.perf_counter(), 0.0, 0.0
-    last_checkpoint_step = state["step"]
-    checkpointed = False  # in this attempt
-    local = dict.fromkeys(_COUNTERS, 0.0)
-    mass_sum, mass_n = 0.0, 0.0
-    while state["step"] < tc.max_steps:
-        batches = shard.iter_torch_batches(batch_size=tc.batch_size, drop_last=True, device=device,
-                                           prefetch_batches=2)
-        t_wait = time.perf_counter()
-        got_any = False
+    return {**{held_out(k): v / max(n, 1) for k, v in sums.items()}, VAL_STEP: step, VAL_EXAMPLES: n}
+
+
+# --------------------------------------------------------------------------- the metrics window
+
+
+class MetricsWindow:
+    """What happened since the last report: loss parts, data wait vs compute time, teacher top-k mass,
+    and the counters (examples, teacher tokens, negatives) since the last checkpoint."""
+
+    def __init__(self) -> None:
+        self.counters = dict.fromkeys(COUNTERS, 0.0)
+        self._arrived = time.perf_counter()
+        self._reset_losses()
+        self.restart_clock()
+
+    def _reset_losses(self) -> None:
+        self.losses, self.steps = dict.fromkeys(LOSS_NAMES, 0.0), 0
+        self.mass, self.positions = 0.0, 0.0
+
+    def restart_clock(self) -> None:
+        """Start timing the next window now (after this window's report, evaluation and checkpoint)."""
+        self.wait, self.compute = 0.0, 0.0
+        self.started = time.perf_counter()
+
+    def timed(self, batches: Iterable[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield the batches, counting the time from asking for one to getting it as data wait."""
+        t = time.perf_counter()
         for batch in batches:
+            self._arrived = time.perf_counter()
+            self.wait += self._arrived - t
+            yield batch
+            t = time.perf_counter()
+
+    def add(self, values: dict[str, float], batch: dict[str, torch.Tensor]) -> None:
+        """Count a finished step (its compute time runs from the batch's arrival until now)."""
+        self.compute += time.perf_counter() - self._arrived
+        for key, value in values.items():
+            self.losses[key] += value
+        self.steps += 1
+        self.counters["examples"] += int(batch["input_ids"].shape[0])
+        for key in ("teacher_tokens", "random_negatives", "missing_negatives"):
+            self.counters[key] += float(batch[key].sum())
+        labelled = batch["label_mask"].float()
+        self.mass += float((batch["topk_mass"] * labelled).sum())
+        self.positions += float(labelled.sum())
+
+    def close(self, batch_size: int, world: int) -> tuple[dict[str, float], dict[str, float]]:
+        """(loss means, rates: top-k mass, examples/s, data-wait share) over every rank (a collective). The
+        loss sums restart at 0; the clock runs on until restart_clock()."""
+        n = max(self.steps, 1)
+        means = _mean_across_ranks({k: v / n for k, v in self.losses.items()}, world)
+        examples = _sum_across_ranks({"examples": self.steps * batch_size}, world)["examples"]
+        coverage = _sum_across_ranks({"m": self.mass, "n": self.positions}, world)
+        rates = {"teacher_topk_mass": coverage["m"] / max(coverage["n"], 1.0),
+                 "examples_per_s": examples / max(time.perf_counter() - self.started, 1e-9),
+                 "data_wait_fraction": self.wait / max(self.wait + self.compute, 1e-9)}
+        self._reset_losses()
+        return means, rates
+
+    def fold_counters(self, totals: dict[str, int], world: int) -> dict[str, int]:
+        """totals + this window's counters summed over ranks (a collective); the counters restart at 0."""
+        summed = _sum_across_ranks(self.counters, world)
+        self.counters = dict.fromkeys(COUNTERS, 0.0)
+        return {k: totals[k] + int(summed[k]) for k in COUNTERS}
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _report(metrics: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            state: dict[str, Any] | None, rank: int) -> None:
+    """ray.train.report, with a checkpoint of rank 0's model, optimizer and state when `state` is given."""
+    if state is not None and rank == 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(tmp, model, optimizer, state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    else:
+        ray.train.report(metrics)
+
+
+def _step_line(step: int, max_steps: int, metrics: dict[str, Any]) -> str:
+    line = (f"step {step:>5}/{max_steps} | loss {metrics[LOSS_TOTAL]:.4f} | kd {metrics[LOSS_KD]:.4f} "
+            f"| cl {metrics[LOSS_CL]:.4f} | {metrics['examples_per_s']:.2f} ex/s "
+            f"| data wait {metrics['data_wait_fraction']:.0%}")
+    return line + (f" | held-out kd {metrics[VAL_LOSS_KD]:.4f}" if metrics.get(VAL_STEP) == step else "")
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function: train the student of `loop_config["run"]` (a RunSpec) to max_steps."""
+    spec: RunSpec = loop_config["run"]
+    # --- Ray context, looked up once -----------------------------------------------------------
+    ctx = ray.train.get_context()
+    me = _Rank(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+    shard = ray.train.get_dataset_shard("train")
+    val_rows = ray.get(spec.val) if spec.val is not None else None
+    resume_from = ray.train.get_checkpoint()
+    # -------------------------------------------------------------------------------------------
+    _quiet_ray_train_logs()
+    tc = spec.cfg.train
+    if not tc.use_gpu:
+        torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
+    torch.manual_seed(tc.seed + me.rank)
+    model = student_from_hf_config(spec.hf_config, spec.kind)
+    optimizer = make_optimizer(model, tc)
+    state = _restore(spec, model, optimizer, resume_from, me.rank)
+    student = ray.train.torch.prepare_model(DistillStudent(model))  # DDP when world > 1
+    student.train()
+
+    def evaluate(step: int) -> dict[str, float]:
+        return held_out_metrics(student, val_rows, spec.cfg.loss, tc.batch_size, me.device, step)
+
+    val_metrics = evaluate(state["step"])  # the baseline, so every report carries a validation metric
+    if me.rank == 0 and val_metrics:
+        _log(f"step {state['step']:>5}/{tc.max_steps} | held-out kd {val_metrics[VAL_LOSS_KD]:.4f} "
+             f"| cl {val_metrics[VAL_LOSS_CL]:.4f} ({val_metrics[VAL_EXAMPLES]} examples)")
+    window, last_checkpoint_step, checkpointed = MetricsWindow(), state["step"], False
+    while state["step"] < tc.max_steps:
+        got_any = False
+        for batch in window.timed(shard.iter_torch_batches(batch_size=tc.batch_size, drop_last=True,
+                                                           device=me.device, prefetch_batches=2)):
             got_any = True
-            t0 = time.perf_counter()
-            wait_time += t0 - t_wait
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(state["step"], tc)
-            parts = compute_loss(student, batch, cfg.loss)
+            parts = compute_loss(student, batch, spec.cfg.loss)
             values = parts.as_floats()
-            bad = first_nonfinite(values)
-            if world > 1:  # every rank stops together (before backward: DDP's all-reduce would hang)
-                flags = torch.tensor([not math.isfinite(values[k]) for k in LOSS_PARTS], dtype=torch.float32)
-                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-                bad = next((k for k, f in zip(LOSS_PARTS, flags.tolist()) if f > 0), None)
+            bad = nonfinite_part(values, me.world)
             if bad is not None:
-                step = state["step"] + 1
-                if rank == 0:
-                    print(f"[gemini-ray] step {step}: {bad} is not finite ({values[bad]}); stopping without "
-                          f"a checkpoint (the last good one is step {last_checkpoint_step})",
-                          file=sys.__stdout__, flush=True)
-                error = {"step": step, "part": bad, "value": str(values[bad]),
-                         "last_good_checkpoint_step": last_checkpoint_step}
-                if rank == 0 and progress_path:  # the driver (or Tune trial) reads it after fit
-                    _write_progress(progress_path, state["fit_id"], state["step"], nonfinite=error)
+                _stop_nonfinite(spec, state, bad, values[bad], last_checkpoint_step, me.rank)
                 return  # no report: a result without the searched metric would stop a whole Tune run
             optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
@@ -195,59 +318,41 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 torch.nn.utils.clip_grad_norm_(student.parameters(), tc.grad_clip)
             optimizer.step()
             state["step"] += 1
-            local["examples"] += int(batch["input_ids"].shape[0])
-            for key in ("teacher_tokens", "random_negatives", "missing_negatives"):
-                local[key] += float(batch[key].sum())
-            lab = batch["label_mask"].float()
-            mass_sum += float((batch["topk_mass"] * lab).sum())
-            mass_n += float(lab.sum())
-            for key, value in values.items():
-                window[key] += value
-            window["n"] += 1
-            step_time += time.perf_counter() - t0
-
-            step = state["step"]
-            last = step >= tc.max_steps
-            if rank == 0 and progress_path and ("://" not in progress_path or step % tc.log_every == 0 or last):
-                _write_progress(progress_path, state["fit_id"], step)  # every step on a local disk
+            window.add(values, batch)
+            step, last = state["step"], state["step"] >= tc.max_steps
+            if me.rank == 0 and spec.progress_path and (not is_uri(spec.progress_path) or step % tc.log_every == 0
+                                                        or last):
+                _write_progress(spec.progress_path, spec.fit_id, step)  # every step on a local disk
             if step % tc.log_every == 0 or last:
-                n = window.pop("n")
-                means = _mean_across_ranks({k: v / n for k, v in window.items()}, world)
-                elapsed = time.perf_counter() - t_window
-                counters = _sum_across_ranks({"examples": n * tc.batch_size}, world)
-                coverage = _sum_across_ranks({"m": mass_sum, "n": mass_n}, world)
+                means, rates = window.close(tc.batch_size, me.world)
+                if step % tc.eval_every == 0 or last:  # after the window's rates: not counted as training time
+                    val_metrics = evaluate(step)
                 metrics = {**means, "step": step, "epoch": state["epoch"], "lr": lr_at(step - 1, tc),
-                           "restarts": len(state["resumes"]),
-                           "teacher_topk_mass": coverage["m"] / max(coverage["n"], 1.0),
-                           "examples_per_s": counters["examples"] / max(elapsed, 1e-9),
-                           "data_wait_fraction": wait_time / max(wait_time + step_time, 1e-9)}
-                if step % tc.eval_every == 0 or last:
-                    val_metrics = evaluate()
-                metrics.update(val_metrics)
+                           "restarts": len(state["resumes"]), **rates, **val_metrics}
                 state["history"].append(metrics)
-                if rank == 0:
-                    print(f"[gemini-ray] step {step:>5}/{tc.max_steps} | loss {means['loss/total']:.4f} "
-                          f"| kd {means['loss/kd']:.4f} | cl {means['loss/cl']:.4f} "
-                          f"| {metrics['examples_per_s']:.2f} ex/s | data wait {metrics['data_wait_fraction']:.0%}"
-                          + (f" | held-out kd {val_metrics['val/loss_kd']:.4f}" if val_metrics.get("val/step") == step
-                             else ""),
-                          file=sys.__stdout__, flush=True)  # __stdout__: Train V2 would print it twice
-                window = {"loss/total": 0.0, "loss/kd": 0.0, "loss/cl": 0.0, "n": 0}
-                mass_sum, mass_n = 0.0, 0.0
-                t_window, wait_time, step_time = time.perf_counter(), 0.0, 0.0
+                if me.rank == 0:
+                    _log(_step_line(step, tc.max_steps, metrics))
+                window.restart_clock()
                 save = last or step - last_checkpoint_step >= tc.checkpoint_every
                 if save:  # every rank reaches this at the same step, so the all-reduce is safe
-                    summed = _sum_across_ranks(local, world)
-                    state["totals"] = {k: state["totals"][k] + int(summed[k]) for k in _COUNTERS}
-                    local = dict.fromkeys(_COUNTERS, 0.0)
-                    last_checkpoint_step = step
-                    checkpointed = True
-                checkpoint_and_report(metrics, with_checkpoint=save)
+                    state["totals"] = window.fold_counters(state["totals"], me.world)
+                    last_checkpoint_step, checkpointed = step, True
+                _report(metrics, model, optimizer, state if save else None, me.rank)
             if last:
                 break  # every rank stops at the same step: shards are split with equal=True
-            t_wait = time.perf_counter()
         if not got_any:
             raise RuntimeError("the training stream yielded no batch: fewer examples than one batch per worker")
         state["epoch"] += 1
     if not checkpointed:  # resumed at (or past) max_steps: record the resume in a final checkpoint
-        checkpoint_and_report({"step": state["step"], **val_metrics}, with_checkpoint=True)
+        _report({"step": state["step"], **val_metrics}, model, optimizer, state, me.rank)
+
+
+def _quiet_ray_train_logs() -> None:
+    """One line per report is ours, not Ray's."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:  # Train V2 logs every report at INFO under a logger named by its file's path
+        from ray.train.v2._internal.execution import context as _train_context
+
+        logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from gemini_ray.cache import open_dir, read_json, write_manifest
-from gemini_ray.checkpoint import (atomic_write_text, checkpoint_is_whole, export_student, latest_whole_checkpoint,
-                                   load_checkpoint, save_checkpoint, student_from_hf_config)
+from gemini_ray.cache import write_manifest
+from gemini_ray.checkpoint import (checkpoint_is_whole, export_student, latest_whole_checkpoint, load_checkpoint,
+                                   save_checkpoint, student_from_hf_config)
+from gemini_ray.paths import atomic_write_text, read_json
 
 PAD = "x" * 3_000_000  # a few MB per JSON file, so a write takes long enough to be cut
 
@@ -37,7 +38,6 @@ def _writer_loop(out: Path, teacher_dir: str, naive: bool) -> None:
     optimizer = make_optimizer(model, TrainConfig())
     model(torch.tensor([[1, 2, 3]])).logits.sum().backward()
     optimizer.step()
-    fs, local = open_dir(str(out / "cache"))
     (out / "ready").write_text("1")
     for k in range(1, 1_000_000):
         text = json.dumps({"k": k, "pad": PAD, "end": True})
@@ -45,7 +45,7 @@ def _writer_loop(out: Path, teacher_dir: str, naive: bool) -> None:
             (out / "naive.json").write_text(text)
             continue
         atomic_write_text(out / "summary.json", text)
-        write_manifest(fs, local, {"k": k, "pad": PAD, "complete": True})
+        write_manifest(str(out / "cache"), {"k": k, "pad": PAD, "complete": True})
         ckpt = out / f"checkpoint_{k:06d}"
         save_checkpoint(ckpt, model, optimizer, {"step": k, "kind": "causal", "hf_config": config})
         export_student(ckpt, out / "student", teacher_dir)
@@ -112,8 +112,7 @@ def test_kills_at_random_moments_leave_no_cut_short_file(llama_dir, tmp_path):
 
     model = student_from_hf_config(AutoConfig.from_pretrained(llama_dir).to_dict(), "causal")
     assert load_checkpoint(newest, model)["step"] == step
-    fs, local = open_dir(str(out / "cache"))
-    assert read_json(fs, f"{local}/manifest.json")["complete"] is True
+    assert read_json(out / "cache" / "manifest.json")["complete"] is True
     if (out / "student").exists():
         from transformers import AutoModelForCausalLM
 
@@ -128,3 +127,25 @@ def test_the_check_catches_a_naive_writer(llama_dir, tmp_path):
     if not problems:
         pytest.fail("no naive write was cut short: the kills did not land inside writes")
     assert all(p == "naive.json is cut short" for p in problems)
+
+
+def test_a_resume_deletes_checkpoints_cut_short_and_keeps_whole_ones(llama_dir, tmp_path):
+    """A kill during Ray's copy of a checkpoint into the run directory leaves a partial checkpoint_* that
+    Ray Train never records; the next driver deletes it before resuming from the newest whole one."""
+    from transformers import AutoConfig
+
+    from gemini_ray.config import TrainConfig
+    from gemini_ray.train_step import make_optimizer
+    from gemini_ray.trainer import resume_point
+
+    config = AutoConfig.from_pretrained(llama_dir).to_dict()
+    model = student_from_hf_config(config, "causal")
+    optimizer = make_optimizer(model, TrainConfig())
+    whole, cut = tmp_path / "checkpoint_2026-11-29_10-00-00.000000", tmp_path / "checkpoint_2026-11-29_10-05-00.000000"
+    save_checkpoint(whole, model, optimizer, {"step": 4, "kind": "causal", "hf_config": config})
+    save_checkpoint(cut, model, optimizer, {"step": 8, "kind": "causal", "hf_config": config})
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 2])  # the copy stopped halfway
+    checkpoint = resume_point(str(tmp_path))
+    assert not cut.exists() and whole.is_dir()
+    assert checkpoint is not None and checkpoint.path == str(whole)

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from gemini_ray.cache import cache_key, check_compatible
-from gemini_ray.config import load_config
+from gemini_ray.config import build_config
 from gemini_ray.errors import ConfigError, GeminiRayError
-from gemini_ray.tune import load_space, validate_space
+from gemini_ray.search import load_space, search_config, validate_space
 from faults import Killer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +41,10 @@ def test_cache_from_another_teacher_or_corpus_is_refused():
 
 @pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
 def test_every_tune_space_loads_with_real_keys(path):
-    search, fixed = load_space(path)
-    assert {"loss.lambda_kd", "loss.cl_temperature", "loss.num_negatives"} <= set(search)
-    from gemini_ray.config import apply_overrides, config_from_dict
-
-    raw = apply_overrides({}, [f"{k}={json.dumps(v)}" for k, v in fixed.items()])
-    validate_space(raw, search, config_from_dict(raw).label.max_negatives, str(path))
+    cfg, space = search_config(None, [f"tune.space={path}"])
+    assert {"loss.lambda_kd", "loss.cl_temperature", "loss.num_negatives"} <= set(space.search)
+    assert all(build_config(base=cfg, sample={k: v}) for k, v in space.fixed.items())  # the fixed values apply
+    validate_space(cfg, space, cfg.label.max_negatives)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -63,8 +61,7 @@ def test_bad_search_spaces_are_refused(tmp_path, text, message):
     path = tmp_path / "space.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
-        search, fixed = load_space(path)
-        validate_space({}, search, 8, str(path))
+        validate_space(build_config(), load_space(path), 8)
 
 
 # --------------------------------------------------------------------------- with Ray
@@ -97,10 +94,10 @@ def assert_same_rows(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def uninterrupted(ray_start_2_cpus, llama_dir, corpus_file, tmp_path_factory):
-    from gemini_ray.label import label
+    from gemini_ray.commands.label import label
 
     storage = tmp_path_factory.mktemp("cache-b")
-    manifest = label(load_config(None, tiny(llama_dir, corpus_file, storage, "label.shards_per_round=16")))
+    manifest = label(build_config(None, tiny(llama_dir, corpus_file, storage, "label.shards_per_round=16")))
     directory = next((storage / "signal_cache").iterdir())
     return storage, directory, manifest
 
@@ -130,7 +127,7 @@ def test_label_writes_one_teacher_pass(uninterrupted, llama_dir, lee_texts):
 def test_interrupted_label_resumes_and_redoes_truncated_shards(uninterrupted, llama_dir, corpus_file, tmp_path,
                                                                 monkeypatch):
     import gemini_ray.pipeline as pipeline
-    from gemini_ray.label import label
+    from gemini_ray.commands.label import label
 
     real = pipeline.label_shards
     calls: list[list[int]] = []
@@ -143,7 +140,7 @@ def test_interrupted_label_resumes_and_redoes_truncated_shards(uninterrupted, ll
         killer.start()
         return real(cfg, examples, directory, shards)
 
-    cfg = load_config(None, tiny(llama_dir, corpus_file, tmp_path))
+    cfg = build_config(None, tiny(llama_dir, corpus_file, tmp_path))
     monkeypatch.setattr(pipeline, "label_shards", interrupt_after_first_round)
     with pytest.raises(KeyboardInterrupt):
         label(cfg)
@@ -160,7 +157,7 @@ def test_interrupted_label_resumes_and_redoes_truncated_shards(uninterrupted, ll
 
     resumed: list[list[int]] = []
     monkeypatch.setattr(pipeline, "label_shards", lambda *a: resumed.append(list(a[3])) or real(*a))
-    cfg = load_config(None, tiny(llama_dir, corpus_file, tmp_path, "label.shards_per_round=16"))  # one round
+    cfg = build_config(None, tiny(llama_dir, corpus_file, tmp_path, "label.shards_per_round=16"))  # one round
     label(cfg)
     redone = {s for r in resumed for s in r}
     assert victim_id in redone  # the truncated shard was detected and redone
@@ -174,12 +171,13 @@ def test_interrupted_label_resumes_and_redoes_truncated_shards(uninterrupted, ll
 
 @pytest.mark.ray
 def test_tune_retries_a_killed_trial_and_marks_one_that_keeps_failing(uninterrupted, llama_dir, corpus_file):
-    from gemini_ray.tune import run_tune
+    from gemini_ray.commands.tune import tune
 
     storage, directory, manifest = uninterrupted  # (distill reading a cache: the NaN test and test_eval's ablation)
 
     # two trials, one at a time: τ = 0.05 loses its trial process once (killed) and is retried from its
-    # checkpoint; τ = 1e-40 overflows the contrastive logits (NaN at step 1) and fails on every try
+    # checkpoint; τ = 1e-40 overflows the contrastive logits (NaN at step 1): a deterministic failure, marked
+    # failed and not retried
     space = storage / "faulty-space.yaml"
     space.write_text("loss.cl_temperature: {grid: [0.05, 1.0e-40]}\nloss.lambda_kd: {uniform: [0.2, 0.8]}\n"
                      "loss.num_negatives: {choice: [2, 4]}\n")
@@ -187,35 +185,36 @@ def test_tune_retries_a_killed_trial_and_marks_one_that_keeps_failing(uninterrup
     killer = Killer(lambda n: any((json.loads(p.read_text()) or {}).get("step", 0) >= 2
                                   for p in trials.glob("trial-*/progress.json")), ["ImplicitFunc"])
     killer.start()
-    result = run_tune(None, tiny(llama_dir, corpus_file, storage, f"tune.space={space}", "tune.num_samples=1",
-                                 "tune.max_concurrent_trials=1", "tune.max_failures=1", "train.max_steps=4",
-                                 "train.log_every=2", "train.eval_every=2", "train.checkpoint_every=2"))
+    result = tune(*search_config(None, tiny(llama_dir, corpus_file, storage, f"tune.space={space}",
+                                            "tune.num_samples=1", "tune.max_concurrent_trials=1", "tune.max_failures=1",
+                                            "train.max_steps=4", "train.log_every=2", "train.eval_every=2",
+                                            "train.checkpoint_every=2")))
     killer.join(timeout=10)
     assert not killer.errors and len(killer.killed) == 1
-    assert result["trials"] == 2 and result["errored"] == 1 and result["retries"] == 2
+    assert result["trials"] == 2 and result["errored"] == 1 and result["retries"] == 1
     assert result["teacher_tokens_during_search"] == 0  # one teacher pass (the cache) for every trial
     assert result["teacher_tokens_in_cache"] == manifest["teacher_tokens"]
     table = pd.read_csv(result["results"]).set_index("config/loss.cl_temperature")
     assert {"config/loss.lambda_kd", "val/loss_kd", "retries", "error", "error_message"} <= set(table.columns)
     survived, failed = table.loc[0.05], table.loc[1e-40]
     assert not survived["error"] and survived["retries"] == 1 and survived["step"] == 4  # retried, finished
-    assert failed["error"] and failed["retries"] == 1 and "training stopped at step 1: the contrastive loss (loss/cl) is nan" in \
+    assert failed["error"] and failed["retries"] == 0 and "training stopped at step 1: the contrastive loss (loss/cl) is nan" in \
         failed["error_message"]
-    best = load_config(result["best_config"])
+    best = build_config(result["best_config"])
     assert best.loss.cl_temperature == 0.05 and 0.2 <= best.loss.lambda_kd <= 0.8
     assert Path(result["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.ray
 def test_cache_requirements_are_enforced(uninterrupted, llama_dir, corpus_file, tmp_path):
-    from gemini_ray.distill import distill
+    from gemini_ray.commands.distill import distill
 
     storage, directory, _ = uninterrupted
     with pytest.raises(GeminiRayError, match="loss.num_negatives=5 exceeds the 4 negatives"):
-        distill(load_config(None, tiny(llama_dir, corpus_file, storage, "loss.num_negatives=5",
+        distill(build_config(None, tiny(llama_dir, corpus_file, storage, "loss.num_negatives=5",
                                        f"label.path={directory}")))
     with pytest.raises(GeminiRayError, match="no complete teacher-signal cache"):
-        distill(load_config(None, tiny(llama_dir, corpus_file, tmp_path, "label.use=require")))
+        distill(build_config(None, tiny(llama_dir, corpus_file, tmp_path, "label.use=require")))
 
 
 @pytest.mark.ray

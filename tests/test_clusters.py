@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from gemini_ray.cli import _parser
-from gemini_ray.config import all_keys, load_config
+from gemini_ray.config import all_keys, build_config
 from gemini_ray.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,7 +336,7 @@ def command_problems(command: str) -> list[str]:
                 overrides.append(token)
     if not problems:
         try:
-            load_config(None, overrides)
+            build_config(None, overrides)
         except ConfigError as exc:
             problems.append(f"'{command}': {exc}")
     return problems

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from gemini_ray.cli import main
-from gemini_ray.config import Config, all_keys, config_from_dict, config_to_dict, load_config
+from gemini_ray.config import Config, all_keys, config_from_dict, config_to_dict, build_config
 from gemini_ray.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,15 +20,15 @@ def test_defaults_are_the_demo():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_shipped_yaml_loads(path):
-    assert isinstance(load_config(path), Config)
+    assert isinstance(build_config(path), Config)
 
 
 def test_demo_yaml_equals_defaults():
-    assert load_config(ROOT / "configs" / "demo.yaml") == Config()
+    assert build_config(ROOT / "configs" / "demo.yaml") == Config()
 
 
 def test_overrides_apply_with_types():
-    cfg = load_config(None, ["loss.lambda_kd=0.7", "train.max_steps=200", "student.hidden_size=null",
+    cfg = build_config(None, ["loss.lambda_kd=0.7", "train.max_steps=200", "student.hidden_size=null",
                              "teacher.trust_remote_code=false", "loss.cl_temperature=1"])
     assert cfg.loss.lambda_kd == 0.7 and cfg.train.max_steps == 200 and cfg.student.hidden_size is None
     assert isinstance(cfg.loss.cl_temperature, float)
@@ -54,12 +54,12 @@ def test_config_is_frozen():
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_config(None, [override])
+        build_config(None, [override])
 
 
 def test_unknown_key_suggests_the_closest():
     with pytest.raises(ConfigError, match="Did you mean 'loss.lambda_kd'"):
-        load_config(None, ["loss.lamda_kd=0.5"])
+        build_config(None, ["loss.lamda_kd=0.5"])
     with pytest.raises(ConfigError, match="unknown config section 'trian'.*'train'"):
         config_from_dict({"trian": {"max_steps": 3}})
 
@@ -68,13 +68,13 @@ def test_malformed_and_missing_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("loss: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(bad)
+        build_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
-        load_config(tmp_path / "nope.yaml")
+        build_config(tmp_path / "nope.yaml")
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="mapping"):
-        load_config(scalar)
+        build_config(scalar)
 
 
 def test_all_keys_are_dotted():
@@ -92,3 +92,24 @@ def test_cli_reports_bad_input_without_traceback(capsys):
 def test_cli_prints_effective_config(capsys):
     assert main(["config", "loss.lambda_kd=0.25"]) == 0
     assert "lambda_kd: 0.25" in capsys.readouterr().out
+
+
+def test_build_config_layers_apply_in_order(tmp_path):
+    """defaults <- base <- file <- fixed <- overrides <- sample: each layer wins over the ones before it,
+    and values that arrive as values (base, fixed, sample) are never re-parsed from text."""
+    path = tmp_path / "c.yaml"
+    path.write_text("loss:\n  lambda_kd: 0.2\n  cl_temperature: 0.2\ntrain:\n  max_steps: 7\n")
+    base = {"loss": {"lambda_kd": 0.1, "num_negatives": 2}, "run": {"name": "from-base"}}
+    cfg = build_config(path, ["loss.cl_temperature=0.3", "train.max_steps=9"], base=base,
+                       fixed={"train.max_steps": 8, "train.lr": 1e-3}, sample={"train.max_steps": 10})
+    assert cfg.run.name == "from-base" and cfg.loss.num_negatives == 2  # base over defaults
+    assert cfg.loss.lambda_kd == 0.2  # file over base
+    assert cfg.train.lr == 1e-3  # fixed over defaults
+    assert cfg.loss.cl_temperature == 0.3  # overrides over file
+    assert cfg.train.max_steps == 10  # sample over overrides over fixed over file
+    assert build_config(base=cfg) == cfg  # a Config as base round-trips
+    assert build_config(sample={"run.name": "007"}).run.name == "007"  # a value, not YAML's int 7
+    with pytest.raises(ConfigError, match="unknown config key 'loss.lamda_kd'"):
+        build_config(sample={"loss.lamda_kd": 0.5})
+    with pytest.raises(ConfigError, match="fixed in the search space"):
+        build_config(fixed={"trian.max_steps": 5})

@@ -3,8 +3,8 @@ faults and export with a causal teacher: test_faults.py; bad input: test_bad_inp
 
 import pytest
 
-from gemini_ray.config import load_config
-from gemini_ray.distill import distill
+from gemini_ray.config import build_config
+from gemini_ray.commands.distill import distill
 
 pytestmark = pytest.mark.ray
 
@@ -18,7 +18,7 @@ def tiny_overrides(teacher_dir, corpus, storage, name, steps):
 
 
 def test_distill_masked_teacher(ray_start_2_cpus, bert_dir, corpus_file, tmp_path):
-    cfg = load_config(None, tiny_overrides(bert_dir, corpus_file, tmp_path, "bert", 2))
+    cfg = build_config(None, tiny_overrides(bert_dir, corpus_file, tmp_path, "bert", 2))
     summary = distill(cfg)
     assert summary["teacher"]["kind"] == "masked" and summary["training"]["steps"] == 2
     from transformers import AutoModelForMaskedLM

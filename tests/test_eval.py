@@ -14,7 +14,8 @@ from gemini_ray.config import StudentConfig
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation import sets
 from gemini_ray.evaluation.metrics import causal_targets, linear_probe_accuracy, spearman, token_stats
-from gemini_ray.evaluation.run import evaluate, eval_config
+from gemini_ray.config import build_config
+from gemini_ray.evaluation.run import evaluate, recorded_settings
 from gemini_ray.models import build_student, load_teacher
 from tiny import save, tiny_llama, word_tokenizer
 
@@ -122,7 +123,7 @@ def test_eval_with_a_foreign_tokenizer_skips_kl_but_runs_the_rest(ray_start_2_cp
                                                                    tmp_path):
     tok = word_tokenizer(lee_texts[:5], masked=False, vocab_size=120)
     other = save(tiny_llama(tok, layers=1), tok, tmp_path / "other")
-    cfg = eval_config(str(other), None, _args(corpus_file))
+    cfg = build_config(None, _args(corpus_file), base=recorded_settings(str(other)))
     report = evaluate(str(other), cfg, teacher_source=str(llama_dir), with_teacher=False)
     row = report["models"]["student"]
     assert "kl_to_teacher" not in row["lm"] and "perplexity" in row["lm"]
@@ -137,7 +138,8 @@ def test_eval_refuses_an_evaluation_set_inside_the_training_corpus(ray_start_2_c
     corpus.write_text("".join(json.dumps({"body": t}) + "\n" for t in lee_texts[:20] + docs[:2]), encoding="utf-8")
     args = [a for a in _args(corpus) if not a.startswith("data.path")] + [f"data.path={corpus}"]
     with pytest.raises(GeminiRayError, match="2 texts of the Lee similarity evaluation set"):
-        evaluate(str(student_dir), eval_config(str(student_dir), None, args), teacher_source=str(llama_dir))
+        evaluate(str(student_dir), build_config(None, args, base=recorded_settings(str(student_dir))),
+                 teacher_source=str(llama_dir))
 
 
 @pytest.mark.parametrize("make, message", [
@@ -155,13 +157,13 @@ def test_eval_refuses_a_directory_that_is_not_a_model(tmp_path, capsys, make, me
 def test_ablate_trains_four_variants_from_one_teacher_pass(ray_start_2_cpus, llama_dir, corpus_file, tmp_path):
     from test_distill_e2e import tiny_overrides
 
-    from gemini_ray.ablate import VARIANTS, ablate
+    from gemini_ray.commands.ablate import VARIANTS, ablate
 
     overrides = [*tiny_overrides(llama_dir, corpus_file, tmp_path, "abl", 2), "data.val_fraction=0.2",
                  f"label.cache_root={tmp_path / 'cache'}", "label.max_negatives=3", "train.eval_every=2",
                  "label.shards_per_round=16",  # one labelling round: each costs a groupby (~25 s here)
                  "eval.rt_train=80", "eval.rt_test=40", "eval.lm_max_tokens=300", "eval.max_length=32"]
-    result = ablate(None, overrides, str(tmp_path / "out"))
+    result = ablate(build_config(None, overrides), str(tmp_path / "out"))
     assert list(result["models"]) == ["teacher", *VARIANTS]
     assert all(t["teacher_tokens_this_run"] == 0 for t in result["training"].values())  # all read the one cache
     assert result["training"]["no-teacher"]["loss"]["objective"] == "lm"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,27 +20,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ports import free_port
 
 pytestmark = pytest.mark.ray
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def local_head(tmp_path):
     """(dashboard address, environment for `ray job` commands) of a fresh head; stopped afterwards."""
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex, PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     log = open(tmp_path / "head.log", "w")
     # every port free: this session's Ray instance holds the defaults (an agent that cannot bind its port
     # leaves the head up but refuses jobs with "No available agent")
-    ports = [f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+    ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                    "metrics-export-port", "runtime-env-agent-port",
                                                    "ray-client-server-port", "node-manager-port", "object-manager-port")]
     head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",

@@ -72,10 +72,13 @@ def test_gradients_reach_only_the_student(logits):
     s = s.clone().requires_grad_(True)
     vals, ids = torch.topk(t, 4, dim=-1)
     vals = vals.clone().requires_grad_(True)  # even if a caller forgot to detach, only s is optimised
-    loss = topk_kd_loss(s, ids, vals.detach(), torch.ones(B, L), 2.0)
+    loss = topk_kd_loss(s, ids, vals, torch.ones(B, L), 2.0)
     loss.backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
-    assert vals.grad is None
+    assert vals.grad is None  # fails if the loss lets a gradient into the teacher's logits
+    dense_t = t.clone().requires_grad_(True)  # the dense reference too
+    dense_kd_loss(s, dense_t, torch.ones(B, L), 2.0).backward()
+    assert dense_t.grad is None
 
 
 def test_masked_positions_contribute_nothing(logits):

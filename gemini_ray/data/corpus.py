@@ -11,13 +11,13 @@ Text files are one document per line. Lines that are not valid UTF-8 are skipped
 from __future__ import annotations
 
 import bz2
-import importlib.util
 import re
 from pathlib import Path
 
 import numpy as np
 
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.paths import package_file
 
 __all__ = ["gensim_test_data", "embedded_corpus", "infer_format", "split_lines", "wikipedia_documents", "strip_wiki_markup"]
 
@@ -26,13 +26,8 @@ WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz
 
 def gensim_test_data() -> Path:
     """gensim's test_data folder, located without importing gensim."""
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
-        raise GeminiRayError(
-            "the embedded corpus needs the 'gensim' package files, which are not installed. "
-            "Install them with: pip install --no-deps gensim==4.4.0 (or run 'make demo', which does)."
-        )
-    return Path(spec.submodule_search_locations[0]) / "test" / "test_data"
+    return package_file("gensim", "test/test_data", "the embedded corpus", "gensim",
+                        "pip install --no-deps gensim==4.4.0 (or run 'make demo', which does)")
 
 
 def embedded_corpus(name: str) -> Path | list[str]:

@@ -31,6 +31,7 @@ import pyarrow as pa
 from gemini_ray.config import DataConfig
 from gemini_ray.data.corpus import infer_format
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.paths import is_uri
 
 __all__ = ["check_corpus", "corpus_files", "sniff_binary", "longest_line"]
 
@@ -243,7 +244,7 @@ def check_corpus(d: DataConfig, min_documents: int = 2, documents_key: str = "lo
         min_documents: fewest documents a run can use (more than the negatives it mines per anchor).
         documents_key: the config key that sets `min_documents`, named in the message.
     """
-    if d.path.startswith("embedded:") or "://" in d.path:
+    if d.path.startswith("embedded:") or is_uri(d.path):
         return
     path = Path(d.path).expanduser()
     if not path.exists():

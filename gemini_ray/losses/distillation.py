@@ -50,7 +50,8 @@ def topk_kd_loss(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     mask = mask.to(student_logits.dtype)  # (B, L)
-    t_probs = torch.softmax(teacher_topk_logits.float() / temperature, dim=-1)  # (B, L, k)
+    # the teacher is a fixed target: no gradient flows into it, even from a caller that forgot to detach
+    t_probs = torch.softmax(teacher_topk_logits.detach().float() / temperature, dim=-1)  # (B, L, k)
     s_scaled = student_logits.float() / temperature if form == "hinton" else student_logits.float()
     s_logp = torch.log_softmax(s_scaled, dim=-1)  # (B, L, V)
     s_logp_k = torch.gather(s_logp, -1, teacher_topk_ids.long())  # (B, L, k)
@@ -72,7 +73,7 @@ def dense_kd_loss(
         student_logits: (B, L, V); teacher_logits: (B, L, V); mask: (B, L).
     """
     mask = mask.to(student_logits.dtype)
-    t_probs = F.softmax(teacher_logits.float() / temperature, dim=-1)  # (B, L, V)
+    t_probs = F.softmax(teacher_logits.detach().float() / temperature, dim=-1)  # (B, L, V)
     s_scaled = student_logits.float() / temperature if form == "hinton" else student_logits.float()
     per_pos = -(t_probs * F.log_softmax(s_scaled, dim=-1)).sum(-1)  # (B, L)
     loss = (per_pos * mask).sum() / mask.sum().clamp(min=1.0)

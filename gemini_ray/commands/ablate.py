@@ -13,35 +13,38 @@ then `gemini-ray eval` on each and on the teacher. Writes ablation.json, ablatio
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-from gemini_ray.config import load_config
+from gemini_ray.config import Config, build_config
+from gemini_ray.distill_run import export, fit_student, prepare, summarize
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.evaluation.run import evaluate, markdown_table, versus_teacher
+from gemini_ray.labelling import make_cache
+from gemini_ray.paths import (absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, join,
+                              run_dir)
+from gemini_ray.session import Session, start_session
 
 __all__ = ["VARIANTS", "ablate", "ablation_markdown"]
 
-VARIANTS: dict[str, list[str]] = {
-    "no-teacher": ["loss.objective=lm"],
-    "kd-only": ["loss.lambda_kd=1.0"],
-    "cl-only": ["loss.lambda_kd=0.0"],
-    "kd+cl": [],  # the config's λ
+VARIANTS: dict[str, dict[str, Any]] = {
+    "no-teacher": {"loss.objective": "lm"},
+    "kd-only": {"loss.lambda_kd": 1.0},
+    "cl-only": {"loss.lambda_kd": 0.0},
+    "kd+cl": {},  # the config's λ
 }
+"""Each variant's settings on top of the ablation's config."""
 
 
 def ablation_markdown(rows: dict[str, dict[str, Any]], budget: dict[str, Any]) -> str:
-    from gemini_ray.evaluation.run import markdown_table
-
     head = (f"Budget per student: {budget['max_steps']} steps x {budget['batch_size']} examples, lr {budget['lr']}, "
             f"seed {budget['seed']}, student {budget['num_layers']} layers; kd+cl uses λ = {budget['lambda_kd']}, "
             f"τ = {budget['cl_temperature']}, K = {budget['num_negatives']}.\n\n")
     return head + markdown_table(rows)
 
 
-def _chart(rows: dict[str, dict[str, Any]], path: Path) -> None:
+def _chart(rows: dict[str, dict[str, Any]], location: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,42 +62,34 @@ def _chart(rows: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(location) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
-def ablate(config_path: str | None, overrides: list[str], out_dir: str | None = None) -> dict[str, Any]:
-    """Label once, train the four variants, evaluate them and the teacher; returns the report."""
-    from gemini_ray.checkpoint import atomic_write_text
-    from gemini_ray.distill import distill, run_dir
-    from gemini_ray.evaluation.run import eval_config, evaluate, versus_teacher
-    from gemini_ray.label import init_ray, label, setup
-
-    base = load_config(config_path, overrides)
-    if base.data.val_fraction == 0:
-        raise GeminiRayError("the ablation scores held-out perplexity; set data.val_fraction > 0.")
-    out = Path(out_dir or f"{run_dir(base)}-ablation").expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    init_ray(base)
-    manifest = label(base)  # the teacher runs once; every variant reads this cache
-    prepared = setup(base, teacher_model_needed=True)  # teacher and corpus resolved once for the four variants
-    students: dict[str, str] = {}
-    summaries: dict[str, dict[str, Any]] = {}
-    for variant, extra in VARIANTS.items():
-        name = f"{base.run.name}-{variant.replace('+', '-')}"
+def _train_variants(cfg: Config, session: Session) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Each variant distilled on the one session and cache: (student directories, training summaries)."""
+    students, summaries = {}, {}
+    for variant, settings in VARIANTS.items():
         print(f"[gemini-ray] ablation: training {variant}")
-        summary = distill(load_config(config_path, [*overrides, *extra, f"run.name={name}", "label.use=require"]),
-                          prepared)
-        students[variant] = summary["student"]["path"]
+        name = f"{cfg.run.name}-{variant.replace('+', '-')}"
+        variant_cfg = build_config(base=cfg, sample={**settings, "run.name": name, "label.use": "require"})
+        t0 = time.perf_counter()
+        run = prepare(variant_cfg, session, own_session=False)
+        student_dir, state = export(run, fit_student(run))
+        summary = summarize(run, state, student_dir, t_start=t0)
+        students[variant] = student_dir
         summaries[variant] = {"teacher_tokens_this_run": summary["teacher_signal"]["teacher_tokens_this_run"],
                               "last": summary["training"]["last"], "loss": summary["config"]["loss"]}
+    return students, summaries
+
+
+def _evaluate_variants(cfg: Config, students: dict[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The teacher's row first, then each variant's, each with its share of the teacher's size, speed and scores."""
     rows: dict[str, dict[str, Any]] = {}
     for i, (variant, path) in enumerate(students.items()):
         print(f"[gemini-ray] ablation: evaluating {variant}")
-        report = evaluate(path, eval_config(path, config_path, overrides), with_teacher=i == 0, name=variant)
+        report = evaluate(path, cfg, with_teacher=i == 0, name=variant)
         rows.update(report["models"])
     teacher = rows.pop("teacher")
     rows = {"teacher": teacher, **rows}
@@ -102,17 +97,33 @@ def ablate(config_path: str | None, overrides: list[str], out_dir: str | None = 
     speedup = rows[first]["tokens_per_s"] / teacher["tokens_per_s"]
     for variant in students:  # same architecture for all four: the side-by-side speedup holds for each
         rows[variant]["vs_teacher"] = {**versus_teacher(rows[variant], teacher), "speedup": speedup}
-    t = base.train
+    return rows, report["protocol"]
+
+
+def ablate(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
+    """Label once, train the four variants, evaluate them and the teacher; returns the report."""
+    if cfg.data.val_fraction == 0:
+        raise GeminiRayError("the ablation scores held-out perplexity; set data.val_fraction > 0.")
+    out = absolute(out_dir or run_dir(cfg.run.storage_path, cfg.run.name) + "-ablation")
+    if not is_uri(out):  # found unwritable now, not after four students have trained
+        check_writable(out, "--out")
+        Path(out).mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    session = start_session(cfg, with_teacher=True)  # setup: teacher and corpus, once for the four variants
+    manifest = make_cache(cfg, session)  # the teacher runs once; every variant reads this cache
+    students, summaries = _train_variants(cfg, session)  # fit
+    rows, protocol = _evaluate_variants(cfg, students)  # validate
+    t = cfg.train
     budget = {"max_steps": t.max_steps, "batch_size": t.batch_size * t.num_workers, "lr": t.lr, "seed": t.seed,
-              "num_layers": base.student.num_layers, "lambda_kd": base.loss.lambda_kd,
-              "cl_temperature": base.loss.cl_temperature, "num_negatives": base.loss.num_negatives}
+              "num_layers": cfg.student.num_layers, "lambda_kd": cfg.loss.lambda_kd,
+              "cl_temperature": cfg.loss.cl_temperature, "num_negatives": cfg.loss.num_negatives}
     result = {"budget": budget, "models": rows, "training": summaries,
-              "cache": {"teacher_tokens": manifest["teacher_tokens"]}, "protocol": report["protocol"],
+              "cache": {"teacher_tokens": manifest["teacher_tokens"]}, "protocol": protocol,
               "wall_time_s": time.perf_counter() - t_start}
     md = ablation_markdown(rows, budget)
-    atomic_write_text(out / "ablation.json", json.dumps(result, indent=1))
-    atomic_write_text(out / "ablation.md", md)
-    _chart(rows, out / "ablation.png")
+    atomic_write_json(join(out, "ablation.json"), result)
+    atomic_write_text(join(out, "ablation.md"), md)
+    _chart(rows, join(out, "ablation.png"))
     print(md, end="")
     print(f"[gemini-ray] ablation: {out}/ablation.md, ablation.json, ablation.png")
     return result

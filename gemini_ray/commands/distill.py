@@ -1,0 +1,35 @@
+"""`gemini-ray distill`: setup → fit → export → summary, on Ray Data + Ray Train.
+
+    gemini-ray distill                                  # the embedded demo (real teacher, real corpus)
+    gemini-ray distill --config my.yaml loss.lambda_kd=0.7 train.max_steps=200
+
+Running the same command again with the same run.name and run.storage_path resumes from the latest
+checkpoint. Outputs: <storage_path>/<name>/student (a plain HF directory) and <...>/summary.json.
+
+Faults: a dead worker (or its node) makes Ray Train restart the worker group from the latest checkpoint,
+up to train.max_failures times; a dead driver is resumed by running the command again. Both are counted
+in summary.json ('training.resumes'). A NaN or infinite loss stops the run with an error naming the step
+and the loss part; the last good checkpoint is kept and nothing is exported.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gemini_ray.config import Config
+from gemini_ray.distill_run import export, fit_student, prepare, summarize
+from gemini_ray.session import start_session
+
+__all__ = ["distill"]
+
+
+def distill(cfg: Config) -> dict[str, Any]:
+    """Run the whole distillation; returns the summary (also written to summary.json)."""
+    t_start, started_at = time.perf_counter(), time.time()
+    session = start_session(cfg, with_teacher=True)  # setup: teacher, corpus, examples
+    run = prepare(cfg, session, started_at=started_at)  # the student and its teacher signal
+    session.teacher = None  # the student is derived and the held-out rows labelled: the driver needs it no more
+    result = fit_student(run)  # fit
+    student_dir, state = export(run, result)  # export
+    return summarize(run, state, student_dir, t_start=t_start)  # summary

@@ -1,0 +1,252 @@
+"""`gemini-ray tune`: Ray Tune over the training driver, searching λ, τ, K (and more) on the cached teacher signal.
+
+    gemini-ray tune                                   # tune_spaces/quick.yaml on the demo corpus
+    gemini-ray tune tune.space=tune_spaces/default.yaml tune.num_samples=32
+
+The teacher runs at most once: if no cache matches the config, it is labelled first; every trial reads it.
+Each trial is a Tune function that builds and fits its own TorchTrainer (Ray Train V2's Tune interop), named
+from the trial id. ASHA stops weak trials on a held-out metric every trial reports (val/loss_kd by default).
+Writes <run.storage_path>/<tune.name>/results.csv, best_config.yaml, search.png and tune_summary.json
+(local paths or URIs); running the same command again resumes an interrupted search.
+
+A trial whose loss turns NaN or infinite is not retried (it would fail the same way): it reports its
+tune.metric as NaN and the table marks it failed with the message.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from gemini_ray.config import Config, build_config, config_to_dict
+from gemini_ray.errors import GeminiRayError
+from gemini_ray.metric_names import NONFINITE
+from gemini_ray.paths import absolute, atomic_path, atomic_write_json, atomic_write_text, join, read_json
+from gemini_ray.search import SearchSpace, tune_distributions, validate_space
+from gemini_ray.session import FoundCache, Session, find_cache, start_session
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from ray.tune import ResultGrid
+
+__all__ = ["tune"]
+
+
+# --------------------------------------------------------------------------- one trial (runs in Tune's process)
+
+
+def _count_attempt(location: str) -> int:
+    attempts = (read_json(location) or {}).get("attempts", 0) + 1
+    atomic_write_json(location, {"attempts": attempts})
+    return attempts
+
+
+def _trial(params: dict[str, Any], cfg: Config, cache: FoundCache, hf_config: dict[str, Any], kind: str,
+           init_weights: Any, trials_dir: str) -> None:
+    """One trial: the training driver. Builds a TorchTrainer on the cached signal and fits it."""
+    import ray.data
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from gemini_ray.pipeline import read_cache, to_arrays
+    from gemini_ray.trainer import build_trainer, nonfinite_error, run_spec
+    from gemini_ray.train_worker import read_progress
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the worker prints its own lines
+    name = f"trial-{trial_id}"
+    _count_attempt(join(trials_dir, name, "attempts.json"))  # > 1: Tune retried it (tune.max_failures)
+    trial_cfg = build_config(base=cfg, sample=params)
+    k = trial_cfg.loss.num_negatives
+    stream = read_cache(cache.directory, cache.manifest["shards_train"], k)
+    val = to_arrays(read_cache(cache.directory, cache.manifest["shards_val"], k))  # small; read once
+    spec = run_spec(trial_cfg, hf_config, kind, init_weights, val, join(trials_dir, name, "progress.json"))
+    trainer = build_trainer(trial_cfg, spec, stream, name=name, storage_path=trials_dir, num_to_keep=1,
+                            callbacks=[TuneReportCallback()])
+    trainer.fit()  # a retried trial (tune.max_failures) resumes this run from its checkpoint
+    error = nonfinite_error(read_progress(spec.progress_path), spec.fit_id, None)
+    if error is not None:  # deterministic: report it rather than raise, so that Tune does not retry it
+        steps_done = read_progress(spec.progress_path)["step"]
+        ray.tune.report({cfg.tune.metric: float("nan"), NONFINITE: str(error), "step": steps_done})
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def _check_space(cfg: Config, space: SearchSpace) -> None:
+    if cfg.tune.metric.startswith("val/") and cfg.data.val_fraction == 0:
+        raise GeminiRayError(f"tune.metric={cfg.tune.metric} needs held-out documents; set data.val_fraction > 0.")
+    validate_space(cfg, space, cfg.label.max_negatives)
+
+
+def _search_cache(cfg: Config, space: SearchSpace, session: Session) -> FoundCache:
+    """The cache every trial reads: found, or labelled now (the teacher's one pass)."""
+    from gemini_ray.labelling import make_cache
+
+    cache = find_cache(cfg, session)
+    if cache is None:
+        print("[gemini-ray] no teacher-signal cache matches this config: labelling once before the search")
+        make_cache(cfg, session)
+        cache = find_cache(cfg, session)
+    validate_space(cfg, space, cache.manifest["identity"]["max_negatives"])
+    if not cache.manifest["shards_val"] and cfg.tune.metric.startswith("val/"):
+        raise GeminiRayError(f"the cache at '{cache.directory}' holds no held-out rows; "
+                             "label it with data.val_fraction > 0.")
+    return cache
+
+
+def _max_concurrent(cfg: Config) -> int:
+    import ray
+
+    from gemini_ray.pipeline import CACHE_READ_CPUS
+    from gemini_ray.placement import demands, plan_totals
+
+    if cfg.tune.max_concurrent_trials:
+        return cfg.tune.max_concurrent_trials
+    res = ray.cluster_resources()
+    if cfg.train.use_gpu:
+        return max(1, int(res.get("GPU", 0) // cfg.train.num_workers))
+    per_trial = plan_totals(demands(cfg, cached=True))["CPU"] + CACHE_READ_CPUS  # + a second read task's worth
+    return max(1, int(res.get("CPU", 1) // per_trial))
+
+
+def _tuner(cfg: Config, space: SearchSpace, trainable: Any, storage: str):
+    """A new Tuner with ASHA on tune.metric, or the interrupted search of the same name, restored."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from gemini_ray.placement import alive_nodes, check_fits, demands
+
+    if cfg.run.check_resources:  # one trial must fit, else every trial waits on Ray Data for a free CPU
+        check_fits(demands(cfg, cached=True), alive_nodes())
+    concurrent = _max_concurrent(cfg)
+    print(f"[gemini-ray] searching {list(space.search)} with {cfg.tune.num_samples} samples, "
+          f"{concurrent} trial(s) at a time, ASHA on {cfg.tune.metric}")
+    experiment = join(storage, cfg.tune.name)
+    if tune.Tuner.can_restore(experiment):
+        print(f"[gemini-ray] resuming the search at {experiment}")
+        return tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True)
+    reports = math.ceil(cfg.train.max_steps / cfg.train.log_every)
+    scheduler = ASHAScheduler(time_attr="training_iteration", metric=cfg.tune.metric, mode=cfg.tune.mode,
+                              max_t=reports, grace_period=min(cfg.tune.grace_period, reports),
+                              reduction_factor=cfg.tune.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        param_space=tune_distributions(space),
+        tune_config=tune.TuneConfig(num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrent,
+                                    scheduler=scheduler),
+        run_config=tune.RunConfig(name=cfg.tune.name, storage_path=storage, verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures)),
+    )
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _results_table(grid: ResultGrid, trials_dir: str, max_failures: int) -> pd.DataFrame:
+    """One row per trial, failed ones included (a trial that never reported is missing from Tune's own
+    dataframe): config/<key> columns, the last reported metrics, retries (Tune ran the trial again after
+    its process died or it raised), restarts (resumes from a checkpoint inside it), error, error_message."""
+    import pandas as pd
+
+    rows = []
+    for r in grid:
+        row = {f"config/{k}": v for k, v in r.config.items()}
+        row.update({k: v for k, v in (r.metrics or {}).items() if not isinstance(v, dict)})
+        row.setdefault("restarts", 0)
+        attempts = read_json(join(trials_dir, f"trial-{row['trial_id']}", "attempts.json")) \
+            if "trial_id" in row else None
+        row["retries"] = max_failures if r.error is not None else max(0, (attempts or {}).get("attempts", 1) - 1)
+        nonfinite = row.pop(NONFINITE, None)
+        row["error"] = r.error is not None or nonfinite is not None  # failed (after tune.max_failures retries)
+        row["error_message"] = (str(r.error).strip().splitlines()[-1][:300] if r.error is not None
+                                else (nonfinite or "")[:300])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _plot(df: pd.DataFrame, keys: list[str], metric: str, location: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        ax.scatter(df[f"config/{key}"], df[metric], c="tab:blue")
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+        if key in ("loss.cl_temperature", "train.lr"):
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{metric} of each trial (last report)")
+    fig.tight_layout()
+    with atomic_path(location) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _write_results(cfg: Config, space: SearchSpace, grid: ResultGrid, out: str, trials_dir: str) -> dict[str, Any]:
+    """results.csv, best_config.yaml and search.png under `out`; returns the best trial's config and metric."""
+    metric = cfg.tune.metric
+    df = _results_table(grid, trials_dir, cfg.tune.max_failures)
+    with atomic_path(join(out, "results.csv")) as tmp:
+        df.to_csv(tmp, index=False)
+    if metric not in df.columns or df[metric].isna().all():
+        errors = df.loc[df["error"], "error_message"].tolist()
+        raise GeminiRayError(f"no trial reported {metric} ({len(errors)} of {len(df)} failed; first error: "
+                             f"{errors[0] if errors else 'none'}). Results so far: {join(out, 'results.csv')}.")
+    best = grid.get_best_result(metric=metric, mode=cfg.tune.mode)
+    best_cfg = build_config(base=cfg, sample=best.config)
+    atomic_write_text(join(out, "best_config.yaml"),
+                      f"# best of {len(df)} trials by {metric} = {best.metrics[metric]:.5f}\n"
+                      + yaml.safe_dump(config_to_dict(best_cfg), sort_keys=False))
+    _plot(df, list(space.search), metric, join(out, "search.png"))
+    return {"table": df, "config": best.config, metric: best.metrics[metric]}
+
+
+def tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
+    """Label once (if needed), then search. Returns a summary (also written as tune_summary.json)."""
+    import ray
+    from ray import tune as ray_tune
+
+    from gemini_ray.models import build_student, count_parameters
+    from gemini_ray.pipeline import teacher_token_counter
+
+    t_start = time.perf_counter()
+    _check_space(cfg, space)  # setup: a bad space fails before the teacher loads
+    session = start_session(cfg, with_teacher=True)
+    cache = _search_cache(cfg, space, session)
+    student = build_student(session.teacher, session.kind, cfg.student, seed=cfg.train.seed)
+    tokens_before = ray.get(teacher_token_counter().total.remote())
+    storage = absolute(cfg.run.storage_path)
+    out, trials_dir = join(storage, cfg.tune.name), join(storage, f"{cfg.tune.name}-trials")
+    trainable = ray_tune.with_parameters(_trial, cfg=cfg, cache=cache, hf_config=student.config.to_dict(),
+                                         kind=session.kind, init_weights=student.state_dict(), trials_dir=trials_dir)
+    # the driver only waits on its TorchTrainer: no CPU (a fraction would starve Ray Data tasks that need a whole one)
+    trainable = ray_tune.with_resources(trainable, {"cpu": 0, "memory": 256 * 1024**2})
+    grid = _tuner(cfg, space, trainable, storage).fit()  # fit: every trial
+
+    best = _write_results(cfg, space, grid, out, trials_dir)  # validate: the table, the best config, the plot
+    df, metric = best.pop("table"), cfg.tune.metric
+    tokens_during = ray.get(teacher_token_counter().total.remote()) - tokens_before
+    summary = {
+        "trials": len(df), "errored": int(df["error"].sum()), "retries": int(df["retries"].sum()),
+        "metric": metric, "best": best, "cache": cache.directory,
+        "teacher_tokens_in_cache": cache.manifest["teacher_tokens"], "teacher_tokens_during_search": tokens_during,
+        "training_iterations": int(df["training_iteration"].sum()),
+        "examples_trained": int(sum(r.metrics.get("step", 0) for r in grid)) * cfg.train.batch_size,
+        "student_parameters": count_parameters(student),
+        "results": join(out, "results.csv"), "best_config": join(out, "best_config.yaml"),
+        "plot": join(out, "search.png"), "wall_time_s": time.perf_counter() - t_start,
+    }
+    atomic_write_json(join(out, "tune_summary.json"), summary, default=str)
+    print(f"[gemini-ray] {len(df)} trials; best {metric} = {best[metric]:.4f} with {best['config']}")
+    print(f"[gemini-ray] teacher tokens: {cache.manifest['teacher_tokens']} in the cache (one pass), "
+          f"{tokens_during} during the search")
+    print(f"[gemini-ray] results: {summary['results']}\n[gemini-ray] best config: {summary['best_config']}"
+          f"\n[gemini-ray] plot: {summary['plot']}")
+    return summary

@@ -1,0 +1,228 @@
+"""One distillation run in four steps, each a function: prepare → fit → export → summarize.
+
+`gemini-ray distill` runs them once; `gemini-ray ablate` runs them once per loss variant on one session.
+
+    session = start_session(cfg, with_teacher=True)
+    run = prepare(cfg, session)                 # student, teacher signal (cache or online), held-out rows
+    result = fit_student(run)                   # Ray Train; resumes from <storage>/<name> when it exists
+    student_dir, state = export(run, result)    # a plain Hugging Face directory
+    summary = summarize(run, state, student_dir)  # summary.json
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gemini_ray.config import Config, config_to_dict
+from gemini_ray.errors import GeminiRayError
+from gemini_ray.metric_names import LOSS_CL, LOSS_KD
+from gemini_ray.paths import atomic_write_json, check_writable, is_uri, join, run_dir
+from gemini_ray.session import FoundCache, Session, find_cache
+
+if TYPE_CHECKING:
+    import numpy as np
+    import ray.data
+    import ray.train
+    from torch import nn
+
+__all__ = ["Run", "prepare", "fit_student", "export", "summarize"]
+
+
+@dataclass
+class Run:
+    """A prepared distillation run: what `fit_student`, `export` and `summarize` need."""
+
+    cfg: Config
+    session: Session
+    out_dir: str
+    """<run.storage_path>/<run.name>: checkpoints, progress.json, summary.json (path or URI)."""
+    student: nn.Module
+    """The student before training (teacher layers copied, or from student.from_pretrained)."""
+    stream: ray.data.Dataset
+    """Training rows with their teacher signal: read from a cache, or labelled online as they stream."""
+    val: dict[str, np.ndarray] | None
+    """The held-out rows with their teacher signal (small: one object every Train worker reads)."""
+    cache: FoundCache | None
+    teacher_tokens_before: int
+    """The session's teacher-token counter when the run started (the run's own cost is the difference)."""
+    started_at: float
+    """time.time() at the command's start (a resumed driver measures its restart cost from it)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time per phase, written to summary.json."""
+
+
+def _make_student(cfg: Config, session: Session) -> nn.Module:
+    from gemini_ray.models import build_student, count_parameters, load_student
+
+    if cfg.loss.objective == "lm" and session.kind != "causal":
+        raise GeminiRayError("loss.objective=lm (next-token cross-entropy) needs a causal teacher's tokenizer and "
+                             f"spans; this teacher is {session.kind}. Use loss.objective=distill.")
+    if session.teacher is None:
+        raise ValueError("prepare() needs a session started with with_teacher=True (the student derives from it)")
+    if cfg.student.from_pretrained:
+        student = load_student(cfg.student.from_pretrained, session.kind, session.teacher, session.tokenizer)
+    else:
+        student = build_student(session.teacher, session.kind, cfg.student, seed=cfg.train.seed)
+    n_teacher, n_student = session.teacher_params, count_parameters(student)
+    print(f"[gemini-ray] teacher {session.teacher_source} ({session.kind}, {n_teacher / 1e6:.1f} M params); "
+          f"student {n_student / 1e6:.1f} M params ({n_student / n_teacher:.0%} of the teacher)")
+    return student
+
+
+def _epochs(cfg: Config, session: Session) -> int:
+    """Passes over the training rows that train.max_steps needs; refuses a corpus too short for one step."""
+    rows_per_step = cfg.train.batch_size * cfg.train.num_workers
+    steps_per_epoch = session.stats.train_examples // rows_per_step
+    if steps_per_epoch == 0:
+        raise GeminiRayError(
+            f"the corpus gives {session.stats.train_examples} training examples, fewer than one step needs "
+            f"(train.batch_size={cfg.train.batch_size} x train.num_workers={cfg.train.num_workers}). "
+            "Lower train.batch_size or add documents."
+        )
+    return math.ceil(cfg.train.max_steps / steps_per_epoch)
+
+
+def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None,
+                    epochs: int) -> tuple[ray.data.Dataset, dict[str, np.ndarray] | None]:
+    """(training stream, held-out rows): read from the cache, or labelled by the teacher as they stream."""
+    from gemini_ray.pipeline import label_and_mine, label_in_process, read_cache, split, to_arrays
+
+    if cache is not None:
+        print(f"[gemini-ray] reading the teacher signal from the cache {cache.directory}")
+        k, manifest = cfg.loss.num_negatives, cache.manifest
+        stream = read_cache(cache.directory, manifest["shards_train"], k)
+        val = to_arrays(read_cache(cache.directory, manifest["shards_val"], k)) if manifest["shards_val"] else None
+        return stream, val  # val is small: read once, before the trainer holds its CPUs
+    train_examples = split(session.examples, "train")
+    if epochs == 1:  # the teacher labels only the rows the run will use
+        train_examples = train_examples.limit(cfg.train.max_steps * cfg.train.batch_size * cfg.train.num_workers)
+    else:
+        print(f"[gemini-ray] note: {cfg.train.max_steps} steps need {epochs} passes over the data; the online "
+              "teacher runs once per pass ('gemini-ray label' makes a cache that runs it once).")
+    # the held-out rows are few: labelled here with the teacher already loaded, not by a second actor pool
+    val = (label_in_process(cfg, split(session.examples, "val"), session.teacher)
+           if session.stats.val_examples else None)
+    return label_and_mine(cfg, train_examples), val
+
+
+def prepare(cfg: Config, session: Session, started_at: float | None = None, own_session: bool = True) -> Run:
+    """Check where results go, derive the student, and line up the teacher signal for `fit_student`.
+
+    own_session: the session was started for this run alone (its setup time is the run's); False when a
+    session serves several runs (the ablation)."""
+    import ray
+
+    from gemini_ray.pipeline import teacher_token_counter
+    from gemini_ray.placement import alive_nodes, check_fits, demands
+
+    out_dir = run_dir(cfg.run.storage_path, cfg.run.name)
+    if not is_uri(out_dir):  # tried by writing a probe file (permission bits say nothing for root or read-only mounts)
+        check_writable(cfg.run.storage_path, "run.storage_path")
+        if cfg.run.output_dir:
+            check_writable(cfg.run.output_dir, "run.output_dir")
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    seconds = dict(session.seconds) if own_session else {}
+    student = _make_student(cfg, session)
+    epochs = _epochs(cfg, session)
+    tokens_before = ray.get(teacher_token_counter().total.remote())
+    t0 = time.perf_counter()
+    cache = find_cache(cfg, session)
+    stream, val = _teacher_signal(cfg, session, cache, epochs)
+    seconds["val_label_s"] = time.perf_counter() - t0
+    if cfg.run.check_resources:
+        check_fits(demands(cfg, cached=cache is not None), alive_nodes())
+    return Run(cfg=cfg, session=session, out_dir=out_dir, student=student, stream=stream, val=val, cache=cache,
+               teacher_tokens_before=tokens_before, started_at=started_at or time.time(), seconds=seconds)
+
+
+def fit_student(run: Run) -> ray.train.Result:
+    """Train the student with Ray Train; the same run.name and storage path resume from the latest checkpoint."""
+    from gemini_ray.trainer import build_trainer, fit, resume_point, run_spec
+
+    spec = run_spec(run.cfg, run.student.config.to_dict(), run.session.kind, run.student.state_dict(), run.val,
+                    join(run.out_dir, "progress.json"), started_at=run.started_at)
+    storage, _, name = run.out_dir.rpartition("/")
+    trainer = build_trainer(run.cfg, spec, run.stream, name=name, storage_path=storage,
+                            resume_from=resume_point(run.out_dir))
+    t0 = time.perf_counter()
+    result = fit(trainer, run.cfg, spec, where=run.out_dir)
+    run.seconds["label_and_train_s"] = time.perf_counter() - t0
+    return result
+
+
+def export(run: Run, result: ray.train.Result) -> tuple[str, dict[str, Any]]:
+    """The final checkpoint as a plain Hugging Face directory (run.output_dir or <out_dir>/student) with
+    gemini_ray.json beside the weights (what `gemini-ray eval` needs: teacher, kind, data, loss, corpus).
+    Returns (student directory, the checkpoint's training state)."""
+    import json
+
+    from gemini_ray.checkpoint import export_student
+
+    t0 = time.perf_counter()
+    cfg, session = run.cfg, run.session
+    student_dir = cfg.run.output_dir or join(run.out_dir, "student")
+    as_dict = config_to_dict(cfg)
+    meta = {"teacher": session.teacher_source, "kind": session.kind, "data": as_dict["data"],
+            "loss": as_dict["loss"], "corpus_fingerprint": session.stats.fingerprint}
+    with result.checkpoint.as_directory() as ckpt:
+        state = json.loads((Path(ckpt) / "state.json").read_text(encoding="utf-8"))
+        export_student(ckpt, student_dir, session.teacher_source, meta)
+    run.seconds["export_s"] = time.perf_counter() - t0
+    return student_dir, state
+
+
+def _training_section(state: dict[str, Any]) -> dict[str, Any]:
+    resumes, history = state.get("resumes", []), state["history"]
+    return {"steps": state["step"], "epochs_started": state["epoch"] + 1,
+            "resumed_from_steps": state["resumed_from_steps"], "resumes": resumes,
+            "worker_group_restarts": sum(r["cause"] == "worker_group_restart" for r in resumes),
+            "driver_restarts": sum(r["cause"] == "driver_restart" for r in resumes),
+            "steps_repeated": sum(r["steps_repeated"] or 0 for r in resumes),
+            **state["totals"],
+            "first": history[0] if history else None, "last": history[-1] if history else None,
+            "history": history}
+
+
+def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float | None = None) -> dict[str, Any]:
+    """Write <out_dir>/summary.json (config, teacher, student, corpus, teacher signal, training, wall times)
+    and print the headline; returns the summary. t_start: perf_counter() when the command started."""
+    import ray
+
+    from gemini_ray.cache import signal_bytes_per_token
+    from gemini_ray.models import count_parameters
+    from gemini_ray.pipeline import teacher_token_counter
+
+    cfg, session = run.cfg, run.session
+    if t_start is not None:
+        run.seconds["total_s"] = time.perf_counter() - t_start
+    n_student = count_parameters(run.student)
+    source_note = ({"cache": run.cache.directory, "cache_teacher_tokens": run.cache.manifest["teacher_tokens"]}
+                   if run.cache else {"cache": None})
+    tokens = ray.get(teacher_token_counter().total.remote()) - run.teacher_tokens_before
+    summary = {
+        "config": config_to_dict(cfg),
+        "teacher": {"source": session.teacher_source, "kind": session.kind, "parameters": session.teacher_params,
+                    "vocab_size": session.teacher_config.vocab_size},
+        "student": {"path": str(student_dir), "parameters": n_student,
+                    "parameter_ratio": n_student / session.teacher_params},
+        "corpus": session.stats.as_dict(),
+        "teacher_signal": {**source_note, "teacher_tokens_this_run": tokens},
+        "training": _training_section(state),
+        "teacher_signal_bytes_per_token": signal_bytes_per_token(cfg.teacher.top_k, session.teacher_config.hidden_size,
+                                                                 cfg.data.span_length),
+        "full_distribution_bytes_per_token": session.teacher_config.vocab_size * 4,
+        "wall_time_s": run.seconds,
+    }
+    summary_path = join(run.out_dir, "summary.json")
+    atomic_write_json(summary_path, summary)
+    first, last = summary["training"]["first"], summary["training"]["last"]
+    if first and last:
+        print(f"[gemini-ray] KD loss {first[LOSS_KD]:.3f} -> {last[LOSS_KD]:.3f}, "
+              f"CL loss {first[LOSS_CL]:.3f} -> {last[LOSS_CL]:.3f} over {state['step']} steps")
+    print(f"[gemini-ray] student: {student_dir}")
+    print(f"[gemini-ray] summary: {summary_path}")
+    return summary

@@ -1,0 +1,161 @@
+"""Make the teacher-signal cache: run the teacher once over a corpus, mine K_max negatives per shard, and
+write parquet shards + manifest.json. Used by `gemini-ray label`, and by `tune` and `ablate` when no cache
+matches their config yet.
+
+    manifest = make_cache(cfg, session)
+
+Shards are labelled in rounds (label.shards_per_round); a finished round is recorded in the manifest, so
+an interrupted run is finished by running it again: complete shards are kept, the rest are redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+from gemini_ray.config import Config
+from gemini_ray.errors import GeminiRayError
+from gemini_ray.paths import absolute, join, open_dir
+from gemini_ray.session import Session, cache_dir_for
+
+__all__ = ["make_cache"]
+
+
+def _check_rows(directory: str, shards: list[int], examples) -> tuple[int, int]:
+    """(examples missing from the cache, examples in it more than once), by example id."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from gemini_ray.cache import shard_name
+
+    fs, path = open_dir(directory)
+    ids = [pq.read_table(f"{path}/{shard_name(i)}", columns=["example_id"], filesystem=fs).column(0).to_numpy()
+           for i in shards]
+    cached = np.concatenate(ids) if ids else np.array([], dtype=np.int64)
+    wanted = np.unique(examples.select_columns(["example_id"]).to_pandas()["example_id"].to_numpy())
+    unique = np.unique(cached)
+    return int(np.setdiff1d(wanted, unique).size), int(cached.size - unique.size)
+
+
+def _check_plan(cfg: Config, session: Session) -> None:
+    if cfg.run.check_resources:  # a teacher actor no node can hold would wait forever
+        from gemini_ray.placement import alive_nodes, check_fits, demands
+
+        check_fits(demands(cfg, cached=False, trainer=False), alive_nodes())
+    used = session.stats.documents_used
+    if used <= cfg.label.max_negatives:
+        raise GeminiRayError(
+            f"label.max_negatives={cfg.label.max_negatives} needs more than {cfg.label.max_negatives} usable documents, "
+            f"but the corpus gives {used}. Lower label.max_negatives or add documents."
+        )
+
+
+def _new_manifest(cfg: Config, session: Session, n_train: int, n_val: int, expected: dict[int, int],
+                  done: dict[int, Any]) -> dict[str, Any]:
+    return {
+        "version": 1, "identity": session.identity, "complete": False,
+        "teacher": {"model": cfg.teacher.model, "resolved": session.teacher_source, "kind": session.kind,
+                    "parameters": session.teacher_params, "vocab_size": session.teacher_config.vocab_size,
+                    "hidden_size": session.teacher_config.hidden_size},
+        "tokenizer": {"name_or_path": session.teacher_source, "vocab_size": len(session.tokenizer)},
+        "corpus": {"path": cfg.data.path, **session.stats.as_dict()},
+        "shards_train": list(range(n_train)), "shards_val": list(range(n_train, n_train + n_val)),
+        "expected_rows": {str(k): v for k, v in sorted(expected.items())},
+        "shards": {str(k): v for k, v in done.items()},
+        "config": dataclasses.asdict(cfg),
+    }
+
+
+def _label_rounds(cfg: Config, examples, directory: str, todo: list[int], manifest: dict[str, Any],
+                  expected: dict[int, int]) -> None:
+    """Label the shards still to do, a round at a time; the manifest records each finished round."""
+    from gemini_ray.cache import write_manifest
+    from gemini_ray.pipeline import label_shards
+
+    per_round = max(cfg.label.shards_per_round, cfg.teacher.num_actors)
+    for r in range(0, len(todo), per_round):
+        round_shards = todo[r : r + per_round]
+        for rec in label_shards(cfg, examples, directory, round_shards):
+            manifest["shards"][str(int(rec["shard"]))] = {k: int(v) for k, v in rec.items()}
+        write_manifest(directory, manifest)  # a finished round survives an interruption
+        print(f"[gemini-ray] labelled shards {round_shards} ({len(manifest['shards'])}/{len(expected)})", flush=True)
+
+
+def _sizes(directory: str, shards: list[int], records: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Rows, teacher tokens and bytes on disk per token position: in all, the teacher's top-k signal alone,
+    and the K_max negatives' token ids + masks each row carries for the student (parquet, compressed)."""
+    from gemini_ray.cache import column_bytes, shard_name
+
+    fs, path = open_dir(directory)
+    total_bytes = sum(v["bytes"] for v in records.values())
+    positions = max(sum(v["positions"] for v in records.values()), 1)
+    columns = column_bytes(fs, [f"{path}/{shard_name(i)}" for i in shards])
+    signal = sum(columns.get(c, 0) for c in ("topk_ids", "topk_logits", "topk_mass"))
+    negatives = sum(columns.get(c, 0) for c in ("neg_input_ids", "neg_attention_mask", "neg_mask"))
+    return {"rows": sum(v["rows"] for v in records.values()),
+            "teacher_tokens": sum(v["teacher_tokens"] for v in records.values()),
+            "bytes": total_bytes, "bytes_per_token": total_bytes / positions,
+            "signal_bytes_per_token": signal / positions, "negative_bytes_per_token": negatives / positions,
+            "column_bytes": columns}
+
+
+def make_cache(cfg: Config, session: Session, t_start: float | None = None) -> dict[str, Any]:
+    """Make (or finish) the cache for this config; returns its manifest. t_start: perf_counter() when the
+    command started (the manifest's wall_time_s.total_s; default: now)."""
+    import ray
+
+    from gemini_ray.cache import read_manifest, shard_is_complete, shard_name, write_manifest
+    from gemini_ray.pipeline import assign_shards, teacher_token_counter
+
+    t_start = t_start or time.perf_counter()
+    _check_plan(cfg, session)
+    stats = session.stats
+    directory = absolute(cfg.label.path) if cfg.label.path else cache_dir_for(cfg, session.identity)
+    fs, path = open_dir(directory)
+    try:
+        fs.create_dir(path, recursive=True)
+    except OSError as exc:
+        raise GeminiRayError(f"cannot write the cache at '{directory}': {exc}. Choose a writable label.cache_root.") from None
+
+    n_train = max(1, math.ceil(stats.train_examples / cfg.mining.window))
+    n_val = math.ceil(stats.val_examples / cfg.mining.window) if stats.val_examples else 0
+    examples = assign_shards(session.examples, n_train, n_val).materialize()
+    counts = examples.groupby("shard").count().to_pandas()
+    expected = {int(r["shard"]): int(r["count()"]) for _, r in counts.iterrows()}
+
+    old = read_manifest(directory) or {}
+    if old and old.get("identity") != session.identity:
+        raise GeminiRayError(f"'{directory}' holds a cache made from other inputs. Choose another label.path.")
+    records = {int(k): v for k, v in old.get("shards", {}).items()}
+    is_done = {i: i in records and shard_is_complete(fs, join(path, shard_name(i)), n) for i, n in expected.items()}
+    done = {i: records[i] for i, ok in is_done.items() if ok}
+    if done:
+        print(f"[gemini-ray] cache {directory}: {len(done)} of {len(expected)} shards already complete, kept")
+    counter = teacher_token_counter()
+    tokens_before = ray.get(counter.total.remote())
+    manifest = _new_manifest(cfg, session, n_train, n_val, expected, done)
+    write_manifest(directory, manifest)
+    t_label = time.perf_counter()
+    _label_rounds(cfg, examples, directory, sorted(set(expected) - set(done)), manifest, expected)
+
+    bad = [i for i in expected if not shard_is_complete(fs, join(path, shard_name(i)), expected[i])]
+    if bad:
+        raise GeminiRayError(f"cache shards {bad} at '{directory}' are incomplete after labelling; run label again.")
+    lost, duplicated = _check_rows(directory, sorted(expected), examples)
+    if lost or duplicated:  # a retried teacher batch must replace, never add to or drop from, a shard
+        raise GeminiRayError(f"the cache at '{directory}' lost {lost} and duplicated {duplicated} examples; "
+                             "delete it and run 'gemini-ray label' again.")
+    manifest.update(
+        complete=True, rows_lost=lost, rows_duplicated=duplicated,
+        **_sizes(directory, sorted(expected), manifest["shards"]),
+        teacher_tokens_this_run=ray.get(counter.total.remote()) - tokens_before,
+        wall_time_s={**session.seconds, "label_s": time.perf_counter() - t_label,
+                     "total_s": time.perf_counter() - t_start},
+    )
+    write_manifest(directory, manifest)
+    print(f"[gemini-ray] cache: {directory} ({manifest['rows']} rows, {manifest['teacher_tokens']} teacher tokens, "
+          f"{manifest['bytes_per_token']:.0f} bytes/token on disk: {manifest['signal_bytes_per_token']:.0f} teacher "
+          f"top-k signal, {manifest['negative_bytes_per_token']:.0f} negatives' token ids)")
+    return manifest

@@ -1,0 +1,37 @@
+"""Every logged metric's name, defined once: the trainer's log lines, summary.json, Tune's results.csv,
+the ablation and `tune.metric` all use these strings.
+
+    loss/total, loss/kd, loss/cl              the training loss and its parts (mean over a logging window)
+    val/loss_total, val/loss_kd, val/loss_cl  the same parts on the held-out rows
+"""
+
+from __future__ import annotations
+
+__all__ = ["LOSS_TOTAL", "LOSS_KD", "LOSS_CL", "LOSS_NAMES", "LOSS_PARTS", "LOSS_PART_NAMES", "held_out", "VAL_LOSS_TOTAL",
+           "VAL_LOSS_KD", "VAL_LOSS_CL", "VAL_STEP", "VAL_EXAMPLES", "NONFINITE"]
+
+LOSS_TOTAL = "loss/total"
+LOSS_KD = "loss/kd"
+LOSS_CL = "loss/cl"
+LOSS_NAMES = (LOSS_TOTAL, LOSS_KD, LOSS_CL)
+"""In the order they are logged."""
+LOSS_PARTS = (LOSS_KD, LOSS_CL, LOSS_TOTAL)
+"""In the order a non-finite value is blamed on: the distillation part, the contrastive part, the total."""
+
+LOSS_PART_NAMES = {LOSS_KD: "distillation loss (loss/kd)", LOSS_CL: "contrastive loss (loss/cl)",
+                   LOSS_TOTAL: "total loss (loss/total)"}
+"""How an error message names each part."""
+
+
+def held_out(name: str) -> str:
+    """The held-out twin of a training loss name: 'loss/kd' -> 'val/loss_kd'."""
+    return "val/" + name.replace("/", "_")
+
+
+VAL_LOSS_TOTAL, VAL_LOSS_KD, VAL_LOSS_CL = held_out(LOSS_TOTAL), held_out(LOSS_KD), held_out(LOSS_CL)
+VAL_STEP = "val/step"
+"""The step at which the held-out metrics of a report were measured."""
+VAL_EXAMPLES = "val/examples"
+"""Held-out rows scored."""
+NONFINITE = "nonfinite"
+"""Reported by a Tune trial whose loss turned NaN or infinite: the error message (its tune.metric is NaN)."""

@@ -1,0 +1,105 @@
+"""Search spaces: YAML files of dotted config keys, each searched (a distribution) or fixed (a value).
+
+    space = load_space("tune_spaces/quick.yaml")
+    cfg, space = search_config("my.yaml", ["tune.num_samples=8"])    # the config a search runs
+    validate_space(cfg, space, max_negatives=8)                        # every extreme value is a valid config
+    param_space = tune_distributions(space)                            # Ray Tune's objects (imports ray.tune)
+
+Precedence of a trial's config: defaults <- --config file <- the space's fixed values <- command-line
+overrides <- the trial's sample (all through config.build_config).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gemini_ray.config import Config, all_keys, build_config, read_yaml
+from gemini_ray.errors import ConfigError
+
+__all__ = ["SearchSpace", "load_space", "search_config", "validate_space", "tune_distributions"]
+
+_DISTRIBUTIONS = ("uniform", "loguniform", "choice", "grid", "randint")
+_RANGES = ("uniform", "loguniform", "randint")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    path: str
+    search: dict[str, dict[str, Any]]
+    """{dotted key: {distribution: args}}, e.g. {'loss.lambda_kd': {'uniform': [0.2, 0.8]}}."""
+    fixed: dict[str, Any]
+    """{dotted key: value} set for every trial."""
+
+
+def _distribution(path: str | Path, key: str, value: dict[str, Any]) -> dict[str, Any]:
+    if len(value) != 1 or next(iter(value)) not in _DISTRIBUTIONS:
+        raise ConfigError(f"search space '{path}': '{key}' must be one of {list(_DISTRIBUTIONS)}, "
+                          f"e.g. {{uniform: [0.2, 0.8]}}; got {value!r}")
+    kind, args = next(iter(value.items()))
+    if not isinstance(args, list) or not args or (kind in _RANGES and len(args) != 2):
+        raise ConfigError(f"search space '{path}': '{key}: {kind}' needs a list "
+                          f"{'[low, high]' if kind in _RANGES else 'of values'}")
+    if kind in _RANGES and not args[0] < args[1]:
+        raise ConfigError(f"search space '{path}': '{key}: {kind}' needs low < high, got {args}")
+    if kind == "loguniform" and args[0] <= 0:
+        raise ConfigError(f"search space '{path}': '{key}: loguniform' needs low > 0, got {args}")
+    return {kind: args}
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read a search space. Every key must be a config key; every distribution must be well formed."""
+    raw = read_yaml(path)
+    keys = all_keys()
+    search, fixed = {}, {}
+    for key, value in raw.items():
+        if key not in keys:
+            close = difflib.get_close_matches(str(key), keys, n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"search space '{path}': '{key}' is not a config key.{hint}")
+        if isinstance(value, dict):
+            search[key] = _distribution(path, key, value)
+        else:
+            fixed[key] = value
+    if not search:
+        raise ConfigError(f"search space '{path}' searches no key; give at least one distribution.")
+    return SearchSpace(str(path), search, fixed)
+
+
+def search_config(file: str | Path | None, overrides: list[str]) -> tuple[Config, SearchSpace]:
+    """The config a search runs (its space's fixed values included) and the space, named by tune.space."""
+    space = load_space(build_config(file, overrides).tune.space)
+    return build_config(file, overrides, fixed=space.fixed), space
+
+
+def _extremes(dist: dict[str, Any]) -> list[Any]:
+    kind, args = next(iter(dist.items()))
+    if kind == "randint":
+        return [args[0], args[1] - 1]  # Tune's randint excludes the upper bound
+    return list(args) if kind in ("choice", "grid") else [args[0], args[1]]
+
+
+def validate_space(cfg: Config, space: SearchSpace, max_negatives: int | None) -> None:
+    """Every extreme value of every distribution must make a valid config (λ in [0, 1], τ > 0, K ≤ K_max)."""
+    for key, dist in space.search.items():
+        for value in _extremes(dist):
+            try:
+                trial = build_config(base=cfg, sample={key: value})
+            except ConfigError as exc:
+                raise ConfigError(f"search space '{space.path}': {key}={value} is invalid: {exc}") from None
+            if max_negatives is not None and trial.loss.num_negatives > max_negatives:
+                raise ConfigError(
+                    f"search space '{space.path}': loss.num_negatives={trial.loss.num_negatives} exceeds K_max="
+                    f"{max_negatives} mined into the cache. Search K <= {max_negatives} or raise label.max_negatives."
+                )
+
+
+def tune_distributions(space: SearchSpace) -> dict[str, Any]:
+    """The space's distributions as Ray Tune search-space objects."""
+    from ray import tune
+
+    make = {"uniform": lambda a: tune.uniform(*a), "loguniform": lambda a: tune.loguniform(*a),
+            "choice": tune.choice, "grid": tune.grid_search, "randint": lambda a: tune.randint(*a)}
+    return {key: make[kind](args) for key, dist in space.search.items() for kind, args in dist.items()}

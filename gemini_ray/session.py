@@ -1,0 +1,153 @@
+"""What every command does first: join (or start) Ray, resolve the teacher, read and pair the corpus, and
+find the teacher-signal cache that matches the config. Shared by `distill`, `label`, `tune`, `eval` and
+`ablate`.
+
+    session = start_session(cfg, with_teacher=True)   # Session: teacher, tokenizer, examples, counts, cache key
+    cache = find_cache(cfg, session)                  # FoundCache(directory, manifest) or None
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from gemini_ray.config import Config
+from gemini_ray.errors import GeminiRayError
+from gemini_ray.paths import absolute, join
+
+if TYPE_CHECKING:
+    import ray.data
+    from torch import nn
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+    from gemini_ray.pipeline import CorpusStats
+
+__all__ = ["Session", "FoundCache", "init_ray", "start_session", "cache_dir_for", "find_cache"]
+
+
+@dataclass
+class Session:
+    """Everything the teacher side resolved for one config."""
+
+    teacher_source: str
+    """A local directory (or hub name) `from_pretrained` loads: the converted embedded teacher, for example."""
+    kind: str
+    """'causal' or 'masked'."""
+    tokenizer: PreTrainedTokenizerBase
+    teacher_config: PretrainedConfig
+    teacher_params: int
+    examples: ray.data.Dataset
+    """Tokenized, paired examples with a 'split' column ('train' / 'val')."""
+    stats: CorpusStats
+    identity: dict[str, Any]
+    """What the teacher-signal cache key is made of (teacher weights, vocabulary, corpus, span length, ...)."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    teacher: nn.Module | None = None
+    """The loaded teacher, when start_session was asked to keep it (a student is derived from it)."""
+
+
+class FoundCache(NamedTuple):
+    directory: str
+    manifest: dict[str, Any]
+
+
+def init_ray(cfg: Config) -> None:
+    """Join run.ray_address (or RAY_ADDRESS), else start a local instance; quiet Ray Data's progress bars."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, log_to_driver=True)  # a local head binds to 127.0.0.1, token auth on
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the trainer prints its own progress lines
+    ctx.print_on_execution_start = False
+
+
+def _identity(cfg: Config, source: str, tokenizer: Any, kind: str, stats: CorpusStats) -> dict[str, Any]:
+    from gemini_ray.cache import vocab_hash, weights_hash
+
+    return {
+        "teacher_weights": weights_hash(source),
+        "tokenizer_vocab": vocab_hash(tokenizer),
+        "corpus": stats.fingerprint,
+        "span_length": cfg.data.span_length,
+        "masked": kind == "masked",
+        "mlm_probability": cfg.data.mlm_probability if kind == "masked" else None,
+        "data_seed": cfg.data.seed,
+        "val_fraction": cfg.data.val_fraction,
+        "top_k": cfg.teacher.top_k,
+        "max_negatives": cfg.label.max_negatives,
+        "mining_window": cfg.mining.window,
+        "mining_seed": cfg.mining.seed,
+    }
+
+
+def start_session(cfg: Config, with_teacher: bool = False) -> Session:
+    """Resolve the teacher, start Ray, read and pair the corpus, and compute the cache identity.
+
+    with_teacher keeps the loaded teacher in the Session (to derive a student from); otherwise it is freed."""
+    from gemini_ray.models import count_parameters, load_teacher, load_tokenizer, resolve_teacher
+    from gemini_ray.pipeline import build_examples
+    from gemini_ray.placement import alive_nodes, check_shared_storage
+
+    seconds = {}
+    t0 = time.perf_counter()
+    source = resolve_teacher(cfg.teacher)
+    tokenizer = load_tokenizer(source, cfg.teacher.trust_remote_code)
+    teacher, kind = load_teacher(source, cfg.teacher.kind, cfg.teacher.trust_remote_code)
+    vocab = teacher.config.vocab_size
+    if cfg.teacher.top_k > vocab:
+        raise GeminiRayError(f"teacher.top_k={cfg.teacher.top_k} exceeds the teacher's vocabulary ({vocab} tokens). "
+                             f"Choose teacher.top_k <= {vocab}; 16-64 keeps the signal small.")
+    seconds["teacher_setup_s"] = time.perf_counter() - t0
+
+    init_ray(cfg)
+    check_shared_storage(cfg, len(alive_nodes()))
+    t0 = time.perf_counter()
+    examples, stats = build_examples(cfg, source, kind)
+    seconds["tokenize_s"] = time.perf_counter() - t0
+    print(f"[gemini-ray] corpus: {stats.documents} documents -> {stats.examples} examples "
+          f"({stats.train_examples} train, {stats.val_examples} held out from {stats.val_documents} documents; "
+          f"skipped: {stats.skipped_too_short} too short, {stats.skipped_empty} empty, "
+          f"{stats.skipped_non_utf8} not UTF-8, {stats.duplicate_documents} duplicates)", flush=True)
+    return Session(teacher_source=source, kind=kind, tokenizer=tokenizer, teacher_config=teacher.config,
+                   teacher_params=count_parameters(teacher), examples=examples, stats=stats,
+                   identity=_identity(cfg, source, tokenizer, kind, stats), seconds=seconds,
+                   teacher=teacher if with_teacher else None)
+
+
+def cache_dir_for(cfg: Config, identity: dict[str, Any]) -> str:
+    """Where the cache of these inputs lives: <label.cache_root or <storage_path>/signal_cache>/<key>."""
+    from gemini_ray.cache import cache_key
+
+    root = cfg.label.cache_root or join(cfg.run.storage_path, "signal_cache")
+    return join(absolute(root), cache_key(identity))
+
+
+def find_cache(cfg: Config, session: Session) -> FoundCache | None:
+    """A complete cache matching the config (label.path, or the derived location), or None."""
+    from gemini_ray.cache import check_compatible, read_manifest
+
+    if cfg.label.use == "never":
+        return None
+    directory = cfg.label.path or cache_dir_for(cfg, session.identity)
+    manifest = read_manifest(directory)
+    if manifest is None or not manifest.get("complete"):
+        if cfg.label.path or cfg.label.use == "require":
+            raise GeminiRayError(
+                f"no complete teacher-signal cache at '{directory}'. Run 'gemini-ray label' with this config first"
+                + (" (or set label.use=auto to run the teacher online)." if cfg.label.use == "require" else ".")
+            )
+        return None
+    check_compatible(manifest, session.identity, directory)
+    k_max = manifest["identity"]["max_negatives"]
+    if cfg.loss.num_negatives > k_max:
+        raise GeminiRayError(
+            f"loss.num_negatives={cfg.loss.num_negatives} exceeds the {k_max} negatives mined into the cache at "
+            f"'{directory}'. Use loss.num_negatives <= {k_max}, or label again with label.max_negatives >= "
+            f"{cfg.loss.num_negatives}."
+        )
+    return FoundCache(directory, manifest)

@@ -1,0 +1,136 @@
+"""Ray Train at the edge: the one place a TorchTrainer is built, fitted and resumed. Used by a distillation
+run (`distill`, `ablate`) and by each Tune trial (`tune`).
+
+    spec = run_spec(cfg, student.config.to_dict(), "causal", student.state_dict(), val_rows, ".../progress.json")
+    trainer = build_trainer(cfg, spec, stream, name=cfg.run.name, storage_path=storage)
+    result = fit(trainer, cfg, spec, where=out_dir)     # GeminiRayError on a failed or non-finite run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gemini_ray.config import Config
+from gemini_ray.errors import GeminiRayError
+from gemini_ray.metric_names import LOSS_PART_NAMES
+from gemini_ray.paths import is_uri
+from gemini_ray.train_worker import RunSpec, read_progress, train_loop_per_worker
+
+if TYPE_CHECKING:
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+__all__ = ["run_spec", "build_trainer", "fit", "nonfinite_error", "resume_point"]
+
+
+def run_spec(cfg: Config, hf_config: dict[str, Any], kind: str, init_weights: Any, val: dict[str, Any] | None,
+             progress_path: str | None, started_at: float | None = None) -> RunSpec:
+    """A RunSpec for a new driver run. The initial weights (a state dict, or an ObjectRef of one already in
+    the object store) and the held-out rows go into Ray's object store once; every worker fetches them."""
+    import ray
+
+    weights = init_weights if isinstance(init_weights, ray.ObjectRef) else ray.put(init_weights)
+    return RunSpec(cfg=cfg, hf_config=hf_config, kind=kind, init_weights=weights,
+                   val=ray.put(val) if val is not None else None, fit_id=uuid.uuid4().hex,
+                   started_at=started_at or time.time(), progress_path=progress_path)
+
+
+def build_trainer(cfg: Config, spec: RunSpec, stream: ray.data.Dataset, *, name: str, storage_path: str,
+                  num_to_keep: int = 2, callbacks: list[Any] | None = None,
+                  resume_from: ray.train.Checkpoint | None = None) -> TorchTrainer:
+    """A TorchTrainer over `stream` with train.num_workers workers, checkpoints under <storage_path>/<name>
+    (the same name and storage path resume), and train.max_failures worker-group restarts."""
+    import ray.train
+    import ray.train.torch  # noqa: F401  (registers the torch backend)
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": spec},
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                               resources_per_worker={"CPU": t.cpus_per_worker,
+                                                                     **t.resources_per_worker}),
+        run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks or None,
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=num_to_keep),
+                                       failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),
+        datasets={"train": stream},  # every rank evaluates all of val (an object in spec.val)
+        resume_from_checkpoint=resume_from,
+    )
+
+
+def nonfinite_error(progress: dict[str, Any] | None, fit_id: str,
+                    checkpoint_path: str | None) -> GeminiRayError | None:
+    """The user's error for a worker's non-finite-loss stop (recorded in progress.json), or None."""
+    if not progress or progress.get("fit_id") != fit_id or "nonfinite" not in progress:
+        return None
+    error = progress["nonfinite"]
+    what = LOSS_PART_NAMES.get(error["part"], error["part"])
+    kept = (f"the last good checkpoint (step {error['last_good_checkpoint_step']}) is kept"
+            + (f" at {checkpoint_path}" if checkpoint_path else "")) if error["last_good_checkpoint_step"] else \
+        "no checkpoint had been written yet"
+    return GeminiRayError(
+        f"training stopped at step {error['step']}: the {what} is {error['value']}. Nothing was exported; {kept}"
+        + ". Lower train.lr or raise train.warmup_steps, keep loss.cl_temperature and loss.kd_temperature "
+        "well above 0 (e.g. 0.05 and 1.0), and check the teacher signal (a cache made from a diverged teacher "
+        "holds NaN logits); then run again (a new run.name starts over, the same one resumes).")
+
+
+def fit(trainer: TorchTrainer, cfg: Config, spec: RunSpec, where: str) -> ray.train.Result:
+    """trainer.fit(), with its failures said as the user's errors: the worker group failed more than
+    train.max_failures times, a loss became non-finite, or no checkpoint was written."""
+    import ray.train
+
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        last = [line for line in str(exc).splitlines() if line.strip()][-1:] or ["?"]
+        raise GeminiRayError(
+            f"training failed after {cfg.train.max_failures} restart(s) of the worker group (train.max_failures): "
+            f"{last[0][:400]}. The latest checkpoint under '{where}' is kept: fix the cause and run the same "
+            "command to resume, or raise train.max_failures if the cluster loses workers often.") from exc
+    error = nonfinite_error(read_progress(spec.progress_path), spec.fit_id,
+                            result.checkpoint.path if result.checkpoint else None)
+    if error is not None:
+        raise error
+    if result.checkpoint is None:
+        raise GeminiRayError("training finished without a checkpoint; see the worker log above.")
+    return result
+
+
+def resume_point(out_dir: str) -> ray.train.Checkpoint | None:
+    """Where Ray Train should resume a local run from when its own record cannot say (None: let it decide).
+
+    Ray Train resumes from checkpoint_manager_snapshot.json, which it writes in place: a driver killed
+    during that write leaves it cut short, and a driver killed before the first write leaves checkpoints
+    it never recorded. Then: set the broken record aside and name the newest whole checkpoint. Checkpoint
+    directories a kill cut short during their upload are never recorded by Ray Train: they are deleted."""
+    import ray.train
+
+    from gemini_ray.checkpoint import latest_whole_checkpoint, remove_partial_checkpoints
+
+    if is_uri(out_dir) or not Path(out_dir).is_dir():
+        return None
+    removed = remove_partial_checkpoints(out_dir)  # no run writes here yet: this driver has not started one
+    if removed:
+        print(f"[gemini-ray] removed {len(removed)} checkpoint(s) cut short by an earlier kill: {', '.join(removed)}")
+    snapshot = Path(out_dir) / "checkpoint_manager_snapshot.json"
+    if snapshot.is_file():
+        try:
+            json.loads(snapshot.read_text(encoding="utf-8"))
+            return None  # readable: Ray Train resumes from it
+        except (ValueError, UnicodeDecodeError):
+            aside = snapshot.with_name(f".{snapshot.name}.broken-{int(time.time())}")
+            os.replace(snapshot, aside)
+            print(f"[gemini-ray] Ray Train's checkpoint record was cut short; set aside as {aside.name}")
+    latest = latest_whole_checkpoint(out_dir)
+    if latest is None:
+        return None
+    print(f"[gemini-ray] resuming from the newest whole checkpoint {latest[0].name} (step {latest[1]})")
+    return ray.train.Checkpoint.from_directory(str(latest[0]))
