@@ -263,6 +263,16 @@ def _report(metrics: dict[str, Any], model: torch.nn.Module, optimizer: torch.op
         ray.train.report(metrics)
 
 
+def _optimizer_step(loss: torch.Tensor, student: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    grad_clip: float) -> None:
+    """Backward (DDP all-reduces the gradients), clip the global norm (0: no clipping), step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
+    optimizer.step()
+
+
 def _step_line(step: int, max_steps: int, metrics: dict[str, Any]) -> str:
     line = (f"step {step:>5}/{max_steps} | loss {metrics[LOSS_TOTAL]:.4f} | kd {metrics[LOSS_KD]:.4f} "
             f"| cl {metrics[LOSS_CL]:.4f} | {metrics['examples_per_s']:.2f} ex/s "
@@ -312,11 +322,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if bad is not None:
                 _stop_nonfinite(spec, state, bad, values[bad], last_checkpoint_step, me.rank)
                 return  # no report: a result without the searched metric would stop a whole Tune run
-            optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), tc.grad_clip)
-            optimizer.step()
+            _optimizer_step(parts.total, student, optimizer, tc.grad_clip)
             state["step"] += 1
             window.add(values, batch)
             step, last = state["step"], state["step"] >= tc.max_steps
