@@ -89,14 +89,11 @@ def _epochs(cfg: Config, session: Session) -> int:
 def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None,
                     epochs: int) -> tuple[ray.data.Dataset, dict[str, np.ndarray] | None]:
     """(training stream, held-out rows): read from the cache, or labelled by the teacher as they stream."""
-    from gemini_ray.pipeline import label_and_mine, label_in_process, read_cache, split, to_arrays
+    from gemini_ray.pipeline import label_and_mine, label_in_process, read_cached_signal, split
 
     if cache is not None:
         print(f"[gemini-ray] reading the teacher signal from the cache {cache.directory}")
-        k, manifest = cfg.loss.num_negatives, cache.manifest
-        stream = read_cache(cache.directory, manifest["shards_train"], k)
-        val = to_arrays(read_cache(cache.directory, manifest["shards_val"], k)) if manifest["shards_val"] else None
-        return stream, val  # val is small: read once, before the trainer holds its CPUs
+        return read_cached_signal(cache.directory, cache.manifest, cfg.loss.num_negatives)
     train_examples = split(session.examples, "train")
     if epochs == 1:  # the teacher labels only the rows the run will use
         train_examples = train_examples.limit(cfg.train.max_steps * cfg.train.batch_size * cfg.train.num_workers)

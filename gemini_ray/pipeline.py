@@ -26,7 +26,8 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import atomic_path, is_uri, join, open_dir
 
 __all__ = ["CorpusStats", "read_documents", "build_examples", "split", "label_and_mine", "is_val_doc",
-           "teacher_token_counter", "label_shards", "read_cache", "to_arrays", "label_in_process"]
+           "teacher_token_counter", "label_shards", "read_cache", "read_cached_signal", "to_arrays",
+           "label_in_process"]
 
 
 @dataclass
@@ -352,3 +353,11 @@ def read_cache(directory: str, shards: list[int], num_negatives: int) -> ray.dat
         return batch
 
     return ds.map_batches(first_k, batch_format="numpy", num_cpus=CACHE_READ_CPUS)
+
+
+def read_cached_signal(directory: str, manifest: dict, num_negatives: int) -> tuple[ray.data.Dataset, dict | None]:
+    """(training stream, held-out rows as one dict of arrays or None) from a complete cache. The held-out
+    rows are small: read once, before a trainer holds its CPUs."""
+    stream = read_cache(directory, manifest["shards_train"], num_negatives)
+    val = to_arrays(read_cache(directory, manifest["shards_val"], num_negatives)) if manifest["shards_val"] else None
+    return stream, val

@@ -51,7 +51,7 @@ def _trial(params: dict[str, Any], cfg: Config, cache: FoundCache, hf_config: di
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gemini_ray.pipeline import read_cache, to_arrays
+    from gemini_ray.pipeline import read_cached_signal
     from gemini_ray.trainer import build_trainer, nonfinite_error, run_spec
     from gemini_ray.train_worker import read_progress
 
@@ -60,9 +60,7 @@ def _trial(params: dict[str, Any], cfg: Config, cache: FoundCache, hf_config: di
     name = f"trial-{trial_id}"
     _count_attempt(join(trials_dir, name, "attempts.json"))  # > 1: Tune retried it (tune.max_failures)
     trial_cfg = build_config(base=cfg, sample=params)
-    k = trial_cfg.loss.num_negatives
-    stream = read_cache(cache.directory, cache.manifest["shards_train"], k)
-    val = to_arrays(read_cache(cache.directory, cache.manifest["shards_val"], k))  # small; read once
+    stream, val = read_cached_signal(cache.directory, cache.manifest, trial_cfg.loss.num_negatives)
     spec = run_spec(trial_cfg, hf_config, kind, init_weights, val, join(trials_dir, name, "progress.json"))
     trainer = build_trainer(trial_cfg, spec, stream, name=name, storage_path=trials_dir, num_to_keep=1,
                             callbacks=[TuneReportCallback()])
