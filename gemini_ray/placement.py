@@ -8,10 +8,18 @@ that cannot be placed is refused up front with the numbers:
 * all units at once must fit the cluster's totals (the data stage streams beside the trainer).
 
 Node facts come from `ray.nodes()`; the checks themselves are plain functions of dicts.
+
+A search also sweeps up placement groups that nothing can use any more (`PlacementGroupSweeper`): Tune
+stops a trial (ASHA, or a trial that reached its last report) by ending the trial's process, and Ray Train's
+controller, ended with it, can restart its worker group while it dies. The group it reserves then outlives
+its creator and holds its CPUs for the rest of the cluster's life (Ray 2.60; ray-project/ray#54305), and every
+later trial's data stage waits for a CPU that never frees.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +28,7 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_remote, local_path
 
 __all__ = ["Demand", "demands", "alive_nodes", "check_fits", "plan_totals", "on_network_filesystem",
-           "check_shared_storage"]
+           "check_shared_storage", "GroupRecord", "orphans", "remove_orphaned_groups", "PlacementGroupSweeper"]
 
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "ceph", "glusterfs", "gpfs", "beegfs",
                        "9p", "virtiofs", "afs", "efs", "wekafs", "panfs"}
@@ -105,6 +113,104 @@ def check_fits(plan: list[Demand], nodes: list[dict[str, float]]) -> None:
             f"the trainer and its data stage do not fit the cluster at once ({what}; "
             + "; ".join(f"{d.count} x {d.what}: {_fmt(d.per_unit)}" for d in plan)
             + f"). Lower {', '.join(keys)}, " + fix)
+
+
+# --------------------------------------------------------------------------- orphaned placement groups
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    """What the cluster's placement-group table says of one group (ids in hex; creator_actor '' for a driver)."""
+
+    group_id: str
+    job_id: str
+    creator_actor: str
+    detached: bool
+    removed: bool
+
+
+def orphans(groups: list[GroupRecord], dead_actors: set[str], job_id: str) -> list[str]:
+    """Ids of this job's groups, not detached and not removed, whose creating actor is dead. Ray keeps such a
+    group until the job ends; in a gemini_ray job the only actors that create groups are Ray Train controllers,
+    whose group serves only the workers that died with them, so nothing can schedule into it again."""
+    return [g.group_id for g in groups
+            if g.job_id == job_id and g.creator_actor and not g.detached and not g.removed
+            and g.creator_actor in dead_actors]
+
+
+def _group_records() -> tuple[list[GroupRecord], set[str]]:
+    """(every placement group of the cluster, the ids of dead actors among their creators). The public tables
+    (`ray.util.placement_group_table`, the state API) do not name a group's creator, so this reads the GCS
+    table that Ray's own `placement_group_table` parses."""
+    import ray
+    from ray._private.state import state
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+
+    accessor = state._connect_and_get_accessor()
+    groups = []
+    for raw in accessor.get_placement_group_table():
+        g = PlacementGroupTableData.FromString(raw)
+        by_driver = not g.creator_actor_id or ray.ActorID(g.creator_actor_id).is_nil()
+        creator = "" if by_driver else g.creator_actor_id.hex()
+        groups.append(GroupRecord(g.placement_group_id.hex(), g.creator_job_id.hex(), creator, g.is_detached,
+                                  g.state == PlacementGroupTableData.REMOVED))
+    dead = set()
+    for creator in {g.creator_actor for g in groups if g.creator_actor and not g.removed}:
+        info = ray._private.state.actors(actor_id=creator)
+        if not info or info.get("State") == "DEAD":
+            dead.add(creator)
+    return groups, dead
+
+
+def remove_orphaned_groups() -> int:
+    """Remove this job's placement groups whose creator is dead; returns how many."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    groups, dead = _group_records()
+    found = orphans(groups, dead, ray.get_runtime_context().get_job_id())
+    for group_id in found:
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
+    return len(found)
+
+
+class PlacementGroupSweeper:
+    """While a search runs, every `every_s` seconds, and twice at its end (`settle_s` apart): remove this job's
+    orphaned placement groups.
+
+    with PlacementGroupSweeper() as sweeper:
+        tuner.fit()
+    sweeper.removed  # how many it removed
+    """
+
+    def __init__(self, every_s: float = 5.0, settle_s: float = 2.0):
+        self.every_s, self.settle_s, self.removed, self.failure = every_s, settle_s, 0, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="placement-group-sweeper", daemon=True)
+
+    def _sweep(self) -> None:
+        try:
+            self.removed += remove_orphaned_groups()
+        except Exception as e:  # a sweep that fails (Ray's private table changed) must not end the search
+            if self.failure is None:
+                self.failure = e
+                print(f"[gemini-ray] warning: could not check for orphaned placement groups ({e!r}); a trial "
+                      "stopped by Tune may leave its CPUs reserved (ray-project/ray#54305)")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._sweep()
+
+    def __enter__(self) -> PlacementGroupSweeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sweep()
+        time.sleep(self.settle_s)  # the last trial's controller may still be dying, and reserving
+        self._sweep()
 
 
 # --------------------------------------------------------------------------- shared storage

@@ -203,6 +203,11 @@ def test_tune_retries_a_killed_trial_and_marks_one_that_keeps_failing(uninterrup
     best = build_config(result["best_config"])
     assert best.loss.cl_temperature == 0.05 and 0.2 <= best.loss.lambda_kd <= 0.8
     assert Path(result["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a finished search reserves nothing: no placement group of a stopped trial is left holding CPUs (the
+    # tests after this one, and a user's next command on the same cluster, would wait for them forever)
+    import ray
+    assert [g for g in ray.util.placement_group_table().values() if g["state"] != "REMOVED"] == []
+    assert result["orphaned_placement_groups_removed"] >= 0
 
 
 @pytest.mark.ray

@@ -1,4 +1,5 @@
-"""The run's resource plan against the cluster's nodes, and the shared-storage rule (no Ray needed)."""
+"""The run's resource plan against the cluster's nodes, the shared-storage rule (no Ray needed), and the sweep
+of placement groups whose creator died (one test on the shared Ray instance)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 
 from gemini_ray.config import config_from_dict
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.placement import check_fits, check_shared_storage, demands, on_network_filesystem, plan_totals
+from gemini_ray.placement import (GroupRecord, PlacementGroupSweeper, check_fits, check_shared_storage, demands,
+                                  on_network_filesystem, orphans, plan_totals)
 
 ONE_LAPTOP = [{"CPU": 2.0}]
 
@@ -99,3 +101,51 @@ def test_custom_resource_config_is_validated():
         config_from_dict({"train": {"resources_per_worker": 2}})
     with pytest.raises(ConfigError, match="must be > 0"):
         config_from_dict({"train": {"resources_per_worker": {"trainer": 0}}})
+
+
+def test_orphans_are_groups_of_this_job_whose_creating_actor_died():
+    groups = [GroupRecord("a", "01", "dead-controller", detached=False, removed=False),   # the orphan
+              GroupRecord("b", "01", "live-controller", detached=False, removed=False),   # in use
+              GroupRecord("c", "01", "", detached=False, removed=False),                  # a driver's (Tune's)
+              GroupRecord("d", "01", "dead-controller", detached=True, removed=False),    # detached: kept on purpose
+              GroupRecord("e", "01", "dead-controller", detached=False, removed=True),    # already gone
+              GroupRecord("f", "02", "dead-other-job", detached=False, removed=False)]    # another job's
+    assert orphans(groups, {"dead-controller", "dead-other-job"}, "01") == ["a"]
+    assert orphans(groups, set(), "01") == []
+
+
+@pytest.mark.ray
+def test_sweeper_frees_the_group_of_a_killed_actor_and_keeps_the_others(ray_start_2_cpus):
+    """What Tune does to a trial's Train controller: the actor that reserved a group is killed. Ray keeps the
+    group (and its CPUs) until the job ends; the sweeper removes it and leaves a live actor's and the driver's."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    @ray.remote(num_cpus=0)
+    class Reserver:
+        def reserve(self) -> str:
+            group = placement_group([{"CPU": 0.1}])
+            ray.get(group.ready())
+            return group.id.hex()
+
+    def state(group_id: str) -> str:
+        return ray.util.placement_group_table()[group_id]["state"]
+
+    driver_group = placement_group([{"CPU": 0.1}])
+    ray.get(driver_group.ready())
+    killed, alive = Reserver.remote(), Reserver.remote()
+    orphan, in_use = ray.get([killed.reserve.remote(), alive.reserve.remote()])
+    ray.kill(killed)
+    ray.get(alive.reserve.remote())  # (a third group, of the live actor)
+    try:
+        with PlacementGroupSweeper(every_s=0.2, settle_s=0.2) as sweeper:
+            pass
+        assert sweeper.failure is None and sweeper.removed == 1
+        assert state(orphan) == "REMOVED" and state(in_use) == "CREATED"
+        assert state(driver_group.id.hex()) == "CREATED"
+    finally:
+        remove_placement_group(driver_group)
+        ray.kill(alive)
+        with PlacementGroupSweeper(every_s=0.2, settle_s=0.2) as sweeper:  # the live actor's two, now orphans
+            pass
+        assert sweeper.removed == 2

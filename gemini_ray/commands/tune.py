@@ -213,6 +213,7 @@ def tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
 
     from gemini_ray.models import build_student, count_parameters
     from gemini_ray.pipeline import teacher_token_counter
+    from gemini_ray.placement import PlacementGroupSweeper
 
     t_start = time.perf_counter()
     _check_space(cfg, space)  # setup: a bad space fails before the teacher loads
@@ -226,7 +227,8 @@ def tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
                                          kind=session.kind, init_weights=student.state_dict(), trials_dir=trials_dir)
     # the driver only waits on its TorchTrainer: no CPU (a fraction would starve Ray Data tasks that need a whole one)
     trainable = ray_tune.with_resources(trainable, {"cpu": 0, "memory": 256 * 1024**2})
-    grid = _tuner(cfg, space, trainable, storage).fit()  # fit: every trial
+    with PlacementGroupSweeper() as sweeper:  # CPUs that trials stopped by Tune leave reserved: freed
+        grid = _tuner(cfg, space, trainable, storage).fit()  # fit: every trial
 
     best = _write_results(cfg, space, grid, out, trials_dir)  # validate: the table, the best config, the plot
     df, metric = best.pop("table"), cfg.tune.metric
@@ -239,12 +241,15 @@ def tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
         "examples_trained": int(sum(r.metrics.get("step", 0) for r in grid)) * cfg.train.batch_size,
         "student_parameters": count_parameters(student),
         "results": join(out, "results.csv"), "best_config": join(out, "best_config.yaml"),
-        "plot": join(out, "search.png"), "wall_time_s": time.perf_counter() - t_start,
+        "plot": join(out, "search.png"), "orphaned_placement_groups_removed": sweeper.removed,
+        "wall_time_s": time.perf_counter() - t_start,
     }
     atomic_write_json(join(out, "tune_summary.json"), summary, default=str)
     print(f"[gemini-ray] {len(df)} trials; best {metric} = {best[metric]:.4f} with {best['config']}")
     print(f"[gemini-ray] teacher tokens: {cache.manifest['teacher_tokens']} in the cache (one pass), "
           f"{tokens_during} during the search")
+    if sweeper.removed:
+        print(f"[gemini-ray] freed {sweeper.removed} placement group(s) left reserved by trials Tune stopped")
     print(f"[gemini-ray] results: {summary['results']}\n[gemini-ray] best config: {summary['best_config']}"
           f"\n[gemini-ray] plot: {summary['plot']}")
     return summary
