@@ -52,6 +52,7 @@ def ray_start_2_cpus():
     """The one Ray instance of the test session (Ray is slow to start on 2 cores)."""
     import ray
 
-    ray.init(num_cpus=2, log_to_driver=True)  # the dashboard serves the state API Train V2 polls
+    # address="local": a new instance even when another one runs on this machine (a user's, another suite's)
+    ray.init(address="local", num_cpus=2, log_to_driver=True)  # the dashboard serves the state API Train V2 polls
     yield
     ray.shutdown()
