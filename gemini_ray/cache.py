@@ -141,7 +141,8 @@ def check_compatible(manifest: dict[str, Any], identity: dict[str, Any], where: 
                 f"({made.get(key, '?')[:12]} vs {str(identity.get(key))[:12]}). Point label.path at a cache made "
                 f"from this {fix}, or run 'gemini-ray label' with this config to make one."
             )
-    for key in ("span_length", "top_k", "mining_window", "masked", "mlm_probability", "data_seed"):
+    for key in ("span_length", "top_k", "mining_window", "masked", "mlm_probability", "data_seed", "val_fraction",
+                "max_val_examples"):
         if made.get(key) != identity.get(key):
             raise GeminiRayError(
                 f"the teacher-signal cache at '{where}' was made with {key}={made.get(key)}, the config says "

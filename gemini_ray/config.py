@@ -168,8 +168,13 @@ class DataConfig:
     """Seed for masking and pairing."""
     val_fraction: float = 0.05
     """Fraction of documents held out for validation (chosen by content hash; never trained on)."""
+    max_val_examples: int = 256
+    """Most held-out examples scored: of the held-out documents' examples, those with the smallest content
+    hashes (the rest are neither scored nor trained on). Bounds the teacher's and the evaluation's work on a
+    large corpus."""
 
     def __post_init__(self) -> None:
+        _check(self.max_val_examples >= 1, "data.max_val_examples", f"must be >= 1, got {self.max_val_examples}")
         _check(0.0 <= self.val_fraction < 0.5, "data.val_fraction", f"must be in [0, 0.5), got {self.val_fraction}")
         _check(self.span_length >= 4, "data.span_length", f"must be >= 4, got {self.span_length}")
         if self.max_documents is not None:

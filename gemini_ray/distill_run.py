@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ if TYPE_CHECKING:
     import ray.data
     import ray.train
     from torch import nn
+
+    from gemini_ray.pipeline import CorpusStats
 
 __all__ = ["Run", "prepare", "fit_student", "export", "summarize"]
 
@@ -47,6 +48,8 @@ class Run:
     val: dict[str, np.ndarray] | None
     """The held-out rows with their teacher signal (small: one object every Train worker reads)."""
     cache: FoundCache | None
+    corpus: CorpusStats | None
+    """The corpus counts of an online run's tokenize pass (None when reading a cache: its manifest has them)."""
     teacher_tokens_before: int
     """The session's teacher-token counter when the run started (the run's own cost is the difference)."""
     started_at: float
@@ -73,37 +76,36 @@ def _make_student(cfg: Config, session: Session) -> nn.Module:
     return student
 
 
-def _epochs(cfg: Config, session: Session) -> int:
-    """Passes over the training rows that train.max_steps needs; refuses a corpus too short for one step."""
-    rows_per_step = cfg.train.batch_size * cfg.train.num_workers
-    steps_per_epoch = session.stats.train_examples // rows_per_step
-    if steps_per_epoch == 0:
+def _check_steps(cfg: Config, train_examples: int, where: str) -> None:
+    """Refuse a corpus (or cache) too small for one training step."""
+    if train_examples < cfg.train.batch_size * cfg.train.num_workers:
         raise GeminiRayError(
-            f"the corpus gives {session.stats.train_examples} training examples, fewer than one step needs "
+            f"{where} gives {train_examples} training examples, fewer than one step needs "
             f"(train.batch_size={cfg.train.batch_size} x train.num_workers={cfg.train.num_workers}). "
-            "Lower train.batch_size or add documents."
-        )
-    return math.ceil(cfg.train.max_steps / steps_per_epoch)
+            "Lower train.batch_size or add documents.")
 
 
-def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None,
-                    epochs: int) -> tuple[ray.data.Dataset, dict[str, np.ndarray] | None]:
-    """(training stream, held-out rows): read from the cache, or labelled by the teacher as they stream."""
-    from gemini_ray.pipeline import label_and_mine, label_in_process, read_cached_signal, split
+def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None
+                    ) -> tuple[ray.data.Dataset, dict[str, np.ndarray] | None, CorpusStats | None]:
+    """(training stream, held-out rows, corpus counts): read from the cache, or labelled by the teacher as
+    they stream from one tokenize pass over the corpus (parallel tasks, materialised in Ray's object store).
+    Online, the teacher labels only the rows the run will use: max_steps batches (a run longer than the
+    corpus makes further passes, each labelled again; 'gemini-ray label' labels once)."""
+    from gemini_ray.pipeline import build_examples, label_and_mine, read_cached_signal, split, to_arrays
+    from gemini_ray.session import print_corpus
 
     if cache is not None:
         print(f"[gemini-ray] reading the teacher signal from the cache {cache.directory}")
-        return read_cached_signal(cache.directory, cache.manifest, cfg.loss.num_negatives)
-    train_examples = split(session.examples, "train")
-    if epochs == 1:  # the teacher labels only the rows the run will use
-        train_examples = train_examples.limit(cfg.train.max_steps * cfg.train.batch_size * cfg.train.num_workers)
-    else:
-        print(f"[gemini-ray] note: {cfg.train.max_steps} steps need {epochs} passes over the data; the online "
-              "teacher runs once per pass ('gemini-ray label' makes a cache that runs it once).")
-    # the held-out rows are few: labelled here with the teacher already loaded, not by a second actor pool
-    val = (label_in_process(cfg, split(session.examples, "val"), session.teacher)
-           if session.stats.val_examples else None)
-    return label_and_mine(cfg, train_examples), val
+        _check_steps(cfg, cache.manifest["corpus"]["train_examples"], f"the cache at '{cache.directory}'")
+        return (*read_cached_signal(cache.directory, cache.manifest, cfg.loss.num_negatives), None)
+    examples, stats = build_examples(cfg, session.teacher_source, session.kind)
+    print_corpus(stats)
+    _check_steps(cfg, stats.train_examples, "the corpus")
+    # the held-out rows (at most data.max_val_examples) are labelled first, by the teacher pool, and go to
+    # the Train workers as one object (see pipeline.to_arrays)
+    val = to_arrays(label_and_mine(cfg, split(examples, "val"))) if stats.val_examples else None
+    rows = split(examples, "train").limit(cfg.train.max_steps * cfg.train.batch_size * cfg.train.num_workers)
+    return label_and_mine(cfg, rows), val, stats
 
 
 def prepare(cfg: Config, session: Session, started_at: float | None = None, own_session: bool = True) -> Run:
@@ -124,16 +126,15 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     seconds = dict(session.seconds) if own_session else {}
     student = _make_student(cfg, session)
-    epochs = _epochs(cfg, session)
     tokens_before = ray.get(teacher_token_counter().total.remote())
     t0 = time.perf_counter()
     cache = find_cache(cfg, session)
-    stream, val = _teacher_signal(cfg, session, cache, epochs)
-    seconds["val_label_s"] = time.perf_counter() - t0
+    stream, val, corpus = _teacher_signal(cfg, session, cache)
+    seconds["tokenize_and_val_label_s"] = time.perf_counter() - t0
     if cfg.run.check_resources:
         check_fits(demands(cfg, cached=cache is not None), alive_nodes())
     return Run(cfg=cfg, session=session, out_dir=out_dir, student=student, stream=stream, val=val, cache=cache,
-               teacher_tokens_before=tokens_before, started_at=started_at or time.time(), seconds=seconds)
+               corpus=corpus, teacher_tokens_before=tokens_before, started_at=started_at or time.time(), seconds=seconds)
 
 
 def fit_student(run: Run) -> ray.train.Result:
@@ -164,7 +165,7 @@ def export(run: Run, result: ray.train.Result) -> tuple[str, dict[str, Any]]:
     student_dir = cfg.run.output_dir or join(run.out_dir, "student")
     as_dict = config_to_dict(cfg)
     meta = {"teacher": session.teacher_source, "kind": session.kind, "data": as_dict["data"],
-            "loss": as_dict["loss"], "corpus_fingerprint": session.stats.fingerprint}
+            "loss": as_dict["loss"], "corpus_signature": session.identity["corpus"]}
     with result.checkpoint.as_directory() as ckpt:
         state = json.loads((Path(ckpt) / "state.json").read_text(encoding="utf-8"))
         export_student(ckpt, student_dir, session.teacher_source, meta)
@@ -182,6 +183,13 @@ def _training_section(state: dict[str, Any]) -> dict[str, Any]:
             **state["totals"],
             "first": history[0] if history else None, "last": history[-1] if history else None,
             "history": history}
+
+
+def _corpus_section(run: Run) -> dict[str, Any]:
+    """The corpus counts: of this run's tokenize pass (online), or of the pass that made the cache."""
+    if run.corpus is None:
+        return {"counted_by": "the label pass that made the cache", **run.cache.manifest["corpus"]}
+    return {"counted_by": "this run's tokenize pass", **run.corpus.as_dict()}
 
 
 def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float | None = None) -> dict[str, Any]:
@@ -206,7 +214,7 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
                     "vocab_size": session.teacher_config.vocab_size},
         "student": {"path": str(student_dir), "parameters": n_student,
                     "parameter_ratio": n_student / session.teacher_params},
-        "corpus": session.stats.as_dict(),
+        "corpus": _corpus_section(run),
         "teacher_signal": {**source_note, "teacher_tokens_this_run": tokens},
         "training": _training_section(state),
         "teacher_signal_bytes_per_token": signal_bytes_per_token(cfg.teacher.top_k, session.teacher_config.hidden_size,

@@ -13,12 +13,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import absolute, join, open_dir
 from gemini_ray.session import Session, cache_dir_for
+
+if TYPE_CHECKING:
+    from gemini_ray.pipeline import CorpusStats
 
 __all__ = ["make_cache"]
 
@@ -39,12 +42,16 @@ def _check_rows(directory: str, shards: list[int], examples) -> tuple[int, int]:
     return int(np.setdiff1d(wanted, unique).size), int(cached.size - unique.size)
 
 
-def _check_plan(cfg: Config, session: Session) -> None:
-    if cfg.run.check_resources:  # a teacher actor no node can hold would wait forever
-        from gemini_ray.placement import alive_nodes, check_fits, demands
+def _unique_rows_per_shard(examples) -> dict[int, int]:
+    """Rows each shard will hold: its distinct example ids (a document repeated in two blocks of the corpus
+    gives the same examples twice; the shard keeps one copy). Counted in Ray: one row per shard returns."""
+    pairs = examples.select_columns(["shard", "example_id"]).groupby(["shard", "example_id"]).count()
+    counts = pairs.groupby("shard").count().to_pandas()
+    return {int(r["shard"]): int(r["count()"]) for _, r in counts.iterrows()}
 
-        check_fits(demands(cfg, cached=False, trainer=False), alive_nodes())
-    used = session.stats.documents_used
+
+def _check_plan(cfg: Config, stats: CorpusStats) -> None:
+    used = stats.documents_used
     if used <= cfg.label.max_negatives:
         raise GeminiRayError(
             f"label.max_negatives={cfg.label.max_negatives} needs more than {cfg.label.max_negatives} usable documents, "
@@ -52,15 +59,15 @@ def _check_plan(cfg: Config, session: Session) -> None:
         )
 
 
-def _new_manifest(cfg: Config, session: Session, n_train: int, n_val: int, expected: dict[int, int],
-                  done: dict[int, Any]) -> dict[str, Any]:
+def _new_manifest(cfg: Config, session: Session, stats: CorpusStats, n_train: int, n_val: int,
+                  expected: dict[int, int], done: dict[int, Any]) -> dict[str, Any]:
     return {
         "version": 1, "identity": session.identity, "complete": False,
         "teacher": {"model": cfg.teacher.model, "resolved": session.teacher_source, "kind": session.kind,
                     "parameters": session.teacher_params, "vocab_size": session.teacher_config.vocab_size,
                     "hidden_size": session.teacher_config.hidden_size},
         "tokenizer": {"name_or_path": session.teacher_source, "vocab_size": len(session.tokenizer)},
-        "corpus": {"path": cfg.data.path, **session.stats.as_dict()},
+        "corpus": {"path": cfg.data.path, **stats.as_dict()},
         "shards_train": list(range(n_train)), "shards_val": list(range(n_train, n_train + n_val)),
         "expected_rows": {str(k): v for k, v in sorted(expected.items())},
         "shards": {str(k): v for k, v in done.items()},
@@ -107,11 +114,18 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None) -> d
     import ray
 
     from gemini_ray.cache import read_manifest, shard_is_complete, shard_name, write_manifest
-    from gemini_ray.pipeline import assign_shards, teacher_token_counter
+    from gemini_ray.pipeline import assign_shards, build_examples, teacher_token_counter
+    from gemini_ray.placement import alive_nodes, check_fits, demands
+    from gemini_ray.session import print_corpus
 
     t_start = t_start or time.perf_counter()
-    _check_plan(cfg, session)
-    stats = session.stats
+    if cfg.run.check_resources:  # a teacher actor no node can hold would wait forever
+        check_fits(demands(cfg, cached=False, trainer=False), alive_nodes())
+    t0 = time.perf_counter()
+    examples, stats = build_examples(cfg, session.teacher_source, session.kind)  # the one whole pass
+    seconds = {**session.seconds, "tokenize_s": time.perf_counter() - t0}
+    print_corpus(stats)
+    _check_plan(cfg, stats)
     directory = absolute(cfg.label.path) if cfg.label.path else cache_dir_for(cfg, session.identity)
     fs, path = open_dir(directory)
     try:
@@ -121,9 +135,8 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None) -> d
 
     n_train = max(1, math.ceil(stats.train_examples / cfg.mining.window))
     n_val = math.ceil(stats.val_examples / cfg.mining.window) if stats.val_examples else 0
-    examples = assign_shards(session.examples, n_train, n_val).materialize()
-    counts = examples.groupby("shard").count().to_pandas()
-    expected = {int(r["shard"]): int(r["count()"]) for _, r in counts.iterrows()}
+    examples = assign_shards(examples, n_train, n_val).materialize()
+    expected = _unique_rows_per_shard(examples)
 
     old = read_manifest(directory) or {}
     if old and old.get("identity") != session.identity:
@@ -135,7 +148,7 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None) -> d
         print(f"[gemini-ray] cache {directory}: {len(done)} of {len(expected)} shards already complete, kept")
     counter = teacher_token_counter()
     tokens_before = ray.get(counter.total.remote())
-    manifest = _new_manifest(cfg, session, n_train, n_val, expected, done)
+    manifest = _new_manifest(cfg, session, stats, n_train, n_val, expected, done)
     write_manifest(directory, manifest)
     t_label = time.perf_counter()
     _label_rounds(cfg, examples, directory, sorted(set(expected) - set(done)), manifest, expected)
@@ -151,7 +164,7 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None) -> d
         complete=True, rows_lost=lost, rows_duplicated=duplicated,
         **_sizes(directory, sorted(expected), manifest["shards"]),
         teacher_tokens_this_run=ray.get(counter.total.remote()) - tokens_before,
-        wall_time_s={**session.seconds, "label_s": time.perf_counter() - t_label,
+        wall_time_s={**seconds, "label_s": time.perf_counter() - t_label,
                      "total_s": time.perf_counter() - t_start},
     )
     write_manifest(directory, manifest)

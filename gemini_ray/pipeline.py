@@ -1,16 +1,21 @@
 """Ray Data assembly: read → spans → teacher (actor pool) → hard-negative mining.
 
 The stages themselves are plain callables in `gemini_ray.data`; this module only wires them onto Ray.
-The cheap tokenize-and-pair stage is materialised so that counts (examples, skipped documents) are
-known before the teacher starts; the teacher and mining stages stream into the trainer.
+Tokenize-and-pair runs as parallel Ray tasks (every CPU, every node) in one pass materialised in Ray's
+object store; its counts (documents, skips, duplicates, examples per split) and the corpus fingerprint are
+kept by a ledger actor, so the driver holds nothing proportional to the corpus. The teacher pool and the
+miner then stream the examples into the trainer (or into the cache, `gemini-ray label`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import ray
@@ -25,9 +30,10 @@ from gemini_ray.data.teacher_stage import TeacherLabeler
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import atomic_path, is_uri, join, open_dir
 
-__all__ = ["CorpusStats", "read_documents", "build_examples", "split", "label_and_mine", "is_val_doc",
+__all__ = ["CorpusStats", "read_documents", "corpus_stream", "CorpusStream", "build_examples", "held_out",
+           "split", "label_and_mine", "is_val_doc",
            "teacher_token_counter", "label_shards", "read_cache", "read_cached_signal", "to_arrays",
-           "label_in_process"]
+           "CorpusLedger"]
 
 
 @dataclass
@@ -42,6 +48,10 @@ class CorpusStats:
     train_examples: int = 0
     val_examples: int = 0
     val_documents: int = 0
+    val_examples_dropped: int = 0
+    """Held-out examples beyond data.max_val_examples (neither scored nor trained on)."""
+    tokenize_processes: int = 0
+    """Ray worker processes that ran the tokenize-and-pair tasks."""
     fingerprint: str = ""
 
     def as_dict(self) -> dict[str, int]:
@@ -64,8 +74,9 @@ TRAIN_COLUMNS = ["input_ids", "attention_mask", "label_mask", "topk_ids", "topk_
 which rows of a batch may serve as each other's negatives."""
 
 
-def read_documents(cfg: Config) -> ray.data.Dataset:
-    """A dataset with columns text (str) and bad_utf8 (bool), one row per document."""
+def read_documents(cfg: Config, num_cpus: float = 1.0) -> ray.data.Dataset:
+    """A dataset with columns text (str) and bad_utf8 (bool), one row per document. num_cpus: per read
+    task (a fraction when the corpus streams beside a trainer and a teacher pool)."""
     d = cfg.data
     if d.path.startswith("embedded:"):
         source = embedded_corpus(d.path)
@@ -84,11 +95,12 @@ def read_documents(cfg: Config) -> ray.data.Dataset:
             path = str(p.resolve())
         fmt = infer_format(path, d.format)
     if fmt == "text":
-        ds = ray.data.read_binary_files(path).map_batches(split_lines, batch_size=1, batch_format="numpy")
+        ds = ray.data.read_binary_files(path, num_cpus=num_cpus).map_batches(split_lines, batch_size=1,
+                                                                             batch_format="numpy", num_cpus=num_cpus)
     else:
-        reader = {"jsonl": ray.data.read_json, "parquet": ray.data.read_parquet, "csv": ray.data.read_csv}[fmt]
+        reader = {"jsonl": ray.data.read_json, "parquet": _read_parquet, "csv": ray.data.read_csv}[fmt]
         kwargs = {"lines": True} if fmt == "jsonl" else {}
-        ds = reader(path, **kwargs)
+        ds = reader(path, num_cpus=num_cpus, **kwargs)
         columns = ds.columns() or []
         if d.text_column not in columns:
             raise GeminiRayError(
@@ -99,9 +111,21 @@ def read_documents(cfg: Config) -> ray.data.Dataset:
         ds = ds.map_batches(
             lambda b: {"text": np.array(["" if t is None else str(t) for t in b[col]], dtype=object),
                        "bad_utf8": np.zeros(len(b[col]), dtype=bool)},
-            batch_format="numpy",
+            batch_format="numpy", num_cpus=num_cpus,
         )
     return ds.limit(d.max_documents) if d.max_documents else ds
+
+
+def _read_parquet(paths: Any, **kwargs: Any) -> ray.data.Dataset:
+    """ray.data.read_parquet through Ray's V1 reader: V2 (Ray 2.60's default) first runs a listing task that
+    asks for a whole CPU, which a trainer and a teacher pool holding all but a fraction of a node never leave
+    free (Ray Data then waits until its no-progress timeout)."""
+    ctx = ray.data.DataContext.get_current()
+    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(paths, **kwargs)
+    finally:
+        ctx.use_datasource_v2 = v2
 
 
 def is_val_doc(doc_id: np.ndarray, val_fraction: float) -> np.ndarray:
@@ -109,49 +133,140 @@ def is_val_doc(doc_id: np.ndarray, val_fraction: float) -> np.ndarray:
     return (np.asarray(doc_id) % 10_000) < int(round(val_fraction * 10_000))
 
 
-def _add_split(val_fraction: float):
-    def add(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        batch["split"] = np.where(is_val_doc(batch["doc_id"], val_fraction), "val", "train").astype(object)
-        return batch
+@ray.remote(num_cpus=0)
+class CorpusLedger:
+    """What one execution of the corpus stream has read, counted in Ray (one actor), never in the driver:
+    documents, skips and duplicates, examples per split, and an order-free fingerprint of the unique
+    documents (the sum and xor of their content hashes), so parallel tasks may report in any order.
 
-    return add
+    A stream executed again (a second pass over the corpus) reports its documents again: its counts add up
+    over the passes."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.counts = {k: v for k, v in CorpusStats().as_dict().items() if k not in ("fingerprint", "tokenize_processes")}
+        self.hash_sum, self.hash_xor = 0, 0
+        self.pids: set[int] = set()
+
+    def record(self, doc_ids: np.ndarray, counts: dict[str, int], pid: int) -> None:
+        """doc_ids: the block's UTF-8 documents (duplicates included); counts: what its task saw."""
+        for h in doc_ids.tolist():
+            if h in self.seen:
+                self.counts["duplicate_documents"] += 1
+            else:
+                self.seen.add(h)
+                self.hash_sum = (self.hash_sum + h) % (1 << 64)
+                self.hash_xor ^= h
+        for k, v in counts.items():
+            self.counts[k] += int(v)
+        self.pids.add(pid)
+
+    def stats(self) -> CorpusStats:
+        unique = f"{len(self.seen)}:{self.hash_sum}:{self.hash_xor}".encode()
+        return CorpusStats(**self.counts, tokenize_processes=len(self.pids),
+                           fingerprint=hashlib.sha256(unique).hexdigest())
+
+
+@functools.lru_cache(maxsize=2)
+def _pairer(**kwargs) -> SpanPairer:
+    """One SpanPairer (its tokenizer loaded once) per Ray worker process: tokenize tasks reuse processes."""
+    return SpanPairer(**kwargs)
+
+
+def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, pairer: dict) -> dict[str, np.ndarray]:
+    """Tokenize-and-pair task over one block of documents: SpanPairer cuts the UTF-8 documents (a repeat of
+    a document earlier in the block is dropped), the counts go to the ledger, and only the examples (status
+    'ok', with their 'split') come out.
+
+    A repeat in another block is kept: dropping it would make the stream depend on which task ran first
+    (and empty a second pass). Its examples carry the same document id, so the two copies are never each
+    other's negatives, and the same example ids, so a cache keeps one copy."""
+    texts = np.array(["" if t is None else str(t) for t in batch["text"]], dtype=object)
+    bad = np.asarray(batch["bad_utf8"], dtype=bool)
+    doc_ids = np.array([text_hash(t) for t in texts], dtype=np.int64)
+    first = np.zeros(len(texts), dtype=bool)
+    first[np.unique(doc_ids, return_index=True)[1]] = True
+    keep = first & ~bad
+    rows = _pairer(**pairer)({"text": texts[keep]})
+    status, doc = rows.pop("status"), rows["doc_id"]
+    ok = status == STATUS_OK
+    val = is_val_doc(doc, val_fraction)
+    ray.get(ledger.record.remote(doc_ids[~bad], {
+        "documents": len(texts), "skipped_non_utf8": np.sum(bad),
+        "skipped_empty": np.sum(status == "empty"), "skipped_too_short": np.sum(status == "too_short"),
+        "examples": np.sum(ok), "train_examples": np.sum(ok & ~val), "val_examples": np.sum(ok & val),
+        "documents_used": len(np.unique(doc[ok])), "val_documents": len(np.unique(doc[ok & val])),
+    }, os.getpid()))  # a document's examples all come from one block, so per-block unique counts add up
+    out = {k: v[ok] for k, v in rows.items()}
+    out["split"] = np.where(val[ok], "val", "train").astype(object)
+    return out
+
+
+DOCUMENTS_PER_BLOCK = 256
+"""Documents per block into the tokenize-and-pair tasks: a one-file corpus reads as one block, and a block
+is the unit of parallelism, so blocks are cut to this size (a streaming repartition) before tokenizing."""
+
+
+class CorpusStream(NamedTuple):
+    """The corpus as tokenized, paired examples (lazy, in corpus order) and the ledger of what it read."""
+
+    examples: ray.data.Dataset
+    ledger: Any
+
+    def stats(self) -> CorpusStats:
+        return ray.get(self.ledger.stats.remote())
+
+
+def corpus_stream(cfg: Config, tokenizer_source: str, kind: str) -> CorpusStream:
+    """Read, tokenize and pair the corpus in parallel Ray tasks (every free CPU, every node), lazily: nothing
+    runs until the examples are consumed. Each call has its own ledger: give each execution its own stream."""
+    ledger = CorpusLedger.remote()
+    pairer = dict(tokenizer_source=tokenizer_source, kind=kind, span_length=cfg.data.span_length,
+                  mlm_probability=cfg.data.mlm_probability, seed=cfg.data.seed,
+                  trust_remote_code=cfg.teacher.trust_remote_code)
+    # reads ask for half a CPU, tokenize tasks for a whole one: Ray Data fuses adjacent operators with equal
+    # resources into one task, which would run the repartition and every tokenize batch of a one-file corpus
+    # in a single task (one block, one CPU)
+    examples = (read_documents(cfg, num_cpus=0.5)
+                .repartition(target_num_rows_per_block=DOCUMENTS_PER_BLOCK)
+                .map_batches(_pair_documents, fn_kwargs=dict(ledger=ledger, val_fraction=cfg.data.val_fraction,
+                                                             pairer=pairer),
+                             batch_size=None, num_cpus=1, batch_format="numpy"))
+    return CorpusStream(examples, ledger)
+
+
+def held_out(examples: ray.data.Dataset, cap: int) -> ray.data.Dataset:
+    """The held-out rows: of the held-out documents' examples (chosen by content hash), the first `cap` in
+    corpus order."""
+    return split(examples, "val").limit(cap)
 
 
 def build_examples(cfg: Config, tokenizer_source: str, kind: str) -> tuple[ray.data.Dataset, CorpusStats]:
-    """Tokenize, cut and pair; returns the materialised examples (status 'ok' only) and the counts."""
-    docs = read_documents(cfg).materialize()
-    table = docs.to_pandas()  # texts only: small next to the teacher's output
-    stats = CorpusStats(documents=len(table))
+    """One whole pass: the examples materialised in Ray's object store, the held-out rows cut to
+    data.max_val_examples, and the counts. The driver collects nothing proportional to the
+    corpus (the ledger counts in Ray; the held-out cap brings at most data.max_val_examples ids here)."""
+    stream = corpus_stream(cfg, tokenizer_source, kind)
+    examples = stream.examples.materialize()
+    stats = stream.stats()
+    ray.kill(stream.ledger)
+    _check_corpus(cfg, stats)
+    cap = cfg.data.max_val_examples
+    if stats.val_examples <= cap:
+        return examples, stats
+    kept = held_out(examples, cap).select_columns(["example_id"]).to_pandas()["example_id"].to_numpy()
+    stats.val_examples_dropped, stats.val_examples = stats.val_examples - len(kept), len(kept)
+
+    def drop_other_held_out(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keep = (batch["split"] == "train") | np.isin(batch["example_id"], kept)
+        return {k: v[keep] for k, v in batch.items()}
+
+    return examples.map_batches(drop_other_held_out, batch_format="numpy", num_cpus=LIGHT_CPUS).materialize(), stats
+
+
+def _check_corpus(cfg: Config, stats: CorpusStats) -> None:
+    """Refuse a corpus that gives no document, no example, or too few documents for K negatives."""
     if stats.documents == 0:
         raise GeminiRayError(f"the corpus '{cfg.data.path}' holds no documents. Give a non-empty corpus.")
-    stats.skipped_non_utf8 = int(table["bad_utf8"].sum())
-    table = table[~table["bad_utf8"]]
-    # exact duplicate documents are dropped before anything else (they would be false negatives)
-    hashes = table["text"].map(text_hash)
-    stats.duplicate_documents = int(hashes.duplicated().sum())
-    table = table[~hashes.duplicated()]
-    unique = np.sort(hashes[~hashes.duplicated()].to_numpy())
-    stats.fingerprint = hashlib.sha256(unique.tobytes()).hexdigest()  # order-free identity of the corpus
-    ds = ray.data.from_pandas(table[["text"]].reset_index(drop=True))
-    pairs = ds.map_batches(
-        SpanPairer,
-        fn_constructor_kwargs=dict(tokenizer_source=tokenizer_source, kind=kind, span_length=cfg.data.span_length,
-                                   mlm_probability=cfg.data.mlm_probability, seed=cfg.data.seed,
-                                   trust_remote_code=cfg.teacher.trust_remote_code),
-        compute=ActorPoolStrategy(size=1),
-        batch_size=64,
-        num_cpus=1,
-        batch_format="numpy",
-    ).materialize()
-    status = pairs.select_columns(["status", "doc_id"]).to_pandas()
-    stats.skipped_empty = int((status["status"] == "empty").sum())
-    stats.skipped_too_short = int((status["status"] == "too_short").sum())
-    ok = status[status["status"] == STATUS_OK]
-    stats.examples = len(ok)
-    stats.documents_used = int(ok["doc_id"].nunique())
-    val = is_val_doc(ok["doc_id"].to_numpy(), cfg.data.val_fraction)
-    stats.val_examples, stats.train_examples = int(val.sum()), int((~val).sum())
-    stats.val_documents = int(ok["doc_id"][val].nunique())
     if stats.examples == 0:
         raise GeminiRayError(
             f"no document of '{cfg.data.path}' is long enough for an anchor and a positive span "
@@ -165,9 +280,6 @@ def build_examples(cfg: Config, tokenizer_source: str, kind: str) -> tuple[ray.d
             f"(negatives come from other documents), but the corpus gives {stats.documents_used}. "
             "Lower loss.num_negatives or add documents."
         )
-    examples = (pairs.filter(expr=f"status == '{STATUS_OK}'").drop_columns(["status"])
-                .map_batches(_add_split(cfg.data.val_fraction), batch_format="numpy").materialize())
-    return examples, stats
 
 
 def split(examples: ray.data.Dataset, name: str) -> ray.data.Dataset:
@@ -237,30 +349,6 @@ def label_and_mine(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
     ).select_columns(TRAIN_COLUMNS, num_cpus=LIGHT_CPUS)
 
 
-def label_in_process(cfg: Config, examples: ray.data.Dataset, model) -> dict[str, np.ndarray] | None:
-    """Label and mine a small dataset (the held-out rows) in this process with an already loaded teacher:
-    the same callables as the stream (teacher batches of teacher.batch_size spans, mining windows of
-    mining.window rows), without starting an actor pool for a few dozen rows. None when it is empty."""
-    import torch
-
-    rows = to_arrays(examples)
-    if rows is None:
-        return None
-    threads = torch.get_num_threads()  # TeacherLabeler sets the actor's thread count; this is the driver
-    try:
-        labeler = TeacherLabeler(dataclasses.asdict(cfg.teacher), model=model, device="cpu")
-        n, step = len(rows["input_ids"]), max(1, cfg.teacher.batch_size // 2)
-        parts = [labeler({k: v[i : i + step] for k, v in rows.items()}) for i in range(0, n, step)]
-    finally:
-        torch.set_num_threads(threads)
-    labelled = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    teacher_token_counter().add.remote(int(labelled["teacher_tokens"].sum()))
-    miner = HardNegativeMiner(cfg.loss.num_negatives, cfg.mining.seed)
-    w = cfg.mining.window
-    mined = [miner({k: v[i : i + w] for k, v in labelled.items()}) for i in range(0, n, w)]
-    return {k: np.concatenate([m[k] for m in mined]) for k in TRAIN_COLUMNS}
-
-
 def to_arrays(ds: ray.data.Dataset) -> dict[str, np.ndarray] | None:
     """A small dataset (the held-out rows) as one dict of column arrays, or None when it is empty.
 
@@ -307,7 +395,9 @@ class ShardWriter:
 
         from gemini_ray.cache import shard_name
 
-        order = np.argsort(np.asarray(batch["example_id"]), kind="stable")
+        ids = np.asarray(batch["example_id"])
+        order = np.argsort(ids, kind="stable")
+        order = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]  # one copy of a repeated example
         rows = {k: np.asarray(v)[order] for k, v in batch.items()}
         shard = int(rows["shard"][0])
         mined = HardNegativeMiner(self.k, seed=self.seed + shard)(rows)  # fresh per shard: deterministic
@@ -345,7 +435,7 @@ def read_cache(directory: str, shards: list[int], num_negatives: int) -> ray.dat
     fs, path = open_dir(directory)
     files = [f"{path}/{shard_name(s)}" for s in shards]
     # fractional CPUs: on a small machine the trainer (and a Tune trial's driver) hold most of them
-    ds = ray.data.read_parquet(files, filesystem=fs, columns=TRAIN_COLUMNS, num_cpus=CACHE_READ_CPUS)
+    ds = _read_parquet(files, filesystem=fs, columns=TRAIN_COLUMNS, num_cpus=CACHE_READ_CPUS)
 
     def first_k(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for key in ("neg_input_ids", "neg_attention_mask", "neg_mask"):

@@ -2,7 +2,7 @@
 find the teacher-signal cache that matches the config. Shared by `distill`, `label`, `tune`, `eval` and
 `ablate`.
 
-    session = start_session(cfg, with_teacher=True)   # Session: teacher, tokenizer, examples, counts, cache key
+    session = start_session(cfg, with_teacher=True)   # Session: teacher, tokenizer, cache key
     cache = find_cache(cfg, session)                  # FoundCache(directory, manifest) or None
 """
 
@@ -18,13 +18,12 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import absolute, join
 
 if TYPE_CHECKING:
-    import ray.data
     from torch import nn
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
     from gemini_ray.pipeline import CorpusStats
 
-__all__ = ["Session", "FoundCache", "init_ray", "start_session", "cache_dir_for", "find_cache"]
+__all__ = ["Session", "FoundCache", "init_ray", "start_session", "print_corpus", "cache_dir_for", "find_cache"]
 
 
 @dataclass
@@ -38,9 +37,6 @@ class Session:
     tokenizer: PreTrainedTokenizerBase
     teacher_config: PretrainedConfig
     teacher_params: int
-    examples: ray.data.Dataset
-    """Tokenized, paired examples with a 'split' column ('train' / 'val')."""
-    stats: CorpusStats
     identity: dict[str, Any]
     """What the teacher-signal cache key is made of (teacher weights, vocabulary, corpus, span length, ...)."""
     seconds: dict[str, float] = field(default_factory=dict)
@@ -64,15 +60,19 @@ def init_ray(cfg: Config) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the trainer prints its own progress lines
     ctx.print_on_execution_start = False
+    ctx.execution_options.preserve_order = True  # the corpus's order: the same rows first on every run
 
 
-def _identity(cfg: Config, source: str, tokenizer: Any, kind: str, stats: CorpusStats) -> dict[str, Any]:
+def _identity(cfg: Config, source: str, tokenizer: Any, kind: str) -> dict[str, Any]:
     from gemini_ray.cache import vocab_hash, weights_hash
+    from gemini_ray.data.corpus import corpus_signature
 
+    d = cfg.data
     return {
         "teacher_weights": weights_hash(source),
         "tokenizer_vocab": vocab_hash(tokenizer),
-        "corpus": stats.fingerprint,
+        "corpus": corpus_signature(d.path, d.format, d.text_column, d.max_documents),
+        "max_val_examples": d.max_val_examples,
         "span_length": cfg.data.span_length,
         "masked": kind == "masked",
         "mlm_probability": cfg.data.mlm_probability if kind == "masked" else None,
@@ -86,11 +86,11 @@ def _identity(cfg: Config, source: str, tokenizer: Any, kind: str, stats: Corpus
 
 
 def start_session(cfg: Config, with_teacher: bool = False) -> Session:
-    """Resolve the teacher, start Ray, read and pair the corpus, and compute the cache identity.
+    """Resolve the teacher, start Ray, and compute the cache identity. The corpus is not read here: a
+    command streams it (`pipeline.corpus_stream`) or makes one whole pass (`pipeline.build_examples`).
 
     with_teacher keeps the loaded teacher in the Session (to derive a student from); otherwise it is freed."""
     from gemini_ray.models import count_parameters, load_teacher, load_tokenizer, resolve_teacher
-    from gemini_ray.pipeline import build_examples
     from gemini_ray.placement import alive_nodes, check_shared_storage
 
     seconds = {}
@@ -106,17 +106,19 @@ def start_session(cfg: Config, with_teacher: bool = False) -> Session:
 
     init_ray(cfg)
     check_shared_storage(cfg, len(alive_nodes()))
-    t0 = time.perf_counter()
-    examples, stats = build_examples(cfg, source, kind)
-    seconds["tokenize_s"] = time.perf_counter() - t0
-    print(f"[gemini-ray] corpus: {stats.documents} documents -> {stats.examples} examples "
-          f"({stats.train_examples} train, {stats.val_examples} held out from {stats.val_documents} documents; "
-          f"skipped: {stats.skipped_too_short} too short, {stats.skipped_empty} empty, "
-          f"{stats.skipped_non_utf8} not UTF-8, {stats.duplicate_documents} duplicates)", flush=True)
     return Session(teacher_source=source, kind=kind, tokenizer=tokenizer, teacher_config=teacher.config,
-                   teacher_params=count_parameters(teacher), examples=examples, stats=stats,
-                   identity=_identity(cfg, source, tokenizer, kind, stats), seconds=seconds,
-                   teacher=teacher if with_teacher else None)
+                   teacher_params=count_parameters(teacher), identity=_identity(cfg, source, tokenizer, kind),
+                   seconds=seconds, teacher=teacher if with_teacher else None)
+
+
+def print_corpus(stats: CorpusStats, read: str = "") -> None:
+    """One line of corpus counts."""
+    dropped = f", {stats.val_examples_dropped} more beyond data.max_val_examples" if stats.val_examples_dropped else ""
+    print(f"[gemini-ray] corpus{read}: {stats.documents} documents -> {stats.examples} examples "
+          f"({stats.train_examples} train, {stats.val_examples} held out{dropped}; "
+          f"skipped: {stats.skipped_too_short} too short, {stats.skipped_empty} empty, "
+          f"{stats.skipped_non_utf8} not UTF-8; {stats.duplicate_documents} duplicates; "
+          f"tokenized by {stats.tokenize_processes} processes)", flush=True)
 
 
 def cache_dir_for(cfg: Config, identity: dict[str, Any]) -> str:

@@ -293,7 +293,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _quiet_ray_train_logs()
     tc = spec.cfg.train
     if not tc.use_gpu:
-        torch.set_num_threads(max(1, int(tc.cpus_per_worker)))
+        torch.set_num_threads(max(1, round(tc.cpus_per_worker)))  # 1.75 CPUs (a node less a cache read): 2
     torch.manual_seed(tc.seed + me.rank)
     model = student_from_hf_config(spec.hf_config, spec.kind)
     optimizer = make_optimizer(model, tc)
@@ -349,6 +349,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if not got_any:
             raise RuntimeError("the training stream yielded no batch: fewer examples than one batch per worker")
         state["epoch"] += 1
+        if me.rank == 0 and state["step"] < tc.max_steps:
+            _log(f"pass {state['epoch'] + 1} over the training rows (an online teacher labels them again)")
     if not checkpointed:  # resumed at (or past) max_steps: record the resume in a final checkpoint
         _report({"step": state["step"], **val_metrics}, model, optimizer, state, me.rank)
 

@@ -11,15 +11,18 @@ Text files are one document per line. Lines that are not valid UTF-8 are skipped
 from __future__ import annotations
 
 import bz2
+import hashlib
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.paths import package_file
+from gemini_ray.paths import is_uri, open_dir, package_file
 
-__all__ = ["gensim_test_data", "embedded_corpus", "infer_format", "split_lines", "wikipedia_documents", "strip_wiki_markup"]
+__all__ = ["gensim_test_data", "embedded_corpus", "infer_format", "split_lines", "wikipedia_documents", "strip_wiki_markup",
+           "corpus_signature"]
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -125,3 +128,35 @@ def wikipedia_documents(path: Path, min_words: int = 50) -> list[str]:
                         docs.append(plain)
             elem.clear()
     return docs
+
+
+def _files(location: str) -> list[tuple[str, int, int]]:
+    """(path relative to `location`, size, mtime in ns) of every file at a path or URI, sorted."""
+    import pyarrow.fs as pafs
+
+    fs, path = open_dir(location) if is_uri(location) else (pafs.LocalFileSystem(), str(Path(location).expanduser()))
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return [(Path(path).name, info.size, info.mtime_ns or 0)]
+    if info.type != pafs.FileType.Directory:
+        return []
+    found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sorted((f.path[len(path):].lstrip("/"), f.size, f.mtime_ns or 0) for f in found
+                  if f.type == pafs.FileType.File)
+
+
+def corpus_signature(path: str, fmt: str, text_column: str, max_documents: int | None) -> str:
+    """The corpus's identity in the teacher-signal cache key, from its files' names, sizes and modification
+    times (and the settings that choose what is read): known in constant time, before anything is read, so
+    that a run can look up its cache and start on the first rows. A corpus rewritten in place, or copied
+    elsewhere, gets a new key and is labelled again; the content fingerprint of what was read is recorded
+    beside it (summary.json, the cache manifest)."""
+    if path.startswith("embedded:"):  # a file of a pinned package: its size (the install time varies)
+        source = gensim_test_data() / WIKI_FILE if path == "embedded:wikipedia" else embedded_corpus(path)
+        listing = [(name, size) for name, size, _ in _files(str(source))]
+    else:
+        path = path if is_uri(path) else str(Path(path).expanduser().resolve())
+        listing = _files(path)
+    what = {"path": path, "format": fmt, "text_column": text_column, "max_documents": max_documents,
+            "files": listing}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,88 @@
+"""The corpus pass on the shared Ray instance: tokenize-and-pair in parallel tasks, counts kept in Ray
+(nothing proportional to the corpus in the driver), and the held-out cap."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from gemini_ray.config import config_from_dict
+
+pytestmark = pytest.mark.ray
+
+
+def corpus(path, texts) -> str:
+    """One jsonl file, or one text file of one document per line (read as a single block)."""
+    if path.suffix == ".txt":
+        path.write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
+    else:
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return str(path)
+
+
+def config(path, **data):
+    return config_from_dict({"data": {"path": path, "span_length": 16, "val_fraction": 0.2, **data},
+                             "loss": {"num_negatives": 2}})
+
+
+@pytest.fixture
+def ordered(ray_start_2_cpus):
+    from gemini_ray.session import init_ray
+
+    init_ray(config_from_dict({}))  # what every command does: the corpus's order is kept
+
+
+def test_the_whole_pass_collects_nothing_in_the_driver_and_splits_into_parallel_tasks(ordered, llama_dir, lee_texts,
+                                                                          tmp_path, monkeypatch):
+    import ray.data
+
+    import gemini_ray.pipeline as pipeline
+    from gemini_ray.pipeline import build_examples
+
+    texts = [lee_texts[0]] + lee_texts + lee_texts  # 40 documents: a repeat in the first block, 40 in later ones
+    shuffled = random.Random(0).sample(texts, len(texts))
+    monkeypatch.setattr(pipeline, "DOCUMENTS_PER_BLOCK", 16)  # ~6 blocks: several tasks at once on 2 CPUs
+
+    def collected(*args, **kwargs):
+        raise AssertionError("the corpus pass pulled rows into the driver")
+
+    with monkeypatch.context() as m:
+        for name in ("to_pandas", "take_all", "take", "take_batch", "iter_rows", "to_arrow_refs"):
+            m.setattr(ray.data.Dataset, name, collected)
+        examples, stats = build_examples(config(corpus(tmp_path / "a.txt", texts)), str(llama_dir), "causal")
+        _, again = build_examples(config(corpus(tmp_path / "b.jsonl", shuffled)), str(llama_dir), "causal")
+    assert stats.documents == len(texts) and stats.duplicate_documents == 41
+    # a one-file text corpus reads as one block; it is cut into blocks of about DOCUMENTS_PER_BLOCK documents,
+    # one tokenize task each, so that every free CPU takes one (how many processes ran them depends on
+    # timing: counted, not asserted)
+    assert examples.num_blocks() >= 3 and stats.tokenize_processes >= 1
+    assert stats.examples == examples.count() == stats.train_examples + stats.val_examples
+    doc = examples.select_columns(["doc_id", "example_id"]).to_pandas()
+    first = doc[doc["doc_id"] == doc["doc_id"].iloc[0]]  # lee_texts[0], three times: the repeat in its own
+    assert (first["example_id"].value_counts() == 2).all()  # block is dropped, the one in a later block kept
+    # the corpus fingerprint is order-free, and changes with the content
+    assert again.fingerprint == stats.fingerprint and again.duplicate_documents == 41
+    _, fewer = build_examples(config(corpus(tmp_path / "c.jsonl", lee_texts[1:])), str(llama_dir), "causal")
+    assert fewer.fingerprint != stats.fingerprint
+
+
+def test_held_out_rows_are_the_first_of_the_held_out_documents_capped(ordered, llama_dir, lee_texts, tmp_path):
+    from gemini_ray.pipeline import build_examples, split
+
+    path = corpus(tmp_path / "a.jsonl", lee_texts)
+    full, all_stats = build_examples(config(path), str(llama_dir), "causal")
+    capped, stats = build_examples(config(path, max_val_examples=7), str(llama_dir), "causal")
+    again, _ = build_examples(config(path, max_val_examples=7), str(llama_dir), "causal")
+
+    def val_ids(examples) -> list[int]:
+        return list(split(examples, "val").select_columns(["example_id"]).to_pandas()["example_id"])
+
+    every = val_ids(full)
+    assert all_stats.val_examples == len(every) > 7 and all_stats.val_examples_dropped == 0
+    assert stats.val_examples == 7 and stats.val_examples_dropped == len(every) - 7
+    assert val_ids(capped) == every[:7] == val_ids(again)  # the first in corpus order: the same on every run
+    assert capped.count() == stats.train_examples + 7  # no dropped held-out row moved into training
+    assert np.all(np.isin(val_ids(capped), every))
