@@ -306,6 +306,9 @@ class TrainConfig:
     from the latest checkpoint (a non-finite loss is not retried: it would fail the same way)."""
     seed: int = 0
     """Seed of the student's initialisation and dropout."""
+    trace_positions: Optional[str] = None
+    """A local directory: each Train worker appends the positions of the rows it trained, one line per step,
+    to rank<r>.txt (to check that a resumed run trains each example once). Off by default."""
 
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")

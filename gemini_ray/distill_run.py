@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import ray.train
     from torch import nn
 
-    from gemini_ray.pipeline import CorpusStats
+    from gemini_ray.pipeline import Probe
 
 __all__ = ["Run", "prepare", "fit_student", "export", "summarize"]
 
@@ -48,8 +48,13 @@ class Run:
     val: dict[str, np.ndarray] | None
     """The held-out rows with their teacher signal (small: one object every Train worker reads)."""
     cache: FoundCache | None
-    corpus: CorpusStats | None
-    """The corpus counts of an online run's tokenize pass (None when reading a cache: its manifest has them)."""
+    probe: Probe | None
+    """What an online run read of the corpus before training (None when reading a cache: its manifest has
+    the counts of the whole corpus)."""
+    ledger: Any
+    """The ledger of the corpus stream an online run trains from (what it read, counted as it streamed)."""
+    plan: Any
+    """The StreamPlan actor: the Train workers tell it which rows of the pass they trained before a resume."""
     teacher_tokens_before: int
     """The session's teacher-token counter when the run started (the run's own cost is the difference)."""
     started_at: float
@@ -85,27 +90,30 @@ def _check_steps(cfg: Config, train_examples: int, where: str) -> None:
             "Lower train.batch_size or add documents.")
 
 
-def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None
-                    ) -> tuple[ray.data.Dataset, dict[str, np.ndarray] | None, CorpusStats | None]:
-    """(training stream, held-out rows, corpus counts): read from the cache, or labelled by the teacher as
-    they stream from one tokenize pass over the corpus (parallel tasks, materialised in Ray's object store).
-    Online, the teacher labels only the rows the run will use: max_steps batches (a run longer than the
-    corpus makes further passes, each labelled again; 'gemini-ray label' labels once)."""
-    from gemini_ray.pipeline import build_examples, label_and_mine, read_cached_signal, split, to_arrays
+def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None, plan: Any
+                    ) -> tuple[ray.data.Dataset, dict[str, np.ndarray] | None, Probe | None, Any]:
+    """(training stream, held-out rows, what was read before training, the training stream's ledger). The
+    stream leaves out the rows `plan` (a StreamPlan) says were trained: a resumed run goes on where it was.
+
+    From a cache: its shards. Online: the corpus is read only as far as the held-out rows and the checks
+    need (`probe_corpus`); the held-out rows are labelled by the teacher pool; then the training rows
+    stream from the files through the teacher into the trainer, which starts on the first of them. The
+    teacher labels only the rows the run uses, max_steps batches (a run longer than the corpus makes further
+    passes, each labelled again; 'gemini-ray label' labels once)."""
+    from gemini_ray.pipeline import label_and_mine, label_rows, online_rows, probe_corpus, read_cached_signal
     from gemini_ray.session import print_corpus
 
     if cache is not None:
         print(f"[gemini-ray] reading the teacher signal from the cache {cache.directory}")
         _check_steps(cfg, cache.manifest["corpus"]["train_examples"], f"the cache at '{cache.directory}'")
-        return (*read_cached_signal(cache.directory, cache.manifest, cfg.loss.num_negatives), None)
-    examples, stats = build_examples(cfg, session.teacher_source, session.kind)
-    print_corpus(stats)
-    _check_steps(cfg, stats.train_examples, "the corpus")
-    # the held-out rows (at most data.max_val_examples) are labelled first, by the teacher pool, and go to
-    # the Train workers as one object (see pipeline.to_arrays)
-    val = to_arrays(label_and_mine(cfg, split(examples, "val"))) if stats.val_examples else None
-    rows = split(examples, "train").limit(cfg.train.max_steps * cfg.train.batch_size * cfg.train.num_workers)
-    return label_and_mine(cfg, rows), val, stats
+        return (*read_cached_signal(cache.directory, cache.manifest, cfg.loss.num_negatives, plan), None, None)
+    probe = probe_corpus(cfg, session.teacher_source, session.kind)
+    print_corpus(probe.stats, read="" if probe.whole else " (the start read before training)")
+    _check_steps(cfg, probe.stats.train_examples, "the corpus")
+    val = label_rows(cfg, probe.val) if probe.val is not None else None
+    t = cfg.train
+    rows = online_rows(cfg, session.teacher_source, session.kind, t.max_steps * t.batch_size * t.num_workers, plan)
+    return label_and_mine(cfg, rows.examples), val, probe, rows.ledger
 
 
 def prepare(cfg: Config, session: Session, started_at: float | None = None, own_session: bool = True) -> Run:
@@ -115,7 +123,7 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
     session serves several runs (the ablation)."""
     import ray
 
-    from gemini_ray.pipeline import teacher_token_counter
+    from gemini_ray.pipeline import StreamPlan, teacher_token_counter
     from gemini_ray.placement import alive_nodes, check_fits, demands
 
     out_dir = run_dir(cfg.run.storage_path, cfg.run.name)
@@ -129,12 +137,13 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
     tokens_before = ray.get(teacher_token_counter().total.remote())
     t0 = time.perf_counter()
     cache = find_cache(cfg, session)
-    stream, val, corpus = _teacher_signal(cfg, session, cache)
-    seconds["tokenize_and_val_label_s"] = time.perf_counter() - t0
+    plan = StreamPlan.remote()
+    stream, val, probe, ledger = _teacher_signal(cfg, session, cache, plan)
+    seconds["probe_and_val_label_s"] = time.perf_counter() - t0
     if cfg.run.check_resources:
         check_fits(demands(cfg, cached=cache is not None), alive_nodes())
     return Run(cfg=cfg, session=session, out_dir=out_dir, student=student, stream=stream, val=val, cache=cache,
-               corpus=corpus, teacher_tokens_before=tokens_before, started_at=started_at or time.time(), seconds=seconds)
+               probe=probe, ledger=ledger, plan=plan, teacher_tokens_before=tokens_before, started_at=started_at or time.time(), seconds=seconds)
 
 
 def fit_student(run: Run) -> ray.train.Result:
@@ -142,7 +151,7 @@ def fit_student(run: Run) -> ray.train.Result:
     from gemini_ray.trainer import build_trainer, fit, resume_point, run_spec
 
     spec = run_spec(run.cfg, run.student.config.to_dict(), run.session.kind, run.student.state_dict(), run.val,
-                    join(run.out_dir, "progress.json"), started_at=run.started_at)
+                    join(run.out_dir, "progress.json"), started_at=run.started_at, plan=run.plan)
     storage, _, name = run.out_dir.rpartition("/")
     trainer = build_trainer(run.cfg, spec, run.stream, name=name, storage_path=storage,
                             resume_from=resume_point(run.out_dir))
@@ -186,10 +195,17 @@ def _training_section(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _corpus_section(run: Run) -> dict[str, Any]:
-    """The corpus counts: of this run's tokenize pass (online), or of the pass that made the cache."""
-    if run.corpus is None:
+    """The corpus counts: of the pass that made the cache; online, of what was read before training (the
+    whole corpus when it was small) and of what the training stream read (counted as it streamed)."""
+    import ray
+
+    if run.probe is None:
         return {"counted_by": "the label pass that made the cache", **run.cache.manifest["corpus"]}
-    return {"counted_by": "this run's tokenize pass", **run.corpus.as_dict()}
+    streamed = ray.get(run.ledger.stats.remote())
+    ray.kill(run.ledger)
+    return {"counted_by": "the reads of this run (the corpus is streamed, not counted whole first)",
+            "read_before_training": {"whole_corpus": run.probe.whole, **run.probe.stats.as_dict()},
+            "read_by_training": streamed.as_dict()}
 
 
 def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float | None = None) -> dict[str, Any]:

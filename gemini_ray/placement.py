@@ -49,8 +49,9 @@ class Demand:
 
 def demands(cfg: Config, cached: bool, trainer: bool = True) -> list[Demand]:
     """The units a run holds at once: Train workers (when `trainer`) plus the data stage beside them — the
-    teacher pool, the miner and one light task when labelling online; one fractional read from a cache."""
-    from gemini_ray.pipeline import CACHE_READ_CPUS, LIGHT_CPUS
+    teacher pool, the miner, one light task and the corpus's read and tokenize tasks when labelling online;
+    one fractional read from a cache."""
+    from gemini_ray.pipeline import CACHE_READ_CPUS, LIGHT_CPUS, STREAM_TOKENIZE_CPUS
 
     out = []
     if trainer:
@@ -66,6 +67,7 @@ def demands(cfg: Config, cached: bool, trainer: bool = True) -> list[Demand]:
         out.append(Demand("teacher actor", actor, t.num_actors,
                           ("teacher.num_actors", "teacher.num_cpus", "teacher.num_gpus", "teacher.resources")))
         out.append(Demand("miner actor + one light task", {"CPU": 2 * LIGHT_CPUS}, 1))
+        out.append(Demand("corpus read + tokenize task", {"CPU": LIGHT_CPUS + STREAM_TOKENIZE_CPUS}, 1))
     return out
 
 

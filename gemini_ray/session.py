@@ -117,7 +117,8 @@ def print_corpus(stats: CorpusStats, read: str = "") -> None:
     print(f"[gemini-ray] corpus{read}: {stats.documents} documents -> {stats.examples} examples "
           f"({stats.train_examples} train, {stats.val_examples} held out{dropped}; "
           f"skipped: {stats.skipped_too_short} too short, {stats.skipped_empty} empty, "
-          f"{stats.skipped_non_utf8} not UTF-8; {stats.duplicate_documents} duplicates; "
+          f"{stats.skipped_non_utf8} not UTF-8, {stats.skipped_bad_records} unreadable records, "
+          f"{stats.skipped_too_long} too long; {stats.duplicate_documents} duplicates; "
           f"tokenized by {stats.tokenize_processes} processes)", flush=True)
 
 

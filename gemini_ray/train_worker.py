@@ -3,7 +3,9 @@
 Each worker reads its shard of the streamed, labelled dataset, runs the DDP-wrapped student, and
 reports the loss parts every `train.log_every` steps. Rank 0 writes a checkpoint every
 `train.checkpoint_every` steps and at the end; a restarted run resumes from the latest one.
-The data stream is not part of a checkpoint: a resumed run re-reads the stream from its start.
+A checkpoint records which rows of the current pass were trained (their positions, `gemini_ray.positions`,
+gathered from every rank); a resumed run tells the stream's StreamPlan, and the stream leaves those rows out
+before the teacher: it goes on with the first example it had not trained on, whatever the number of workers.
 
 Faults: a worker group restarted by Ray Train (train.max_failures) and a driver started again both
 resume from the latest checkpoint; each resume is recorded in the checkpoint's state ('resumes': the
@@ -26,6 +28,7 @@ from typing import Any, Iterable, Iterator
 import ray
 import ray.train
 import ray.train.torch
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -35,6 +38,8 @@ from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, L
                                      VAL_LOSS_KD, VAL_STEP, held_out)
 from gemini_ray.models import DistillStudent
 from gemini_ray.paths import atomic_write_json, is_uri, read_json
+from gemini_ray.positions import add as add_positions
+from gemini_ray.positions import count as count_positions
 from gemini_ray.train_step import compute_loss, lr_at, make_optimizer
 
 __all__ = ["RunSpec", "train_loop_per_worker", "read_progress", "COUNTERS"]
@@ -62,6 +67,8 @@ class RunSpec:
     """time.time() when the driver started (the cost of a driver restart is measured from it)."""
     progress_path: str | None
     """progress.json (path or URI): rank 0's last step, read back by a resume and by the driver."""
+    plan: Any = None
+    """The training stream's StreamPlan actor (None: a resume re-reads the pass from its start)."""
 
 
 @dataclass(frozen=True)
@@ -115,13 +122,18 @@ def _write_progress(path: str, fit_id: str, step: int, **extra: Any) -> None:
 
 
 def _resume_event(state: dict[str, Any], spec: RunSpec, progress: dict[str, Any] | None) -> dict:
-    """What a resume cost: the cause, the steps done after the checkpoint (done again now), and the seconds
+    """What a resume cost: the cause, the steps done after the checkpoint (done again now, and their
+    examples), the examples of the pass the stream skips (trained before the checkpoint), and the seconds
     from the fault (driver restart: from the new driver's start) until training goes on."""
     same_fit = state.get("fit_id") == spec.fit_id
     event = {"step": state["step"], "cause": "worker_group_restart" if same_fit else "driver_restart",
-             "steps_repeated": None, "seconds_to_resume": None}
+             "steps_repeated": None, "examples_repeated": None,
+             "examples_skipped": count_positions(state["trained"]) if spec.plan is not None else 0,
+             "seconds_to_resume": None}
     if progress is not None and progress.get("step", -1) >= state["step"]:
         event["steps_repeated"] = progress["step"] - state["step"]
+        t = spec.cfg.train
+        event["examples_repeated"] = event["steps_repeated"] * t.batch_size * t.num_workers
     if same_fit and progress is not None and progress.get("fit_id") == spec.fit_id:
         event["seconds_to_resume"] = round(time.time() - progress["time"], 2)  # from the last step done
     elif not same_fit and spec.started_at:
@@ -136,16 +148,18 @@ def _restore(spec: RunSpec, model: torch.nn.Module, optimizer: torch.optim.Optim
     if resume_from is None:
         model.load_state_dict(ray.get(spec.init_weights))
         state = {"step": 0, "epoch": 0, "history": [], "totals": dict.fromkeys(COUNTERS, 0),
-                 "resumed_from_steps": [], "resumes": []}
+                 "resumed_from_steps": [], "resumes": [], "trained": []}
     else:
         with resume_from.as_directory() as d:
             state = load_checkpoint(d, model, optimizer)
+        state.setdefault("trained", [])  # a checkpoint from before positions: the pass starts over
         event = _resume_event(state, spec, read_progress(spec.progress_path))
         state["resumed_from_steps"].append(state["step"])
         state.setdefault("resumes", []).append(event)
         if rank == 0:
             _log(f"resuming from checkpoint at step {state['step']} ({event['cause'].replace('_', ' ')}"
-                 + (f", {event['steps_repeated']} step(s) to do again" if event["steps_repeated"] else "") + ")")
+                 + (f", {event['steps_repeated']} step(s) to do again" if event["steps_repeated"] else "")
+                 + f"; the stream skips the {event['examples_skipped']} example(s) of this pass trained before it)")
     state.update(fit_id=spec.fit_id, kind=spec.kind, hf_config=spec.hf_config)
     return state
 
@@ -249,6 +263,39 @@ class MetricsWindow:
         return {k: totals[k] + int(summed[k]) for k in COUNTERS}
 
 
+# --------------------------------------------------------------------------- positions trained
+
+
+def _gather_positions(pending: list[np.ndarray], world: int) -> np.ndarray:
+    """The positions every rank trained since the last checkpoint (a collective when world > 1)."""
+    mine = np.concatenate(pending) if pending else np.zeros(0, dtype=np.int64)
+    if world == 1:
+        return mine
+    every: list[Any] = [None] * world
+    dist.all_gather_object(every, mine)
+    return np.concatenate(every)
+
+
+def _start_pass(spec: RunSpec, state: dict[str, Any], me: _Rank) -> None:
+    """Tell the stream which rows of this pass were trained (rank 0), before any rank reads from it."""
+    if spec.plan is None:
+        return
+    if me.rank == 0:
+        ray.get(spec.plan.set.remote(state["trained"]))
+    if me.world > 1:
+        dist.barrier()
+
+
+def _trace(positions: torch.Tensor, step: int, spec: RunSpec, rank: int) -> None:
+    """With train.trace_positions=<dir>: append the step's positions to <dir>/rank<r>.txt."""
+    import os
+
+    directory = spec.cfg.train.trace_positions
+    if directory:
+        with open(os.path.join(directory, f"rank{rank}.txt"), "a", encoding="utf-8") as f:
+            f.write(f"{spec.fit_id} {step} {' '.join(str(int(p)) for p in positions.tolist())}\n")
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -309,8 +356,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         _log(f"step {state['step']:>5}/{tc.max_steps} | held-out kd {val_metrics[VAL_LOSS_KD]:.4f} "
              f"| cl {val_metrics[VAL_LOSS_CL]:.4f} ({val_metrics[VAL_EXAMPLES]} examples)")
     window, last_checkpoint_step, checkpointed = MetricsWindow(), state["step"], False
+    pending: list[np.ndarray] = []  # positions trained since the last checkpoint
     while state["step"] < tc.max_steps:
         got_any = False
+        _start_pass(spec, state, me)
         for batch in window.timed(shard.iter_torch_batches(batch_size=tc.batch_size, drop_last=True,
                                                            device=me.device, prefetch_batches=2)):
             got_any = True
@@ -325,6 +374,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             _optimizer_step(parts.total, student, optimizer, tc.grad_clip)
             state["step"] += 1
             window.add(values, batch)
+            if "position" in batch:
+                pending.append(batch["position"].cpu().numpy())
+                _trace(batch["position"], state["step"], spec, me.rank)
             step, last = state["step"], state["step"] >= tc.max_steps
             if me.rank == 0 and spec.progress_path and (not is_uri(spec.progress_path) or step % tc.log_every == 0
                                                         or last):
@@ -340,8 +392,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     _log(_step_line(step, tc.max_steps, metrics))
                 window.restart_clock()
                 save = last or step - last_checkpoint_step >= tc.checkpoint_every
-                if save:  # every rank reaches this at the same step, so the all-reduce is safe
+                if save:  # every rank reaches this at the same step, so the collectives are safe
                     state["totals"] = window.fold_counters(state["totals"], me.world)
+                    state["trained"] = add_positions(state["trained"], _gather_positions(pending, me.world))
+                    pending = []
                     last_checkpoint_step, checkpointed = step, True
                 _report(metrics, model, optimizer, state if save else None, me.rank)
             if last:
@@ -349,6 +403,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if not got_any:
             raise RuntimeError("the training stream yielded no batch: fewer examples than one batch per worker")
         state["epoch"] += 1
+        state["trained"], pending = [], []  # a new pass: its positions start again
         if me.rank == 0 and state["step"] < tc.max_steps:
             _log(f"pass {state['epoch'] + 1} over the training rows (an online teacher labels them again)")
     if not checkpointed:  # resumed at (or past) max_steps: record the resume in a final checkpoint

@@ -44,7 +44,7 @@ def test_the_whole_pass_collects_nothing_in_the_driver_and_splits_into_parallel_
 
     texts = [lee_texts[0]] + lee_texts + lee_texts  # 40 documents: a repeat in the first block, 40 in later ones
     shuffled = random.Random(0).sample(texts, len(texts))
-    monkeypatch.setattr(pipeline, "DOCUMENTS_PER_BLOCK", 16)  # ~6 blocks: several tasks at once on 2 CPUs
+    monkeypatch.setattr(pipeline, "CORPUS_BLOCK_BYTES", 8 * 1024)  # several blocks: several tasks at once on 2 CPUs
 
     def collected(*args, **kwargs):
         raise AssertionError("the corpus pass pulled rows into the driver")
@@ -54,8 +54,8 @@ def test_the_whole_pass_collects_nothing_in_the_driver_and_splits_into_parallel_
             m.setattr(ray.data.Dataset, name, collected)
         examples, stats = build_examples(config(corpus(tmp_path / "a.txt", texts)), str(llama_dir), "causal")
         _, again = build_examples(config(corpus(tmp_path / "b.jsonl", shuffled)), str(llama_dir), "causal")
-    assert stats.documents == len(texts) and stats.duplicate_documents == 41
-    # a one-file text corpus reads as one block; it is cut into blocks of about DOCUMENTS_PER_BLOCK documents,
+    assert stats.documents == len(texts) and stats.duplicate_documents == 41 and stats.repeated_blocks == 0
+    # a one-file text corpus reads as one block; it is cut into blocks of about CORPUS_BLOCK_BYTES,
     # one tokenize task each, so that every free CPU takes one (how many processes ran them depends on
     # timing: counted, not asserted)
     assert examples.num_blocks() >= 3 and stats.tokenize_processes >= 1
@@ -86,3 +86,31 @@ def test_held_out_rows_are_the_first_of_the_held_out_documents_capped(ordered, l
     assert val_ids(capped) == every[:7] == val_ids(again)  # the first in corpus order: the same on every run
     assert capped.count() == stats.train_examples + 7  # no dropped held-out row moved into training
     assert np.all(np.isin(val_ids(capped), every))
+
+
+def test_corpora_that_break_after_their_first_mib_are_read_with_counted_skips(ordered, llama_dir, lee_texts,
+                                                                               tmp_path):
+    """What the up-front file check cannot see (it reads the first MiB) is skipped and counted by the pass."""
+    import pandas as pd
+
+    from gemini_ray.pipeline import build_examples
+
+    good = [t for t in lee_texts if len(t) < 1000]
+    head = (good * (1_300_000 // sum(map(len, good)) + 1))[: 1_300_000 // 500]  # past 1 MiB
+    long_doc = " ".join(good)[:5000]
+    body = "".join(json.dumps({"text": f"{t} ({i})"}) + "\n" for i, t in enumerate(head))
+    jsonl = tmp_path / "late.jsonl"
+    jsonl.write_bytes(body.encode() + b'{"text": "cut off in the mid\n' + b'{"text": "caf\xe9"}\n'
+                      + json.dumps({"text": long_doc}).encode() + b"\n" + json.dumps({"text": good[0]}).encode())
+    csv = tmp_path / "late.csv"
+    rows = pd.DataFrame({"text": [f"{t} ({i})" for i, t in enumerate(head)] + [long_doc, good[1]]})
+    csv.write_bytes(rows.to_csv(index=False).encode() + b"a,b,c\n" + b'"caf\xe9"\n')
+    parquet = tmp_path / "late.parquet"
+    rows.to_parquet(parquet)
+
+    for path, bad_records, non_utf8 in ((jsonl, 1, 1), (csv, 1, 1), (parquet, 0, 0)):
+        cfg = config(str(path), max_document_chars=1000)
+        _, stats = build_examples(cfg, str(llama_dir), "causal")
+        assert (stats.skipped_bad_records, stats.skipped_non_utf8, stats.skipped_too_long) == \
+            (bad_records, non_utf8, 1), path.name
+        assert stats.examples > 0 and stats.documents == len(head) + 2 + bad_records + non_utf8, path.name

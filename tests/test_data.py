@@ -123,7 +123,7 @@ def test_miner_falls_back_to_earlier_windows_then_masks():
 def test_split_lines_counts_bad_utf8():
     out = split_lines({"bytes": np.array([b"first doc\n\nsecond \xff\xfe doc\nthird"], dtype=object)})
     assert out["text"].tolist() == ["first doc", "", "third"]
-    assert out["bad_utf8"].tolist() == [False, True, False]
+    assert out["bad_utf8"].tolist() == [False, True, False] and not out["bad_record"].any()
 
 
 def test_infer_format(tmp_path):
@@ -169,3 +169,46 @@ def test_teacher_stage_refuses_topk_above_vocab(llama_dir):
     with pytest.raises(ValueError, match="exceeds"):
         TeacherLabeler({"model": str(llama_dir), "top_k": 10_000})
     assert TeacherConfig().top_k <= 64
+
+
+def test_jsonl_lines_that_break_are_counted_skips_not_failures():
+    from gemini_ray.data.corpus import parse_jsonl
+
+    blob = (b'{"body": "first doc"}\n{"body": "cut in the mid\n\n[1, 2]\n{"other": "x"}\n{"body": 7}\n'
+            b'{"body": "caf\xe9"}\n{"body": null}\n{"body": "last"}')
+    out = parse_jsonl({"bytes": np.array([blob], dtype=object)}, column="body")
+    assert out["text"].tolist() == ["first doc", "", "", "", "", "", "", "last"]
+    assert out["bad_record"].tolist() == [False, True, True, True, True, False, False, False]
+    assert out["bad_utf8"].tolist() == [False, False, False, False, False, True, False, False]
+
+
+def test_csv_rows_with_the_wrong_fields_and_bad_bytes_are_counted(tmp_path):
+    import pyarrow.csv as pacsv
+
+    from gemini_ray.data.corpus import csv_read_options, decode_column
+
+    path = tmp_path / "docs.csv"
+    rows = "".join(f'"document number {i}",{i}\n' for i in range(3000))  # past pyarrow's first read block
+    path.write_bytes(b"text,id\n" + rows.encode() + b"a,b,c\n" + b'"caf\xe9",1\n' + b'"unterminated,2\nlast,3\n')
+    table = pacsv.read_csv(path, **csv_read_options("text"))
+    assert table.column_names == ["text"]  # only the text column is read (another column's junk cannot fail it)
+    out = decode_column({"text": np.array(table.column("text").to_pylist(), dtype=object)}, column="text")
+    assert out["text"].tolist()[:2] == ["document number 0", "document number 1"]
+    assert int(out["bad_utf8"].sum()) == 1  # café in latin-1
+    assert int(out["bad_record"].sum()) == 2  # a,b,c and the unterminated quote that swallows the rest
+    assert len(out["text"]) == 3000 + 1 + 2
+
+
+def test_positions_are_kept_as_ranges_and_name_what_a_resume_skips():
+    from gemini_ray.positions import add, count, decode, encode, rows_of, trained_mask
+
+    trained = add([], encode(np.array([0, 0, 0, 3]), np.array([0, 1, 2, 7])))
+    assert trained == [[0, 0, 3], [3, 7, 8]] and count(trained) == 4
+    trained = add(trained, encode(0, np.arange(3, 6)))  # adjacent: merged, whatever order they come in
+    trained = add(trained, encode(3, np.array([5, 6])))
+    assert trained == [[0, 0, 6], [3, 5, 8]] and count(trained) == 9
+    assert add(trained, encode(0, np.array([2, 4]))) == trained  # trained twice: still once
+    assert trained_mask(rows_of(trained, 3), np.arange(10)).tolist() == [False] * 5 + [True] * 3 + [False] * 2
+    assert rows_of(trained, 1) == [] and not trained_mask([], np.arange(3)).any()
+    task, row = decode(encode(np.array([2**20]), np.array([2**31])))
+    assert task.tolist() == [2**20] and row.tolist() == [2**31]

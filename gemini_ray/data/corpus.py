@@ -5,7 +5,10 @@ Embedded corpora ship inside the `gensim==4.4.0` wheel (its test data), found wi
 * `embedded:wikipedia` — 106 Wikipedia articles, MediaWiki XML stripped to plain text.
 These are disjoint from the evaluation sets (`lee.cor`, Rotten Tomatoes).
 
-Text files are one document per line. Lines that are not valid UTF-8 are skipped and counted.
+Text files are one document per line; jsonl files one JSON object per line. Anywhere in a file (the first
+MiB is checked up front, `gemini_ray.data.filecheck`), a line that is not UTF-8, a jsonl line that is not a
+JSON object with the text field, and a csv row with the wrong number of fields are skipped and counted, not
+fatal: a corpus of gigabytes should not fail at its last shard.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import numpy as np
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_uri, open_dir, package_file
 
-__all__ = ["gensim_test_data", "embedded_corpus", "infer_format", "split_lines", "wikipedia_documents", "strip_wiki_markup",
-           "corpus_signature"]
+__all__ = ["gensim_test_data", "embedded_corpus", "infer_format", "split_lines", "parse_jsonl", "csv_read_options",
+           "decode_column", "wikipedia_documents", "strip_wiki_markup", "corpus_signature"]
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -67,8 +70,13 @@ def infer_format(path: str, requested: str) -> str:
     )
 
 
+def _documents(texts: list[str], bad_utf8: list[bool], bad_record: list[bool]) -> dict[str, np.ndarray]:
+    return {"text": np.array(texts, dtype=object), "bad_utf8": np.array(bad_utf8, dtype=bool),
+            "bad_record": np.array(bad_record, dtype=bool)}
+
+
 def split_lines(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """{'bytes': file contents} -> {'text': one document per non-blank line, 'bad_utf8': flag}.
+    """{'bytes': file contents} -> {'text': one document per non-blank line, 'bad_utf8', 'bad_record': flags}.
 
     A line that is not valid UTF-8 yields text='' and bad_utf8=True (skipped and counted downstream).
     """
@@ -83,7 +91,71 @@ def split_lines(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             except UnicodeDecodeError:
                 texts.append("")
                 bad.append(True)
-    return {"text": np.array(texts, dtype=object), "bad_utf8": np.array(bad, dtype=bool)}
+    return _documents(texts, bad, [False] * len(texts))
+
+
+def parse_jsonl(batch: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:
+    """{'bytes': jsonl file contents} -> documents: each non-blank line's `column` field. A line that is not
+    UTF-8 (bad_utf8), or not a JSON object whose field is a string or null (bad_record), yields text=''."""
+    texts, bad_utf8, bad_record = [], [], []
+    for blob in batch["bytes"]:
+        for raw in bytes(blob).splitlines():
+            if not raw.strip():
+                continue
+            text, utf8_error, record_error = "", False, False
+            try:
+                field = json.loads(raw.decode("utf-8"))[column]  # a list or a number: TypeError
+                if isinstance(field, str) or field is None:
+                    text = field or ""
+                else:
+                    record_error = True
+            except UnicodeDecodeError:
+                utf8_error = True
+            except (ValueError, KeyError, TypeError):
+                record_error = True
+            texts.append(text)
+            bad_utf8.append(utf8_error)
+            bad_record.append(record_error)
+    return _documents(texts, bad_utf8, bad_record)
+
+
+_INVALID_CSV_ROWS = [0]
+"""csv rows with the wrong number of fields that this process's reader skipped and nobody counted yet."""
+
+
+def _skip_invalid_csv_row(row) -> str:
+    _INVALID_CSV_ROWS[0] += 1
+    return "skip"
+
+
+def csv_read_options(column: str) -> dict:
+    """Keyword arguments of ray.data.read_csv: only the text column, as bytes (decoded row by row in
+    `decode_column`), and rows with the wrong number of fields skipped (counted by `decode_column` when it
+    runs in the same task as the read, which Ray Data does when both ask for the same resources)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    return {"parse_options": pacsv.ParseOptions(invalid_row_handler=_skip_invalid_csv_row),
+            "convert_options": pacsv.ConvertOptions(include_columns=[column], column_types={column: pa.binary()})}
+
+
+def decode_column(batch: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:
+    """{column: str, bytes or None} -> documents; bytes that are not UTF-8 yield text='' and bad_utf8. The csv
+    rows the reader skipped since the last call come out as bad_record rows (so that they are counted)."""
+    texts, bad = [], []
+    for value in batch[column]:
+        if isinstance(value, (bytes, bytearray, np.bytes_)):
+            try:
+                texts.append(bytes(value).decode("utf-8"))
+                bad.append(False)
+            except UnicodeDecodeError:
+                texts.append("")
+                bad.append(True)
+        else:
+            texts.append("" if value is None else str(value))
+            bad.append(False)
+    skipped, _INVALID_CSV_ROWS[0] = _INVALID_CSV_ROWS[0], 0
+    return _documents(texts + [""] * skipped, bad + [False] * skipped, [False] * len(texts) + [True] * skipped)
 
 
 _WIKI_PATTERNS = [

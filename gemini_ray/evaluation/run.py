@@ -29,7 +29,7 @@ import torch
 from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation.metrics import TokenStats, causal_targets, linear_probe_accuracy, spearman, token_stats
-from gemini_ray.evaluation.sets import LEE_PAIRS, lee_similarity, overlap, rotten_tomatoes
+from gemini_ray.evaluation.sets import LEE_PAIRS, lee_similarity, rotten_tomatoes
 
 __all__ = ["Model", "load_model", "evaluate", "markdown_table", "read_student_meta", "recorded_settings",
            "write_report", "versus_teacher"]
@@ -207,20 +207,46 @@ def throughput(models: list[Model], batch: tuple[int, int], repeats: int = 3) ->
 # --------------------------------------------------------------------------- the protocol
 
 
-def _corpus(cfg: Config) -> tuple[list[str], set[int]]:
-    """Held-out documents of the training corpus (in corpus order) and every document's hash."""
+def _corpus(cfg: Config, eval_sets: dict[str, list[str]], max_held_out: int) -> tuple[list[str], dict[str, int]]:
+    """(the first `max_held_out` held-out documents of the training corpus, in corpus order; per evaluation
+    set, how many of its texts are documents of the corpus). One pass in Ray: the driver holds the sets'
+    hashes and the few held-out documents, never the corpus."""
+    import functools
+
+    import ray
+
     from gemini_ray.data.spans import text_hash
-    from gemini_ray.pipeline import is_val_doc, read_documents
+    from gemini_ray.pipeline import LIGHT_CPUS, read_documents
     from gemini_ray.session import init_ray
 
     init_ray(cfg)
-    table = read_documents(cfg).to_pandas()
-    table = table[~table["bad_utf8"]]
-    hashes = table["text"].map(text_hash)
-    keep = ~hashes.duplicated().to_numpy()
-    hashes = hashes.to_numpy()
-    held = keep & is_val_doc(hashes, cfg.data.val_fraction)
-    return table["text"][held].tolist(), set(int(h) for h in hashes)
+    hashes = ray.put([np.array(sorted({text_hash(t) for t in texts}), dtype=np.int64) for texts in eval_sets.values()])
+    docs = read_documents(cfg).map_batches(
+        functools.partial(_mark_documents, eval_hashes=hashes, val_fraction=cfg.data.val_fraction),
+        batch_format="numpy", num_cpus=LIGHT_CPUS).materialize()  # read once; the two results below share it
+    hits = dict.fromkeys(eval_sets, 0)
+    for b in docs.select_columns(["in_eval"]).iter_batches(batch_format="numpy"):
+        for name, n in zip(eval_sets, np.asarray(b["in_eval"]).reshape(len(b["in_eval"]), -1).sum(axis=0)):
+            hits[name] += int(n)
+    held = docs.filter(expr="held_out", num_cpus=LIGHT_CPUS).limit(max_held_out).select_columns(["text"])
+    texts = list(dict.fromkeys(str(t) for b in held.iter_batches(batch_format="numpy") for t in b["text"]))
+    return texts, hits
+
+
+def _mark_documents(batch: dict[str, np.ndarray], eval_hashes, val_fraction: float) -> dict[str, np.ndarray]:
+    """Per document: whether it is a text of each evaluation set (in_eval: (N, sets) bool), and whether it
+    is held out."""
+    import ray
+
+    from gemini_ray.data.spans import text_hash
+    from gemini_ray.pipeline import is_val_doc
+
+    readable = ~(np.asarray(batch["bad_utf8"], dtype=bool) | np.asarray(batch["bad_record"], dtype=bool))
+    hashes = np.array([text_hash(str(t)) for t in batch["text"]], dtype=np.int64)
+    sets = ray.get(eval_hashes)
+    in_eval = np.stack([readable & np.isin(hashes, h) for h in sets], axis=1) if sets else \
+        np.zeros((len(hashes), 0), dtype=bool)
+    return {"text": batch["text"], "in_eval": in_eval, "held_out": readable & is_val_doc(hashes, val_fraction)}
 
 
 def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, with_teacher: bool = True,
@@ -238,11 +264,11 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
         teacher_source = str(_check_model_dir(teacher_source, "the teacher directory"))
 
     # evaluation sets first: an overlap with the training corpus refuses before any model loads
-    held_out, corpus_hashes = _corpus(cfg)
     lee_docs, lee_pairs = lee_similarity()
     rt_train, rt_test = rotten_tomatoes(e.rt_train, e.rt_test, e.rt_test_fraction, e.seed)
-    for set_name, texts in (("Lee similarity", lee_docs), ("Rotten Tomatoes", rt_train["text"].tolist() + rt_test["text"].tolist())):
-        n = overlap(texts, corpus_hashes)
+    sets = {"Lee similarity": lee_docs, "Rotten Tomatoes": rt_train["text"].tolist() + rt_test["text"].tolist()}
+    held_out, hits = _corpus(cfg, sets, max_held_out=max(64, e.lm_max_tokens // 16))  # a document: 32+ tokens
+    for set_name, n in hits.items():
         if n:
             raise GeminiRayError(f"{n} texts of the {set_name} evaluation set are documents of the training corpus "
                                  f"'{cfg.data.path}': its scores would be measured on training data. Train on a corpus "
