@@ -1,6 +1,7 @@
 """Scale: the same short distill on corpora 10x apart in size, side by side in one run of this script.
 
-    python benchmarks/scale.py [--sizes-mb 20 200 2000] [--steps 2] [--no-resume] [--workdir /tmp/gemini-ray-scale]
+    python benchmarks/scale.py [--sizes-mb 20 200 2000] [--steps 2] [--phases sizes tokenize resume]
+                               [--workdir /tmp/gemini-ray-scale]
 
 Corpora: jsonl shards of 20 MB of unique documents, each 8-24 sentences drawn (seeded) from the shipped
 corpora (gensim's Lee news articles and Wikipedia pages) and numbered; made once, kept in --workdir.
@@ -19,7 +20,8 @@ Then a resume on the 200 MB corpus (the second size): a distill killed with SIGK
 Ray included) after its first checkpoint, and the same command again: examples skipped and repeated, and the
 teacher tokens each run spent.
 
-Writes benchmarks/results/scale.json and prints markdown tables.
+Writes benchmarks/results/scale.json after each phase (a phase run again replaces its part) and prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -198,8 +200,8 @@ def main() -> None:
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[20, 200, 2000])
     parser.add_argument("--steps", type=int, default=2, help="train.max_steps of each size's distill")
     parser.add_argument("--workdir", default="/tmp/gemini-ray-scale")
-    parser.add_argument("--no-resume", action="store_true", help="skip the resume at the second size")
-    parser.add_argument("--no-tokenize", action="store_true", help="skip the tokenize throughput comparison")
+    parser.add_argument("--phases", nargs="+", default=["sizes", "tokenize", "resume"],
+                        choices=["sizes", "tokenize", "resume"])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     args = parser.parse_args()
     work = Path(args.workdir)
@@ -207,9 +209,16 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     pool = sentences()
     corpora = {mb: make_corpus(work / f"corpus-{mb}mb", mb, pool) for mb in args.sizes_mb}
-    results: dict = {"steps": args.steps, "sizes": {}}
+    out = Path(args.out)
+    results: dict = json.loads(out.read_text()) if out.is_file() else {}
 
-    for mb, corpus in corpora.items():
+    def save() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+
+    if "sizes" in args.phases:
+        results.update(steps=args.steps, sizes={})
+    for mb, corpus in corpora.items() if "sizes" in args.phases else ():
         meta = json.loads((corpus / ".complete").read_text())
         storage = work / f"runs-{mb}mb-{int(time.time())}"
         r = distill(corpus, storage, "scale", [f"train.max_steps={args.steps}"], log=log)
@@ -217,15 +226,17 @@ def main() -> None:
         r.update(documents=meta["documents"], bytes=meta["bytes"],
                  read_before_training=corpus_counts["read_before_training"]["documents"],
                  read_by_training=corpus_counts["read_by_training"]["documents"])
-        results["sizes"][mb] = r
+        results["sizes"][str(mb)] = r
+        save()
         print(f"{mb} MB: {r}", flush=True)
 
-    if not args.no_tokenize:
+    if "tokenize" in args.phases:
         small = corpora[min(corpora)]
-        results["tokenize"] = tokenize_throughput(small, processes=os.cpu_count() or 2)
+        results["tokenize"] = {"size_mb": min(corpora), **tokenize_throughput(small, processes=os.cpu_count() or 2)}
+        save()
         print(f"tokenize: {results['tokenize']}", flush=True)
 
-    if not args.no_resume and len(corpora) > 1:
+    if "resume" in args.phases and len(corpora) > 1:
         mb = sorted(corpora)[1]
         storage = work / f"resume-{mb}mb-{int(time.time())}"
         over = ["train.max_steps=8", "train.checkpoint_every=4", "train.log_every=1", "train.eval_every=100"]
@@ -243,19 +254,20 @@ def main() -> None:
                              # every span of these long documents is full: 2 x data.span_length tokens an example
                              "train_examples_labelled_second_run": tokens // per_example - val_rows,
                              "train_examples_of_the_run": 8 * 8, "first_step_s_second_run": second["first_step_s"]}
+        save()
         print(f"resume: {results['resume']}", flush=True)
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    sizes = results["sizes"]
-    base = sizes[min(sizes)]
+    sizes = results.get("sizes") or {}
+    if not sizes:
+        return
+    base = sizes[min(sizes, key=int)]
     print("\n| corpus | documents | driver peak RSS | vs smallest | command start -> step 1 | vs smallest | total |")
     print("|---|---|---|---|---|---|---|")
     for mb, r in sizes.items():
         print(f"| {mb} MB | {r['documents']:,} | {r['driver_peak_rss_mb']:.0f} MB | "
               f"{r['driver_peak_rss_mb'] / base['driver_peak_rss_mb']:.2f}x | {r['first_step_s']:.0f} s | "
               f"{r['first_step_s'] / base['first_step_s']:.2f}x | {r['total_s']:.0f} s |")
-    print(f"\nwritten: {args.out}")
+    print(f"\nwritten: {out}")
 
 
 if __name__ == "__main__":
