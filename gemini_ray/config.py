@@ -297,8 +297,10 @@ class TrainConfig:
     """Ray Train workers (DDP ranks)."""
     use_gpu: bool = False
     """One GPU per training worker."""
-    cpus_per_worker: float = 1.0
-    """Ray CPUs reserved per training worker; also its torch thread count (at least 1)."""
+    cpus_per_worker: Optional[float] = None
+    """Ray CPUs reserved per training worker; also its torch thread count (rounded, at least 1). None: 1
+    when the teacher runs online or Tune searches; a run reading a cache on a one-node cluster shares the
+    node's CPUs, less one cache read, among its workers (1.75 on 2 CPUs: two torch threads)."""
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources per training worker, e.g. {trainer: 1}, to keep the workers on trainer nodes."""
     max_failures: int = 3
@@ -321,7 +323,8 @@ class TrainConfig:
         _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
         _check(self.num_workers >= 1, "train.num_workers", f"must be >= 1, got {self.num_workers}")
-        _check(self.cpus_per_worker > 0, "train.cpus_per_worker", "must be > 0")
+        _check(self.cpus_per_worker is None or self.cpus_per_worker > 0, "train.cpus_per_worker",
+               "must be > 0 (or null: decided from the plan and the cluster)")
         _check(self.max_failures >= 0, "train.max_failures", f"must be >= 0, got {self.max_failures}")
         _check_resources("train.resources_per_worker", self.resources_per_worker)
 

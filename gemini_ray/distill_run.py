@@ -124,7 +124,7 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
     import ray
 
     from gemini_ray.pipeline import StreamPlan, teacher_token_counter
-    from gemini_ray.placement import alive_nodes, check_fits, demands
+    from gemini_ray.placement import alive_nodes, check_fits, demands, with_worker_cpus
 
     out_dir = run_dir(cfg.run.storage_path, cfg.run.name)
     if not is_uri(out_dir):  # tried by writing a probe file (permission bits say nothing for root or read-only mounts)
@@ -137,6 +137,7 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
     tokens_before = ray.get(teacher_token_counter().total.remote())
     t0 = time.perf_counter()
     cache = find_cache(cfg, session)
+    cfg = with_worker_cpus(cfg, cached=cache is not None, nodes=alive_nodes())
     plan = StreamPlan.remote()
     stream, val, probe, ledger = _teacher_signal(cfg, session, cache, plan)
     seconds["probe_and_val_label_s"] = time.perf_counter() - t0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_remote, local_path
 
-__all__ = ["Demand", "demands", "alive_nodes", "check_fits", "plan_totals", "on_network_filesystem",
+__all__ = ["Demand", "demands", "with_worker_cpus", "alive_nodes", "check_fits", "plan_totals", "on_network_filesystem",
            "check_shared_storage", "GroupRecord", "orphans", "remove_orphaned_groups", "PlacementGroupSweeper"]
 
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "ceph", "glusterfs", "gpfs", "beegfs",
@@ -56,7 +57,7 @@ def demands(cfg: Config, cached: bool, trainer: bool = True) -> list[Demand]:
     out = []
     if trainer:
         t = cfg.train
-        worker = {"CPU": t.cpus_per_worker, **({"GPU": 1.0} if t.use_gpu else {}), **t.resources_per_worker}
+        worker = {"CPU": t.cpus_per_worker or 1.0, **({"GPU": 1.0} if t.use_gpu else {}), **t.resources_per_worker}
         out.append(Demand("Train worker", worker, t.num_workers,
                           ("train.num_workers", "train.cpus_per_worker", "train.use_gpu", "train.resources_per_worker")))
     if cached:
@@ -69,6 +70,21 @@ def demands(cfg: Config, cached: bool, trainer: bool = True) -> list[Demand]:
         out.append(Demand("miner actor + one light task", {"CPU": 2 * LIGHT_CPUS}, 1))
         out.append(Demand("corpus read + tokenize task", {"CPU": LIGHT_CPUS + STREAM_TOKENIZE_CPUS}, 1))
     return out
+
+
+def with_worker_cpus(cfg: Config, cached: bool, nodes: list[dict[str, float]], searching: bool = False) -> Config:
+    """cfg with train.cpus_per_worker decided when it is None: 1 CPU a worker beside an online teacher, in a
+    search (trials share the nodes) or on a cluster of several nodes; on one node, a run from a cache gives
+    its workers the node's CPUs less one cache read (each worker's torch threads follow)."""
+    from gemini_ray.pipeline import CACHE_READ_CPUS
+
+    t = cfg.train
+    if t.cpus_per_worker is not None:
+        return cfg
+    cpus = 1.0
+    if cached and not searching and len(nodes) == 1:
+        cpus = max(1.0, (nodes[0].get("CPU", 1.0) - CACHE_READ_CPUS) / t.num_workers)
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, cpus_per_worker=cpus))
 
 
 def plan_totals(plan: list[Demand]) -> dict[str, float]:

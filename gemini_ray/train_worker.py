@@ -286,14 +286,20 @@ def _start_pass(spec: RunSpec, state: dict[str, Any], me: _Rank) -> None:
         dist.barrier()
 
 
-def _trace(positions: torch.Tensor, step: int, spec: RunSpec, rank: int) -> None:
-    """With train.trace_positions=<dir>: append the step's positions to <dir>/rank<r>.txt."""
+def _note_positions(batch: dict[str, torch.Tensor], pending: list[np.ndarray], step: int, spec: RunSpec,
+                    rank: int) -> None:
+    """Keep the positions of a step's rows until the next checkpoint; with train.trace_positions=<dir>, also
+    append them to <dir>/rank<r>.txt."""
     import os
 
+    if "position" not in batch:
+        return
+    positions = batch["position"].cpu().numpy()
+    pending.append(positions)
     directory = spec.cfg.train.trace_positions
     if directory:
         with open(os.path.join(directory, f"rank{rank}.txt"), "a", encoding="utf-8") as f:
-            f.write(f"{spec.fit_id} {step} {' '.join(str(int(p)) for p in positions.tolist())}\n")
+            f.write(f"{spec.fit_id} {step} {' '.join(str(int(p)) for p in positions)}\n")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -340,7 +346,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _quiet_ray_train_logs()
     tc = spec.cfg.train
     if not tc.use_gpu:
-        torch.set_num_threads(max(1, round(tc.cpus_per_worker)))  # 1.75 CPUs (a node less a cache read): 2
+        torch.set_num_threads(max(1, round(tc.cpus_per_worker or 1)))  # 1.75 CPUs (a node less a cache read): 2
     torch.manual_seed(tc.seed + me.rank)
     model = student_from_hf_config(spec.hf_config, spec.kind)
     optimizer = make_optimizer(model, tc)
@@ -374,9 +380,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             _optimizer_step(parts.total, student, optimizer, tc.grad_clip)
             state["step"] += 1
             window.add(values, batch)
-            if "position" in batch:
-                pending.append(batch["position"].cpu().numpy())
-                _trace(batch["position"], state["step"], spec, me.rank)
+            _note_positions(batch, pending, state["step"], spec, me.rank)
             step, last = state["step"], state["step"] >= tc.max_steps
             if me.rank == 0 and spec.progress_path and (not is_uri(spec.progress_path) or step % tc.log_every == 0
                                                         or last):

@@ -56,7 +56,7 @@ def build_trainer(cfg: Config, spec: RunSpec, stream: ray.data.Dataset, *, name:
         train_loop_per_worker,
         train_loop_config={"run": spec},
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                               resources_per_worker={"CPU": t.cpus_per_worker,
+                                               resources_per_worker={"CPU": t.cpus_per_worker or 1.0,
                                                                      **t.resources_per_worker}),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks or None,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=num_to_keep),

@@ -149,3 +149,20 @@ def test_sweeper_frees_the_group_of_a_killed_actor_and_keeps_the_others(ray_star
         with PlacementGroupSweeper(every_s=0.2, settle_s=0.2) as sweeper:  # the live actor's two, now orphans
             pass
         assert sweeper.removed == 2
+
+
+def test_worker_cpus_use_the_node_when_training_from_a_cache_alone():
+    from gemini_ray.placement import with_worker_cpus
+
+    cfg = config_from_dict({})
+    assert cfg.train.cpus_per_worker is None  # auto
+    cached = with_worker_cpus(cfg, cached=True, nodes=ONE_LAPTOP)
+    assert cached.train.cpus_per_worker == 1.75  # both cores (two torch threads) beside one cache read
+    check_fits(demands(cached, cached=True), ONE_LAPTOP)  # the whole plan still fits
+    assert with_worker_cpus(cfg, cached=False, nodes=ONE_LAPTOP).train.cpus_per_worker == 1.0  # teacher beside
+    assert with_worker_cpus(cfg, cached=True, nodes=ONE_LAPTOP, searching=True).train.cpus_per_worker == 1.0
+    assert with_worker_cpus(cfg, cached=True, nodes=[{"CPU": 8.0}] * 2).train.cpus_per_worker == 1.0
+    two = config_from_dict({"train": {"num_workers": 2}})
+    assert with_worker_cpus(two, cached=True, nodes=[{"CPU": 16.0}]).train.cpus_per_worker == 7.875
+    fixed = config_from_dict({"train": {"cpus_per_worker": 1.0}})
+    assert with_worker_cpus(fixed, cached=True, nodes=ONE_LAPTOP).train.cpus_per_worker == 1.0  # as set

@@ -213,9 +213,10 @@ def tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
 
     from gemini_ray.models import build_student, count_parameters
     from gemini_ray.pipeline import teacher_token_counter
-    from gemini_ray.placement import PlacementGroupSweeper
+    from gemini_ray.placement import PlacementGroupSweeper, with_worker_cpus
 
     t_start = time.perf_counter()
+    cfg = with_worker_cpus(cfg, cached=True, nodes=[], searching=True)  # trials share the CPUs
     _check_space(cfg, space)  # setup: a bad space fails before the teacher loads
     session = start_session(cfg, with_teacher=True)
     cache = _search_cache(cfg, space, session)
