@@ -239,7 +239,8 @@ def main() -> None:
     if "resume" in args.phases and len(corpora) > 1:
         mb = sorted(corpora)[1]
         storage = work / f"resume-{mb}mb-{int(time.time())}"
-        over = ["train.max_steps=8", "train.checkpoint_every=4", "train.log_every=1", "train.eval_every=100"]
+        over = ["train.max_steps=8", "train.checkpoint_every=4", "train.log_every=1", "train.eval_every=100",
+                "data.max_val_examples=64"]  # a shorter start: this phase measures what a resume repeats
         first = distill(corpora[mb], storage, "resume", over, kill_after_step=5, log=log)
         second = distill(corpora[mb], storage, "resume", over, log=log)
         s = second.pop("summary")

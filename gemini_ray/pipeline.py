@@ -267,10 +267,13 @@ def _pairer(**kwargs) -> SpanPairer:
 
 
 def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, max_chars: int, pairer: dict,
-                    plan=None) -> dict[str, np.ndarray]:
+                    plan=None, only: str | None = None) -> dict[str, np.ndarray]:
     """Tokenize-and-pair task over one block of documents: SpanPairer cuts the UTF-8 documents (a repeat of
     a document earlier in the block is dropped), the counts go to the ledger, and only the examples (status
-    'ok', with their 'split' and 'position') come out; with a StreamPlan, less the rows trained already.
+    'ok', with their 'split' and 'position') come out; with a StreamPlan, less the rows trained already;
+    with `only`, the rows of that split alone (selected here, not by a Filter operator after this one: on a
+    small machine Ray Data gives a downstream operator no CPU while the reads and tokenize tasks of a large
+    corpus hold them all, and a filter there would starve until the whole corpus was read).
 
     A repeat in another block is kept: dropping it would make the stream depend on which task ran first
     (and empty a second pass). Its examples carry the same document id, so the two copies are never each
@@ -304,6 +307,8 @@ def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, m
     out = {k: v[ok] for k, v in rows.items()}
     out["split"] = np.where(val[ok], "val", "train").astype(object)
     out["position"], task = _positions(int(np.sum(ok)))
+    if only is not None:
+        out = {k: v[out["split"] == only] for k, v in out.items()}
     return _drop_trained(out, task, plan)
 
 
@@ -318,14 +323,15 @@ class CorpusStream(NamedTuple):
 
 
 def corpus_stream(cfg: Config, tokenizer_source: str, kind: str, beside_trainer: bool = False,
-                  plan=None) -> CorpusStream:
+                  plan=None, only: str | None = None) -> CorpusStream:
     """Read, tokenize and pair the corpus in parallel Ray tasks (every free CPU, every node), lazily: nothing
     runs until the examples are consumed. Each call has its own ledger: give each execution its own stream.
 
     beside_trainer: the stream runs while Train workers and the teacher pool hold most CPUs, so its tasks ask
     for fractions (LIGHT_CPUS per read, STREAM_TOKENIZE_CPUS per tokenize task); before a trainer starts they
     ask for half a CPU per read and a whole one per tokenize task. plan: a StreamPlan whose trained rows the
-    stream leaves out (a resumed run)."""
+    stream leaves out (a resumed run). only: 'train' or 'val' to keep that split's rows alone (the ledger
+    counts both)."""
     ledger = CorpusLedger.remote()
     pairer = dict(tokenizer_source=tokenizer_source, kind=kind, span_length=cfg.data.span_length,
                   mlm_probability=cfg.data.mlm_probability, seed=cfg.data.seed,
@@ -335,7 +341,7 @@ def corpus_stream(cfg: Config, tokenizer_source: str, kind: str, beside_trainer:
     # into one task, which would tokenize a one-file corpus in the single task that reads it
     examples = read_documents(cfg, num_cpus=read_cpus).map_batches(
         _pair_documents, fn_kwargs=dict(ledger=ledger, val_fraction=cfg.data.val_fraction,
-                                 max_chars=cfg.data.max_document_chars, pairer=pairer, plan=plan),
+                                 max_chars=cfg.data.max_document_chars, pairer=pairer, plan=plan, only=only),
         batch_size=None, num_cpus=tokenize_cpus, batch_format="numpy")
     return CorpusStream(examples, ledger)
 
@@ -391,23 +397,23 @@ def probe_corpus(cfg: Config, tokenizer_source: str, kind: str) -> Probe:
     accepted). The held-out rows (at most data.max_val_examples, a few hundred KB) come to the driver."""
     d, t = cfg.data, cfg.train
     cap = d.max_val_examples if d.val_fraction > 0 else 0
-    stream = corpus_stream(cfg, tokenizer_source, kind)
+    stream = corpus_stream(cfg, tokenizer_source, kind, only="val" if cap else None)
     try:
         if cap:
-            val = to_arrays(held_out(stream.examples, cap))
+            val = to_arrays(stream.examples.limit(cap))
             whole = val is None or len(val["example_id"]) < cap
         else:
             need = max(PROBE_MIN_ROWS, 4 * t.batch_size * t.num_workers)
-            seen = sum(len(b["doc_id"]) for b in stream.examples.limit(need).select_columns(["doc_id"])
-                       .iter_batches(batch_size=None, batch_format="numpy"))
+            seen = sum(len(b["doc_id"]) for b in stream.examples.limit(need).iter_batches(batch_size=None,
+                                                                                           batch_format="numpy"))
             val, whole = None, seen < need
         stats = stream.stats()
     finally:
         ray.kill(stream.ledger)
     if not whole and not _enough(cfg, stats):  # rare: very long documents, or few usable ones early on
-        rest = corpus_stream(cfg, tokenizer_source, kind)
+        rest = corpus_stream(cfg, tokenizer_source, kind, only="val")  # the ledger counts every row it reads
         try:
-            for _ in rest.examples.select_columns(["doc_id"]).iter_batches(batch_size=None, batch_format="numpy"):
+            for _ in rest.examples.iter_batches(batch_size=None, batch_format="numpy"):
                 pass
             stats, whole = rest.stats(), True
         finally:
@@ -427,8 +433,8 @@ def online_rows(cfg: Config, tokenizer_source: str, kind: str, rows: int, plan) 
     """The first `rows` training examples, streamed beside the trainer from the corpus files (nothing is read
     before the trainer asks), less those the plan says were trained, with the ledger of what this stream
     read. A stream that runs out before `rows` is read again from the start by the next pass."""
-    stream = corpus_stream(cfg, tokenizer_source, kind, beside_trainer=True, plan=plan)
-    return CorpusStream(split(stream.examples, "train").limit(rows), stream.ledger)
+    stream = corpus_stream(cfg, tokenizer_source, kind, beside_trainer=True, plan=plan, only="train")
+    return CorpusStream(stream.examples.limit(rows), stream.ledger)
 
 
 def _check_corpus(cfg: Config, stats: CorpusStats) -> None:
@@ -510,13 +516,22 @@ def label_and_mine(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
     """Online: teacher top-k + embeddings on a fixed actor pool, then hard negatives per window (lazy)."""
     labelled = _teacher_stage(cfg, examples)
     return labelled.map_batches(
-        HardNegativeMiner,
+        StreamMiner,
         fn_constructor_kwargs={"num_negatives": cfg.loss.num_negatives, "seed": cfg.mining.seed},
         compute=ActorPoolStrategy(size=1),
         batch_size=cfg.mining.window,
         num_cpus=LIGHT_CPUS,
         batch_format="numpy",
-    ).select_columns(STREAM_COLUMNS, num_cpus=LIGHT_CPUS)
+    )
+
+
+class StreamMiner(HardNegativeMiner):
+    """HardNegativeMiner that keeps only the columns the trainer reads (STREAM_COLUMNS): in the miner's own
+    task, not in a column-selection operator after it that could wait for a CPU (see _pair_documents)."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        mined = super().__call__(batch)
+        return {k: mined[k] for k in STREAM_COLUMNS}
 
 
 def to_arrays(ds: ray.data.Dataset) -> dict[str, np.ndarray] | None:
