@@ -124,6 +124,15 @@ def latest_whole_checkpoint(run_directory: str | Path) -> tuple[Path, int] | Non
     return best
 
 
+def whole_checkpoint_steps(run_directory: str | Path) -> list[int]:
+    """The steps of the whole checkpoints under a local run directory (none for a URI or a new run)."""
+    found = []
+    for d in Path(run_directory).glob("checkpoint_*"):
+        if d.is_dir() and checkpoint_is_whole(d):
+            found.append(json.loads((d / "state.json").read_text(encoding="utf-8"))["step"])
+    return sorted(found)
+
+
 def remove_partial_checkpoints(run_directory: str | Path) -> list[str]:
     """Delete the checkpoint_* directories under a run directory that are not whole (a copy cut short by a
     kill: Ray Train never recorded them, and nothing will). Call only while no run writes there.

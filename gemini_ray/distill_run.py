@@ -112,8 +112,20 @@ def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None, pla
     _check_steps(cfg, probe.stats.train_examples, "the corpus")
     val = label_rows(cfg, probe.val) if probe.val is not None else None
     t = cfg.train
-    rows = online_rows(cfg, session.teacher_source, session.kind, t.max_steps * t.batch_size * t.num_workers, plan)
+    steps_left = t.max_steps - _earliest_resume_step(cfg)
+    rows = online_rows(cfg, session.teacher_source, session.kind, max(1, steps_left) * t.batch_size * t.num_workers,
+                       plan)
     return label_and_mine(cfg, rows.examples), val, probe, rows.ledger
+
+
+def _earliest_resume_step(cfg: Config) -> int:
+    """The step a resumed run can go on from at the earliest (the oldest whole checkpoint Ray Train keeps;
+    0 for a new run or a run whose checkpoints are behind a URI): the stream's row limit counts from it, so
+    that a resumed run does not send rows to the teacher past the ones it still needs."""
+    from gemini_ray.checkpoint import whole_checkpoint_steps
+
+    out_dir = run_dir(cfg.run.storage_path, cfg.run.name)
+    return 0 if is_uri(out_dir) else min(whole_checkpoint_steps(out_dir), default=0)
 
 
 def prepare(cfg: Config, session: Session, started_at: float | None = None, own_session: bool = True) -> Run:

@@ -81,6 +81,10 @@ STREAM_TOKENIZE_CPUS = 0.2
 """CPUs per tokenize-and-pair task of a corpus that streams beside the trainer (its reads take LIGHT_CPUS):
 the default plan on 2 CPUs leaves 0.3 beside one Train worker, the teacher actor and the miner."""
 
+PASS_READ_CPUS = 0.5
+"""CPUs per read task of a corpus pass that runs alone (before a trainer starts, or `gemini-ray label`); its
+tokenize tasks take a whole CPU each."""
+
 CORPUS_BLOCK_BYTES = 256 * 1024
 """Target block size of the corpus dataset (documents, then examples): a block is the unit of parallelism of
 the tokenize tasks and of streaming, so a one-file corpus is cut into many as it is read."""
@@ -336,7 +340,7 @@ def corpus_stream(cfg: Config, tokenizer_source: str, kind: str, beside_trainer:
     pairer = dict(tokenizer_source=tokenizer_source, kind=kind, span_length=cfg.data.span_length,
                   mlm_probability=cfg.data.mlm_probability, seed=cfg.data.seed,
                   trust_remote_code=cfg.teacher.trust_remote_code)
-    read_cpus, tokenize_cpus = (LIGHT_CPUS, STREAM_TOKENIZE_CPUS) if beside_trainer else (0.5, 1.0)
+    read_cpus, tokenize_cpus = (LIGHT_CPUS, STREAM_TOKENIZE_CPUS) if beside_trainer else (PASS_READ_CPUS, 1.0)
     # reads and tokenize tasks ask for different CPUs: Ray Data fuses adjacent operators with equal resources
     # into one task, which would tokenize a one-file corpus in the single task that reads it
     examples = read_documents(cfg, num_cpus=read_cpus).map_batches(
