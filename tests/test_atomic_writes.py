@@ -62,7 +62,8 @@ def _whole_json(path: Path) -> bool:
 def _kill_at_random(out: Path, teacher_dir: str, naive: bool, kills: int, rng: random.Random) -> list[str]:
     """Run the writer `kills` times, SIGKILL it after a random delay each time; returns the problems seen."""
     problems = []
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: a fork of this multi-threaded process (torch's pools) hung the parent once in CI
+    ctx = multiprocessing.get_context("spawn")
     for _ in range(kills):
         (out / "ready").unlink(missing_ok=True)
         child = ctx.Process(target=_writer_loop, args=(out, teacher_dir, naive), daemon=True)
