@@ -446,12 +446,13 @@ def _check_corpus(cfg: Config, stats: CorpusStats) -> None:
     if stats.documents == 0:
         raise GeminiRayError(f"the corpus '{cfg.data.path}' holds no documents. Give a non-empty corpus.")
     if stats.examples == 0:
+        skips = {"too short": stats.skipped_too_short, "empty": stats.skipped_empty,
+                 "not UTF-8": stats.skipped_non_utf8, "unreadable records": stats.skipped_bad_records,
+                 "longer than data.max_document_chars": stats.skipped_too_long}
         raise GeminiRayError(
             f"no document of '{cfg.data.path}' is long enough for an anchor and a positive span "
             f"({2 * cfg.data.span_length} tokens with data.span_length={cfg.data.span_length}; "
-            f"{stats.skipped_too_short} too short, {stats.skipped_empty} empty, {stats.skipped_non_utf8} not UTF-8, "
-            f"{stats.skipped_bad_records} unreadable records, {stats.skipped_too_long} longer than "
-            f"data.max_document_chars). "
+            + (", ".join(f"{n} {what}" for what, n in skips.items() if n) or "none read") + "). "
             "Use longer documents or a smaller data.span_length."
         )
     if stats.documents_used <= cfg.loss.num_negatives:
