@@ -1,5 +1,6 @@
 # make demo  — install into .venv and distil the embedded teacher on the embedded corpus
-# make test  — install into .venv and run the whole test suite
+# make test  — install into .venv and run the test suite (all but the `long` tier; ~10 min here)
+# make test-long — the `long` tier: end-to-end fault, job-submit, cluster, Tune and ablation runs (~25 min)
 # make bench — the teacher-stage benchmark (Ray actor pool vs a plain loop), recorded in README
 PY ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-long bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -27,7 +28,10 @@ demo: $(STAMP)
 	$(BIN)/gemini-ray distill
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not long"
+
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -m long
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/teacher_stage.py --threads 1 --examples 256

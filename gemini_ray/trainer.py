@@ -110,8 +110,10 @@ def resume_point(out_dir: str) -> ray.train.Checkpoint | None:
 
     Ray Train resumes from checkpoint_manager_snapshot.json, which it writes in place: a driver killed
     during that write leaves it cut short, and a driver killed before the first write leaves checkpoints
-    it never recorded. Then: set the broken record aside and name the newest whole checkpoint. Checkpoint
-    directories a kill cut short during their upload are never recorded by Ray Train: they are deleted."""
+    it never recorded. A killed driver's Train workers can also go on (and checkpoint) for a few steps until
+    Ray reclaims them: the record misses those checkpoints. Then: set the record aside and name the newest
+    whole checkpoint. Checkpoint directories a kill cut short during their upload are never recorded by Ray
+    Train: they are deleted."""
     import ray.train
 
     from gemini_ray.checkpoint import latest_whole_checkpoint, remove_partial_checkpoints
@@ -121,17 +123,30 @@ def resume_point(out_dir: str) -> ray.train.Checkpoint | None:
     removed = remove_partial_checkpoints(out_dir)  # no run writes here yet: this driver has not started one
     if removed:
         print(f"[gemini-ray] removed {len(removed)} checkpoint(s) cut short by an earlier kill: {', '.join(removed)}")
+    latest = latest_whole_checkpoint(out_dir)
     snapshot = Path(out_dir) / "checkpoint_manager_snapshot.json"
     if snapshot.is_file():
-        try:
-            json.loads(snapshot.read_text(encoding="utf-8"))
-            return None  # readable: Ray Train resumes from it
-        except (ValueError, UnicodeDecodeError):
-            aside = snapshot.with_name(f".{snapshot.name}.broken-{int(time.time())}")
-            os.replace(snapshot, aside)
-            print(f"[gemini-ray] Ray Train's checkpoint record was cut short; set aside as {aside.name}")
-    latest = latest_whole_checkpoint(out_dir)
+        recorded = _recorded_step(snapshot)
+        if recorded is not None and (latest is None or latest[1] <= recorded):
+            return None  # readable and up to date: Ray Train resumes from it
+        aside = snapshot.with_name(f".{snapshot.name}.set-aside-{int(time.time())}")
+        os.replace(snapshot, aside)
+        why = "was cut short" if recorded is None else f"ends at step {recorded}, before a newer whole checkpoint"
+        print(f"[gemini-ray] Ray Train's checkpoint record {why}; set aside as {aside.name}")
     if latest is None:
         return None
     print(f"[gemini-ray] resuming from the newest whole checkpoint {latest[0].name} (step {latest[1]})")
     return ray.train.Checkpoint.from_directory(str(latest[0]))
+
+
+def _recorded_step(snapshot: Path) -> int | None:
+    """The step of the newest checkpoint in Ray Train's record (-1 when it holds none), or None when the
+    record cannot be read (cut short)."""
+    try:
+        record = json.loads(snapshot.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    latest = record.get("latest_checkpoint_result") if isinstance(record, dict) else None
+    if not latest:
+        return -1
+    return int((latest.get("metrics") or {}).get("step", -1))

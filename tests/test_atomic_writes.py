@@ -150,3 +150,30 @@ def test_a_resume_deletes_checkpoints_cut_short_and_keeps_whole_ones(llama_dir, 
     checkpoint = resume_point(str(tmp_path))
     assert not cut.exists() and whole.is_dir()
     assert checkpoint is not None and checkpoint.path == str(whole)
+
+
+def test_a_resume_prefers_a_whole_checkpoint_newer_than_ray_trains_record(llama_dir, tmp_path):
+    """A killed driver's Train worker may train and checkpoint on until Ray reclaims it; its controller is
+    gone, so Ray Train's record ends at an older checkpoint. The next driver resumes from the newest whole
+    one and sets the stale record aside; an up-to-date record is left to Ray Train."""
+    import json
+
+    from transformers import AutoConfig
+
+    from gemini_ray.config import TrainConfig
+    from gemini_ray.train_step import make_optimizer
+    from gemini_ray.trainer import resume_point
+
+    config = AutoConfig.from_pretrained(llama_dir).to_dict()
+    model = student_from_hf_config(config, "causal")
+    optimizer = make_optimizer(model, TrainConfig())
+    old, new = tmp_path / "checkpoint_2026-11-29_10-00-00.000000", tmp_path / "checkpoint_2026-11-29_10-05-00.000000"
+    save_checkpoint(old, model, optimizer, {"step": 4, "kind": "causal", "hf_config": config})
+    snapshot = tmp_path / "checkpoint_manager_snapshot.json"
+    snapshot.write_text(json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": old.name,
+                                                                 "metrics": {"step": 4}}}))
+    assert resume_point(str(tmp_path)) is None and snapshot.is_file()  # up to date: Ray Train decides
+    save_checkpoint(new, model, optimizer, {"step": 8, "kind": "causal", "hf_config": config})
+    checkpoint = resume_point(str(tmp_path))
+    assert checkpoint is not None and checkpoint.path == str(new)
+    assert not snapshot.exists() and len(list(tmp_path.glob(".checkpoint_manager_snapshot.json.set-aside-*"))) == 1

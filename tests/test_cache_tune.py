@@ -124,6 +124,7 @@ def test_label_writes_one_teacher_pass(uninterrupted, llama_dir, lee_texts):
 
 
 @pytest.mark.ray
+@pytest.mark.long
 def test_interrupted_label_resumes_and_redoes_truncated_shards(uninterrupted, llama_dir, corpus_file, tmp_path,
                                                                 monkeypatch):
     import gemini_ray.pipeline as pipeline
@@ -170,6 +171,7 @@ def test_interrupted_label_resumes_and_redoes_truncated_shards(uninterrupted, ll
 
 
 @pytest.mark.ray
+@pytest.mark.long
 def test_tune_retries_a_killed_trial_and_marks_one_that_keeps_failing(uninterrupted, llama_dir, corpus_file):
     from gemini_ray.commands.tune import tune
 

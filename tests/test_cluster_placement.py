@@ -14,6 +14,7 @@ pytestmark = pytest.mark.ray
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "simulated_cluster.py"
 
 
+@pytest.mark.long
 def test_teachers_on_teacher_node_and_two_ddp_workers_on_trainer_node(llama_dir, corpus_file, tmp_path):
     overrides = [f"teacher.model={llama_dir}", "teacher.top_k=8", "teacher.batch_size=8", f"data.path={corpus_file}",
                  "data.text_column=body", "data.span_length=16", "student.num_layers=2", "loss.num_negatives=3",

@@ -154,6 +154,7 @@ def test_eval_refuses_a_directory_that_is_not_a_model(tmp_path, capsys, make, me
 
 
 @pytest.mark.ray
+@pytest.mark.long
 def test_ablate_trains_four_variants_from_one_teacher_pass(ray_start_2_cpus, llama_dir, corpus_file, tmp_path):
     from test_distill_e2e import tiny_overrides
 

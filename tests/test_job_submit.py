@@ -79,6 +79,7 @@ def _job(env, *args, timeout=600) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.long
 def test_ray_job_submit_runs_distill_on_a_local_head(local_head, llama_dir, corpus_file, tmp_path):
     address, env = local_head
     work = tmp_path / "project"
