@@ -1,6 +1,7 @@
 """Scale: the same short distill on corpora 10x apart in size, side by side in one run of this script.
 
     python benchmarks/scale.py [--sizes-mb 20 200 2000] [--steps 2] [--phases sizes tokenize resume]
+                               [--tokenize-mb 200]
                                [--workdir /tmp/gemini-ray-scale]
 
 Corpora: jsonl shards of 20 MB of unique documents, each 8-24 sentences drawn (seeded) from the shipped
@@ -13,8 +14,10 @@ embedded teacher, what a new user runs), each in its own process with its own Ra
 * the whole command's seconds.
 
 Then, on the smallest corpus, tokenize-and-pair throughput (documents/s over the whole corpus): Ray's pass
-(`pipeline.corpus_stream`, the pass `gemini-ray label` makes) against a plain multiprocessing pool of as many
-processes running the same SpanPairer on the same documents, one after the other.
+(`corpus_pass.corpus_stream`, the pass `gemini-ray label` makes) against a plain multiprocessing pool of as many
+processes running the same SpanPairer on the same documents, one after the other. Ray's pass runs twice in
+one Ray instance: the first also starts its worker processes (as a command's first pass does), the second
+finds them running (as a long corpus's later blocks do); the pool is started and stopped in its time.
 
 Then a resume on the 200 MB corpus (the second size): a distill killed with SIGKILL (its whole process group,
 Ray included) after its first checkpoint, and the same command again: examples skipped and repeated, and the
@@ -157,19 +160,20 @@ def tokenize_throughput(corpus: Path, processes: int) -> dict:
 
     from gemini_ray.config import build_config
     from gemini_ray.models import resolve_teacher
-    from gemini_ray.pipeline import corpus_stream
+    from gemini_ray.corpus_pass import corpus_stream
     from gemini_ray.session import init_ray
 
     cfg = build_config(None, [f"data.path={corpus}", "data.format=jsonl"])
     source = resolve_teacher(cfg.teacher)
     ray.init(num_cpus=processes, include_dashboard=False)
     init_ray(cfg)
-    t0 = time.perf_counter()
-    stream = corpus_stream(cfg, source, "causal")
-    examples = sum(len(b["doc_id"]) for b in stream.examples.select_columns(["doc_id"])
-                   .iter_batches(batch_size=None, batch_format="numpy"))
-    ray_s = time.perf_counter() - t0
-    stats = stream.stats()
+    passes = []
+    for _ in range(2):  # the first pass also starts Ray's worker processes; the second finds them running
+        t0 = time.perf_counter()
+        stream = corpus_stream(cfg, source, "causal")
+        examples = sum(b.num_rows for b in stream.examples.iter_batches(batch_size=None, batch_format="pyarrow"))
+        passes.append(time.perf_counter() - t0)
+        stats = stream.stats()
     ray.shutdown()
 
     t0 = time.perf_counter()
@@ -186,10 +190,12 @@ def tokenize_throughput(corpus: Path, processes: int) -> dict:
         pool_examples = sum(pool.imap(_pair_chunk, chunks))
     pool_s = time.perf_counter() - t0
     docs = stats.documents
+    ray_s, warm_s = passes
     return {"documents": docs, "processes": processes, "ray_examples": examples, "pool_examples": pool_examples,
-            "ray_s": round(ray_s, 1), "pool_s": round(pool_s, 1), "ray_docs_per_s": round(docs / ray_s, 1),
+            "ray_s": round(ray_s, 1), "ray_warm_s": round(warm_s, 1), "pool_s": round(pool_s, 1),
+            "ray_docs_per_s": round(docs / ray_s, 1), "ray_warm_docs_per_s": round(docs / warm_s, 1),
             "pool_docs_per_s": round(docs / pool_s, 1), "ray_vs_pool": round(pool_s / ray_s, 3),
-            "ray_tokenize_processes": stats.tokenize_processes}
+            "ray_warm_vs_pool": round(pool_s / warm_s, 3), "ray_tokenize_processes": stats.tokenize_processes}
 
 
 # --------------------------------------------------------------------------- main
@@ -202,6 +208,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/gemini-ray-scale")
     parser.add_argument("--phases", nargs="+", default=["sizes", "tokenize", "resume"],
                         choices=["sizes", "tokenize", "resume"])
+    parser.add_argument("--tokenize-mb", type=int, default=None,
+                        help="the corpus size of the tokenize phase (default: the smallest of --sizes-mb)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     args = parser.parse_args()
     work = Path(args.workdir)
@@ -231,8 +239,9 @@ def main() -> None:
         print(f"{mb} MB: {r}", flush=True)
 
     if "tokenize" in args.phases:
-        small = corpora[min(corpora)]
-        results["tokenize"] = {"size_mb": min(corpora), **tokenize_throughput(small, processes=os.cpu_count() or 2)}
+        mb = args.tokenize_mb or min(corpora)
+        corpus = corpora.get(mb) or make_corpus(work / f"corpus-{mb}mb", mb, pool)
+        results["tokenize"] = {"size_mb": mb, **tokenize_throughput(corpus, processes=os.cpu_count() or 2)}
         save()
         print(f"tokenize: {results['tokenize']}", flush=True)
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import ray.train
     from torch import nn
 
-    from gemini_ray.pipeline import Probe
+    from gemini_ray.corpus_pass import Probe
 
 __all__ = ["Run", "prepare", "fit_student", "export", "summarize"]
 
@@ -100,7 +100,8 @@ def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None, pla
     stream from the files through the teacher into the trainer, which starts on the first of them. The
     teacher labels only the rows the run uses, max_steps batches (a run longer than the corpus makes further
     passes, each labelled again; 'gemini-ray label' labels once)."""
-    from gemini_ray.pipeline import label_and_mine, label_rows, online_rows, probe_corpus, read_cached_signal
+    from gemini_ray.corpus_pass import online_rows, probe_corpus
+    from gemini_ray.pipeline import label_and_mine, label_rows, read_cached_signal
     from gemini_ray.session import print_corpus
 
     if cache is not None:
@@ -135,7 +136,8 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
     session serves several runs (the ablation)."""
     import ray
 
-    from gemini_ray.pipeline import StreamPlan, teacher_token_counter
+    from gemini_ray.corpus_pass import StreamPlan
+    from gemini_ray.pipeline import teacher_token_counter
     from gemini_ray.placement import alive_nodes, check_fits, demands, with_worker_cpus
 
     out_dir = run_dir(cfg.run.storage_path, cfg.run.name)

@@ -21,7 +21,7 @@ from gemini_ray.paths import absolute, join, open_dir
 from gemini_ray.session import Session, cache_dir_for
 
 if TYPE_CHECKING:
-    from gemini_ray.pipeline import CorpusStats
+    from gemini_ray.corpus_pass import CorpusStats
 
 __all__ = ["make_cache"]
 
@@ -114,7 +114,8 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None) -> d
     import ray
 
     from gemini_ray.cache import read_manifest, shard_is_complete, shard_name, write_manifest
-    from gemini_ray.pipeline import assign_shards, build_examples, teacher_token_counter
+    from gemini_ray.corpus_pass import build_examples
+    from gemini_ray.pipeline import assign_shards, teacher_token_counter
     from gemini_ray.placement import alive_nodes, check_fits, demands
     from gemini_ray.session import print_corpus
 

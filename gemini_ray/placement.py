@@ -52,7 +52,8 @@ def demands(cfg: Config, cached: bool, trainer: bool = True) -> list[Demand]:
     """The units a run holds at once: Train workers (when `trainer`) plus the data stage beside them — the
     teacher pool, the miner, one light task and the corpus's read and tokenize tasks when labelling online;
     one fractional read from a cache."""
-    from gemini_ray.pipeline import CACHE_READ_CPUS, LIGHT_CPUS, STREAM_TOKENIZE_CPUS
+    from gemini_ray.corpus_pass import LIGHT_CPUS, STREAM_TOKENIZE_CPUS
+    from gemini_ray.pipeline import CACHE_READ_CPUS
 
     out = []
     if trainer:

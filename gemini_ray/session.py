@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-    from gemini_ray.pipeline import CorpusStats
+    from gemini_ray.corpus_pass import CorpusStats
 
 __all__ = ["Session", "FoundCache", "init_ray", "start_session", "print_corpus", "cache_dir_for", "find_cache"]
 
@@ -87,7 +87,7 @@ def _identity(cfg: Config, source: str, tokenizer: Any, kind: str) -> dict[str, 
 
 def start_session(cfg: Config, with_teacher: bool = False) -> Session:
     """Resolve the teacher, start Ray, and compute the cache identity. The corpus is not read here: a
-    command streams it (`pipeline.corpus_stream`) or makes one whole pass (`pipeline.build_examples`).
+    command streams it (`corpus_pass.corpus_stream`) or makes one whole pass (`corpus_pass.build_examples`).
 
     with_teacher keeps the loaded teacher in the Session (to derive a student from); otherwise it is freed."""
     from gemini_ray.models import count_parameters, load_teacher, load_tokenizer, resolve_teacher

@@ -105,7 +105,7 @@ def uninterrupted(ray_start_2_cpus, llama_dir, corpus_file, tmp_path_factory):
 @pytest.mark.ray
 def test_label_writes_one_teacher_pass(uninterrupted, llama_dir, lee_texts):
     from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
-    from gemini_ray.pipeline import is_val_doc
+    from gemini_ray.corpus_pass import is_val_doc
 
     _, directory, manifest = uninterrupted
     assert manifest["complete"] and (directory / "manifest.json").is_file()

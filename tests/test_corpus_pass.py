@@ -39,8 +39,8 @@ def test_the_whole_pass_collects_nothing_in_the_driver_and_splits_into_parallel_
                                                                           tmp_path, monkeypatch):
     import ray.data
 
-    import gemini_ray.pipeline as pipeline
-    from gemini_ray.pipeline import build_examples
+    import gemini_ray.corpus_pass as pipeline
+    from gemini_ray.corpus_pass import build_examples
 
     texts = [lee_texts[0]] + lee_texts + lee_texts  # 40 documents: a repeat in the first block, 40 in later ones
     shuffled = random.Random(0).sample(texts, len(texts))
@@ -70,7 +70,7 @@ def test_the_whole_pass_collects_nothing_in_the_driver_and_splits_into_parallel_
 
 
 def test_held_out_rows_are_the_first_of_the_held_out_documents_capped(ordered, llama_dir, lee_texts, tmp_path):
-    from gemini_ray.pipeline import build_examples, split
+    from gemini_ray.corpus_pass import build_examples, split
 
     path = corpus(tmp_path / "a.jsonl", lee_texts)
     full, all_stats = build_examples(config(path), str(llama_dir), "causal")
@@ -93,7 +93,7 @@ def test_corpora_that_break_after_their_first_mib_are_read_with_counted_skips(or
     """What the up-front file check cannot see (it reads the first MiB) is skipped and counted by the pass."""
     import pandas as pd
 
-    from gemini_ray.pipeline import build_examples
+    from gemini_ray.corpus_pass import build_examples
 
     good = [t for t in lee_texts if len(t) < 1000]
     head = (good * (1_300_000 // sum(map(len, good)) + 1))[: 1_300_000 // 500]  # past 1 MiB

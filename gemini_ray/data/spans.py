@@ -1,7 +1,7 @@
 """Tokenize documents, cut them into spans and pair an anchor with a positive of the same document.
 
 A small callable (load the tokenizer in `__init__`, map a numpy batch dict in `__call__`), testable
-without Ray; `gemini_ray.pipeline` runs it with `map_batches`.
+without Ray; `gemini_ray.corpus_pass` runs it with `map_batches`.
 
 Policy:
 * A document is cut into consecutive spans of `span_length` tokens; a last partial span is kept when

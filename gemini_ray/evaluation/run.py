@@ -216,7 +216,7 @@ def _corpus(cfg: Config, eval_sets: dict[str, list[str]], max_held_out: int) -> 
     import ray
 
     from gemini_ray.data.spans import text_hash
-    from gemini_ray.pipeline import LIGHT_CPUS, read_documents
+    from gemini_ray.corpus_pass import LIGHT_CPUS, read_documents
     from gemini_ray.session import init_ray
 
     init_ray(cfg)
@@ -239,7 +239,7 @@ def _mark_documents(batch: dict[str, np.ndarray], eval_hashes, val_fraction: flo
     import ray
 
     from gemini_ray.data.spans import text_hash
-    from gemini_ray.pipeline import is_val_doc
+    from gemini_ray.corpus_pass import is_val_doc
 
     readable = ~(np.asarray(batch["bad_utf8"], dtype=bool) | np.asarray(batch["bad_record"], dtype=bool))
     hashes = np.array([text_hash(str(t)) for t in batch["text"]], dtype=np.int64)

@@ -1,0 +1,470 @@
+"""The corpus on Ray Data: read → tokenize-and-pair (parallel tasks) → examples, with a ledger of counts.
+
+The corpus is read in blocks of about CORPUS_BLOCK_BYTES and tokenized-and-paired by parallel Ray tasks
+(every free CPU, every node); their counts (documents, skips, duplicates, examples per split) and the
+corpus fingerprint are kept by a ledger actor, so the driver holds nothing proportional to the corpus.
+
+An online distillation streams: `probe_corpus` reads only the prefix that holds the held-out rows (and
+checks the corpus on it), then `online_rows` streams the training rows from the files (through the teacher
+stage of `gemini_ray.pipeline`) into the trainer, which starts on the first rows while the rest are still
+being read. `gemini-ray label` makes one whole pass (`build_examples`).
+
+No torch here: the tokenize tasks import this module in every Ray worker that runs them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import ray
+import ray.data
+
+from gemini_ray.config import Config
+from gemini_ray.data.corpus import csv_read_options, decode_column, embedded_corpus, infer_format, parse_jsonl, split_lines
+from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
+from gemini_ray.errors import GeminiRayError
+from gemini_ray.paths import is_uri
+from gemini_ray.positions import decode, encode, rows_of, trained_mask
+
+__all__ = ["CorpusStats", "read_documents", "corpus_stream", "CorpusStream", "build_examples", "held_out",
+           "Probe", "probe_corpus", "online_rows", "StreamPlan", "split", "is_val_doc", "to_arrays",
+           "CorpusLedger", "task_positions", "drop_trained", "read_parquet_v1", "LIGHT_CPUS",
+           "STREAM_TOKENIZE_CPUS", "PASS_READ_CPUS", "CORPUS_BLOCK_BYTES"]
+
+
+@dataclass
+class CorpusStats:
+    documents: int = 0
+    duplicate_documents: int = 0
+    skipped_empty: int = 0
+    skipped_non_utf8: int = 0
+    skipped_bad_records: int = 0
+    """jsonl lines that are not a JSON object with the text field; csv rows with the wrong number of fields."""
+    skipped_too_long: int = 0
+    """Documents longer than data.max_document_chars."""
+    skipped_too_short: int = 0
+    documents_used: int = 0
+    examples: int = 0
+    train_examples: int = 0
+    val_examples: int = 0
+    val_documents: int = 0
+    val_examples_dropped: int = 0
+    """Held-out examples beyond data.max_val_examples (neither scored nor trained on)."""
+    tokenize_processes: int = 0
+    """Ray worker processes that ran the tokenize-and-pair tasks."""
+    repeated_blocks: int = 0
+    """Blocks read again by a further pass over the corpus (not counted again)."""
+    fingerprint: str = ""
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+LIGHT_CPUS = 0.1
+"""CPUs per task of the cheap row operations (filter, column selection) in datasets that stream beside the
+trainer: on a small machine the Train workers and the teacher pool hold almost every CPU, and an
+operation that asks for a whole one would wait forever (Ray Data's no-progress error after 30 minutes)."""
+
+STREAM_TOKENIZE_CPUS = 0.2
+"""CPUs per tokenize-and-pair task of a corpus that streams beside the trainer (its reads take LIGHT_CPUS):
+the default plan on 2 CPUs leaves 0.3 beside one Train worker, the teacher actor and the miner."""
+
+PASS_READ_CPUS = 0.5
+"""CPUs per read task of a corpus pass that runs alone (before a trainer starts, or `gemini-ray label`); its
+tokenize tasks take a whole CPU each."""
+
+CORPUS_BLOCK_BYTES = 1024 * 1024
+"""Target block size of the corpus dataset (documents, then examples): a block is the unit of parallelism of
+the tokenize tasks and of streaming, so a one-file corpus is cut into many as it is read. Measured on 20 MB
+(benchmarks/scale.py): each task costs about 0.15 s beside its work, so 256 KiB blocks (0.3 s of
+tokenizing each) left the two CPUs idle a third of the time; 1 MiB blocks come within 0.9x of a process
+pool while a block still tokenizes in about a second."""
+
+
+def read_documents(cfg: Config, num_cpus: float = 1.0) -> ray.data.Dataset:
+    """A dataset with columns text (str), bad_utf8 and bad_record (bool), one row per document (or per line or
+    row that could not be read: text ''), in blocks of about
+    CORPUS_BLOCK_BYTES (it and every dataset derived from it). num_cpus: per read task (a fraction when the
+    corpus streams beside a trainer and a teacher pool)."""
+    ctx = ray.data.DataContext.get_current()  # a dataset keeps a copy of the context it was made in
+    default_block, ctx.target_max_block_size = ctx.target_max_block_size, CORPUS_BLOCK_BYTES
+    try:
+        return _read_documents(cfg, num_cpus)
+    finally:
+        ctx.target_max_block_size = default_block
+
+
+def _read_documents(cfg: Config, num_cpus: float) -> ray.data.Dataset:
+    d = cfg.data
+    if d.path.startswith("embedded:"):
+        source = embedded_corpus(d.path)
+        if isinstance(source, list):
+            ds = ray.data.from_items([{"text": t, "bad_utf8": False, "bad_record": False} for t in source])
+            return ds.limit(d.max_documents) if d.max_documents else ds
+        path, fmt = str(source), "text"
+    else:
+        path = d.path
+        if not is_uri(path):
+            p = Path(path).expanduser()
+            if not p.exists():
+                raise GeminiRayError(f"data.path '{path}' does not exist. Point it at a corpus file, directory or URI.")
+            if p.is_file() and p.stat().st_size == 0:
+                raise GeminiRayError(f"data.path '{path}' is empty. Give a corpus with at least two documents.")
+            path = str(p.resolve())
+        fmt = infer_format(path, d.format)
+    if fmt in ("text", "jsonl"):  # read as bytes and split here: a broken line is a counted skip, not a failure
+        parse = split_lines if fmt == "text" else functools.partial(parse_jsonl, column=d.text_column)
+        ds = ray.data.read_binary_files(path, num_cpus=num_cpus).map_batches(parse, batch_size=1,
+                                                                             batch_format="numpy", num_cpus=num_cpus)
+    else:
+        reader = {"parquet": read_parquet_v1, "csv": ray.data.read_csv}[fmt]
+        kwargs = csv_read_options(d.text_column) if fmt == "csv" else {}
+        ds = reader(path, num_cpus=num_cpus, **kwargs)
+        try:
+            columns = ds.columns() or []
+        except Exception:  # noqa: BLE001 — pyarrow refuses include_columns naming a column the csv lacks
+            columns = []
+        if d.text_column not in columns:
+            raise GeminiRayError(
+                f"data.text_column '{d.text_column}' is not a column of '{d.path}' (columns: {columns}). "
+                "Set data.text_column to the column that holds the documents."
+            )
+        ds = ds.map_batches(functools.partial(decode_column, column=d.text_column), batch_format="numpy",
+                            num_cpus=num_cpus)  # the read's CPUs: one task with it (csv skips are counted there)
+    return ds.limit(d.max_documents) if d.max_documents else ds
+
+
+def read_parquet_v1(paths: Any, **kwargs: Any) -> ray.data.Dataset:
+    """ray.data.read_parquet through Ray's V1 reader: V2 (Ray 2.60's default) first runs a listing task that
+    asks for a whole CPU, which a trainer and a teacher pool holding all but a fraction of a node never leave
+    free (Ray Data then waits until its no-progress timeout)."""
+    ctx = ray.data.DataContext.get_current()
+    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(paths, **kwargs)
+    finally:
+        ctx.use_datasource_v2 = v2
+
+
+def is_val_doc(doc_id: np.ndarray, val_fraction: float) -> np.ndarray:
+    """Held-out documents, chosen by content hash: stable across runs, corpora orders and machines."""
+    return (np.asarray(doc_id) % 10_000) < int(round(val_fraction * 10_000))
+
+
+@ray.remote(num_cpus=0)
+class CorpusLedger:
+    """What one execution of the corpus stream has read, counted in Ray (one actor), never in the driver:
+    documents, skips and duplicates, examples per split, and an order-free fingerprint of the unique
+    documents (the sum and xor of their content hashes), so parallel tasks may report in any order.
+
+    A stream executed again (a further pass over the corpus) reads the same blocks in the same tasks again: a
+    block the ledger has seen (same task index, same documents in the same order) counts once, so the
+    counts are those of one pass."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.blocks: set[tuple[int, int]] = set()
+        self.counts = {k: v for k, v in CorpusStats().as_dict().items() if k not in ("fingerprint", "tokenize_processes")}
+        self.hash_sum, self.hash_xor = 0, 0
+        self.pids: set[int] = set()
+
+    def record(self, block: tuple[int, int], doc_ids: np.ndarray, counts: dict[str, int], pid: int) -> None:
+        """block: the block's key (its task's index in the execution, a hash of its documents in order);
+        doc_ids: its UTF-8 documents (duplicates included); counts: what its task saw."""
+        self.pids.add(pid)
+        if block in self.blocks:
+            self.counts["repeated_blocks"] += 1
+            return
+        self.blocks.add(block)
+        for h in doc_ids.tolist():
+            if h in self.seen:
+                self.counts["duplicate_documents"] += 1
+            else:
+                self.seen.add(h)
+                self.hash_sum = (self.hash_sum + h) % (1 << 64)
+                self.hash_xor ^= h
+        for k, v in counts.items():
+            self.counts[k] += int(v)
+
+    def stats(self) -> CorpusStats:
+        unique = f"{len(self.seen)}:{self.hash_sum}:{self.hash_xor}".encode()
+        return CorpusStats(**self.counts, tokenize_processes=len(self.pids),
+                           fingerprint=hashlib.sha256(unique).hexdigest())
+
+
+@ray.remote(num_cpus=0)
+class StreamPlan:
+    """Which rows of the current pass the trainer has trained already (positions, `gemini_ray.positions`),
+    so that a resumed run's stream drops them before the teacher (or, from a cache, before the trainer).
+
+    Rank 0 of the Train workers sets it when it starts a pass (after restoring a checkpoint: the pass's
+    trained ranges; a new pass: none); the stream's tasks ask for their own rows and wait until it is set.
+    An async actor: a task that waits does not block the set."""
+
+    def __init__(self) -> None:
+        self.trained: list[list[int]] = []
+        self.ready = None
+
+    def _event(self):
+        import asyncio
+
+        if self.ready is None:
+            self.ready = asyncio.Event()
+        return self.ready
+
+    async def set(self, trained: list[list[int]]) -> None:
+        self.trained = trained
+        self._event().set()
+
+    async def skip(self, task: int) -> list[list[int]]:
+        await self._event().wait()
+        return rows_of(self.trained, task)
+
+
+def task_positions(n: int) -> tuple[np.ndarray, int]:
+    """(encoded positions of the next n output rows of this Ray Data task, the task's index). A task may
+    map several batches: the row count carries over in its TaskContext."""
+    from ray.data._internal.execution.interfaces.task_context import TaskContext
+
+    ctx = TaskContext.get_current()
+    if ctx is None:  # outside Ray Data (a unit test calling the function)
+        return encode(0, np.arange(n)), 0
+    start = ctx.kwargs.get("gemini_ray_rows", 0)
+    ctx.kwargs["gemini_ray_rows"] = start + n
+    return encode(ctx.task_idx, np.arange(start, start + n)), ctx.task_idx
+
+
+def drop_trained(batch: dict[str, np.ndarray], task: int, plan) -> dict[str, np.ndarray]:
+    """The batch without the rows the plan says were trained in this pass."""
+    if plan is None:
+        return batch
+    ranges = ray.get(plan.skip.remote(task))
+    if not ranges:
+        return batch
+    keep = ~trained_mask(ranges, decode(batch["position"])[1])
+    return {k: v[keep] for k, v in batch.items()}
+
+
+@functools.lru_cache(maxsize=2)
+def _pairer(**kwargs) -> SpanPairer:
+    """One SpanPairer (its tokenizer loaded once) per Ray worker process: tokenize tasks reuse processes."""
+    return SpanPairer(**kwargs)
+
+
+def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, max_chars: int, pairer: dict,
+                    plan=None, only: str | None = None) -> dict[str, np.ndarray]:
+    """Tokenize-and-pair task over one block of documents: SpanPairer cuts the UTF-8 documents (a repeat of
+    a document earlier in the block is dropped), the counts go to the ledger, and only the examples (status
+    'ok', with their 'split' and 'position') come out; with a StreamPlan, less the rows trained already;
+    with `only`, the rows of that split alone (selected here, not by a Filter operator after this one: on a
+    small machine Ray Data gives a downstream operator no CPU while the reads and tokenize tasks of a large
+    corpus hold them all, and a filter there would starve until the whole corpus was read).
+
+    A repeat in another block is kept: dropping it would make the stream depend on which task ran first
+    (and empty a second pass). Its examples carry the same document id, so the two copies are never each
+    other's negatives, and the same example ids, so a cache keeps one copy."""
+    texts = np.array(["" if t is None else str(t) for t in batch["text"]], dtype=object)
+    bad_record = np.asarray(batch["bad_record"], dtype=bool)
+    too_long = np.array([len(t) > max_chars for t in texts], dtype=bool)
+    bad = np.asarray(batch["bad_utf8"], dtype=bool) | bad_record  # never read: not part of the corpus
+    doc_ids = np.array([text_hash(t) for t in texts], dtype=np.int64)
+    first = np.zeros(len(texts), dtype=bool)
+    first[np.unique(doc_ids, return_index=True)[1]] = True
+    keep = first & ~bad & ~too_long
+    rows = _pairer(**pairer)({"text": texts[keep]})
+    status, doc = rows.pop("status"), rows["doc_id"]
+    ok = status == STATUS_OK
+    val = is_val_doc(doc, val_fraction)
+    # the block's key: its place in this execution (the task's index) and its content; a further pass runs
+    # the same tasks over the same blocks again
+    from ray.data._internal.execution.interfaces.task_context import TaskContext
+
+    task = TaskContext.get_current()
+    block = (-1 if task is None else task.task_idx,
+             int.from_bytes(hashlib.blake2b(doc_ids.tobytes(), digest_size=8).digest(), "little"))
+    ray.get(ledger.record.remote(block, doc_ids[~bad], {
+        "documents": len(texts), "skipped_non_utf8": np.sum(batch["bad_utf8"]),
+        "skipped_bad_records": np.sum(bad_record), "skipped_too_long": np.sum(too_long & first & ~bad),
+        "skipped_empty": np.sum(status == "empty"), "skipped_too_short": np.sum(status == "too_short"),
+        "examples": np.sum(ok), "train_examples": np.sum(ok & ~val), "val_examples": np.sum(ok & val),
+        "documents_used": len(np.unique(doc[ok])), "val_documents": len(np.unique(doc[ok & val])),
+    }, os.getpid()))  # a document's examples all come from one block, so per-block unique counts add up
+    out = {k: v[ok] for k, v in rows.items()}
+    out["split"] = np.where(val[ok], "val", "train").astype(object)
+    out["position"], task = task_positions(int(np.sum(ok)))
+    if only is not None:
+        out = {k: v[out["split"] == only] for k, v in out.items()}
+    return drop_trained(out, task, plan)
+
+
+class CorpusStream(NamedTuple):
+    """The corpus as tokenized, paired examples (lazy, in corpus order) and the ledger of what it read."""
+
+    examples: ray.data.Dataset
+    ledger: Any
+
+    def stats(self) -> CorpusStats:
+        return ray.get(self.ledger.stats.remote())
+
+
+def corpus_stream(cfg: Config, tokenizer_source: str, kind: str, beside_trainer: bool = False,
+                  plan=None, only: str | None = None) -> CorpusStream:
+    """Read, tokenize and pair the corpus in parallel Ray tasks (every free CPU, every node), lazily: nothing
+    runs until the examples are consumed. Each call has its own ledger: give each execution its own stream.
+
+    beside_trainer: the stream runs while Train workers and the teacher pool hold most CPUs, so its tasks ask
+    for fractions (LIGHT_CPUS per read, STREAM_TOKENIZE_CPUS per tokenize task); before a trainer starts they
+    ask for half a CPU per read and a whole one per tokenize task. plan: a StreamPlan whose trained rows the
+    stream leaves out (a resumed run). only: 'train' or 'val' to keep that split's rows alone (the ledger
+    counts both)."""
+    ledger = CorpusLedger.remote()
+    pairer = dict(tokenizer_source=tokenizer_source, kind=kind, span_length=cfg.data.span_length,
+                  mlm_probability=cfg.data.mlm_probability, seed=cfg.data.seed,
+                  trust_remote_code=cfg.teacher.trust_remote_code)
+    read_cpus, tokenize_cpus = (LIGHT_CPUS, STREAM_TOKENIZE_CPUS) if beside_trainer else (PASS_READ_CPUS, 1.0)
+    # reads and tokenize tasks ask for different CPUs: Ray Data fuses adjacent operators with equal resources
+    # into one task, which would tokenize a one-file corpus in the single task that reads it
+    examples = read_documents(cfg, num_cpus=read_cpus).map_batches(
+        _pair_documents, fn_kwargs=dict(ledger=ledger, val_fraction=cfg.data.val_fraction,
+                                 max_chars=cfg.data.max_document_chars, pairer=pairer, plan=plan, only=only),
+        batch_size=None, num_cpus=tokenize_cpus, batch_format="numpy")
+    return CorpusStream(examples, ledger)
+
+
+def held_out(examples: ray.data.Dataset, cap: int) -> ray.data.Dataset:
+    """The held-out rows: of the held-out documents' examples (chosen by content hash), the first `cap` in
+    corpus order."""
+    return split(examples, "val").limit(cap)
+
+
+def build_examples(cfg: Config, tokenizer_source: str, kind: str) -> tuple[ray.data.Dataset, CorpusStats]:
+    """One whole pass: the examples materialised in Ray's object store, the held-out rows cut to
+    data.max_val_examples, and the counts. The driver collects nothing proportional to the
+    corpus (the ledger counts in Ray; the held-out cap brings at most data.max_val_examples ids here)."""
+    stream = corpus_stream(cfg, tokenizer_source, kind)
+    examples = stream.examples.materialize()
+    stats = stream.stats()
+    ray.kill(stream.ledger)
+    _check_corpus(cfg, stats)
+    cap = cfg.data.max_val_examples
+    if stats.val_examples <= cap:
+        return examples, stats
+    kept = held_out(examples, cap).select_columns(["example_id"]).to_pandas()["example_id"].to_numpy()
+    stats.val_examples_dropped, stats.val_examples = stats.val_examples - len(kept), len(kept)
+
+    def drop_other_held_out(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keep = (batch["split"] == "train") | np.isin(batch["example_id"], kept)
+        return {k: v[keep] for k, v in batch.items()}
+
+    return examples.map_batches(drop_other_held_out, batch_format="numpy", num_cpus=LIGHT_CPUS).materialize(), stats
+
+
+class Probe(NamedTuple):
+    """What an online run reads before its trainer starts."""
+
+    val: dict[str, np.ndarray] | None
+    """The held-out rows, tokenized (not yet labelled), or None."""
+    stats: CorpusStats
+    """The counts of what the probe read: the corpus's prefix, or all of it when `whole`."""
+    whole: bool
+    """Whether the probe read the whole corpus (its counts are the corpus's)."""
+
+
+PROBE_MIN_ROWS = 256
+"""Examples a probe reads at least when there are no held-out rows to look for."""
+
+
+def probe_corpus(cfg: Config, tokenizer_source: str, kind: str) -> Probe:
+    """Read the corpus only as far as the held-out rows need (the first data.max_val_examples held-out
+    examples, in corpus order), and check it on what was read: no documents, no examples, too few documents
+    for K negatives, fewer training examples than one step. A prefix that passes is enough; one that fails
+    is read on to the corpus's end before the run is refused (a corpus that passes only as a whole is
+    accepted). The held-out rows (at most data.max_val_examples, a few hundred KB) come to the driver."""
+    d, t = cfg.data, cfg.train
+    cap = d.max_val_examples if d.val_fraction > 0 else 0
+    stream = corpus_stream(cfg, tokenizer_source, kind, only="val" if cap else None)
+    try:
+        if cap:
+            val = to_arrays(stream.examples.limit(cap))
+            whole = val is None or len(val["example_id"]) < cap
+        else:
+            need = max(PROBE_MIN_ROWS, 4 * t.batch_size * t.num_workers)
+            seen = sum(len(b["doc_id"]) for b in stream.examples.limit(need).iter_batches(batch_size=None,
+                                                                                           batch_format="numpy"))
+            val, whole = None, seen < need
+        stats = stream.stats()
+    finally:
+        ray.kill(stream.ledger)
+    if not whole and not _enough(cfg, stats):  # rare: very long documents, or few usable ones early on
+        rest = corpus_stream(cfg, tokenizer_source, kind, only="val")  # the ledger counts every row it reads
+        try:
+            for _ in rest.examples.iter_batches(batch_size=None, batch_format="numpy"):
+                pass
+            stats, whole = rest.stats(), True
+        finally:
+            ray.kill(rest.ledger)
+    _check_corpus(cfg, stats)
+    if val is not None:
+        stats.val_examples = len(val["example_id"])
+    return Probe(val, stats, whole)
+
+
+def _enough(cfg: Config, stats: CorpusStats) -> bool:
+    return (stats.documents_used > cfg.loss.num_negatives
+            and stats.train_examples >= cfg.train.batch_size * cfg.train.num_workers)
+
+
+def online_rows(cfg: Config, tokenizer_source: str, kind: str, rows: int, plan) -> CorpusStream:
+    """The first `rows` training examples, streamed beside the trainer from the corpus files (nothing is read
+    before the trainer asks), less those the plan says were trained, with the ledger of what this stream
+    read. A stream that runs out before `rows` is read again from the start by the next pass."""
+    stream = corpus_stream(cfg, tokenizer_source, kind, beside_trainer=True, plan=plan, only="train")
+    return CorpusStream(stream.examples.limit(rows), stream.ledger)
+
+
+def _check_corpus(cfg: Config, stats: CorpusStats) -> None:
+    """Refuse a corpus that gives no document, no example, or too few documents for K negatives."""
+    if stats.documents == 0:
+        raise GeminiRayError(f"the corpus '{cfg.data.path}' holds no documents. Give a non-empty corpus.")
+    if stats.examples == 0:
+        skips = {"too short": stats.skipped_too_short, "empty": stats.skipped_empty,
+                 "not UTF-8": stats.skipped_non_utf8, "unreadable records": stats.skipped_bad_records,
+                 "longer than data.max_document_chars": stats.skipped_too_long}
+        raise GeminiRayError(
+            f"no document of '{cfg.data.path}' is long enough for an anchor and a positive span "
+            f"({2 * cfg.data.span_length} tokens with data.span_length={cfg.data.span_length}; "
+            + (", ".join(f"{n} {what}" for what, n in skips.items() if n) or "none read") + "). "
+            "Use longer documents or a smaller data.span_length."
+        )
+    if stats.documents_used <= cfg.loss.num_negatives:
+        raise GeminiRayError(
+            f"loss.num_negatives={cfg.loss.num_negatives} needs more than {cfg.loss.num_negatives} usable documents "
+            f"(negatives come from other documents), but the corpus gives {stats.documents_used}. "
+            "Lower loss.num_negatives or add documents."
+        )
+
+
+def split(examples: ray.data.Dataset, name: str) -> ray.data.Dataset:
+    """The 'train' or 'val' rows of the examples."""
+    return examples.filter(expr=f"split == '{name}'", num_cpus=LIGHT_CPUS)
+
+
+def to_arrays(ds: ray.data.Dataset) -> dict[str, np.ndarray] | None:
+    """A small dataset (the held-out rows) as one dict of column arrays, or None when it is empty.
+
+    The held-out rows go to the Train workers as one object, not as a second Ray Data stream: every
+    concurrent Ray Data execution takes an equal share of the CPUs the trainer leaves free, and on a
+    small machine a share rounds down to nothing (the training stream then waits for its no-progress
+    timeout)."""
+    parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    parts = [p for p in parts if len(next(iter(p.values()))) > 0]
+    if not parts:
+        return None
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
