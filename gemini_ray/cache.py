@@ -40,7 +40,8 @@ __all__ = [
     "check_compatible",
 ]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""2: each shard row carries its row index in the file (`row`), the base of its position in a pass."""
 
 
 def weights_hash(model_dir: str) -> str:
@@ -82,6 +83,11 @@ def cache_key(identity: dict[str, Any]) -> str:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
+
+
+def shard_number(path: str) -> int:
+    """The index of a shard from its file's path or name (inverse of shard_name)."""
+    return int(path.rsplit("/", 1)[-1][len("shard-"):-len(".parquet")])
 
 
 def shard_is_complete(fs: pafs.FileSystem, path: str, expected_rows: int) -> bool:
@@ -128,7 +134,13 @@ def signal_bytes_per_token(top_k: int, hidden_size: int, span_length: int) -> fl
 
 
 def check_compatible(manifest: dict[str, Any], identity: dict[str, Any], where: str) -> None:
-    """Refuse a cache made from another teacher, tokenizer or corpus than the config names."""
+    """Refuse a cache made from another teacher, tokenizer or corpus than the config names, or in another
+    format."""
+    if manifest.get("version") != CACHE_VERSION:
+        raise GeminiRayError(
+            f"the teacher-signal cache at '{where}' is in format {manifest.get('version')}; this gemini-ray reads "
+            f"format {CACHE_VERSION}. Run 'gemini-ray label' with this config to make it again."
+        )
     made = manifest.get("identity", {})
     for key, what, fix in (
         ("teacher_weights", "teacher", "teacher.model"),

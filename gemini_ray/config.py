@@ -300,14 +300,19 @@ class TrainConfig:
     cpus_per_worker: Optional[float] = None
     """Ray CPUs reserved per training worker; also its torch thread count (rounded, at least 1). None: 1
     when the teacher runs online or Tune searches; a run reading a cache on a one-node cluster shares the
-    node's CPUs, less one cache read, among its workers (1.75 on 2 CPUs: two torch threads)."""
+    node's CPUs, less one cache read, among its workers (1.75 on 2 CPUs: two torch threads; 0.875 each for two
+    workers; a share under 0.5 CPU: 1, which the resource check refuses)."""
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources per training worker, e.g. {trainer: 1}, to keep the workers on trainer nodes."""
     max_failures: int = 3
     """Times Ray Train restarts the worker group after a worker or its node dies; each restart resumes
     from the latest checkpoint (a non-finite loss is not retried: it would fail the same way)."""
     seed: int = 0
-    """Seed of the student's initialisation and dropout."""
+    """Seed of the student's initialisation and dropout, and of the shuffle of later passes."""
+    shuffle_buffer: int = 256
+    """Rows in each worker's local shuffle buffer on the second and later passes over the training rows
+    (seeded by train.seed, the pass and the rank), so that a later pass batches its rows differently. The
+    first pass is in corpus (or cache) order. 0: every pass in the same order."""
     trace_positions: Optional[str] = None
     """A local directory: each Train worker appends the positions of the rows it trained, one line per step,
     to rank<r>.txt (to check that a resumed run trains each example once). Off by default."""
@@ -326,6 +331,7 @@ class TrainConfig:
         _check(self.cpus_per_worker is None or self.cpus_per_worker > 0, "train.cpus_per_worker",
                "must be > 0 (or null: decided from the plan and the cluster)")
         _check(self.max_failures >= 0, "train.max_failures", f"must be >= 0, got {self.max_failures}")
+        _check(self.shuffle_buffer >= 0, "train.shuffle_buffer", f"must be >= 0 rows, got {self.shuffle_buffer}")
         _check_resources("train.resources_per_worker", self.resources_per_worker)
 
 

@@ -241,15 +241,19 @@ def task_positions(n: int) -> tuple[np.ndarray, int]:
     return encode(ctx.task_idx, np.arange(start, start + n)), ctx.task_idx
 
 
-def drop_trained(batch: dict[str, np.ndarray], task: int, plan) -> dict[str, np.ndarray]:
-    """The batch without the rows the plan says were trained in this pass."""
-    if plan is None:
+def drop_trained(batch: dict[str, np.ndarray], plan) -> dict[str, np.ndarray]:
+    """The batch without the rows the plan says were trained in this pass (its rows may come from several
+    tasks, or cache shards)."""
+    if plan is None or len(batch["position"]) == 0:
         return batch
-    ranges = ray.get(plan.skip.remote(task))
-    if not ranges:
-        return batch
-    keep = ~trained_mask(ranges, decode(batch["position"])[1])
-    return {k: v[keep] for k, v in batch.items()}
+    tasks, rows = decode(batch["position"])
+    keep = np.ones(len(rows), dtype=bool)
+    for task in np.unique(tasks).tolist():
+        ranges = ray.get(plan.skip.remote(task))
+        if ranges:
+            mine = tasks == task
+            keep[mine] = ~trained_mask(ranges, rows[mine])
+    return batch if keep.all() else {k: v[keep] for k, v in batch.items()}
 
 
 @functools.lru_cache(maxsize=2)
@@ -298,10 +302,10 @@ def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, m
     }, os.getpid()))  # a document's examples all come from one block, so per-block unique counts add up
     out = {k: v[ok] for k, v in rows.items()}
     out["split"] = np.where(val[ok], "val", "train").astype(object)
-    out["position"], task = task_positions(int(np.sum(ok)))
+    out["position"], _ = task_positions(int(np.sum(ok)))
     if only is not None:
         out = {k: v[out["split"] == only] for k, v in out.items()}
-    return drop_trained(out, task, plan)
+    return drop_trained(out, plan)
 
 
 class CorpusStream(NamedTuple):

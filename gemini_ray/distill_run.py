@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,9 @@ def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None, pla
     if cache is not None:
         print(f"[gemini-ray] reading the teacher signal from the cache {cache.directory}")
         _check_steps(cfg, cache.manifest["corpus"]["train_examples"], f"the cache at '{cache.directory}'")
-        return (*read_cached_signal(cache.directory, cache.manifest, cfg.loss.num_negatives, plan), None, None)
+        consumed = _consumed_shards(cfg, cache.manifest) if plan is not None else frozenset()
+        return (*read_cached_signal(cache.directory, cache.manifest, cfg.loss.num_negatives, plan, consumed),
+                None, None)
     probe = probe_corpus(cfg, session.teacher_source, session.kind)
     print_corpus(probe.stats, read="" if probe.whole else " (the start read before training)")
     _check_steps(cfg, probe.stats.train_examples, "the corpus")
@@ -117,6 +120,30 @@ def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None, pla
     rows = online_rows(cfg, session.teacher_source, session.kind, max(1, steps_left) * t.batch_size * t.num_workers,
                        plan)
     return label_and_mine(cfg, rows.examples), val, probe, rows.ledger
+
+
+def _consumed_shards(cfg: Config, manifest: dict) -> frozenset[int]:
+    """The cache's training shards whose every row the run had trained in its current pass at its newest
+    checkpoint (the one it resumes from), when the rest of the run ends within that pass: left unread. A run
+    that will make another pass reads them all (the stream is the same for every pass of a fit)."""
+    from gemini_ray.checkpoint import latest_whole_checkpoint
+    from gemini_ray.positions import count, rows_of
+
+    out_dir = run_dir(cfg.run.storage_path, cfg.run.name)
+    latest = None if is_uri(out_dir) else latest_whole_checkpoint(out_dir)
+    if latest is None:
+        return frozenset()
+    state = json.loads((latest[0] / "state.json").read_text(encoding="utf-8"))
+    trained, t = state.get("trained") or [], cfg.train
+    rows = {int(s): int(manifest["expected_rows"][str(s)]) for s in manifest["shards_train"]}
+    needed = (t.max_steps - state["step"] + 1) * t.batch_size * t.num_workers  # a step's rows of slack
+    if needed > sum(rows.values()) - count(trained):
+        return frozenset()
+    consumed = frozenset(s for s, n in rows.items() if sum(b - a for a, b in rows_of(trained, s)) >= n)
+    if consumed:
+        print(f"[gemini-ray] resuming: {len(consumed)} of {len(rows)} cache shards were trained whole in this "
+              "pass; they are not read again")
+    return consumed
 
 
 def _earliest_resume_step(cfg: Config) -> int:

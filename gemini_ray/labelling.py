@@ -15,6 +15,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from gemini_ray.cache import CACHE_VERSION
 from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import absolute, join, open_dir
@@ -62,7 +63,7 @@ def _check_plan(cfg: Config, stats: CorpusStats) -> None:
 def _new_manifest(cfg: Config, session: Session, stats: CorpusStats, n_train: int, n_val: int,
                   expected: dict[int, int], done: dict[int, Any]) -> dict[str, Any]:
     return {
-        "version": 1, "identity": session.identity, "complete": False,
+        "version": CACHE_VERSION, "identity": session.identity, "complete": False,
         "teacher": {"model": cfg.teacher.model, "resolved": session.teacher_source, "kind": session.kind,
                     "parameters": session.teacher_params, "vocab_size": session.teacher_config.vocab_size,
                     "hidden_size": session.teacher_config.hidden_size},

@@ -14,10 +14,11 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from gemini_ray.config import Config
-from gemini_ray.corpus_pass import LIGHT_CPUS, drop_trained, read_parquet_v1, task_positions, to_arrays
+from gemini_ray.corpus_pass import LIGHT_CPUS, drop_trained, read_parquet_v1, to_arrays
 from gemini_ray.data.mining import HardNegativeMiner
 from gemini_ray.data.teacher_stage import TeacherLabeler
 from gemini_ray.paths import atomic_path, join, open_dir
+from gemini_ray.positions import encode
 
 __all__ = ["label_rows", "label_and_mine", "teacher_token_counter", "label_shards", "read_cache",
            "read_cached_signal", "assign_shards", "CACHE_READ_CPUS", "TRAIN_COLUMNS", "STREAM_COLUMNS"]
@@ -153,6 +154,7 @@ class ShardWriter:
         rows = {k: np.asarray(v)[order] for k, v in batch.items()}
         shard = int(rows["shard"][0])
         mined = HardNegativeMiner(self.k, seed=self.seed + shard)(rows)  # fresh per shard: deterministic
+        mined["row"] = np.arange(len(order), dtype=np.int64)  # its place in the file: (shard, row) is its position
         table = BlockAccessor.batch_to_block(mined)
         with atomic_path(join(self.directory, shard_name(shard))) as tmp:
             pq.write_table(table, tmp)
@@ -180,29 +182,34 @@ def label_shards(cfg: Config, examples: ray.data.Dataset, directory: str, shards
     return written.to_pandas().to_dict("records")
 
 
-def read_cache(directory: str, shards: list[int], num_negatives: int, plan=None) -> ray.data.Dataset:
+def read_cache(directory: str, shards: list[int], num_negatives: int, plan=None,
+               consumed: frozenset[int] = frozenset()) -> ray.data.Dataset:
     """Stream the given cache shards, keeping the first (hardest) `num_negatives` negatives, each row with its
-    position in the pass (less the rows a StreamPlan says were trained)."""
-    from gemini_ray.cache import shard_name
+    position in the pass: (shard, row in the shard's file), so that a shard left out does not move the
+    others. Less the rows a StreamPlan says were trained, and without reading the `consumed` shards (every
+    row trained: a resumed run that ends within this pass)."""
+    from gemini_ray.cache import shard_name, shard_number
 
     fs, path = open_dir(directory)
-    files = [f"{path}/{shard_name(s)}" for s in shards]
+    files = [f"{path}/{shard_name(s)}" for s in shards if s not in consumed]
     # fractional CPUs: on a small machine the trainer (and a Tune trial's driver) hold most of them
-    ds = read_parquet_v1(files, filesystem=fs, columns=TRAIN_COLUMNS, num_cpus=CACHE_READ_CPUS)
+    ds = read_parquet_v1(files, filesystem=fs, columns=TRAIN_COLUMNS + ["row"], include_paths=True,
+                         num_cpus=CACHE_READ_CPUS)
 
     def first_k(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for key in ("neg_input_ids", "neg_attention_mask", "neg_mask"):
             batch[key] = np.ascontiguousarray(batch[key][:, :num_negatives])
-        batch["position"], task = task_positions(len(batch["input_ids"]))
-        return drop_trained(batch, task, plan)
+        shard = np.array([shard_number(p) for p in batch.pop("path").tolist()], dtype=np.int64)
+        batch["position"] = encode(shard, batch.pop("row"))
+        return drop_trained(batch, plan)
 
     return ds.map_batches(first_k, batch_format="numpy", num_cpus=CACHE_READ_CPUS)
 
 
-def read_cached_signal(directory: str, manifest: dict, num_negatives: int,
-                       plan=None) -> tuple[ray.data.Dataset, dict | None]:
+def read_cached_signal(directory: str, manifest: dict, num_negatives: int, plan=None,
+                       consumed: frozenset[int] = frozenset()) -> tuple[ray.data.Dataset, dict | None]:
     """(training stream, held-out rows as one dict of arrays or None) from a complete cache. The held-out
-    rows are small: read once, before a trainer holds its CPUs."""
-    stream = read_cache(directory, manifest["shards_train"], num_negatives, plan)
+    rows are small: read once, before a trainer holds its CPUs. consumed: training shards left unread."""
+    stream = read_cache(directory, manifest["shards_train"], num_negatives, plan, consumed)
     val = to_arrays(read_cache(directory, manifest["shards_val"], num_negatives)) if manifest["shards_val"] else None
     return stream, val

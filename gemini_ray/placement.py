@@ -75,8 +75,8 @@ def demands(cfg: Config, cached: bool, trainer: bool = True) -> list[Demand]:
 
 def with_worker_cpus(cfg: Config, cached: bool, nodes: list[dict[str, float]], searching: bool = False) -> Config:
     """cfg with train.cpus_per_worker decided when it is None: 1 CPU a worker beside an online teacher, in a
-    search (trials share the nodes) or on a cluster of several nodes; on one node, a run from a cache gives
-    its workers the node's CPUs less one cache read (each worker's torch threads follow)."""
+    search (trials share the nodes) or on a cluster of several nodes; on one node, a run from a cache shares
+    the node's CPUs less one cache read among its workers (each worker's torch threads follow)."""
     from gemini_ray.pipeline import CACHE_READ_CPUS
 
     t = cfg.train
@@ -84,7 +84,10 @@ def with_worker_cpus(cfg: Config, cached: bool, nodes: list[dict[str, float]], s
         return cfg
     cpus = 1.0
     if cached and not searching and len(nodes) == 1:
-        cpus = max(1.0, (nodes[0].get("CPU", 1.0) - CACHE_READ_CPUS) / t.num_workers)
+        share = (nodes[0].get("CPU", 1.0) - CACHE_READ_CPUS) / t.num_workers
+        # a share of half a CPU or more (two workers on two cores: 0.875 each, one torch thread); below it,
+        # 1: the resource check then refuses the plan with its message rather than running it starved
+        cpus = share if share >= 0.5 else 1.0
     return dataclasses.replace(cfg, train=dataclasses.replace(t, cpus_per_worker=cpus))
 
 

@@ -1,10 +1,11 @@
 """Where a training row sits in its pass over the data, and which rows a run has trained (no Ray here).
 
-A row's position is (task, row): the index of the Ray Data task that produced it within one execution of
-the training stream (tasks are numbered in the order of their input blocks, which is the corpus's or the
-cache's order) and the row's index among that task's outputs. The same config reads the same blocks in
-the same order, so a position names the same example in every pass, in every run of the command, and
-whatever the number of Train workers: it is global, not per rank.
+A row's position is (task, row): from the corpus, the index of the Ray Data task that produced it within one
+execution of the training stream (tasks are numbered in the order of their input blocks, which is the
+corpus's order) and the row's index among that task's outputs; from a cache, the shard's number and the
+row's index in the shard's file (so that a shard left unread does not move the others). The same config
+reads the same blocks in the same order, so a position names the same example in every pass, in every run of
+the command, and whatever the number of Train workers: it is global, not per rank.
 
 The trained set of a pass is kept as ranges: [[task, start, stop], ...] (stop excluded, sorted). A block
 goes whole to one worker and is trained in order, so a task's trained rows are one range or a few.

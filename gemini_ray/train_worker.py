@@ -286,6 +286,16 @@ def _start_pass(spec: RunSpec, state: dict[str, Any], me: _Rank) -> None:
         dist.barrier()
 
 
+def _pass_shuffle(tc, epoch: int, rank: int) -> dict[str, int]:
+    """iter_torch_batches' local shuffle for a pass: none on the first (corpus or cache order), then a buffer
+    of train.shuffle_buffer rows seeded by the seed, the pass and the rank. Exact resume does not depend on
+    it: the positions of the rows trained are recorded, whatever order they came in."""
+    if epoch == 0 or tc.shuffle_buffer == 0:
+        return {}
+    return {"local_shuffle_buffer_size": tc.shuffle_buffer,
+            "local_shuffle_seed": (tc.seed * 1_000_003 + epoch * 1_009 + rank) % (1 << 31)}
+
+
 def _note_positions(batch: dict[str, torch.Tensor], pending: list[np.ndarray], step: int, spec: RunSpec,
                     rank: int) -> None:
     """Keep the positions of a step's rows until the next checkpoint; with train.trace_positions=<dir>, also
@@ -367,7 +377,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         got_any = False
         _start_pass(spec, state, me)
         for batch in window.timed(shard.iter_torch_batches(batch_size=tc.batch_size, drop_last=True,
-                                                           device=me.device, prefetch_batches=2)):
+                                                           device=me.device, prefetch_batches=2,
+                                                           **_pass_shuffle(tc, state["epoch"], me.rank))):
             got_any = True
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(state["step"], tc)

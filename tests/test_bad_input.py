@@ -30,6 +30,7 @@ import ray.data  # noqa: F401  stderr keep writing to its closed stream in later
 import ray.train  # noqa: F401
 import transformers  # noqa: F401
 
+from gemini_ray.cache import CACHE_VERSION
 from gemini_ray.cli import main
 from gemini_ray.config import ConfigError
 
@@ -113,7 +114,7 @@ def _other_teachers_cache(ctx: Ctx) -> Path:
     identity = {"teacher_weights": "0" * 64, "tokenizer_vocab": "0" * 64, "corpus": "0" * 64, "span_length": 16,
                 "masked": False, "mlm_probability": None, "data_seed": 0, "val_fraction": 0.05, "top_k": 8,
                 "max_negatives": 8, "mining_window": 16, "mining_seed": 0}
-    manifest = {"version": 1, "identity": identity, "complete": True, "shards_train": [0], "shards_val": [],
+    manifest = {"version": CACHE_VERSION, "identity": identity, "complete": True, "shards_train": [0], "shards_val": [],
                 "shards": {}, "teacher_tokens": 0}
     (cache / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return cache

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gemini_ray.cache import cache_key, check_compatible
+from gemini_ray.cache import CACHE_VERSION, cache_key, check_compatible
 from gemini_ray.config import build_config
 from gemini_ray.errors import ConfigError, GeminiRayError
 from gemini_ray.search import load_space, search_config, validate_space
@@ -28,8 +28,8 @@ def test_cache_key_is_stable_and_changes_with_every_input():
         assert cache_key({**IDENTITY, key: other}) != cache_key(IDENTITY), key
 
 
-def test_cache_from_another_teacher_or_corpus_is_refused():
-    manifest = {"identity": IDENTITY}
+def test_cache_from_another_teacher_or_corpus_or_format_is_refused():
+    manifest = {"version": CACHE_VERSION, "identity": IDENTITY}
     check_compatible(manifest, dict(IDENTITY), "somewhere")
     with pytest.raises(GeminiRayError, match="different teacher"):
         check_compatible(manifest, {**IDENTITY, "teacher_weights": "other"}, "somewhere")
@@ -37,6 +37,8 @@ def test_cache_from_another_teacher_or_corpus_is_refused():
         check_compatible(manifest, {**IDENTITY, "tokenizer_vocab": "other"}, "somewhere")
     with pytest.raises(GeminiRayError, match="different corpus"):
         check_compatible(manifest, {**IDENTITY, "corpus": "other"}, "somewhere")
+    with pytest.raises(GeminiRayError, match="in format 1; this gemini-ray reads format 2. Run 'gemini-ray label'"):
+        check_compatible({**manifest, "version": 1}, dict(IDENTITY), "somewhere")  # rows without their index
 
 
 @pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
@@ -269,3 +271,86 @@ def test_nan_teacher_signal_stops_training_and_exports_nothing(uninterrupted, ll
     assert kept is not None and kept[1] == (step - 1) // 4 * 4 > 0  # the last good checkpoint is kept
     assert f"last good checkpoint (step {kept[1]})" in message
     assert not (tmp_path / "nan" / "student").exists() and not (tmp_path / "nan" / "summary.json").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.long
+def test_a_resume_with_more_workers_goes_on_with_the_first_rows_not_trained(uninterrupted, llama_dir, corpus_file,
+                                                                            tmp_path):
+    """Positions are global, not per rank: a run stopped at a checkpoint with one worker and resumed with two
+    trains the rows that come next in the pass, none of the first run's again (counted from the traces)."""
+    from gemini_ray.cli import main
+    from gemini_ray.pipeline import read_cache
+
+    _, directory, manifest = uninterrupted
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    args = tiny(llama_dir, corpus_file, tmp_path, f"label.path={directory}", "label.use=require", "run.name=grow",
+                "train.checkpoint_every=4", "train.eval_every=100", f"train.trace_positions={trace}")
+    assert main(["distill", *args, "train.num_workers=1", "train.max_steps=4"]) == 0
+    first = [int(p) for line in (trace / "rank0.txt").read_text().splitlines() for p in line.split()[2:]]
+    (trace / "rank0.txt").unlink()
+    assert main(["distill", *args, "train.num_workers=2", "train.max_steps=6"]) == 0
+    second = [int(p) for rank in (0, 1) for line in (trace / f"rank{rank}.txt").read_text().splitlines()
+              for p in line.split()[2:]]
+
+    assert len(first) == 4 * 4 and len(second) == 2 * 2 * 4  # steps x batch_size (x workers)
+    assert len(set(first) | set(second)) == len(first) + len(second)  # nothing trained twice
+    # the pass in its order: one worker trained its first rows; two workers went on after them
+    stream = np.concatenate([b["position"] for b in read_cache(str(directory), manifest["shards_train"], 2)
+                             .iter_batches(batch_size=None, batch_format="numpy")])
+    assert first == stream[:16].tolist() and set(second) <= set(stream[16:].tolist())
+    summary = json.loads((tmp_path / "grow" / "summary.json").read_text())
+    (event,) = summary["training"]["resumes"]
+    assert event["cause"] == "driver_restart" and event["step"] == 4
+    assert event["examples_skipped"] == 16 and event["examples_repeated"] == 0
+    assert summary["training"]["steps"] == 6 and summary["training"]["examples"] == 16 + 16
+
+
+@pytest.mark.ray
+def test_a_cache_shard_left_unread_does_not_move_the_other_rows(uninterrupted):
+    """Cache positions are (shard, row in its file): leaving a consumed shard out of the stream (a resumed run
+    that ends within its pass) leaves every other row's position as it was."""
+    from gemini_ray.pipeline import read_cache
+
+    _, directory, manifest = uninterrupted
+    shards = manifest["shards_train"]
+
+    def positions(consumed=frozenset()):
+        return np.concatenate([b["position"] for b in read_cache(str(directory), shards, 2, consumed=consumed)
+                               .iter_batches(batch_size=None, batch_format="numpy")])
+
+    every, without_first = positions(), positions(frozenset({shards[0]}))
+    shard_of = every >> 32
+    assert sorted(set(shard_of.tolist())) == sorted(shards)
+    assert len(every) == sum(manifest["expected_rows"][str(s)] for s in shards)
+    assert np.array_equal(np.sort(without_first), np.sort(every[shard_of != shards[0]]))
+
+
+def test_a_resume_that_ends_within_its_pass_leaves_consumed_shards_unread(llama_dir, tmp_path):
+    """The shards whose every row the resume checkpoint trained in its pass are named for leaving out, but only
+    when the rest of the run fits in the rows left: a run that needs another pass reads them all."""
+    from transformers import AutoConfig
+
+    from gemini_ray.checkpoint import save_checkpoint, student_from_hf_config
+    from gemini_ray.config import TrainConfig
+    from gemini_ray.distill_run import _consumed_shards
+    from gemini_ray.positions import add, encode
+    from gemini_ray.train_step import make_optimizer
+
+    config = AutoConfig.from_pretrained(llama_dir).to_dict()
+    model = student_from_hf_config(config, "causal")
+    manifest = {"shards_train": [0, 1, 2], "expected_rows": {"0": 10, "1": 10, "2": 10, "3": 5}}
+    trained = add([], np.concatenate([encode(1, np.arange(10)), encode(0, np.arange(4))]))  # shard 1 whole
+    save_checkpoint(tmp_path / "grow" / "checkpoint_2026-11-30_10-00-00.000000", model,
+                    make_optimizer(model, TrainConfig()), {"step": 7, "trained": trained})
+
+    def consumed(max_steps):
+        cfg = build_config(None, [f"run.storage_path={tmp_path}", "run.name=grow", "train.batch_size=2",
+                                  f"train.max_steps={max_steps}"])
+        return _consumed_shards(cfg, manifest)
+
+    assert consumed(max_steps=10) == {1}  # 3 steps (+1 of slack) x 2 rows <= 16 rows left
+    assert consumed(max_steps=20) == set()  # 26 rows needed: another pass follows, which reads shard 1
+    assert consumed(max_steps=10) and not _consumed_shards(
+        build_config(None, [f"run.storage_path={tmp_path}", "run.name=new"]), manifest)  # no checkpoint

@@ -164,5 +164,10 @@ def test_worker_cpus_use_the_node_when_training_from_a_cache_alone():
     assert with_worker_cpus(cfg, cached=True, nodes=[{"CPU": 8.0}] * 2).train.cpus_per_worker == 1.0
     two = config_from_dict({"train": {"num_workers": 2}})
     assert with_worker_cpus(two, cached=True, nodes=[{"CPU": 16.0}]).train.cpus_per_worker == 7.875
+    on_laptop = with_worker_cpus(two, cached=True, nodes=ONE_LAPTOP)  # two workers share the two cores
+    assert on_laptop.train.cpus_per_worker == 0.875
+    check_fits(demands(on_laptop, cached=True), ONE_LAPTOP)
+    eight = config_from_dict({"train": {"num_workers": 8}})  # a share under half a CPU: 1, and refused
+    assert with_worker_cpus(eight, cached=True, nodes=ONE_LAPTOP).train.cpus_per_worker == 1.0
     fixed = config_from_dict({"train": {"cpus_per_worker": 1.0}})
     assert with_worker_cpus(fixed, cached=True, nodes=ONE_LAPTOP).train.cpus_per_worker == 1.0  # as set
