@@ -193,10 +193,10 @@ def fit_student(run: Run) -> ray.train.Result:
     from gemini_ray.trainer import build_trainer, fit, resume_point, run_spec
 
     spec = run_spec(run.cfg, run.student.config.to_dict(), run.session.kind, run.student.state_dict(), run.val,
-                    join(run.out_dir, "progress.json"), started_at=run.started_at, plan=run.plan)
+                    join(run.out_dir, "progress.json"), started_at=run.started_at, plan=run.plan,
+                    resume_from=resume_point(run.out_dir))
     storage, _, name = run.out_dir.rpartition("/")
-    trainer = build_trainer(run.cfg, spec, run.stream, name=name, storage_path=storage,
-                            resume_from=resume_point(run.out_dir))
+    trainer = build_trainer(run.cfg, spec, run.stream, name=name, storage_path=storage)
     t0 = time.perf_counter()
     result = fit(trainer, run.cfg, spec, where=run.out_dir)
     run.seconds["label_and_train_s"] = time.perf_counter() - t0

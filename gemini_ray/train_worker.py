@@ -69,6 +69,9 @@ class RunSpec:
     """progress.json (path or URI): rank 0's last step, read back by a resume and by the driver."""
     plan: Any = None
     """The training stream's StreamPlan actor (None: a resume re-reads the pass from its start)."""
+    resume_from: str | None = None
+    """A local checkpoint directory to start from when Ray Train has none to hand back (its own record was
+    set aside: `trainer.resume_point`). Ray Train V2 refuses TorchTrainer(resume_from_checkpoint=...)."""
 
 
 @dataclass(frozen=True)
@@ -351,7 +354,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     me = _Rank(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
     shard = ray.train.get_dataset_shard("train")
     val_rows = ray.get(spec.val) if spec.val is not None else None
-    resume_from = ray.train.get_checkpoint()
+    resume_from = ray.train.get_checkpoint()  # this fit's latest (a restarted worker group), else:
+    if resume_from is None and spec.resume_from is not None:
+        resume_from = ray.train.Checkpoint.from_directory(spec.resume_from)
     # -------------------------------------------------------------------------------------------
     _quiet_ray_train_logs()
     tc = spec.cfg.train

@@ -30,21 +30,24 @@ __all__ = ["run_spec", "build_trainer", "fit", "nonfinite_error", "resume_point"
 
 
 def run_spec(cfg: Config, hf_config: dict[str, Any], kind: str, init_weights: Any, val: dict[str, Any] | None,
-             progress_path: str | None, started_at: float | None = None, plan: Any = None) -> RunSpec:
+             progress_path: str | None, started_at: float | None = None, plan: Any = None,
+             resume_from: str | None = None) -> RunSpec:
     """A RunSpec for a new driver run. The initial weights (a state dict, or an ObjectRef of one already in
     the object store) and the held-out rows go into Ray's object store once; every worker fetches them.
-    plan: the StreamPlan of the training stream (a resume then skips the rows it trained), or None."""
+    plan: the StreamPlan of the training stream (a resume then skips the rows it trained), or None.
+    resume_from: a checkpoint directory to start from when Ray Train's own record was set aside
+    (`resume_point`)."""
     import ray
 
     weights = init_weights if isinstance(init_weights, ray.ObjectRef) else ray.put(init_weights)
     return RunSpec(cfg=cfg, hf_config=hf_config, kind=kind, init_weights=weights,
                    val=ray.put(val) if val is not None else None, fit_id=uuid.uuid4().hex,
-                   started_at=started_at or time.time(), progress_path=progress_path, plan=plan)
+                   started_at=started_at or time.time(), progress_path=progress_path, plan=plan,
+                   resume_from=resume_from)
 
 
 def build_trainer(cfg: Config, spec: RunSpec, stream: ray.data.Dataset, *, name: str, storage_path: str,
-                  num_to_keep: int = 2, callbacks: list[Any] | None = None,
-                  resume_from: ray.train.Checkpoint | None = None) -> TorchTrainer:
+                  num_to_keep: int = 2, callbacks: list[Any] | None = None) -> TorchTrainer:
     """A TorchTrainer over `stream` with train.num_workers workers, checkpoints under <storage_path>/<name>
     (the same name and storage path resume), and train.max_failures worker-group restarts."""
     import ray.train
@@ -62,7 +65,6 @@ def build_trainer(cfg: Config, spec: RunSpec, stream: ray.data.Dataset, *, name:
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=num_to_keep),
                                        failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),
         datasets={"train": stream},  # every rank evaluates all of val (an object in spec.val)
-        resume_from_checkpoint=resume_from,
     )
 
 
@@ -105,7 +107,7 @@ def fit(trainer: TorchTrainer, cfg: Config, spec: RunSpec, where: str) -> ray.tr
     return result
 
 
-def resume_point(out_dir: str) -> ray.train.Checkpoint | None:
+def resume_point(out_dir: str) -> str | None:
     """Where Ray Train should resume a local run from when its own record cannot say (None: let it decide).
 
     Ray Train resumes from checkpoint_manager_snapshot.json, which it writes in place: a driver killed
@@ -113,9 +115,8 @@ def resume_point(out_dir: str) -> ray.train.Checkpoint | None:
     it never recorded. A killed driver's Train workers can also go on (and checkpoint) for a few steps until
     Ray reclaims them: the record misses those checkpoints. Then: set the record aside and name the newest
     whole checkpoint. Checkpoint directories a kill cut short during their upload are never recorded by Ray
-    Train: they are deleted."""
-    import ray.train
-
+    Train: they are deleted. Returns that checkpoint's directory, which the workers load themselves when Ray
+    Train hands back none (RunSpec.resume_from)."""
     from gemini_ray.checkpoint import latest_whole_checkpoint, remove_partial_checkpoints
 
     if is_uri(out_dir) or not Path(out_dir).is_dir():
@@ -136,7 +137,7 @@ def resume_point(out_dir: str) -> ray.train.Checkpoint | None:
     if latest is None:
         return None
     print(f"[gemini-ray] resuming from the newest whole checkpoint {latest[0].name} (step {latest[1]})")
-    return ray.train.Checkpoint.from_directory(str(latest[0]))
+    return str(latest[0])
 
 
 def _recorded_step(snapshot: Path) -> int | None:

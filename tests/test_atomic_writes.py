@@ -149,7 +149,7 @@ def test_a_resume_deletes_checkpoints_cut_short_and_keeps_whole_ones(llama_dir, 
     (cut / "model.safetensors").write_bytes(data[: len(data) // 2])  # the copy stopped halfway
     checkpoint = resume_point(str(tmp_path))
     assert not cut.exists() and whole.is_dir()
-    assert checkpoint is not None and checkpoint.path == str(whole)
+    assert checkpoint == str(whole)
 
 
 def test_a_resume_prefers_a_whole_checkpoint_newer_than_ray_trains_record(llama_dir, tmp_path):
@@ -175,5 +175,5 @@ def test_a_resume_prefers_a_whole_checkpoint_newer_than_ray_trains_record(llama_
     assert resume_point(str(tmp_path)) is None and snapshot.is_file()  # up to date: Ray Train decides
     save_checkpoint(new, model, optimizer, {"step": 8, "kind": "causal", "hf_config": config})
     checkpoint = resume_point(str(tmp_path))
-    assert checkpoint is not None and checkpoint.path == str(new)
+    assert checkpoint == str(new)
     assert not snapshot.exists() and len(list(tmp_path.glob(".checkpoint_manager_snapshot.json.set-aside-*"))) == 1
