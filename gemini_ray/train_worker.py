@@ -289,6 +289,15 @@ def _start_pass(spec: RunSpec, state: dict[str, Any], me: _Rank) -> None:
         dist.barrier()
 
 
+def _resume_checkpoint(spec: RunSpec) -> ray.train.Checkpoint | None:
+    """This fit's latest checkpoint (Ray Train hands it back to a restarted worker group, or from its record
+    to a new driver), else the one the driver named (spec.resume_from), else None."""
+    found = ray.train.get_checkpoint()
+    if found is None and spec.resume_from is not None:
+        found = ray.train.Checkpoint.from_directory(spec.resume_from)
+    return found
+
+
 def _pass_shuffle(tc, epoch: int, rank: int) -> dict[str, int]:
     """iter_torch_batches' local shuffle for a pass: none on the first (corpus or cache order), then a buffer
     of train.shuffle_buffer rows seeded by the seed, the pass and the rank. Exact resume does not depend on
@@ -354,9 +363,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     me = _Rank(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
     shard = ray.train.get_dataset_shard("train")
     val_rows = ray.get(spec.val) if spec.val is not None else None
-    resume_from = ray.train.get_checkpoint()  # this fit's latest (a restarted worker group), else:
-    if resume_from is None and spec.resume_from is not None:
-        resume_from = ray.train.Checkpoint.from_directory(spec.resume_from)
+    resume_from = _resume_checkpoint(spec)
     # -------------------------------------------------------------------------------------------
     _quiet_ray_train_logs()
     tc = spec.cfg.train
