@@ -35,7 +35,7 @@ from gemini_ray.positions import decode, encode, rows_of, trained_mask
 
 __all__ = ["CorpusStats", "read_documents", "corpus_stream", "CorpusStream", "build_examples", "held_out",
            "Probe", "probe_corpus", "online_rows", "StreamPlan", "split", "is_val_doc", "to_arrays",
-           "CorpusLedger", "task_positions", "drop_trained", "read_parquet_v1", "LIGHT_CPUS",
+           "CorpusLedger", "drop_trained", "read_parquet_v1", "LIGHT_CPUS",
            "STREAM_TOKENIZE_CPUS", "PASS_READ_CPUS", "CORPUS_BLOCK_BYTES"]
 
 
@@ -228,17 +228,17 @@ class StreamPlan:
         return rows_of(self.trained, task)
 
 
-def task_positions(n: int) -> tuple[np.ndarray, int]:
-    """(encoded positions of the next n output rows of this Ray Data task, the task's index). A task may
-    map several batches: the row count carries over in its TaskContext."""
+def _task_positions(n: int) -> np.ndarray:
+    """Encoded positions of the next n output rows of this Ray Data task (task index, row). A task may map
+    several batches: the row count carries over in its TaskContext."""
     from ray.data._internal.execution.interfaces.task_context import TaskContext
 
     ctx = TaskContext.get_current()
     if ctx is None:  # outside Ray Data (a unit test calling the function)
-        return encode(0, np.arange(n)), 0
+        return encode(0, np.arange(n))
     start = ctx.kwargs.get("gemini_ray_rows", 0)
     ctx.kwargs["gemini_ray_rows"] = start + n
-    return encode(ctx.task_idx, np.arange(start, start + n)), ctx.task_idx
+    return encode(ctx.task_idx, np.arange(start, start + n))
 
 
 def drop_trained(batch: dict[str, np.ndarray], plan) -> dict[str, np.ndarray]:
@@ -302,7 +302,7 @@ def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, m
     }, os.getpid()))  # a document's examples all come from one block, so per-block unique counts add up
     out = {k: v[ok] for k, v in rows.items()}
     out["split"] = np.where(val[ok], "val", "train").astype(object)
-    out["position"], _ = task_positions(int(np.sum(ok)))
+    out["position"] = _task_positions(int(np.sum(ok)))
     if only is not None:
         out = {k: v[out["split"] == only] for k, v in out.items()}
     return drop_trained(out, plan)
