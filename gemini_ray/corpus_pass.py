@@ -282,7 +282,7 @@ def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, m
     first = np.zeros(len(texts), dtype=bool)
     first[np.unique(doc_ids, return_index=True)[1]] = True
     keep = first & ~bad & ~too_long
-    rows = _pairer(**pairer)({"text": texts[keep]})
+    rows = _pairer(**pairer)({"text": texts[keep]}, doc_ids=doc_ids[keep])
     status, doc = rows.pop("status"), rows["doc_id"]
     ok = status == STATUS_OK
     val = is_val_doc(doc, val_fraction)

@@ -50,6 +50,66 @@ def test_masked_teacher_spans_mask_some_tokens(bert_dir, lee_texts):
     assert 0.08 < frac < 0.2
 
 
+def _one_document_at_a_time(pairer, text):
+    """The pairing policy written plainly, one document and one span at a time (the reference the batched
+    SpanPairer must equal): rows (status, doc_id, example_id, ids (2, L), attention (2, L), labels (2, L),
+    span hashes (2,))."""
+    from gemini_ray.data.spans import span_hash, text_hash
+
+    L, n = pairer.span_length, pairer.body_length
+    doc_id = text_hash(text)
+    blank = np.zeros((2, L), int)
+    if not text.strip():
+        return [("empty", doc_id, doc_id, blank, blank, blank, (0, 0))]
+    ids = pairer.tok(text, add_special_tokens=False)["input_ids"]
+    chunks = [ids[i:i + n] for i in range(0, len(ids), n)]
+    if chunks and len(chunks[-1]) < max(2, n // 2):
+        chunks.pop()
+    chunks = [pairer.prefix + c + pairer.suffix for c in chunks]
+    if len(chunks) < 2:
+        return [("too_short", doc_id, doc_id, blank, blank, blank, (0, 0))]
+    rows = []
+    for p in range(len(chunks) // 2):
+        example_id = text_hash(f"{doc_id}:{p}")
+        rng = np.random.default_rng([pairer.seed, example_id])
+        sides = []
+        for chunk in chunks[2 * p:2 * p + 2]:
+            row = np.array(chunk + [pairer.pad_id] * (L - len(chunk)))
+            att = (np.arange(L) < len(chunk)).astype(int)
+            lab = att.copy()
+            h = span_hash(row[:len(chunk)])
+            if pairer.kind == "masked":
+                candidates = np.flatnonzero(~np.isin(row, pairer.tok.all_special_ids) & (att == 1))
+                picked = rng.choice(candidates, size=min(max(1, round(pairer.mlm_probability * len(candidates))),
+                                                         len(candidates)), replace=False)
+                lab = np.zeros(L, int)
+                lab[picked] = 1
+                row[picked] = pairer.tok.mask_token_id
+            sides.append((row, att, lab, h))
+        (a_ids, a_att, a_lab, a_hash), (b_ids, b_att, b_lab, b_hash) = sides
+        rows.append((STATUS_OK, doc_id, example_id, np.stack([a_ids, b_ids]), np.stack([a_att, b_att]),
+                     np.stack([a_lab, b_lab]), (a_hash, b_hash)))
+    return rows
+
+
+@pytest.mark.parametrize("fixture,kind,span_length", [("llama_dir", "causal", 16), ("llama_dir", "causal", 5),
+                                                      ("bert_dir", "masked", 16), ("bert_dir", "masked", 6)])
+def test_the_batched_pairer_equals_pairing_one_document_at_a_time(request, fixture, kind, span_length, lee_texts):
+    """Documents of every length around the span boundaries (empty, blank, one token, a partial last span
+    just under and over half a span, whole texts), one batch: the same rows as the plain per-document loop."""
+    words = " ".join(lee_texts).split()
+    texts = ["", "   ", lee_texts[0], "one"] + [" ".join(words[:k]) for k in range(1, 3 * span_length)] + lee_texts[1:6]
+    pairer = SpanPairer(str(request.getfixturevalue(fixture)), kind, span_length, seed=3)
+    out = pairer({"text": np.array(texts, dtype=object)})
+    expected = [row for text in texts for row in _one_document_at_a_time(pairer, text)]
+    assert len(out["status"]) == len(expected)
+    assert {"empty", "too_short", STATUS_OK} <= set(out["status"])
+    names = ["status", "doc_id", "example_id", "input_ids", "attention_mask", "label_mask", "span_hash"]
+    for i, row in enumerate(expected):
+        for name, want in zip(names, row):
+            assert np.array_equal(out[name][i], want), (i, name, texts)
+
+
 def test_pairing_is_deterministic_and_dedupes_by_content(llama_dir, lee_texts):
     _, a = pairs_for(llama_dir, "causal", lee_texts[:3])
     _, b = pairs_for(llama_dir, "causal", lee_texts[:3])

@@ -17,6 +17,8 @@ Policy:
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 from typing import Any
 
 import numpy as np
@@ -61,6 +63,9 @@ class SpanPairer:
                  seed: int = 0, trust_remote_code: bool = False, tokenizer: Any = None):
         from gemini_ray.models import load_tokenizer
 
+        # one thread: a pairer is one CPU's worth of work (a Ray task holding a CPU, one process of a pool);
+        # the tokenizer's own thread pool would compete with its neighbours for the same cores
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.tok = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_source, trust_remote_code)
         self.kind = kind
         self.span_length = span_length
@@ -78,87 +83,91 @@ class SpanPairer:
         if self.body_length < 2:
             raise ValueError(f"span_length={span_length} leaves no room for text after the special tokens")
 
-    def _spans(self, ids: list[int]) -> list[list[int]]:
+    def _cut(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per document of `lengths` tokens: its number of spans and of examples (pairs of spans)."""
         n = self.body_length
-        chunks = [ids[i : i + n] for i in range(0, len(ids), n)]
-        if chunks and len(chunks[-1]) < max(2, n // 2):
-            chunks.pop()
-        if self.kind == "masked":
-            chunks = [self.prefix + c + self.suffix for c in chunks]
-        return chunks
+        spans = lengths // n + (lengths % n >= max(2, n // 2))
+        return spans, spans // 2
 
-    def _row(self, chunk: list[int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    def _rows(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Span rows (S, L) of token ids and attention from the flat token array: span s holds
+        flat[starts[s]:starts[s] + lengths[s]], wrapped in the special tokens of a masked LM, then padded."""
+        L, P, Q = self.span_length, len(self.prefix), len(self.suffix)
+        col = np.arange(L)[None, :]  # (1, L)
+        body = (col >= P) & (col < P + lengths[:, None])  # (S, L)
+        take = np.clip(starts[:, None] + col - P, 0, max(len(flat) - 1, 0))
+        ids = np.where(body, flat[take] if len(flat) else 0, self.pad_id).astype(np.int32)
+        if P:
+            ids[:, :P] = self.prefix
+        for j, token in enumerate(self.suffix):
+            ids[np.arange(len(ids)), P + lengths + j] = token
+        attention = (col < P + lengths[:, None] + Q).astype(np.int8)
+        return ids, attention
+
+    def _mask(self, ids: np.ndarray, attention: np.ndarray, example_ids: np.ndarray) -> np.ndarray:
+        """Masked-LM corruption in place: `mlm_probability` of each span's real, non-special tokens become the
+        mask token, drawn by a generator seeded with (seed, example id); returns the label mask (E, 2, L)."""
+        labels = np.zeros(ids.shape, dtype=np.int8)
+        special = np.isin(ids, self.tok.all_special_ids) | (attention == 0)
+        for e, ex_id in enumerate(example_ids.tolist()):
+            rng = np.random.default_rng([self.seed, ex_id])
+            for side in range(2):
+                candidates = np.flatnonzero(~special[e, side])
+                n_mask = max(1, int(round(self.mlm_probability * len(candidates))))
+                picked = rng.choice(candidates, size=min(n_mask, len(candidates)), replace=False)
+                labels[e, side, picked] = 1
+                ids[e, side, picked] = self.tok.mask_token_id
+        return labels
+
+    def __call__(self, batch: dict[str, np.ndarray], doc_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """doc_ids: the documents' text_hash when the caller has them (saves hashing every text twice)."""
+        texts = ["" if t is None else str(t) for t in batch["text"]]
+        if doc_ids is None:
+            doc_ids = np.array([text_hash(t) for t in texts], dtype=np.int64)
         L = self.span_length
-        ids = np.full(L, self.pad_id, dtype=np.int32)
-        att = np.zeros(L, dtype=np.int8)
-        ids[: len(chunk)] = chunk
-        att[: len(chunk)] = 1
-        h = span_hash(ids[: len(chunk)])
-        if self.kind == "masked":
-            special = np.isin(ids, self.tok.all_special_ids) | (att == 0)
-            candidates = np.flatnonzero(~special)
-            n_mask = max(1, int(round(self.mlm_probability * len(candidates))))
-            picked = rng.choice(candidates, size=min(n_mask, len(candidates)), replace=False)
-            lab = np.zeros(L, dtype=np.int8)
-            lab[picked] = 1
-            ids[picked] = self.tok.mask_token_id
-        else:
-            lab = att.copy()
-        return ids, att, lab, h
+        filled = np.array([bool(t.strip()) for t in texts], dtype=bool)
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        tokens: list[list[int]] = []
+        if filled.any():  # one batched call: the tokenizer's own loop, not one Python call per document
+            tokens = self.tok([texts[i] for i in np.flatnonzero(filled)], add_special_tokens=False)["input_ids"]
+            lengths[filled] = [len(t) for t in tokens]
+        n_spans, n_examples = self._cut(lengths)
+        status = np.where(~filled, "empty", np.where(n_examples == 0, "too_short", STATUS_OK)).astype(object)
+        # one output row per example of a usable document, one per skipped document, in document order
+        out_rows = np.where(status == STATUS_OK, n_examples, 1)
+        doc = np.repeat(np.arange(len(texts)), out_rows)  # (R,) source document of each output row
+        ok = status[doc] == STATUS_OK
+        pair = np.arange(len(doc)) - np.repeat(np.cumsum(out_rows) - out_rows, out_rows)  # (R,) p within its doc
+        example_id = np.repeat(doc_ids, out_rows)
+        example_id[ok] = [_pair_hash(d, p) for d, p in zip(doc_ids[doc[ok]].tolist(), pair[ok].tolist())]
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {k: [] for k in ("status", "doc_id", "example_id", "input_ids",
-                                                 "attention_mask", "label_mask", "span_hash")}
-        L = self.span_length
-        empty = np.zeros((2, L), dtype=np.int32)
+        flat = np.fromiter(itertools.chain.from_iterable(tokens), dtype=np.int64, count=int(lengths.sum()))
+        offsets = np.cumsum(lengths) - lengths  # each document's first token in `flat`
+        rows, first = doc[ok], 2 * pair[ok]
+        span = np.stack([first, first + 1], axis=1)  # (E, 2) span index within the document
+        span_len = np.minimum(self.body_length, lengths[rows, None] - span * self.body_length)  # (E, 2)
+        ids, attention = self._rows(flat, (offsets[rows, None] + span * self.body_length).ravel(), span_len.ravel())
+        hashes = np.array([span_hash(r[:n]) for r, n in zip(ids, attention.sum(1).tolist())], dtype=np.int64)
+        ids, attention = ids.reshape(-1, 2, L), attention.reshape(-1, 2, L)
+        labels = self._mask(ids, attention, example_id[ok]) if self.kind == "masked" else attention.copy()
 
-        def emit(status, doc_id, ex_id, ids, att, lab, hashes):
-            out["status"].append(status)
-            out["doc_id"].append(doc_id)
-            out["example_id"].append(ex_id)
-            out["input_ids"].append(ids)
-            out["attention_mask"].append(att.astype(np.int8))
-            out["label_mask"].append(lab.astype(np.int8))
-            out["span_hash"].append(hashes)
+        def full(values: np.ndarray, width: tuple[int, ...], dtype) -> np.ndarray:
+            out = np.zeros((len(doc), *width), dtype=dtype)  # skipped documents' rows stay zero
+            out[ok] = values
+            return out
 
-        for text in batch["text"]:
-            text = "" if text is None else str(text)
-            doc_id = text_hash(text)
-            if not text.strip():
-                emit("empty", doc_id, doc_id, empty, empty, empty, np.zeros(2, np.int64))
-                continue
-            ids = self.tok(text, add_special_tokens=False)["input_ids"]
-            spans = self._spans(ids)
-            if len(spans) < 2:
-                emit("too_short", doc_id, doc_id, empty, empty, empty, np.zeros(2, np.int64))
-                continue
-            for p in range(len(spans) // 2):
-                ex_id = text_hash(f"{doc_id}:{p}")
-                rng = np.random.default_rng([self.seed, ex_id])
-                a = self._row(spans[2 * p], rng)
-                b = self._row(spans[2 * p + 1], rng)
-                emit(STATUS_OK, doc_id, ex_id, np.stack([a[0], b[0]]), np.stack([a[1], b[1]]),
-                     np.stack([a[2], b[2]]), np.array([a[3], b[3]], dtype=np.int64))
-        if not out["status"]:
-            return _empty_rows(L)
         return {
-            "status": np.array(out["status"], dtype=object),
-            "doc_id": np.array(out["doc_id"], dtype=np.int64),
-            "example_id": np.array(out["example_id"], dtype=np.int64),
-            "input_ids": np.stack(out["input_ids"]).astype(np.int32),  # (E, 2, L)
-            "attention_mask": np.stack(out["attention_mask"]),  # (E, 2, L)
-            "label_mask": np.stack(out["label_mask"]),  # (E, 2, L)
-            "span_hash": np.stack(out["span_hash"]),  # (E, 2)
+            "status": status[doc],
+            "doc_id": doc_ids[doc],
+            "example_id": example_id,
+            "input_ids": full(ids, (2, L), np.int32),  # (E, 2, L)
+            "attention_mask": full(attention, (2, L), np.int8),  # (E, 2, L)
+            "label_mask": full(labels, (2, L), np.int8),  # (E, 2, L)
+            "span_hash": full(hashes.reshape(-1, 2), (2,), np.int64),  # (E, 2)
         }
 
 
-def _empty_rows(L: int) -> dict[str, np.ndarray]:
-    return {
-        "status": np.array([], dtype=object),
-        "doc_id": np.zeros(0, np.int64),
-        "example_id": np.zeros(0, np.int64),
-        "input_ids": np.zeros((0, 2, L), np.int32),
-        "attention_mask": np.zeros((0, 2, L), np.int8),
-        "label_mask": np.zeros((0, 2, L), np.int8),
-        "span_hash": np.zeros((0, 2), np.int64),
-    }
+def _pair_hash(doc_id: int, pair: int) -> int:
+    """text_hash(f"{doc_id}:{pair}") without the whitespace normalisation its text never needs."""
+    digest = hashlib.blake2b(f"{doc_id}:{pair}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
