@@ -1,6 +1,6 @@
 """Scale: the same short distill on corpora 10x apart in size, side by side in one run of this script.
 
-    python benchmarks/scale.py [--sizes-mb 20 200 2000] [--steps 2] [--phases sizes tokenize resume]
+    python benchmarks/scale.py [--sizes-mb 20 200 2000] [--steps 2] [--phases sizes tiny tokenize resume]
                                [--tokenize-mb 200]
                                [--workdir /tmp/gemini-ray-scale]
 
@@ -12,10 +12,14 @@ embedded teacher, what a new user runs), each in its own process with its own Ra
 * driver peak resident memory: VmHWM of the driver process, read from /proc while it runs;
 * seconds from the command's start to the end of its first training step (progress.json's clock);
 * the whole command's seconds.
+Then the same with a tiny teacher (phase `tiny`: a 4-layer, 64-wide random LLaMA, `tiny_teacher`), whose own
+cost would not hide the data path's.
 
 Then, on the smallest corpus, tokenize-and-pair throughput (documents/s over the whole corpus): Ray's pass
 (`corpus_pass.corpus_stream`, the pass `gemini-ray label` makes) against a plain multiprocessing pool of as many
-processes running the same SpanPairer on the same documents, one after the other. Ray's pass runs twice in
+processes running the same SpanPairer on the same documents, one after the other; the pool sends its examples
+back to the parent as Ray's pass hands them to its consumer (a second pool that sends back only counts is
+timed too, as the stricter baseline). Ray's pass runs twice in
 one Ray instance: the first also starts its worker processes (as a command's first pass does), the second
 finds them running (as a long corpus's later blocks do); the pool is started and stopped in its time.
 
@@ -135,6 +139,30 @@ def distill(corpus: Path, storage: Path, name: str, overrides: list[str], kill_a
             else None, "summary": summary}
 
 
+def size_run(corpus: Path, storage: Path, overrides: list[str], log: Path) -> dict:
+    """The short distill of one corpus size, with its corpus's counts."""
+    meta = json.loads((corpus / ".complete").read_text())
+    r = distill(corpus, storage, "scale", overrides, log=log)
+    corpus_counts = r.pop("summary")["corpus"]
+    r.update(documents=meta["documents"], bytes=meta["bytes"],
+             read_before_training=corpus_counts["read_before_training"]["documents"],
+             read_by_training=corpus_counts["read_by_training"]["documents"])
+    return r
+
+
+def tiny_teacher(directory: Path, pool: list[str]) -> Path:
+    """A 4-layer, 64-wide LLaMA (random weights) with a 4,000-word tokenizer trained on the corpora's sentences,
+    built once with the test suite's helpers: its forward pass costs next to nothing, so the time to step 1
+    is the data path's and Ray's."""
+    if not (directory / "config.json").is_file():
+        sys.path.insert(0, str(ROOT / "tests"))
+        from tiny import save, tiny_llama, word_tokenizer
+
+        tokenizer = word_tokenizer(pool, masked=False, vocab_size=4000)
+        save(tiny_llama(tokenizer, layers=4, hidden=64), tokenizer, directory)
+    return directory
+
+
 # --------------------------------------------------------------------------- tokenize throughput
 
 
@@ -148,10 +176,35 @@ def _init_pairer(source: str, span_length: int) -> None:
     _PAIRER = SpanPairer(source, "causal", span_length)
 
 
-def _pair_chunk(texts: list[str]) -> int:
+def _pair_chunk(texts: list[str]) -> dict:
+    """The chunk's examples (status 'ok'), sent back to the parent as Ray's pass hands its rows to its consumer."""
     import numpy as np
 
-    return int((_PAIRER({"text": np.array(texts, dtype=object)})["status"] == "ok").sum())
+    rows = _PAIRER({"text": np.array(texts, dtype=object)})
+    ok = rows.pop("status") == "ok"
+    return {k: v[ok] for k, v in rows.items()}
+
+
+def _count_chunk(texts: list[str]) -> int:
+    """The chunk's example count alone: a pool with nothing to send back."""
+    return len(_pair_chunk(texts)["doc_id"])
+
+
+def _pool_pass(corpus: Path, source: str, span_length: int, processes: int, work) -> tuple[int, float]:
+    """(examples, seconds) of a spawn pool mapping `work` over 256-document chunks read in the parent."""
+    t0 = time.perf_counter()
+    chunks, chunk = [], []
+    for path in sorted(corpus.glob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                chunk.append(json.loads(line)["text"])
+                if len(chunk) == 256:
+                    chunks.append(chunk)
+                    chunk = []
+    chunks.append(chunk)
+    with multiprocessing.get_context("spawn").Pool(processes, _init_pairer, (source, span_length)) as pool:
+        examples = sum(r if isinstance(r, int) else len(r["doc_id"]) for r in pool.imap(work, chunks))
+    return examples, time.perf_counter() - t0
 
 
 def tokenize_throughput(corpus: Path, processes: int) -> dict:
@@ -176,26 +229,17 @@ def tokenize_throughput(corpus: Path, processes: int) -> dict:
         stats = stream.stats()
     ray.shutdown()
 
-    t0 = time.perf_counter()
-    chunks, chunk = [], []
-    for path in sorted(corpus.glob("*.jsonl")):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                chunk.append(json.loads(line)["text"])
-                if len(chunk) == 256:
-                    chunks.append(chunk)
-                    chunk = []
-    chunks.append(chunk)
-    with multiprocessing.get_context("spawn").Pool(processes, _init_pairer, (source, cfg.data.span_length)) as pool:
-        pool_examples = sum(pool.imap(_pair_chunk, chunks))
-    pool_s = time.perf_counter() - t0
+    pool_examples, pool_s = _pool_pass(corpus, source, cfg.data.span_length, processes, _pair_chunk)
+    _, count_s = _pool_pass(corpus, source, cfg.data.span_length, processes, _count_chunk)
     docs = stats.documents
     ray_s, warm_s = passes
     return {"documents": docs, "processes": processes, "ray_examples": examples, "pool_examples": pool_examples,
             "ray_s": round(ray_s, 1), "ray_warm_s": round(warm_s, 1), "pool_s": round(pool_s, 1),
+            "pool_counting_s": round(count_s, 1),
             "ray_docs_per_s": round(docs / ray_s, 1), "ray_warm_docs_per_s": round(docs / warm_s, 1),
             "pool_docs_per_s": round(docs / pool_s, 1), "ray_vs_pool": round(pool_s / ray_s, 3),
-            "ray_warm_vs_pool": round(pool_s / warm_s, 3), "ray_tokenize_processes": stats.tokenize_processes}
+            "ray_warm_vs_pool": round(pool_s / warm_s, 3), "ray_vs_counting_pool": round(count_s / ray_s, 3),
+            "ray_tokenize_processes": stats.tokenize_processes}
 
 
 # --------------------------------------------------------------------------- main
@@ -206,8 +250,8 @@ def main() -> None:
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[20, 200, 2000])
     parser.add_argument("--steps", type=int, default=2, help="train.max_steps of each size's distill")
     parser.add_argument("--workdir", default="/tmp/gemini-ray-scale")
-    parser.add_argument("--phases", nargs="+", default=["sizes", "tokenize", "resume"],
-                        choices=["sizes", "tokenize", "resume"])
+    parser.add_argument("--phases", nargs="+", default=["sizes", "tiny", "tokenize", "resume"],
+                        choices=["sizes", "tiny", "tokenize", "resume"])
     parser.add_argument("--tokenize-mb", type=int, default=None,
                         help="the corpus size of the tokenize phase (default: the smallest of --sizes-mb)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
@@ -224,19 +268,18 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))
 
-    if "sizes" in args.phases:
-        results.update(steps=args.steps, sizes={})
-    for mb, corpus in corpora.items() if "sizes" in args.phases else ():
-        meta = json.loads((corpus / ".complete").read_text())
-        storage = work / f"runs-{mb}mb-{int(time.time())}"
-        r = distill(corpus, storage, "scale", [f"train.max_steps={args.steps}"], log=log)
-        corpus_counts = r.pop("summary")["corpus"]
-        r.update(documents=meta["documents"], bytes=meta["bytes"],
-                 read_before_training=corpus_counts["read_before_training"]["documents"],
-                 read_by_training=corpus_counts["read_by_training"]["documents"])
-        results["sizes"][str(mb)] = r
-        save()
-        print(f"{mb} MB: {r}", flush=True)
+    for phase, key in (("sizes", "sizes"), ("tiny", "sizes_tiny_teacher")):
+        if phase not in args.phases:
+            continue
+        over = [f"train.max_steps={args.steps}"]
+        if phase == "tiny":
+            over += [f"teacher.model={tiny_teacher(work / 'tiny-teacher', pool)}", "student.num_layers=2"]
+        results.update(steps=args.steps)
+        results[key] = {}
+        for mb, corpus in corpora.items():
+            results[key][str(mb)] = size_run(corpus, work / f"runs-{phase}-{mb}mb-{int(time.time())}", over, log)
+            save()
+            print(f"{phase} {mb} MB: {results[key][str(mb)]}", flush=True)
 
     if "tokenize" in args.phases:
         mb = args.tokenize_mb or min(corpora)
@@ -267,16 +310,17 @@ def main() -> None:
         save()
         print(f"resume: {results['resume']}", flush=True)
 
-    sizes = results.get("sizes") or {}
-    if not sizes:
-        return
-    base = sizes[min(sizes, key=int)]
-    print("\n| corpus | documents | driver peak RSS | vs smallest | command start -> step 1 | vs smallest | total |")
-    print("|---|---|---|---|---|---|---|")
-    for mb, r in sizes.items():
-        print(f"| {mb} MB | {r['documents']:,} | {r['driver_peak_rss_mb']:.0f} MB | "
-              f"{r['driver_peak_rss_mb'] / base['driver_peak_rss_mb']:.2f}x | {r['first_step_s']:.0f} s | "
-              f"{r['first_step_s'] / base['first_step_s']:.2f}x | {r['total_s']:.0f} s |")
+    for key, teacher in (("sizes", "the embedded teacher"), ("sizes_tiny_teacher", "a tiny teacher")):
+        sizes = results.get(key) or {}
+        if not sizes:
+            continue
+        base = sizes[min(sizes, key=int)]
+        print(f"\n{teacher}:\n| corpus | documents | driver peak RSS | vs smallest | command start -> step 1 | "
+              "vs smallest | total |\n|---|---|---|---|---|---|---|")
+        for mb, r in sizes.items():
+            print(f"| {mb} MB | {r['documents']:,} | {r['driver_peak_rss_mb']:.0f} MB | "
+                  f"{r['driver_peak_rss_mb'] / base['driver_peak_rss_mb']:.2f}x | {r['first_step_s']:.0f} s | "
+                  f"{r['first_step_s'] / base['first_step_s']:.2f}x | {r['total_s']:.0f} s |")
     print(f"\nwritten: {out}")
 
 

@@ -36,7 +36,7 @@ from gemini_ray.positions import decode, encode, rows_of, trained_mask
 __all__ = ["CorpusStats", "read_documents", "corpus_stream", "CorpusStream", "build_examples", "held_out",
            "Probe", "probe_corpus", "online_rows", "StreamPlan", "split", "is_val_doc", "to_arrays",
            "CorpusLedger", "drop_trained", "read_parquet_v1", "LIGHT_CPUS",
-           "STREAM_TOKENIZE_CPUS", "PASS_READ_CPUS", "CORPUS_BLOCK_BYTES"]
+           "STREAM_TOKENIZE_CPUS", "PASS_READ_CPUS", "PASS_TOKENIZE_CPUS", "CORPUS_BLOCK_BYTES"]
 
 
 @dataclass
@@ -77,15 +77,17 @@ STREAM_TOKENIZE_CPUS = 0.2
 the default plan on 2 CPUs leaves 0.3 beside one Train worker, the teacher actor and the miner."""
 
 PASS_READ_CPUS = 0.5
-"""CPUs per read task of a corpus pass that runs alone (before a trainer starts, or `gemini-ray label`); its
-tokenize tasks take a whole CPU each."""
+"""CPUs per read task of a corpus pass that runs alone (before a trainer starts, or `gemini-ray label`)."""
 
-CORPUS_BLOCK_BYTES = 1024 * 1024
+PASS_TOKENIZE_CPUS = 1.0
+"""CPUs per tokenize-and-pair task of a corpus pass that runs alone."""
+
+CORPUS_BLOCK_BYTES = 4 * 1024 * 1024
 """Target block size of the corpus dataset (documents, then examples): a block is the unit of parallelism of
-the tokenize tasks and of streaming, so a one-file corpus is cut into many as it is read. Measured on 20 MB
-(benchmarks/scale.py): each task costs about 0.15 s beside its work, so 256 KiB blocks (0.3 s of
-tokenizing each) left the two CPUs idle a third of the time; 1 MiB blocks come within 0.9x of a process
-pool while a block still tokenizes in about a second."""
+the tokenize tasks and of streaming, so a one-file corpus is cut into many as it is read. Each task costs
+Ray a fixed ~0.15-0.3 s beside its work. Measured on the 200 MB corpus of benchmarks/scale.py (2 CPUs), a
+whole pass took 152 s with 1 MiB blocks (about half a second of tokenizing each), 113 s with 4 MiB and 114 s
+with 8 MiB, against 93 s for a process pool; a 4 MiB block still tokenizes in about two seconds."""
 
 
 def read_documents(cfg: Config, num_cpus: float = 1.0) -> ray.data.Dataset:
@@ -210,6 +212,7 @@ class StreamPlan:
 
     def __init__(self) -> None:
         self.trained: list[list[int]] = []
+        self.epoch = 0
         self.ready = None
 
     def _event(self):
@@ -219,9 +222,14 @@ class StreamPlan:
             self.ready = asyncio.Event()
         return self.ready
 
-    async def set(self, trained: list[list[int]]) -> None:
-        self.trained = trained
+    async def set(self, trained: list[list[int]], epoch: int = 0) -> None:
+        self.trained, self.epoch = trained, epoch
         self._event().set()
+
+    async def pass_number(self) -> int:
+        """The pass (0-based) the trainer is on: a cache stream reads its shards in that pass's order."""
+        await self._event().wait()
+        return self.epoch
 
     async def skip(self, task: int) -> list[list[int]]:
         await self._event().wait()
@@ -332,7 +340,8 @@ def corpus_stream(cfg: Config, tokenizer_source: str, kind: str, beside_trainer:
     pairer = dict(tokenizer_source=tokenizer_source, kind=kind, span_length=cfg.data.span_length,
                   mlm_probability=cfg.data.mlm_probability, seed=cfg.data.seed,
                   trust_remote_code=cfg.teacher.trust_remote_code)
-    read_cpus, tokenize_cpus = (LIGHT_CPUS, STREAM_TOKENIZE_CPUS) if beside_trainer else (PASS_READ_CPUS, 1.0)
+    read_cpus, tokenize_cpus = ((LIGHT_CPUS, STREAM_TOKENIZE_CPUS) if beside_trainer
+                                else (PASS_READ_CPUS, PASS_TOKENIZE_CPUS))
     # reads and tokenize tasks ask for different CPUs: Ray Data fuses adjacent operators with equal resources
     # into one task, which would tokenize a one-file corpus in the single task that reads it
     examples = read_documents(cfg, num_cpus=read_cpus).map_batches(

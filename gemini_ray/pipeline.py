@@ -14,7 +14,7 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from gemini_ray.config import Config
-from gemini_ray.corpus_pass import LIGHT_CPUS, drop_trained, read_parquet_v1, to_arrays
+from gemini_ray.corpus_pass import LIGHT_CPUS, drop_trained, to_arrays
 from gemini_ray.data.mining import HardNegativeMiner
 from gemini_ray.data.teacher_stage import TeacherLabeler
 from gemini_ray.paths import atomic_path, join, open_dir
@@ -182,34 +182,58 @@ def label_shards(cfg: Config, examples: ray.data.Dataset, directory: str, shards
     return written.to_pandas().to_dict("records")
 
 
+def shard_order(shards: list[int], seed: int, epoch: int) -> list[int]:
+    """The order in which pass `epoch` (0-based) reads the cache's training shards: ascending on the first pass,
+    then a permutation seeded by the seed and the pass (a shard is a hash bucket of example ids, so each
+    order is a fresh mix of the corpus; `train.shuffle_buffer` mixes the rows within it)."""
+    ordered = sorted(shards)
+    if epoch == 0:
+        return ordered
+    return [ordered[i] for i in np.random.default_rng([seed, epoch]).permutation(len(ordered))]
+
+
 def read_cache(directory: str, shards: list[int], num_negatives: int, plan=None,
-               consumed: frozenset[int] = frozenset()) -> ray.data.Dataset:
+               consumed: frozenset[int] = frozenset(), seed: int = 0) -> ray.data.Dataset:
     """Stream the given cache shards, keeping the first (hardest) `num_negatives` negatives, each row with its
     position in the pass: (shard, row in the shard's file), so that a shard left out does not move the
     others. Less the rows a StreamPlan says were trained, and without reading the `consumed` shards (every
-    row trained: a resumed run that ends within this pass)."""
-    from gemini_ray.cache import shard_name, shard_number
+    row trained: a resumed run that ends within this pass).
+
+    One task per shard file, and which file a task reads is decided when it runs: the plan says which pass
+    the trainer is on, and the task takes its slot of that pass's `shard_order` (without a plan: the first
+    pass's). The same stream so serves every pass of a fit in a different order, and a resumed pass in the
+    same order as before."""
+    import pyarrow.parquet as pq
+    from ray.data.block import BlockAccessor
+
+    from gemini_ray.cache import shard_name
 
     fs, path = open_dir(directory)
-    files = [f"{path}/{shard_name(s)}" for s in shards if s not in consumed]
+    slots = len([s for s in shards if s not in consumed])
+
+    def read_slot(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        epoch = 0 if plan is None else ray.get(plan.pass_number.remote())
+        order = [s for s in shard_order(shards, seed, epoch) if s not in consumed]
+        parts = []
+        for slot in batch["slot"].tolist():
+            table = pq.read_table(f"{path}/{shard_name(order[slot])}", filesystem=fs, columns=TRAIN_COLUMNS + ["row"])
+            part = BlockAccessor.for_block(table).to_batch_format("numpy")
+            for key in ("neg_input_ids", "neg_attention_mask", "neg_mask"):
+                part[key] = np.ascontiguousarray(part[key][:, :num_negatives])
+            part["position"] = encode(np.full(len(part["row"]), order[slot], dtype=np.int64), part.pop("row"))
+            parts.append(drop_trained(part, plan))
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
     # fractional CPUs: on a small machine the trainer (and a Tune trial's driver) hold most of them
-    ds = read_parquet_v1(files, filesystem=fs, columns=TRAIN_COLUMNS + ["row"], include_paths=True,
-                         num_cpus=CACHE_READ_CPUS)
-
-    def first_k(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for key in ("neg_input_ids", "neg_attention_mask", "neg_mask"):
-            batch[key] = np.ascontiguousarray(batch[key][:, :num_negatives])
-        shard = np.array([shard_number(p) for p in batch.pop("path").tolist()], dtype=np.int64)
-        batch["position"] = encode(shard, batch.pop("row"))
-        return drop_trained(batch, plan)
-
-    return ds.map_batches(first_k, batch_format="numpy", num_cpus=CACHE_READ_CPUS)
+    return ray.data.from_items([{"slot": i} for i in range(slots)], override_num_blocks=max(slots, 1)).map_batches(
+        read_slot, batch_size=1, batch_format="numpy", num_cpus=CACHE_READ_CPUS)
 
 
 def read_cached_signal(directory: str, manifest: dict, num_negatives: int, plan=None,
-                       consumed: frozenset[int] = frozenset()) -> tuple[ray.data.Dataset, dict | None]:
+                       consumed: frozenset[int] = frozenset(), seed: int = 0) -> tuple[ray.data.Dataset, dict | None]:
     """(training stream, held-out rows as one dict of arrays or None) from a complete cache. The held-out
-    rows are small: read once, before a trainer holds its CPUs. consumed: training shards left unread."""
-    stream = read_cache(directory, manifest["shards_train"], num_negatives, plan, consumed)
+    rows are small: read once, before a trainer holds its CPUs. consumed: training shards left unread;
+    seed: of the shard order of passes after the first (`shard_order`)."""
+    stream = read_cache(directory, manifest["shards_train"], num_negatives, plan, consumed, seed)
     val = to_arrays(read_cache(directory, manifest["shards_val"], num_negatives)) if manifest["shards_val"] else None
     return stream, val

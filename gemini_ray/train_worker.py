@@ -284,7 +284,7 @@ def _start_pass(spec: RunSpec, state: dict[str, Any], me: _Rank) -> None:
     if spec.plan is None:
         return
     if me.rank == 0:
-        ray.get(spec.plan.set.remote(state["trained"]))
+        ray.get(spec.plan.set.remote(state["trained"], state["epoch"]))
     if me.world > 1:
         dist.barrier()
 

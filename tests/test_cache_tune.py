@@ -332,6 +332,50 @@ def test_a_cache_shard_left_unread_does_not_move_the_other_rows(uninterrupted):
     assert np.array_equal(np.sort(without_first), np.sort(every[shard_of != shards[0]]))
 
 
+@pytest.mark.ray
+def test_each_pass_reads_the_cache_shards_in_its_own_seeded_order(uninterrupted):
+    """The trainer's pass (told to the StreamPlan) picks the order the one stream reads its shards in: ascending
+    on the first pass, a seeded permutation on each later one (the same when read again: a resumed pass
+    sees the order it had), every row once per pass; a consumed shard left out keeps the others' order."""
+    import ray
+
+    from gemini_ray.corpus_pass import StreamPlan
+    from gemini_ray.pipeline import read_cache, shard_order
+
+    _, directory, manifest = uninterrupted
+    shards = manifest["shards_train"]
+    assert len(shards) >= 3 and len({tuple(shard_order(shards, 0, e)) for e in range(4)}) == 4
+
+    def read(epoch, consumed=frozenset()):
+        plan = StreamPlan.remote()
+        ray.get(plan.set.remote([], epoch))
+        stream = read_cache(str(directory), shards, 2, plan, consumed, seed=0)
+        positions = np.concatenate([b["position"] for b in stream.iter_batches(batch_size=None,
+                                                                               batch_format="numpy")])
+        shard_of = positions >> 32
+        return positions, [int(s) for s in shard_of[np.r_[True, shard_of[1:] != shard_of[:-1]]]]
+
+    first, first_order = read(0)
+    assert first_order == sorted(shards)
+    for epoch in (1, 2):
+        positions, order = read(epoch)
+        assert order == shard_order(shards, 0, epoch) != sorted(shards)
+        assert np.array_equal(np.sort(positions), np.sort(first))  # every row once in each pass
+        assert read(epoch)[1] == order  # the same order again: a resumed pass
+    left_out = shard_order(shards, 0, 1)[0]
+    assert read(1, frozenset({left_out}))[1] == [s for s in shard_order(shards, 0, 1) if s != left_out]
+
+
+def test_shard_order_is_a_seeded_permutation_per_pass():
+    from gemini_ray.pipeline import shard_order
+
+    shards = [7, 3, 11, 5, 2, 9]
+    assert shard_order(shards, 0, 0) == sorted(shards)
+    later = [shard_order(shards, seed, epoch) for seed in (0, 1) for epoch in (1, 2)]
+    assert all(sorted(order) == sorted(shards) for order in later) and len({tuple(o) for o in later}) == 4
+    assert shard_order(shards, 1, 2) == shard_order(list(reversed(shards)), 1, 2)  # the given order plays no part
+
+
 def test_a_resume_that_ends_within_its_pass_leaves_consumed_shards_unread(llama_dir, tmp_path):
     """The shards whose every row the resume checkpoint trained in its pass are named for leaving out, but only
     when the rest of the run fits in the rows left: a run that needs another pass reads them all."""

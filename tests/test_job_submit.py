@@ -70,13 +70,34 @@ def local_head(tmp_path):
             current.unlink()
 
 
-def _job(env, *args, timeout=600) -> subprocess.CompletedProcess:
-    for _ in range(20):  # the dashboard answers before the node's job agent is up: retry that one refusal
+RETRIED = ("No available agent", "ConnectionError", "Failed to connect")  # the head still coming up, or busy
+
+
+def _job(env, *args, timeout=120) -> subprocess.CompletedProcess:
+    """`ray job ...`, retried while the head refuses it: the dashboard answers before the node's job agent
+    is up, and a fresh head's dashboard once dropped a working-dir upload on a loaded machine."""
+    for attempt in range(30):
         done = subprocess.run([str(BIN / "ray"), "job", *args], env=env, capture_output=True, text=True, timeout=timeout)
-        if "No available agent" not in done.stderr + done.stdout:
+        said = done.stderr + done.stdout
+        if attempt and "submit" in args and "already exists" in said:  # an earlier try reached the head
             return done
-        time.sleep(2)
+        if done.returncode == 0 or not any(word in said for word in RETRIED):
+            return done
+        time.sleep(3)
     return done
+
+
+def _finished(env, address, job_id, timeout=600) -> str:
+    """The job's final status (SUCCEEDED, FAILED or STOPPED) and the output of the `ray job status` that said it."""
+    deadline = time.time() + timeout
+    while True:
+        status = _job(env, "status", "--address", address, job_id)
+        for word in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if word in status.stdout.upper():
+                return status.stdout
+        if time.time() > deadline:
+            pytest.fail(f"job {job_id} did not finish in {timeout} s:\n{status.stdout}\n{status.stderr}")
+        time.sleep(3)
 
 
 @pytest.mark.long
@@ -92,18 +113,19 @@ def test_ray_job_submit_runs_distill_on_a_local_head(local_head, llama_dir, corp
         "train": {"max_steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 2, "warmup_steps": 1},
         "run": {"storage_path": str(storage), "name": "job"},
     }))
-    done = _job(env, "submit", "--address", address, "--working-dir", str(work), "--submission-id", "distill-ok",
-                "--", "gemini-ray", "distill", "--config", "job.yaml", "train.eval_every=2")
-    status = _job(env, "status", "--address", address, "distill-ok")
-    assert "SUCCEEDED" in status.stdout.upper(), done.stdout[-4000:] + done.stderr[-2000:] + status.stdout
+    done = _job(env, "submit", "--no-wait", "--address", address, "--working-dir", str(work),
+                "--submission-id", "distill-ok", "--", "gemini-ray", "distill", "--config", "job.yaml",
+                "train.eval_every=2")
+    status = _finished(env, address, "distill-ok")
+    logs = _job(env, "logs", "--address", address, "distill-ok").stdout
+    assert "SUCCEEDED" in status.upper(), done.stdout[-2000:] + done.stderr[-2000:] + status + logs[-4000:]
     summary = json.loads((storage / "job" / "summary.json").read_text())
     assert summary["training"]["steps"] == 2
     assert (storage / "job" / "student" / "config.json").is_file()
 
     # bad input: the working directory lacks the config the job names -> FAILED, and the log says why
-    _job(env, "submit", "--address", address, "--working-dir", str(work), "--submission-id", "distill-bad",
-         "--", "gemini-ray", "distill", "--config", "missing.yaml")
-    status = _job(env, "status", "--address", address, "distill-bad")
-    assert "FAILED" in status.stdout.upper()
+    _job(env, "submit", "--no-wait", "--address", address, "--working-dir", str(work), "--submission-id",
+         "distill-bad", "--", "gemini-ray", "distill", "--config", "missing.yaml")
+    assert "FAILED" in _finished(env, address, "distill-bad").upper()
     logs = _job(env, "logs", "--address", address, "distill-bad").stdout
     assert "config file 'missing.yaml' does not exist" in logs

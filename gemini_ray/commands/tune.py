@@ -51,6 +51,7 @@ def _trial(params: dict[str, Any], cfg: Config, cache: FoundCache, hf_config: di
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from gemini_ray.corpus_pass import StreamPlan
     from gemini_ray.pipeline import read_cached_signal
     from gemini_ray.trainer import build_trainer, nonfinite_error, run_spec
     from gemini_ray.train_worker import read_progress
@@ -60,8 +61,10 @@ def _trial(params: dict[str, Any], cfg: Config, cache: FoundCache, hf_config: di
     name = f"trial-{trial_id}"
     _count_attempt(join(trials_dir, name, "attempts.json"))  # > 1: Tune retried it (tune.max_failures)
     trial_cfg = build_config(base=cfg, sample=params)
-    stream, val = read_cached_signal(cache.directory, cache.manifest, trial_cfg.loss.num_negatives)
-    spec = run_spec(trial_cfg, hf_config, kind, init_weights, val, join(trials_dir, name, "progress.json"))
+    plan = StreamPlan.remote()  # a retried trial's stream leaves out the rows it trained before its checkpoint
+    stream, val = read_cached_signal(cache.directory, cache.manifest, trial_cfg.loss.num_negatives, plan,
+                                     seed=trial_cfg.train.seed)
+    spec = run_spec(trial_cfg, hf_config, kind, init_weights, val, join(trials_dir, name, "progress.json"), plan=plan)
     trainer = build_trainer(trial_cfg, spec, stream, name=name, storage_path=trials_dir, num_to_keep=1,
                             callbacks=[TuneReportCallback()])
     trainer.fit()  # a retried trial (tune.max_failures) resumes this run from its checkpoint
