@@ -344,7 +344,9 @@ def test_each_pass_reads_the_cache_shards_in_its_own_seeded_order(uninterrupted)
 
     _, directory, manifest = uninterrupted
     shards = manifest["shards_train"]
-    assert len(shards) >= 3 and len({tuple(shard_order(shards, 0, e)) for e in range(4)}) == 4
+    # two later passes whose order is not the first's (with a few shards a permutation may be the identity)
+    later = [e for e in range(1, 8) if shard_order(shards, 0, e) != sorted(shards)][:2]
+    assert len(later) == 2
 
     def read(epoch, consumed=frozenset()):
         plan = StreamPlan.remote()
@@ -357,13 +359,13 @@ def test_each_pass_reads_the_cache_shards_in_its_own_seeded_order(uninterrupted)
 
     first, first_order = read(0)
     assert first_order == sorted(shards)
-    for epoch in (1, 2):
+    for epoch in later:
         positions, order = read(epoch)
         assert order == shard_order(shards, 0, epoch) != sorted(shards)
         assert np.array_equal(np.sort(positions), np.sort(first))  # every row once in each pass
         assert read(epoch)[1] == order  # the same order again: a resumed pass
-    left_out = shard_order(shards, 0, 1)[0]
-    assert read(1, frozenset({left_out}))[1] == [s for s in shard_order(shards, 0, 1) if s != left_out]
+    left_out = shard_order(shards, 0, later[0])[0]
+    assert read(later[0], frozenset({left_out}))[1] == [s for s in shard_order(shards, 0, later[0]) if s != left_out]
 
 
 def test_shard_order_is_a_seeded_permutation_per_pass():
