@@ -36,7 +36,8 @@ from gemini_ray.positions import decode, encode, rows_of, trained_mask
 __all__ = ["CorpusStats", "read_documents", "corpus_stream", "CorpusStream", "build_examples", "held_out",
            "Probe", "probe_corpus", "online_rows", "StreamPlan", "split", "is_val_doc", "to_arrays",
            "CorpusLedger", "drop_trained", "read_parquet_v1", "LIGHT_CPUS",
-           "STREAM_TOKENIZE_CPUS", "PASS_READ_CPUS", "PASS_TOKENIZE_CPUS", "CORPUS_BLOCK_BYTES"]
+           "STREAM_TOKENIZE_CPUS", "PASS_READ_CPUS", "PASS_TOKENIZE_CPUS", "CORPUS_BLOCK_BYTES",
+           "STREAM_BLOCK_BYTES"]
 
 
 @dataclass
@@ -89,14 +90,20 @@ Ray a fixed ~0.15-0.3 s beside its work. Measured on the 200 MB corpus of benchm
 whole pass took 152 s with 1 MiB blocks (about half a second of tokenizing each), 113 s with 4 MiB and 114 s
 with 8 MiB, against 93 s for a process pool; a 4 MiB block still tokenizes in about two seconds."""
 
+STREAM_BLOCK_BYTES = 1024 * 1024
+"""Target block size of a corpus that streams beside the trainer through the online teacher: its blocks
+(and those of the teacher stage after it, which fills an output block before passing it on) are what the
+trainer waits for. With 4 MiB the demo's first five steps waited 86 % of their time for data (68 % with
+1 MiB) and the whole demo took 820 s against 715 s."""
 
-def read_documents(cfg: Config, num_cpus: float = 1.0) -> ray.data.Dataset:
+
+def read_documents(cfg: Config, num_cpus: float = 1.0, block_bytes: int | None = None) -> ray.data.Dataset:
     """A dataset with columns text (str), bad_utf8 and bad_record (bool), one row per document (or per line or
     row that could not be read: text ''), in blocks of about
-    CORPUS_BLOCK_BYTES (it and every dataset derived from it). num_cpus: per read task (a fraction when the
+    block_bytes (default CORPUS_BLOCK_BYTES; it and every dataset derived from it). num_cpus: per read task (a fraction when the
     corpus streams beside a trainer and a teacher pool)."""
     ctx = ray.data.DataContext.get_current()  # a dataset keeps a copy of the context it was made in
-    default_block, ctx.target_max_block_size = ctx.target_max_block_size, CORPUS_BLOCK_BYTES
+    default_block, ctx.target_max_block_size = ctx.target_max_block_size, block_bytes or CORPUS_BLOCK_BYTES
     try:
         return _read_documents(cfg, num_cpus)
     finally:
@@ -344,7 +351,8 @@ def corpus_stream(cfg: Config, tokenizer_source: str, kind: str, beside_trainer:
                                 else (PASS_READ_CPUS, PASS_TOKENIZE_CPUS))
     # reads and tokenize tasks ask for different CPUs: Ray Data fuses adjacent operators with equal resources
     # into one task, which would tokenize a one-file corpus in the single task that reads it
-    examples = read_documents(cfg, num_cpus=read_cpus).map_batches(
+    block = STREAM_BLOCK_BYTES if beside_trainer else CORPUS_BLOCK_BYTES
+    examples = read_documents(cfg, num_cpus=read_cpus, block_bytes=block).map_batches(
         _pair_documents, fn_kwargs=dict(ledger=ledger, val_fraction=cfg.data.val_fraction,
                                  max_chars=cfg.data.max_document_chars, pairer=pairer, plan=plan, only=only),
         batch_size=None, num_cpus=tokenize_cpus, batch_format="numpy")
