@@ -136,8 +136,10 @@ def _read_documents(cfg: Config, num_cpus: float) -> ray.data.Dataset:
         reader = {"parquet": read_parquet_v1, "csv": ray.data.read_csv}[fmt]
         kwargs = csv_read_options(d.text_column) if fmt == "csv" else {}
         ds = reader(path, num_cpus=num_cpus, **kwargs)
+        probe = reader(path, num_cpus=num_cpus, **csv_read_options(d.text_column, count_skips=False)) \
+            if fmt == "csv" else ds  # reading a csv's schema runs its first read task, which decodes nothing
         try:
-            columns = ds.columns() or []
+            columns = probe.columns() or []
         except Exception:  # noqa: BLE001 — pyarrow refuses include_columns naming a column the csv lacks
             columns = []
         if d.text_column not in columns:

@@ -128,14 +128,21 @@ def _skip_invalid_csv_row(row) -> str:
     return "skip"
 
 
-def csv_read_options(column: str) -> dict:
+def _skip_invalid_csv_row_uncounted(row) -> str:
+    return "skip"
+
+
+def csv_read_options(column: str, count_skips: bool = True) -> dict:
     """Keyword arguments of ray.data.read_csv: only the text column, as bytes (decoded row by row in
     `decode_column`), and rows with the wrong number of fields skipped (counted by `decode_column` when it
-    runs in the same task as the read, which Ray Data does when both ask for the same resources)."""
+    runs in the same task as the read, which Ray Data does when both ask for the same resources).
+    `count_skips=False` is for a read that no `decode_column` follows (a schema probe): its skips would stay
+    in the worker's counter and be counted by the next read there."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    return {"parse_options": pacsv.ParseOptions(invalid_row_handler=_skip_invalid_csv_row),
+    handler = _skip_invalid_csv_row if count_skips else _skip_invalid_csv_row_uncounted
+    return {"parse_options": pacsv.ParseOptions(invalid_row_handler=handler),
             "convert_options": pacsv.ConvertOptions(include_columns=[column], column_types={column: pa.binary()})}
 
 
