@@ -40,8 +40,9 @@ __all__ = [
     "check_compatible",
 ]
 
-CACHE_VERSION = 2
-"""2: each shard row carries its row index in the file (`row`), the base of its position in a pass."""
+CACHE_VERSION = 3
+"""2: each shard row carries its row index in the file (`row`), the base of its position in a pass.
+3: and the teacher's pooled span embeddings (`teacher_embedding`, float16), the representation loss's target."""
 
 
 def weights_hash(model_dir: str) -> str:
@@ -129,8 +130,8 @@ def write_manifest(directory: str, manifest: dict[str, Any]) -> None:
 
 def signal_bytes_per_token(top_k: int, hidden_size: int, span_length: int) -> float:
     """Bytes of teacher signal per token: top-k ids (int32) + logits (float32) + top-k mass (float32),
-    plus each span's pooled embedding (float32) spread over its tokens."""
-    return top_k * (4 + 4) + 4 + hidden_size * 4 / span_length
+    plus each span's pooled embedding (float16) spread over its tokens."""
+    return top_k * (4 + 4) + 4 + hidden_size * 2 / span_length
 
 
 def check_compatible(manifest: dict[str, Any], identity: dict[str, Any], where: str) -> None:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from gemini_ray.paths import atomic_dir, atomic_path, atomic_write_json, remove_tree
 
 __all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_is_whole", "latest_whole_checkpoint",
-           "remove_partial_checkpoints", "student_from_hf_config", "export_student", "STUDENT_META"]
+           "remove_partial_checkpoints", "student_from_hf_config", "export_student", "save_student", "STUDENT_META"]
 
 
 def student_from_hf_config(hf_config: dict[str, Any], kind: str) -> torch.nn.Module:
@@ -153,11 +153,17 @@ def export_student(checkpoint_dir: str | Path, output_dir: str, tokenizer_source
                    meta: dict[str, Any] | None = None) -> str:
     """Checkpoint -> plain HF directory (config + safetensors + tokenizer [+ gemini_ray.json]) at a local path
     (renamed into place) or a URI (uploaded)."""
-    from gemini_ray.models import load_tokenizer
-
     state = json.loads((Path(checkpoint_dir) / "state.json").read_text(encoding="utf-8"))
     model = student_from_hf_config(state["hf_config"], state["kind"])
     load_model(model, str(Path(checkpoint_dir) / "model.safetensors"))
+    return save_student(model, output_dir, tokenizer_source, meta)
+
+
+def save_student(model: Any, output_dir: str, tokenizer_source: str, meta: dict[str, Any] | None = None) -> str:
+    """A student model -> plain HF directory (config + safetensors + tokenizer [+ gemini_ray.json]) at a local
+    path (renamed into place) or a URI (uploaded)."""
+    from gemini_ray.models import load_tokenizer
+
     with atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp)
         load_tokenizer(tokenizer_source).save_pretrained(tmp)

@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
                             ("tune", "search λ, τ, K (tune.space) with Ray Tune on the cached teacher signal"),
                             ("config", "print the effective config (defaults <- --config <- overrides) as YAML"),
                             ("eval", "evaluate a student next to its teacher (JSON report + markdown table)"),
-                            ("ablate", "no-teacher vs KD-only vs contrastive-only vs KD+contrastive, trained and evaluated")):
+                            ("ablate", "the untrained student vs no-teacher, KD-only, contrastive-only and "
+                                       "KD+contrastive students, trained and evaluated")):
         p = sub.add_parser(name, help=help_text)
         if name == "eval":  # before the overrides: argparse fills positionals in order
             p.add_argument("model_dir", help="an exported student (…/student) or any HF model directory")

@@ -223,8 +223,10 @@ class TuneConfig:
     """Trials sampled from the space (grid values multiply it)."""
     max_concurrent_trials: Optional[int] = None
     """None: as many as the cluster's CPUs (or GPUs) fit, at least 1."""
-    metric: str = "val/loss_kd"
-    """Metric every trial reports and the scheduler compares (held-out distillation loss by default)."""
+    metric: str = "val/objective"
+    """Metric every trial reports and the scheduler compares. Default: val/objective, both halves of the
+    student (held-out KD loss and held-out retrieval of positives, each relative to the run's start; lower
+    is better). val/loss_kd alone favours the largest λ and cannot see τ or K."""
     mode: Literal["min", "max"] = "min"
     """Whether the metric is minimised or maximised."""
     grace_period: int = 1
@@ -265,9 +267,15 @@ class LossConfig:
     """'distill': λ·L_KD + (1 − λ)·L_CL. 'lm': plain next-token cross-entropy on the corpus tokens, no
     teacher signal in the gradient (the no-teacher baseline of the ablation; causal teachers only). The KD
     and contrastive losses are still computed, without gradient, so runs compare on the same logs."""
+    rep_weight: float = 0.0
+    """μ: weight of a representation term added to the seed's loss, L = λ·L_KD + (1 − λ)·L_CL + μ·L_rep, with
+    L_rep = 1 − cos(student's pooled span embedding, teacher's) on the anchor and positive spans (an
+    extension beyond the seed, after DistilBERT's hidden-state cosine loss). 0: the seed's exact loss
+    (L_rep is still logged as loss/rep). Needs a student as wide as the teacher."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.lambda_kd <= 1.0, "loss.lambda_kd", f"must be in [0, 1], got {self.lambda_kd}")
+        _check(self.rep_weight >= 0, "loss.rep_weight", f"must be >= 0, got {self.rep_weight}")
         _check(self.kd_temperature > 0, "loss.kd_temperature", f"must be > 0, got {self.kd_temperature}")
         _check(self.cl_temperature > 0, "loss.cl_temperature", f"must be > 0, got {self.cl_temperature}")
         _check(self.num_negatives >= 1, "loss.num_negatives", f"must be >= 1, got {self.num_negatives}")

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from gemini_ray.corpus_pass import Probe
 
-__all__ = ["Run", "prepare", "fit_student", "export", "summarize"]
+__all__ = ["Run", "prepare", "fit_student", "export", "export_untrained", "summarize"]
 
 
 @dataclass
@@ -76,6 +76,12 @@ def _make_student(cfg: Config, session: Session) -> nn.Module:
         student = load_student(cfg.student.from_pretrained, session.kind, session.teacher, session.tokenizer)
     else:
         student = build_student(session.teacher, session.kind, cfg.student, seed=cfg.train.seed)
+    widths = student.config.hidden_size, session.teacher_config.hidden_size
+    if cfg.loss.rep_weight > 0 and widths[0] != widths[1]:
+        raise GeminiRayError(
+            f"loss.rep_weight={cfg.loss.rep_weight} compares the student's span embeddings with the teacher's, "
+            f"but the student is {widths[0]} wide and the teacher {widths[1]}. Set loss.rep_weight=0 or use a "
+            "student as wide as the teacher (drop student.hidden_size).")
     n_teacher, n_student = session.teacher_params, count_parameters(student)
     print(f"[gemini-ray] teacher {session.teacher_source} ({session.kind}, {n_teacher / 1e6:.1f} M params); "
           f"student {n_student / 1e6:.1f} M params ({n_student / n_teacher:.0%} of the teacher)")
@@ -203,6 +209,22 @@ def fit_student(run: Run) -> ray.train.Result:
     return result
 
 
+def _student_meta(cfg: Config, session: Session) -> dict[str, Any]:
+    """gemini_ray.json beside an exported student: what `gemini-ray eval` needs (teacher, kind, data, loss, corpus)."""
+    as_dict = config_to_dict(cfg)
+    return {"teacher": session.teacher_source, "kind": session.kind, "data": as_dict["data"],
+            "loss": as_dict["loss"], "corpus_signature": session.identity["corpus"]}
+
+
+def export_untrained(cfg: Config, session: Session, student_dir: str) -> str:
+    """The student as `prepare` derives it (the teacher's copied layers, or student.from_pretrained), saved
+    untrained as an exported student: the baseline every trained student must beat."""
+    from gemini_ray.checkpoint import save_student
+
+    return save_student(_make_student(cfg, session), student_dir, session.teacher_source,
+                        {**_student_meta(cfg, session), "untrained": True})
+
+
 def export(run: Run, result: ray.train.Result) -> tuple[str, dict[str, Any]]:
     """The final checkpoint as a plain Hugging Face directory (run.output_dir or <out_dir>/student) with
     gemini_ray.json beside the weights (what `gemini-ray eval` needs: teacher, kind, data, loss, corpus).
@@ -214,12 +236,9 @@ def export(run: Run, result: ray.train.Result) -> tuple[str, dict[str, Any]]:
     t0 = time.perf_counter()
     cfg, session = run.cfg, run.session
     student_dir = cfg.run.output_dir or join(run.out_dir, "student")
-    as_dict = config_to_dict(cfg)
-    meta = {"teacher": session.teacher_source, "kind": session.kind, "data": as_dict["data"],
-            "loss": as_dict["loss"], "corpus_signature": session.identity["corpus"]}
     with result.checkpoint.as_directory() as ckpt:
         state = json.loads((Path(ckpt) / "state.json").read_text(encoding="utf-8"))
-        export_student(ckpt, student_dir, session.teacher_source, meta)
+        export_student(ckpt, student_dir, session.teacher_source, _student_meta(cfg, session))
     run.seconds["export_s"] = time.perf_counter() - t0
     return student_dir, state
 

@@ -100,7 +100,7 @@ def _sizes(directory: str, shards: list[int], records: dict[str, dict[str, int]]
     total_bytes = sum(v["bytes"] for v in records.values())
     positions = max(sum(v["positions"] for v in records.values()), 1)
     columns = column_bytes(fs, [f"{path}/{shard_name(i)}" for i in shards])
-    signal = sum(columns.get(c, 0) for c in ("topk_ids", "topk_logits", "topk_mass"))
+    signal = sum(columns.get(c, 0) for c in ("topk_ids", "topk_logits", "topk_mass", "teacher_embedding"))
     negatives = sum(columns.get(c, 0) for c in ("neg_input_ids", "neg_attention_mask", "neg_mask"))
     return {"rows": sum(v["rows"] for v in records.values()),
             "teacher_tokens": sum(v["teacher_tokens"] for v in records.values()),

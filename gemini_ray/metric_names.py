@@ -1,25 +1,28 @@
 """Every logged metric's name, defined once: the trainer's log lines, summary.json, Tune's results.csv,
 the ablation and `tune.metric` all use these strings.
 
-    loss/total, loss/kd, loss/cl              the training loss and its parts (mean over a logging window)
-    val/loss_total, val/loss_kd, val/loss_cl  the same parts on the held-out rows
+    loss/total, loss/kd, loss/cl, loss/rep    the training loss and its parts (mean over a logging window)
+    val/loss_total, val/loss_kd, ...          the same parts on the held-out rows
+    val/retrieval_mrr, val/objective          held-out retrieval of positives; the composite Tune ranks by
 """
 
 from __future__ import annotations
 
-__all__ = ["LOSS_TOTAL", "LOSS_KD", "LOSS_CL", "LOSS_NAMES", "LOSS_PARTS", "LOSS_PART_NAMES", "held_out", "VAL_LOSS_TOTAL",
-           "VAL_LOSS_KD", "VAL_LOSS_CL", "VAL_STEP", "VAL_EXAMPLES", "NONFINITE"]
+__all__ = ["LOSS_TOTAL", "LOSS_KD", "LOSS_CL", "LOSS_REP", "LOSS_NAMES", "LOSS_PARTS", "LOSS_PART_NAMES", "held_out", "VAL_LOSS_TOTAL",
+           "VAL_LOSS_KD", "VAL_LOSS_CL", "VAL_RETRIEVAL", "VAL_OBJECTIVE", "VAL_STEP", "VAL_EXAMPLES", "NONFINITE"]
 
 LOSS_TOTAL = "loss/total"
 LOSS_KD = "loss/kd"
 LOSS_CL = "loss/cl"
-LOSS_NAMES = (LOSS_TOTAL, LOSS_KD, LOSS_CL)
+LOSS_REP = "loss/rep"
+"""1 − cosine of the student's and the teacher's pooled span embeddings (in the gradient when loss.rep_weight > 0)."""
+LOSS_NAMES = (LOSS_TOTAL, LOSS_KD, LOSS_CL, LOSS_REP)
 """In the order they are logged."""
-LOSS_PARTS = (LOSS_KD, LOSS_CL, LOSS_TOTAL)
+LOSS_PARTS = (LOSS_KD, LOSS_CL, LOSS_REP, LOSS_TOTAL)
 """In the order a non-finite value is blamed on: the distillation part, the contrastive part, the total."""
 
 LOSS_PART_NAMES = {LOSS_KD: "distillation loss (loss/kd)", LOSS_CL: "contrastive loss (loss/cl)",
-                   LOSS_TOTAL: "total loss (loss/total)"}
+                   LOSS_REP: "representation loss (loss/rep)", LOSS_TOTAL: "total loss (loss/total)"}
 """How an error message names each part."""
 
 
@@ -29,6 +32,12 @@ def held_out(name: str) -> str:
 
 
 VAL_LOSS_TOTAL, VAL_LOSS_KD, VAL_LOSS_CL = held_out(LOSS_TOTAL), held_out(LOSS_KD), held_out(LOSS_CL)
+VAL_RETRIEVAL = "val/retrieval_mrr"
+"""Mean reciprocal rank of each held-out anchor's positive among the held-out positives of other documents
+(cosine of the student's pooled spans; free of τ). Higher is better."""
+VAL_OBJECTIVE = "val/objective"
+"""Both halves of the student in one number, lower is better, 1.0 at the run's start:
+½ · val/loss_kd ÷ its value at step 0 + ½ · (1 − val/retrieval_mrr) ÷ its value at step 0."""
 VAL_STEP = "val/step"
 """The step at which the held-out metrics of a report were measured."""
 VAL_EXAMPLES = "val/examples"

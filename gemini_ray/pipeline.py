@@ -29,7 +29,7 @@ CACHE_READ_CPUS = 0.25
 
 
 TRAIN_COLUMNS = ["input_ids", "attention_mask", "label_mask", "topk_ids", "topk_logits", "topk_mass",
-                 "neg_input_ids", "neg_attention_mask", "neg_mask", "teacher_tokens", "random_negatives",
+                 "teacher_embedding", "neg_input_ids", "neg_attention_mask", "neg_mask", "teacher_tokens", "random_negatives",
                  "missing_negatives", "doc_id", "span_hash"]
 """What a cache stores for the trainer (example ids and the split name stay behind); document ids and span
 hashes say which rows of a batch may serve as each other's negatives."""

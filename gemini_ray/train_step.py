@@ -3,6 +3,7 @@
 A batch (B examples, K negatives, span length L, teacher top-k k) holds:
     input_ids (B, 2, L), attention_mask (B, 2, L), label_mask (B, 2, L)   anchor and positive
     topk_ids (B, 2, L, k), topk_logits (B, 2, L, k)                       teacher soft labels
+    teacher_embedding (B, 2, H)                                           teacher's pooled span embeddings
     neg_input_ids (B, K, L), neg_attention_mask (B, K, L), neg_mask (B, K) mined negatives
     doc_id (B,), span_hash (B, 2)                                         which rows may be in-batch negatives
 """
@@ -14,7 +15,7 @@ import math
 import torch
 
 from gemini_ray.config import LossConfig, TrainConfig
-from gemini_ray.losses import LossParts, combine, info_nce_loss, next_token_loss, topk_kd_loss
+from gemini_ray.losses import LossParts, combine, cosine_embedding_loss, info_nce_loss, next_token_loss, topk_kd_loss
 from gemini_ray.losses.contrastive import all_gather_constant, all_gather_with_grad, in_batch_mask
 
 __all__ = ["compute_loss", "make_optimizer", "lr_at"]
@@ -23,7 +24,7 @@ __all__ = ["compute_loss", "make_optimizer", "lr_at"]
 
 def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: LossConfig,
                  across_ranks: bool = True) -> LossParts:
-    """λ·L_KD + (1 − λ)·L_CL for a batch (or next-token CE with loss.objective='lm');
+    """λ·L_KD + (1 − λ)·L_CL (+ μ·L_rep) for a batch (or next-token CE with loss.objective='lm');
     `student` is a (possibly DDP-wrapped) DistillStudent.
 
     With loss.in_batch_negatives the other rows' positives are negatives too; `across_ranks` gathers them
@@ -55,12 +56,17 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
         shared_mask = in_batch_mask(batch["doc_id"].long(), span_hash, gather_ids(batch["doc_id"].long()),
                                     gather_ids(span_hash[:, 1].contiguous()))  # (B, W·B)
     cl = info_nce_loss(z, z_pos, z_neg, cfg.cl_temperature, batch["neg_mask"][:, :K].bool(), shared, shared_mask)
-    if cfg.objective == "lm":  # no-teacher baseline: KD and CL are logged, the gradient is plain CE
+    t_emb = batch["teacher_embedding"]  # (B, 2, H)
+    rep = cosine_embedding_loss(pooled[: 2 * B], torch.cat([t_emb[:, 0], t_emb[:, 1]]))
+    if cfg.objective == "lm":  # no-teacher baseline: KD, CL and rep are logged, the gradient is plain CE
         span_ids = torch.cat([ids[:, 0], ids[:, 1]])  # (2B, L), ordered like the logits
         span_att = torch.cat([att[:, 0], att[:, 1]])
         ce = next_token_loss(logits, span_ids, span_att)
-        return LossParts(total=ce, kd=kd.detach(), cl=cl.detach())
-    return combine(kd, cl, cfg.lambda_kd)
+        parts = LossParts(total=ce, kd=kd.detach(), cl=cl.detach(), rep=rep.detach())
+    else:
+        parts = combine(kd, cl, cfg.lambda_kd, rep, cfg.rep_weight)
+    parts.spans = (z.detach(), z_pos.detach())
+    return parts
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -34,8 +34,9 @@ import torch.distributed as dist
 
 from gemini_ray.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config
 from gemini_ray.config import Config, LossConfig
+from gemini_ray.evaluation.metrics import composite_objective, positive_mrr
 from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, LOSS_TOTAL, VAL_EXAMPLES, VAL_LOSS_CL,
-                                     VAL_LOSS_KD, VAL_STEP, held_out)
+                                     VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_STEP, held_out)
 from gemini_ray.models import DistillStudent
 from gemini_ray.paths import atomic_write_json, is_uri, read_json
 from gemini_ray.positions import add as add_positions
@@ -186,20 +187,35 @@ def _stop_nonfinite(spec: RunSpec, state: dict[str, Any], part: str, value: floa
 
 def held_out_metrics(student: torch.nn.Module, rows: dict[str, Any] | None, loss_cfg: LossConfig, batch_size: int,
                      device: torch.device, step: int) -> dict[str, float]:
-    """Mean loss parts over the held-out rows (every rank scores all of them; no collective). {} without rows."""
+    """Mean loss parts over the held-out rows and the retrieval of their positives (every rank scores all of
+    them; no collective). {} without rows."""
     if rows is None:
         return {}
-    sums, n = dict.fromkeys(LOSS_NAMES, 0.0), 0
+    sums, n, spans = dict.fromkeys(LOSS_NAMES, 0.0), 0, []
     student.eval()
     with torch.no_grad():
         for start in range(0, len(rows["input_ids"]), batch_size):
             batch = {k: torch.tensor(v[start : start + batch_size], device=device) for k, v in rows.items()}
             b = int(batch["input_ids"].shape[0])
-            for key, value in compute_loss(student, batch, loss_cfg, across_ranks=False).as_floats().items():
+            parts = compute_loss(student, batch, loss_cfg, across_ranks=False)
+            for key, value in parts.as_floats().items():
                 sums[key] += value * b
+            spans.append((*parts.spans, batch["doc_id"]))
             n += b
     student.train()
-    return {**{held_out(k): v / max(n, 1) for k, v in sums.items()}, VAL_STEP: step, VAL_EXAMPLES: n}
+    anchors, positives, docs = (torch.cat(column) for column in zip(*spans))
+    return {**{held_out(k): v / max(n, 1) for k, v in sums.items()},
+            VAL_RETRIEVAL: positive_mrr(anchors, positives, docs), VAL_STEP: step, VAL_EXAMPLES: n}
+
+
+def with_objective(metrics: dict[str, float], state: dict[str, Any]) -> dict[str, float]:
+    """The held-out metrics plus val/objective, against the held-out values where the run started (kept in
+    the training state, so a resumed run compares with the same start). Unchanged without held-out rows."""
+    if not metrics:
+        return metrics
+    start = state.setdefault("val_start", {VAL_LOSS_KD: metrics[VAL_LOSS_KD], VAL_RETRIEVAL: metrics[VAL_RETRIEVAL]})
+    return {**metrics, VAL_OBJECTIVE: composite_objective(metrics[VAL_LOSS_KD], metrics[VAL_RETRIEVAL],
+                                                          start[VAL_LOSS_KD], start[VAL_RETRIEVAL])}
 
 
 # --------------------------------------------------------------------------- the metrics window
@@ -352,7 +368,8 @@ def _step_line(step: int, max_steps: int, metrics: dict[str, Any]) -> str:
     line = (f"step {step:>5}/{max_steps} | loss {metrics[LOSS_TOTAL]:.4f} | kd {metrics[LOSS_KD]:.4f} "
             f"| cl {metrics[LOSS_CL]:.4f} | {metrics['examples_per_s']:.2f} ex/s "
             f"| data wait {metrics['data_wait_fraction']:.0%}")
-    return line + (f" | held-out kd {metrics[VAL_LOSS_KD]:.4f}" if metrics.get(VAL_STEP) == step else "")
+    return line + (f" | held-out kd {metrics[VAL_LOSS_KD]:.4f} | mrr {metrics[VAL_RETRIEVAL]:.3f}"
+                   if metrics.get(VAL_STEP) == step else "")
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -377,12 +394,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     student.train()
 
     def evaluate(step: int) -> dict[str, float]:
-        return held_out_metrics(student, val_rows, spec.cfg.loss, tc.batch_size, me.device, step)
+        return with_objective(held_out_metrics(student, val_rows, spec.cfg.loss, tc.batch_size, me.device, step),
+                              state)
 
     val_metrics = evaluate(state["step"])  # the baseline, so every report carries a validation metric
     if me.rank == 0 and val_metrics:
         _log(f"step {state['step']:>5}/{tc.max_steps} | held-out kd {val_metrics[VAL_LOSS_KD]:.4f} "
-             f"| cl {val_metrics[VAL_LOSS_CL]:.4f} ({val_metrics[VAL_EXAMPLES]} examples)")
+             f"| cl {val_metrics[VAL_LOSS_CL]:.4f} | mrr {val_metrics[VAL_RETRIEVAL]:.3f} "
+             f"({val_metrics[VAL_EXAMPLES]} examples)")
     window, last_checkpoint_step, checkpointed = MetricsWindow(), state["step"], False
     pending: list[np.ndarray] = []  # positions trained since the last checkpoint
     while state["step"] < tc.max_steps:

@@ -38,7 +38,7 @@ def toy_batch(rows: int, seed: int = 0) -> dict[str, torch.Tensor]:
         "label_mask": torch.ones(rows, 2, L), "topk_ids": torch.randint(0, V, (rows, 2, L, 4), generator=g),
         "topk_logits": torch.randn(rows, 2, L, 4, generator=g), "neg_input_ids": torch.randint(0, V, (rows, K, L), generator=g),
         "neg_attention_mask": torch.ones(rows, K, L, dtype=torch.long), "neg_mask": torch.ones(rows, K, dtype=torch.bool),
-        "doc_id": doc, "span_hash": span_hash,
+        "doc_id": doc, "span_hash": span_hash, "teacher_embedding": torch.randn(rows, 2, H, generator=g),
     }
 
 

@@ -37,8 +37,8 @@ def test_cache_from_another_teacher_or_corpus_or_format_is_refused():
         check_compatible(manifest, {**IDENTITY, "tokenizer_vocab": "other"}, "somewhere")
     with pytest.raises(GeminiRayError, match="different corpus"):
         check_compatible(manifest, {**IDENTITY, "corpus": "other"}, "somewhere")
-    with pytest.raises(GeminiRayError, match="in format 1; this gemini-ray reads format 2. Run 'gemini-ray label'"):
-        check_compatible({**manifest, "version": 1}, dict(IDENTITY), "somewhere")  # rows without their index
+    with pytest.raises(GeminiRayError, match="in format 2; this gemini-ray reads format 3. Run 'gemini-ray label'"):
+        check_compatible({**manifest, "version": 2}, dict(IDENTITY), "somewhere")  # rows without teacher embeddings
 
 
 @pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])

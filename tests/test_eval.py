@@ -158,14 +158,15 @@ def test_eval_refuses_a_directory_that_is_not_a_model(tmp_path, capsys, make, me
 def test_ablate_trains_four_variants_from_one_teacher_pass(ray_start_2_cpus, llama_dir, corpus_file, tmp_path):
     from test_distill_e2e import tiny_overrides
 
-    from gemini_ray.commands.ablate import VARIANTS, ablate
+    from gemini_ray.commands.ablate import UNTRAINED, VARIANTS, ablate
 
     overrides = [*tiny_overrides(llama_dir, corpus_file, tmp_path, "abl", 2), "data.val_fraction=0.2",
                  f"label.cache_root={tmp_path / 'cache'}", "label.max_negatives=3", "train.eval_every=2",
                  "label.shards_per_round=16",  # one labelling round: each costs a groupby (~25 s here)
                  "eval.rt_train=80", "eval.rt_test=40", "eval.lm_max_tokens=300", "eval.max_length=32"]
     result = ablate(build_config(None, overrides), str(tmp_path / "out"))
-    assert list(result["models"]) == ["teacher", *VARIANTS]
+    assert list(result["models"]) == ["teacher", UNTRAINED, *VARIANTS]
+    assert isinstance(result["regressions"], list)
     assert all(t["teacher_tokens_this_run"] == 0 for t in result["training"].values())  # all read the one cache
     assert result["training"]["no-teacher"]["loss"]["objective"] == "lm"
     assert result["training"]["kd-only"]["loss"]["lambda_kd"] == 1.0
@@ -176,3 +177,135 @@ def test_ablate_trains_four_variants_from_one_teacher_pass(ray_start_2_cpus, lla
     table = (tmp_path / "out" / "ablation.md").read_text()
     assert all(f"| {name} |" in table for name in result["models"]) and "Budget per student: 2 steps" in table
     assert (tmp_path / "out" / "ablation.png").stat().st_size > 10_000
+
+
+def _session(llama_dir):
+    from gemini_ray.models import count_parameters, load_teacher, load_tokenizer
+    from gemini_ray.session import Session
+
+    teacher, kind = load_teacher(str(llama_dir))
+    return Session(teacher_source=str(llama_dir), kind=kind, tokenizer=load_tokenizer(str(llama_dir)),
+                   teacher_config=teacher.config, teacher_params=count_parameters(teacher),
+                   identity={"corpus": "c0ffee"}, teacher=teacher)
+
+
+def test_the_untrained_row_is_the_teachers_copied_prefix_as_an_exported_student(llama_dir, tmp_path):
+    """The ablation's untrained row: the student `prepare` derives, saved with no step taken, loadable by eval."""
+    from gemini_ray.distill_run import export_untrained
+    from gemini_ray.evaluation.run import load_model, read_student_meta
+
+    session = _session(llama_dir)
+    cfg = build_config(None, ["student.num_layers=1"])
+    path = export_untrained(cfg, session, str(tmp_path / "untrained" / "student"))
+    assert read_student_meta(path)["untrained"] is True and read_student_meta(path)["teacher"] == str(llama_dir)
+    student = load_model("untrained", path, "causal").model
+    assert student.config.num_hidden_layers == 1
+    t_state, s_state = session.teacher.state_dict(), student.state_dict()
+    for key in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.norm.weight"):
+        assert torch.equal(s_state[key], t_state[key]), key  # copied, and no step taken
+
+
+def test_a_trained_student_below_the_untrained_one_is_reported_as_a_regression():
+    from gemini_ray.commands.ablate import UNTRAINED, ablation_markdown, regressions
+
+    def row(lee, rt):
+        return {"parameters": 1e6, "lm": {}, "lee_spearman": lee, "rt_accuracy": rt, "tokens_per_s": 10.0,
+                "peak_memory_mib": 1.0}
+
+    rows = {"teacher": row(0.2, 0.5), UNTRAINED: row(0.45, 0.74), "kd-only": row(0.46, 0.70),
+            "kd+cl": row(0.40, 0.75)}
+    assert regressions(rows) == ["kd-only: RT accuracy 0.700 < 0.740 untrained",
+                                 "kd+cl: Lee Spearman 0.400 < 0.450 untrained"]
+    budget = {"max_steps": 2, "batch_size": 8, "lr": 1e-4, "seed": 0, "num_layers": 6, "lambda_kd": 0.5,
+              "cl_temperature": 0.05, "num_negatives": 4, "rep_weight": 0.0}
+    md = ablation_markdown(rows, budget)
+    assert "| untrained |" in md and "Regressions against the untrained student" in md and "* kd+cl: Lee" in md
+    assert regressions({k: v for k, v in rows.items() if k != UNTRAINED}) == []
+    assert "Regressions" not in ablation_markdown({"teacher": rows["teacher"], UNTRAINED: rows[UNTRAINED]}, budget)
+
+
+def test_the_representation_term_refuses_a_student_narrower_than_its_teacher(llama_dir):
+    from gemini_ray.distill_run import _make_student
+
+    session = _session(llama_dir)
+    narrow = session.teacher_config.hidden_size // 2
+    narrow_student = ["student.num_layers=1", "student.init=random", f"student.hidden_size={narrow}"]
+    with pytest.raises(GeminiRayError, match="loss.rep_weight=1.0 compares the student's span embeddings"):
+        _make_student(build_config(None, [*narrow_student, "loss.rep_weight=1.0"]), session)
+    _make_student(build_config(None, narrow_student), session)
+
+
+def test_positive_mrr_ranks_each_anchors_positive_among_other_documents():
+    from gemini_ray.evaluation.metrics import positive_mrr
+
+    e = torch.eye(4)
+    assert positive_mrr(e[:3], e[:3], torch.tensor([0, 1, 2])) == 1.0
+    anchors = torch.stack([e[0] + 0.9 * e[1], e[1], e[2]])  # anchor 0 is nearer row 1's positive than its own
+    positives = torch.stack([e[0] * 0.5 + e[3], e[1], e[2]])
+    assert positive_mrr(anchors, positives, torch.tensor([0, 1, 2])) == pytest.approx((0.5 + 1 + 1) / 3)
+    # a row of the same document is not a competitor (it is a valid match, not a wrong one)
+    assert positive_mrr(anchors, positives, torch.tensor([0, 0, 2])) == 1.0
+    assert np.isnan(positive_mrr(torch.zeros(0, 4), torch.zeros(0, 4), torch.zeros(0)))
+
+
+def test_composite_objective_is_one_at_the_start_and_needs_both_halves():
+    from gemini_ray.evaluation.metrics import composite_objective
+
+    assert composite_objective(10.0, 0.4, 10.0, 0.4) == pytest.approx(1.0)
+    assert composite_objective(5.0, 0.4, 10.0, 0.4) == pytest.approx(0.75)  # KD halved, retrieval unchanged
+    assert composite_objective(10.0, 0.7, 10.0, 0.4) == pytest.approx(0.75)  # misses halved, KD unchanged
+    assert composite_objective(5.0, 0.05, 10.0, 0.4) > 1.0  # better KD bought with much worse retrieval
+    assert composite_objective(1.0, 1.0, 1.0, 1.0) == pytest.approx(0.5)  # perfect retrieval at the start
+
+
+def test_held_out_metrics_carry_retrieval_and_an_objective_against_the_runs_start():
+    from ddp_toy import ToyStudent, toy_batch
+    from gemini_ray.config import LossConfig
+    from gemini_ray.train_worker import held_out_metrics, with_objective
+
+    rows = {k: v.numpy() for k, v in toy_batch(8).items()}
+    model, cfg = ToyStudent(), LossConfig(num_negatives=2)
+    state: dict = {}
+    start = with_objective(held_out_metrics(model, rows, cfg, 3, torch.device("cpu"), 0), state)
+    assert 0 < start["val/retrieval_mrr"] <= 1 and start["val/objective"] == pytest.approx(1.0)
+    assert state["val_start"] == {"val/loss_kd": start["val/loss_kd"], "val/retrieval_mrr": start["val/retrieval_mrr"]}
+    with torch.no_grad():
+        model.head.weight.mul_(0.5)  # the language-model half moves, the embeddings do not
+    later = with_objective(held_out_metrics(model, rows, cfg, 3, torch.device("cpu"), 5), state)
+    assert later["val/retrieval_mrr"] == pytest.approx(start["val/retrieval_mrr"])
+    assert later["val/objective"] == pytest.approx(0.5 * later["val/loss_kd"] / start["val/loss_kd"] + 0.5)
+    assert with_objective({}, state) == {}
+
+
+def test_bootstrap_interval_of_an_accuracy_has_the_binomial_width():
+    from gemini_ray.evaluation.metrics import bootstrap_interval
+
+    correct = np.random.default_rng(0).random(1000) < 0.7
+    lo, hi = bootstrap_interval(lambda i: float(correct[i].mean()), len(correct))
+    assert lo < correct.mean() < hi
+    assert 0.045 < hi - lo < 0.07  # 2 x 1.96 x sqrt(0.21 / 1000) = 0.057: "a 1-point difference is not a finding"
+    assert bootstrap_interval(lambda i: float(correct[i].mean()), 1000) == (lo, hi)  # seeded
+
+
+def test_paired_differences_separate_noise_from_a_real_gap():
+    from gemini_ray.evaluation.run import embedding_scores, paired_differences
+    from gemini_ray.evaluation.sets import lee_similarity
+
+    human = lee_similarity()[1]["human"].to_numpy()
+    rng = np.random.default_rng(1)
+    good_cos = human + rng.normal(0, 0.1, len(human))
+    rt = rng.random(1000) < 0.70
+    a = embedding_scores(human, good_cos, rt, seed=0)
+    assert a["lee_spearman_ci"][0] < a["lee_spearman"] < a["lee_spearman_ci"][1]
+    same = paired_differences(a, a)
+    assert same["rt_accuracy"]["difference"] == 0 and not same["rt_accuracy"]["beyond_noise"]
+    flipped = rt.copy()  # one point better on RT, 90 snippets changing sides both ways: within the noise
+    flipped[np.flatnonzero(~rt)[:50]] = True
+    flipped[np.flatnonzero(rt)[:40]] = False
+    slightly = paired_differences(embedding_scores(human, good_cos, flipped, 0), a)
+    assert slightly["rt_accuracy"]["difference"] == pytest.approx(0.01) and not slightly["rt_accuracy"]["beyond_noise"]
+    worse = embedding_scores(human, human + rng.normal(0, 0.6, len(human)), rt & (rng.random(1000) < 0.9), 0)
+    gap = paired_differences(worse, a)
+    assert gap["lee_spearman"]["beyond_noise"] and gap["lee_spearman"]["high"] < 0
+    assert gap["rt_accuracy"]["beyond_noise"] and gap["rt_accuracy"]["difference"] < 0
+    assert paired_differences({"lee_spearman": 0.1}, a) == {}

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gemini_ray.losses import combine, dense_kd_loss, info_nce_loss, topk_kd_loss
+from gemini_ray.losses import combine, cosine_embedding_loss, dense_kd_loss, info_nce_loss, topk_kd_loss
 
 B, L, V = 3, 5, 11
 
@@ -153,7 +153,7 @@ def test_combine_weights_the_parts():
     kd, cl = torch.tensor(2.0), torch.tensor(4.0)
     parts = combine(kd, cl, 0.25)
     assert parts.total.item() == pytest.approx(0.25 * 2 + 0.75 * 4)
-    assert set(parts.as_floats()) == {"loss/total", "loss/kd", "loss/cl"}
+    assert set(parts.as_floats()) == {"loss/total", "loss/kd", "loss/cl", "loss/rep"}
     assert combine(kd, cl, 1.0).total.item() == 2.0 and combine(kd, cl, 0.0).total.item() == 4.0
 
 
@@ -202,3 +202,62 @@ def test_negatives_gathered_across_two_ranks_equal_one_process_on_the_whole_batc
         assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
     # and the in-batch negatives matter: without them the single-process loss differs
     assert loss_and_grads(toy_batch(rows), LossConfig(lambda_kd=0.3, num_negatives=2, in_batch_negatives=False))[1] != pytest.approx(cl)
+
+
+def test_cosine_embedding_loss_matches_hand_computation():
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(6, 9, generator=g), torch.randn(6, 9, generator=g)
+    by_hand = sum(1 - float(a @ b) / (float(a.norm()) * float(b.norm())) for a, b in zip(s, t)) / 6
+    assert cosine_embedding_loss(s, t).item() == pytest.approx(by_hand, rel=1e-5)
+    assert cosine_embedding_loss(s, 3 * s).item() == pytest.approx(0.0, abs=1e-6)  # direction, not length
+    assert cosine_embedding_loss(s, -s).item() == pytest.approx(2.0, abs=1e-6)
+    with pytest.raises(ValueError, match="differ in shape"):
+        cosine_embedding_loss(s, t[:, :4])
+
+
+def test_representation_term_with_zero_weight_is_the_seeds_loss_and_reaches_only_the_student():
+    """rep_weight 0: total and gradients are λ·L_KD + (1 − λ)·L_CL's, whatever the teacher embeddings say;
+    rep_weight μ: total = that + μ·L_rep, and the gradient reaches the student but not the teacher's targets."""
+    from ddp_toy import ToyStudent, toy_batch
+    from gemini_ray.config import LossConfig
+    from gemini_ray.train_step import compute_loss
+
+    def run(batch, **loss):
+        model = ToyStudent()
+        parts = compute_loss(model, batch, LossConfig(lambda_kd=0.3, num_negatives=2, **loss), across_ranks=False)
+        parts.total.backward()
+        return parts, [p.grad.clone() for p in model.parameters()]
+
+    batch = toy_batch(8)
+    seed, seed_grads = run(batch)
+    assert seed.total.item() == pytest.approx(0.3 * seed.kd.item() + 0.7 * seed.cl.item(), rel=1e-6)
+    assert 0 < seed.rep.item() < 2 and not seed.rep.requires_grad  # logged, not trained on
+    other = {**batch, "teacher_embedding": -batch["teacher_embedding"]}
+    moved, moved_grads = run(other)
+    assert moved.total.item() == seed.total.item() and moved.rep.item() != pytest.approx(seed.rep.item())
+    assert all(torch.equal(a, b) for a, b in zip(seed_grads, moved_grads))
+
+    target = batch["teacher_embedding"].clone().requires_grad_(True)
+    with_rep, rep_grads = run({**batch, "teacher_embedding": target}, rep_weight=2.0)
+    assert with_rep.total.item() == pytest.approx(seed.total.item() + 2.0 * with_rep.rep.item(), rel=1e-6)
+    assert with_rep.rep.item() == pytest.approx(seed.rep.item(), rel=1e-6)
+    assert target.grad is None  # the teacher's embeddings are targets
+    assert any(not torch.allclose(a, b) for a, b in zip(seed_grads, rep_grads))
+
+
+def test_the_representation_term_pulls_the_student_toward_the_teacher():
+    """A few SGD steps on L_rep alone bring the student's pooled spans closer to the teacher's."""
+    from ddp_toy import ToyStudent, toy_batch
+    from gemini_ray.config import LossConfig
+    from gemini_ray.train_step import compute_loss
+
+    model, batch = ToyStudent(), toy_batch(8)
+    cfg = LossConfig(num_negatives=2, rep_weight=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    first = compute_loss(model, batch, cfg, across_ranks=False).rep.item()
+    for _ in range(30):
+        opt.zero_grad()
+        parts = compute_loss(model, batch, cfg, across_ranks=False)
+        parts.rep.backward()
+        opt.step()
+    assert compute_loss(model, batch, cfg, across_ranks=False).rep.item() < 0.8 * first

@@ -1,14 +1,19 @@
 """`gemini-ray ablate`: the method's claim on one corpus, budget and seed.
 
-Four students, trained from the same teacher-signal cache (the teacher runs once) with the same steps,
-batch, learning rate and seed, differing only in the loss:
+The student as it starts (untrained: the teacher's copied layers), and four students trained from it on the
+same teacher-signal cache (the teacher runs once) with the same steps, batch, learning rate and seed,
+differing only in the loss:
 
+    untrained    no training           the initialisation every trained student must beat
     no-teacher   loss.objective=lm     plain next-token cross-entropy on the corpus tokens
     kd-only      loss.lambda_kd=1      distillation only
     cl-only      loss.lambda_kd=0      contrastive only
-    kd+cl        loss.lambda_kd=λ      both (λ from the config: 0.5 unless set)
+    kd+cl        loss.lambda_kd=λ      both (λ and the representation weight μ = loss.rep_weight from the
+                                       config; the other rows train without the representation term)
 
-then `gemini-ray eval` on each and on the teacher. Writes ablation.json, ablation.md and ablation.png.
+then `gemini-ray eval` on each and on the teacher. A trained student below the untrained one on an
+embedding metric (Lee Spearman, RT accuracy) is listed as a regression. Writes ablation.json, ablation.md
+and ablation.png.
 """
 
 from __future__ import annotations
@@ -18,30 +23,65 @@ from pathlib import Path
 from typing import Any
 
 from gemini_ray.config import Config, build_config
-from gemini_ray.distill_run import export, fit_student, prepare, summarize
+from gemini_ray.distill_run import export, export_untrained, fit_student, prepare, summarize
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.evaluation.run import evaluate, markdown_table, versus_teacher
+from gemini_ray.evaluation.run import evaluate, markdown_table, paired_differences, versus_teacher
 from gemini_ray.labelling import make_cache
 from gemini_ray.paths import (absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, join,
                               run_dir)
 from gemini_ray.session import Session, start_session
 
-__all__ = ["VARIANTS", "ablate", "ablation_markdown"]
+__all__ = ["VARIANTS", "UNTRAINED", "ablate", "ablation_markdown", "regressions"]
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "no-teacher": {"loss.objective": "lm"},
-    "kd-only": {"loss.lambda_kd": 1.0},
-    "cl-only": {"loss.lambda_kd": 0.0},
-    "kd+cl": {},  # the config's λ
+    "no-teacher": {"loss.objective": "lm", "loss.rep_weight": 0.0},
+    "kd-only": {"loss.lambda_kd": 1.0, "loss.rep_weight": 0.0},
+    "cl-only": {"loss.lambda_kd": 0.0, "loss.rep_weight": 0.0},
+    "kd+cl": {},  # the config's λ and μ
 }
 """Each variant's settings on top of the ablation's config."""
+UNTRAINED = "untrained"
+"""The row of the student's initialisation, evaluated as copied."""
+EMBEDDING_METRICS = {"lee_spearman": "Lee Spearman", "rt_accuracy": "RT accuracy"}
+
+
+def _versus(row: dict[str, Any], other: dict[str, Any], key: str, paired: dict[str, Any]) -> str:
+    """'0.400 < 0.450' plus, with per-item scores, the paired difference's 95 % interval and whether it
+    is beyond the evaluation set's noise."""
+    sign = "<" if row[key] < other[key] else ">=" if row[key] >= other[key] else "vs"
+    text = f"{row[key]:.3f} {sign} {other[key]:.3f}"
+    d = paired.get(key)
+    if d:
+        text += (f" (difference {d['difference']:+.3f}, 95 % CI [{d['low']:+.3f}, {d['high']:+.3f}]: "
+                 + ("beyond noise" if d["beyond_noise"] else "within noise") + ")")
+    return text
+
+
+def regressions(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Each trained student's embedding metric that ends below the untrained student's (higher is better),
+    with the paired bootstrap interval of the difference when the rows carry per-item scores."""
+    if UNTRAINED not in rows:
+        return []
+    base = rows[UNTRAINED]
+    found = []
+    for name, row in rows.items():
+        if name in ("teacher", UNTRAINED):
+            continue
+        paired = paired_differences(row, base)
+        for key, title in EMBEDDING_METRICS.items():
+            if row.get(key) is not None and base.get(key) is not None and row[key] < base[key]:
+                found.append(f"{name}: {title} {_versus(row, base, key, paired)} untrained")
+    return found
 
 
 def ablation_markdown(rows: dict[str, dict[str, Any]], budget: dict[str, Any]) -> str:
     head = (f"Budget per student: {budget['max_steps']} steps x {budget['batch_size']} examples, lr {budget['lr']}, "
             f"seed {budget['seed']}, student {budget['num_layers']} layers; kd+cl uses λ = {budget['lambda_kd']}, "
-            f"τ = {budget['cl_temperature']}, K = {budget['num_negatives']}.\n\n")
-    return head + markdown_table(rows)
+            f"τ = {budget['cl_temperature']}, K = {budget['num_negatives']}, μ = {budget['rep_weight']}.\n\n")
+    found = regressions(rows)
+    tail = ("\nRegressions against the untrained student (differences inside the evaluation sets' noise "
+            "included):\n" + "".join(f"* {r}\n" for r in found)) if found else ""
+    return head + markdown_table(rows) + tail
 
 
 def _chart(rows: dict[str, dict[str, Any]], location: str) -> None:
@@ -70,6 +110,8 @@ def _chart(rows: dict[str, dict[str, Any]], location: str) -> None:
 def _train_variants(cfg: Config, session: Session) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """Each variant distilled on the one session and cache: (student directories, training summaries)."""
     students, summaries = {}, {}
+    untrained = join(run_dir(cfg.run.storage_path, f"{cfg.run.name}-{UNTRAINED}"), "student")
+    students[UNTRAINED] = export_untrained(cfg, session, untrained)
     for variant, settings in VARIANTS.items():
         print(f"[gemini-ray] ablation: training {variant}")
         name = f"{cfg.run.name}-{variant.replace('+', '-')}"
@@ -95,13 +137,14 @@ def _evaluate_variants(cfg: Config, students: dict[str, str]) -> tuple[dict[str,
     rows = {"teacher": teacher, **rows}
     first = next(iter(students))  # timed side by side with the teacher in one process; the others alone
     speedup = rows[first]["tokens_per_s"] / teacher["tokens_per_s"]
-    for variant in students:  # same architecture for all four: the side-by-side speedup holds for each
+    for variant in students:  # same architecture for all: the side-by-side speedup holds for each
         rows[variant]["vs_teacher"] = {**versus_teacher(rows[variant], teacher), "speedup": speedup}
     return rows, report["protocol"]
 
 
 def ablate(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
-    """Label once, train the four variants, evaluate them and the teacher; returns the report."""
+    """Label once, train the four variants, evaluate them, the untrained student and the teacher; returns the
+    report."""
     if cfg.data.val_fraction == 0:
         raise GeminiRayError("the ablation scores held-out perplexity; set data.val_fraction > 0.")
     out = absolute(out_dir or run_dir(cfg.run.storage_path, cfg.run.name) + "-ablation")
@@ -116,8 +159,9 @@ def ablate(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     t = cfg.train
     budget = {"max_steps": t.max_steps, "batch_size": t.batch_size * t.num_workers, "lr": t.lr, "seed": t.seed,
               "num_layers": cfg.student.num_layers, "lambda_kd": cfg.loss.lambda_kd,
-              "cl_temperature": cfg.loss.cl_temperature, "num_negatives": cfg.loss.num_negatives}
-    result = {"budget": budget, "models": rows, "training": summaries,
+              "cl_temperature": cfg.loss.cl_temperature, "num_negatives": cfg.loss.num_negatives,
+              "rep_weight": cfg.loss.rep_weight}
+    result = {"budget": budget, "models": rows, "regressions": regressions(rows), "training": summaries,
               "cache": {"teacher_tokens": manifest["teacher_tokens"]}, "protocol": protocol,
               "wall_time_s": time.perf_counter() - t_start}
     md = ablation_markdown(rows, budget)

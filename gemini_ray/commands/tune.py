@@ -5,7 +5,7 @@
 
 The teacher runs at most once: if no cache matches the config, it is labelled first; every trial reads it.
 Each trial is a Tune function that builds and fits its own TorchTrainer (Ray Train V2's Tune interop), named
-from the trial id. ASHA stops weak trials on a held-out metric every trial reports (val/loss_kd by default).
+from the trial id. ASHA stops weak trials on a held-out metric every trial reports (val/objective by default).
 Writes <run.storage_path>/<tune.name>/results.csv, best_config.yaml, search.png and tune_summary.json
 (local paths or URIs); running the same command again resumes an interrupted search.
 

@@ -59,7 +59,9 @@ def search_hard_negatives(anchor_emb: np.ndarray, cand_emb: np.ndarray, valid: n
 class HardNegativeMiner:
     """Map a window of labelled rows to the same rows plus neg_input_ids (B, K, L) int32,
     neg_attention_mask (B, K, L) int8, neg_mask (B, K) int8, random_negatives (B,) and
-    missing_negatives (B,) int32. Drops the teacher embeddings (training does not need them).
+    missing_negatives (B,) int32. The teacher's span embeddings go on as teacher_embedding (B, 2, H)
+    float16, the representation loss's target (the teacher stage ships them in float16: half the bytes of
+    float32, and a cosine needs no more).
     """
 
     def __init__(self, num_negatives: int, seed: int = 0, reservoir_size: int = 1024):
@@ -113,6 +115,7 @@ class HardNegativeMiner:
         # empty slots keep real tokens (an all-padding row can give NaN attention) and are masked in the loss
         self._remember({k: v for k, v in spans.items() if k != "emb"})
         out = {k: v for k, v in batch.items() if k != "embedding"}
+        out["teacher_embedding"] = emb.astype(np.float16)
         out["neg_input_ids"] = neg_ids.astype(np.int32)
         out["neg_attention_mask"] = neg_att.astype(np.int8)
         out["neg_mask"] = found.astype(np.int8)

@@ -51,7 +51,7 @@ def teacher_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
 class TeacherLabeler:
     """Map an example batch (input_ids (B, 2, L), attention_mask (B, 2, L), ...) to the same batch plus
     topk_ids (B, 2, L, k) int32, topk_logits (B, 2, L, k) float32, topk_mass (B, 2, L) float32,
-    embedding (B, 2, H) float32 and teacher_tokens (B,) int32 (real tokens pushed through the teacher).
+    embedding (B, 2, H) float16 and teacher_tokens (B,) int32 (real tokens pushed through the teacher).
     """
 
     def __init__(self, teacher_cfg: dict[str, Any], model: torch.nn.Module | None = None, device: str | None = None):
@@ -80,6 +80,6 @@ class TeacherLabeler:
         result["topk_ids"] = out["topk_ids"].cpu().numpy().reshape(B, two, L, k)
         result["topk_logits"] = out["topk_logits"].cpu().numpy().reshape(B, two, L, k)
         result["topk_mass"] = out["topk_mass"].cpu().numpy().reshape(B, two, L).astype(np.float32)
-        result["embedding"] = out["embedding"].cpu().numpy().reshape(B, two, -1).astype(np.float32)
+        result["embedding"] = out["embedding"].cpu().numpy().reshape(B, two, -1).astype(np.float16)
         result["teacher_tokens"] = flat_att.reshape(B, two, L).sum((1, 2)).cpu().numpy().astype(np.int32)
         return result

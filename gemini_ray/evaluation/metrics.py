@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["spearman", "TokenStats", "token_stats", "causal_targets", "linear_probe_accuracy"]
+__all__ = ["spearman", "TokenStats", "token_stats", "causal_targets", "linear_probe_accuracy", "positive_mrr",
+           "composite_objective", "linear_probe_correct", "bootstrap_interval", "BOOTSTRAP_SAMPLES"]
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -75,8 +77,15 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor, positions: torch.Te
 
 def linear_probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                           l2: float = 1e-2, seed: int = 0, max_iter: int = 200) -> float:
+    """Test accuracy of `linear_probe_correct`."""
+    return float(linear_probe_correct(x_train, y_train, x_test, y_test, l2, seed, max_iter).mean())
+
+
+def linear_probe_correct(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                         l2: float = 1e-2, seed: int = 0, max_iter: int = 200) -> np.ndarray:
     """Logistic regression on frozen features (standardised on the training side, L2-regularised, full-batch
-    L-BFGS in float64: deterministic for a given seed); returns test accuracy.
+    L-BFGS in float64: deterministic for a given seed); returns (n_test,) bool, whether each test item is
+    classified right (its mean is the accuracy; kept per item for bootstrap intervals).
 
     Args:
         x_*: (n, d) features; y_*: (n,) integer class labels 0..C-1.
@@ -101,4 +110,46 @@ def linear_probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.n
     opt.step(closure)
     with torch.no_grad():
         pred = (xte @ w + b).argmax(1).numpy()
-    return float((pred == np.asarray(y_test)).mean())
+    return pred == np.asarray(y_test)
+
+
+def positive_mrr(anchors: torch.Tensor, positives: torch.Tensor, doc_ids: torch.Tensor) -> float:
+    """Mean reciprocal rank of each anchor's own positive among the positives of rows from other documents
+    (and its own), by cosine: 1.0 when every anchor finds its positive first. Free of the contrastive
+    temperature, so runs with different τ compare on it. anchors, positives: (N, H); doc_ids: (N,).
+    NaN for no rows."""
+    if len(anchors) == 0:
+        return float("nan")
+    a = torch.nn.functional.normalize(anchors.float(), dim=-1)
+    p = torch.nn.functional.normalize(positives.float(), dim=-1)
+    sim = a @ p.T  # (N, N)
+    own = sim.diagonal().unsqueeze(1)  # (N, 1)
+    other_doc = doc_ids.view(-1, 1) != doc_ids.view(1, -1)  # same-document rows are not competitors
+    rank = 1 + ((sim > own) & other_doc).sum(1)  # ties go to the anchor's own positive
+    return float((1.0 / rank.float()).mean())
+
+
+def composite_objective(kd: float, mrr: float, kd_start: float, mrr_start: float) -> float:
+    """One number for both halves of a student, lower is better and 1.0 where the run started: the held-out
+    KD loss and the held-out retrieval miss rate (1 − MRR), each as a fraction of its value at the start,
+    averaged. A search that ranks trials by it cannot win by giving up either half (the held-out KD loss
+    alone favours the largest λ; τ and K only show in the contrastive half)."""
+    return 0.5 * kd / max(kd_start, 1e-6) + 0.5 * (1.0 - mrr) / max(1.0 - mrr_start, 1e-3)
+
+
+BOOTSTRAP_SAMPLES = 1000
+
+
+def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, samples: int = BOOTSTRAP_SAMPLES,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(indices)` over `n` evaluation items resampled with
+    replacement (seeded). For a difference between two models, give a statistic of the difference on the
+    same indices: a paired interval, far tighter than two separate ones."""
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(samples)], dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)

@@ -28,11 +28,12 @@ import torch
 
 from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.evaluation.metrics import TokenStats, causal_targets, linear_probe_accuracy, spearman, token_stats
+from gemini_ray.evaluation.metrics import (TokenStats, bootstrap_interval, causal_targets, linear_probe_correct, spearman,
+                                          token_stats)
 from gemini_ray.evaluation.sets import LEE_PAIRS, lee_similarity, rotten_tomatoes
 
 __all__ = ["Model", "load_model", "evaluate", "markdown_table", "read_student_meta", "recorded_settings",
-           "write_report", "versus_teacher"]
+           "write_report", "versus_teacher", "embedding_scores", "paired_differences"]
 
 
 @dataclass
@@ -298,11 +299,11 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
         emb = embed_texts(m, lee_docs, e.max_length, e.batch_size)
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
         cos = (emb[lee_pairs["i"].to_numpy()] * emb[lee_pairs["j"].to_numpy()]).sum(1)
-        row["lee_spearman"] = spearman(lee_pairs["human"].to_numpy(), cos)
         x_tr = embed_texts(m, rt_train["text"].tolist(), e.max_length, e.batch_size)
         x_te = embed_texts(m, rt_test["text"].tolist(), e.max_length, e.batch_size)
-        row["rt_accuracy"] = linear_probe_accuracy(x_tr, rt_train["label"].to_numpy(), x_te, rt_test["label"].to_numpy(),
-                                                   l2=e.probe_l2, seed=e.seed)
+        correct = linear_probe_correct(x_tr, rt_train["label"].to_numpy(), x_te, rt_test["label"].to_numpy(),
+                                       l2=e.probe_l2, seed=e.seed)
+        row.update(embedding_scores(lee_pairs["human"].to_numpy(), cos, correct, e.seed))
         row["tokens_per_s"] = speed[m.name]
         row["peak_memory_mib"] = peak_memory_mib(m, batch)
         row["eval_s"] = time.perf_counter() - t0
@@ -319,6 +320,41 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
         "notes": notes,
         "wall_time_s": time.perf_counter() - t_start,
     }
+
+
+def embedding_scores(human: np.ndarray, lee_cosine: np.ndarray, rt_correct: np.ndarray, seed: int) -> dict[str, Any]:
+    """Lee Spearman and RT accuracy with 95 % bootstrap intervals (over the 1,225 pairs and the test
+    snippets), and the per-item values (`items`) that paired comparisons between models resample."""
+    return {"lee_spearman": spearman(human, lee_cosine),
+            "lee_spearman_ci": bootstrap_interval(lambda i: spearman(human[i], lee_cosine[i]), len(human), seed=seed),
+            "rt_accuracy": float(rt_correct.mean()),
+            "rt_accuracy_ci": bootstrap_interval(lambda i: float(rt_correct[i].mean()), len(rt_correct), seed=seed),
+            "items": {"lee_cosine": [round(float(c), 6) for c in lee_cosine],
+                      "rt_correct": [int(c) for c in rt_correct]}}
+
+
+def paired_differences(a: dict[str, Any], b: dict[str, Any], seed: int = 0) -> dict[str, dict[str, float]]:
+    """Model a minus model b on Lee Spearman and RT accuracy, each with a 95 % paired bootstrap interval
+    (the same resampled pairs and snippets for both): a difference is beyond the evaluation sets' noise
+    when its interval excludes 0. {} when either row lacks per-item values."""
+    if "items" not in a or "items" not in b:
+        return {}
+    _, pairs = lee_similarity()
+    human = pairs["human"].to_numpy()
+    ca, cb = (np.asarray(r["items"]["lee_cosine"]) for r in (a, b))
+    ra, rb = (np.asarray(r["items"]["rt_correct"], dtype=float) for r in (a, b))
+
+    def lee(i: np.ndarray) -> float:
+        return spearman(human[i], ca[i]) - spearman(human[i], cb[i])
+
+    def rt(i: np.ndarray) -> float:
+        return float(ra[i].mean() - rb[i].mean())
+
+    out = {}
+    for key, fn, n in (("lee_spearman", lee, len(human)), ("rt_accuracy", rt, len(ra))):
+        lo, hi = bootstrap_interval(fn, n, seed=seed)
+        out[key] = {"difference": fn(np.arange(n)), "low": lo, "high": hi, "beyond_noise": bool(lo > 0 or hi < 0)}
+    return out
 
 
 def versus_teacher(s: dict[str, Any], t: dict[str, Any]) -> dict[str, float]:
@@ -347,17 +383,23 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
-    """One row per model: parameters, held-out perplexity, KL, agreement, Lee, RT, tokens/s, memory."""
-    head = ("| model | params (M) | held-out ppl | KL to teacher | top-1 agreement | Lee Spearman | RT accuracy "
-            "| tokens/s | peak MiB |\n|---|---|---|---|---|---|---|---|---|\n")
+    """One row per model: parameters, held-out perplexity, KL, agreement, Lee and RT (with their 95 %
+    bootstrap intervals), tokens/s, memory."""
+    head = ("| model | params (M) | held-out ppl | KL to teacher | top-1 agreement | Lee Spearman [95 % CI] "
+            "| RT accuracy [95 % CI] | tokens/s | peak MiB |\n|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for name, r in rows.items():
         lm = r.get("lm", {})
         lines.append(f"| {name} | {r['parameters'] / 1e6:.1f} | {_fmt(lm.get('perplexity'), 2)} "
                      f"| {_fmt(lm.get('kl_to_teacher'))} | {_fmt(lm.get('teacher_top1_agreement'))} "
-                     f"| {_fmt(r['lee_spearman'])} | {_fmt(r['rt_accuracy'])} | {r['tokens_per_s']:.0f} "
-                     f"| {_fmt(r['peak_memory_mib'], 0)} |")
+                     f"| {_with_interval(r, 'lee_spearman')} | {_with_interval(r, 'rt_accuracy')} "
+                     f"| {r['tokens_per_s']:.0f} | {_fmt(r['peak_memory_mib'], 0)} |")
     return head + "\n".join(lines) + "\n"
+
+
+def _with_interval(row: dict[str, Any], key: str) -> str:
+    ci = row.get(f"{key}_ci")
+    return _fmt(row.get(key)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and all(np.isfinite(ci)) else "")
 
 
 def recorded_settings(model_dir: str) -> dict[str, Any]:

@@ -2,30 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from gemini_ray.metric_names import LOSS_CL, LOSS_KD, LOSS_TOTAL
+from gemini_ray.metric_names import LOSS_CL, LOSS_KD, LOSS_REP, LOSS_TOTAL
 from gemini_ray.losses.contrastive import info_nce_loss
 from gemini_ray.losses.distillation import dense_kd_loss, topk_kd_loss
 from gemini_ray.losses.language_model import next_token_loss
+from gemini_ray.losses.representation import cosine_embedding_loss
 
-__all__ = ["LossParts", "combine", "info_nce_loss", "topk_kd_loss", "dense_kd_loss", "next_token_loss"]
+__all__ = ["LossParts", "combine", "info_nce_loss", "topk_kd_loss", "dense_kd_loss", "next_token_loss",
+           "cosine_embedding_loss"]
 
 
 @dataclass
 class LossParts:
-    """The combined loss and its parts, logged as loss/total, loss/kd, loss/cl."""
+    """The combined loss and its parts, logged as loss/total, loss/kd, loss/cl, loss/rep (the representation
+    term is logged whatever its weight: it measures how far the student's span embeddings are from the
+    teacher's)."""
 
     total: torch.Tensor
     kd: torch.Tensor
     cl: torch.Tensor
+    rep: torch.Tensor
+    spans: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    """The anchors' and positives' pooled student embeddings (B, H), detached: held-out retrieval uses them."""
 
     def as_floats(self) -> dict[str, float]:
-        return {LOSS_TOTAL: float(self.total), LOSS_KD: float(self.kd), LOSS_CL: float(self.cl)}
+        return {LOSS_TOTAL: float(self.total), LOSS_KD: float(self.kd), LOSS_CL: float(self.cl),
+                LOSS_REP: float(self.rep)}
 
 
-def combine(kd: torch.Tensor, cl: torch.Tensor, lambda_kd: float) -> LossParts:
-    """L = λ·L_KD + (1 − λ)·L_CL."""
-    return LossParts(total=lambda_kd * kd + (1.0 - lambda_kd) * cl, kd=kd, cl=cl)
+def combine(kd: torch.Tensor, cl: torch.Tensor, lambda_kd: float, rep: torch.Tensor | None = None,
+            rep_weight: float = 0.0) -> LossParts:
+    """L = λ·L_KD + (1 − λ)·L_CL (the seed's loss), + μ·L_rep when rep_weight μ > 0."""
+    total = lambda_kd * kd + (1.0 - lambda_kd) * cl
+    rep = torch.zeros_like(kd) if rep is None else rep
+    if rep_weight > 0:
+        total = total + rep_weight * rep
+    return LossParts(total=total, kd=kd, cl=cl, rep=rep if rep_weight > 0 else rep.detach())
