@@ -372,6 +372,11 @@ def _step_line(step: int, max_steps: int, metrics: dict[str, Any]) -> str:
                    if metrics.get(VAL_STEP) == step else "")
 
 
+def _start_line(step: int, max_steps: int, val: dict[str, Any]) -> str:
+    return (f"step {step:>5}/{max_steps} | held-out kd {val[VAL_LOSS_KD]:.4f} | cl {val[VAL_LOSS_CL]:.4f} "
+            f"| mrr {val[VAL_RETRIEVAL]:.3f} ({val[VAL_EXAMPLES]} examples)")
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: train the student of `loop_config["run"]` (a RunSpec) to max_steps."""
     spec: RunSpec = loop_config["run"]
@@ -399,9 +404,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     val_metrics = evaluate(state["step"])  # the baseline, so every report carries a validation metric
     if me.rank == 0 and val_metrics:
-        _log(f"step {state['step']:>5}/{tc.max_steps} | held-out kd {val_metrics[VAL_LOSS_KD]:.4f} "
-             f"| cl {val_metrics[VAL_LOSS_CL]:.4f} | mrr {val_metrics[VAL_RETRIEVAL]:.3f} "
-             f"({val_metrics[VAL_EXAMPLES]} examples)")
+        _log(_start_line(state["step"], tc.max_steps, val_metrics))
     window, last_checkpoint_step, checkpointed = MetricsWindow(), state["step"], False
     pending: list[np.ndarray] = []  # positions trained since the last checkpoint
     while state["step"] < tc.max_steps:
