@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gemini_ray.config import Config, config_to_dict
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.metric_names import LOSS_CL, LOSS_KD
+from gemini_ray.metric_names import LOSS_CL, LOSS_KD, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL
 from gemini_ray.paths import atomic_write_json, check_writable, is_uri, join, run_dir
 from gemini_ray.session import FoundCache, Session, find_cache
 
@@ -305,6 +305,10 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
     if first and last:
         print(f"[gemini-ray] KD loss {first[LOSS_KD]:.3f} -> {last[LOSS_KD]:.3f}, "
               f"CL loss {first[LOSS_CL]:.3f} -> {last[LOSS_CL]:.3f} over {state['step']} steps")
+        if VAL_OBJECTIVE in first and VAL_OBJECTIVE in last:
+            print(f"[gemini-ray] held-out: KD loss {first[VAL_LOSS_KD]:.3f} -> {last[VAL_LOSS_KD]:.3f}, retrieval MRR "
+                  f"{first[VAL_RETRIEVAL]:.3f} -> {last[VAL_RETRIEVAL]:.3f}, objective {last[VAL_OBJECTIVE]:.3f} "
+                  "(1 = where training started, lower is better)")
     print(f"[gemini-ray] student: {student_dir}")
     print(f"[gemini-ray] summary: {summary_path}")
     return summary

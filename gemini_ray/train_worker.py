@@ -35,8 +35,8 @@ import torch.distributed as dist
 from gemini_ray.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config
 from gemini_ray.config import Config, LossConfig
 from gemini_ray.evaluation.metrics import composite_objective, positive_mrr
-from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, LOSS_TOTAL, VAL_EXAMPLES, VAL_LOSS_CL,
-                                     VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_STEP, held_out)
+from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, LOSS_REP, LOSS_TOTAL, VAL_EXAMPLES,
+                                     VAL_LOSS_CL, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_STEP, held_out)
 from gemini_ray.models import DistillStudent
 from gemini_ray.paths import atomic_write_json, is_uri, read_json
 from gemini_ray.positions import add as add_positions
@@ -366,7 +366,7 @@ def _optimizer_step(loss: torch.Tensor, student: torch.nn.Module, optimizer: tor
 
 def _step_line(step: int, max_steps: int, metrics: dict[str, Any]) -> str:
     line = (f"step {step:>5}/{max_steps} | loss {metrics[LOSS_TOTAL]:.4f} | kd {metrics[LOSS_KD]:.4f} "
-            f"| cl {metrics[LOSS_CL]:.4f} | {metrics['examples_per_s']:.2f} ex/s "
+            f"| cl {metrics[LOSS_CL]:.4f} | rep {metrics[LOSS_REP]:.4f} | {metrics['examples_per_s']:.2f} ex/s "
             f"| data wait {metrics['data_wait_fraction']:.0%}")
     return line + (f" | held-out kd {metrics[VAL_LOSS_KD]:.4f} | mrr {metrics[VAL_RETRIEVAL]:.3f}"
                    if metrics.get(VAL_STEP) == step else "")
