@@ -64,7 +64,7 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
         ce = next_token_loss(logits, span_ids, span_att)
         parts = LossParts(total=ce, kd=kd.detach(), cl=cl.detach(), rep=rep.detach())
     else:
-        parts = combine(kd, cl, cfg.lambda_kd, rep, cfg.rep_weight)
+        parts = combine(kd, cl, cfg.lambda_kd, rep, cfg.rep_weight, cfg.balance)
     parts.spans = (z.detach(), z_pos.detach())
     return parts
 

@@ -261,3 +261,25 @@ def test_the_representation_term_pulls_the_student_toward_the_teacher():
         parts.rep.backward()
         opt.step()
     assert compute_loss(model, batch, cfg, across_ranks=False).rep.item() < 0.8 * first
+
+
+def test_magnitude_balance_keeps_the_total_and_divides_each_terms_gradient_by_its_value():
+    """balance='magnitude': the logged total is the plain weighted sum, the gradient is
+    λ·∇L_KD / L_KD + (1 − λ)·∇L_CL / L_CL (+ μ·∇L_rep / L_rep); 'none' is the seed's loss."""
+    x = torch.tensor([1.5, -0.5], requires_grad=True)
+    kd, cl, rep = (x**2).sum() * 4, (x[0] - 2) ** 2, 1 - torch.tanh(x[1])
+
+    def grad(parts):
+        (g,) = torch.autograd.grad(parts.total, x, retain_graph=True)
+        return g
+
+    plain = combine(kd, cl, 0.3, rep, 0.5)
+    balanced = combine(kd, cl, 0.3, rep, 0.5, balance="magnitude")
+    assert balanced.total.item() == pytest.approx(plain.total.item())
+    assert plain.total.item() == pytest.approx(0.3 * kd.item() + 0.7 * cl.item() + 0.5 * rep.item())
+    parts = [torch.autograd.grad(t, x, retain_graph=True)[0] / t.item() for t in (kd, cl, rep)]
+    assert torch.allclose(grad(balanced), 0.3 * parts[0] + 0.7 * parts[1] + 0.5 * parts[2])
+    assert torch.allclose(grad(plain), 0.3 * parts[0] * kd.item() + 0.7 * parts[1] * cl.item()
+                          + 0.5 * parts[2] * rep.item())
+    # scaling a term (its units) does not change the balanced gradient
+    assert torch.allclose(grad(combine(kd * 100, cl, 0.3, rep, 0.5, balance="magnitude")), grad(balanced))

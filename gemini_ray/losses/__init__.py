@@ -35,10 +35,19 @@ class LossParts:
 
 
 def combine(kd: torch.Tensor, cl: torch.Tensor, lambda_kd: float, rep: torch.Tensor | None = None,
-            rep_weight: float = 0.0) -> LossParts:
-    """L = λ·L_KD + (1 − λ)·L_CL (the seed's loss), + μ·L_rep when rep_weight μ > 0."""
-    total = lambda_kd * kd + (1.0 - lambda_kd) * cl
+            rep_weight: float = 0.0, balance: str = "none") -> LossParts:
+    """L = λ·L_KD + (1 − λ)·L_CL (the seed's loss), + μ·L_rep when rep_weight μ > 0.
+
+    balance='magnitude': each term's gradient is divided by the term's current value (the gradient of
+    λ·log L_KD + (1 − λ)·log L_CL [+ μ·log L_rep]), so the weights set the terms' relative pull whatever
+    their scales (L_KD is ~6x L_CL at the start of the demo). The total's value stays the plain weighted
+    sum, so logs compare across settings. No running state: nothing to checkpoint."""
     rep = torch.zeros_like(kd) if rep is None else rep
-    if rep_weight > 0:
-        total = total + rep_weight * rep
+    terms = [(lambda_kd, kd), (1.0 - lambda_kd, cl)] + ([(rep_weight, rep)] if rep_weight > 0 else [])
+    plain = sum(w * t for w, t in terms)
+    if balance == "magnitude":
+        scaled = sum(w * t / t.detach().clamp_min(1e-8) for w, t in terms)
+        total = plain.detach() + (scaled - scaled.detach())  # the value of `plain`, the gradient of `scaled`
+    else:
+        total = plain
     return LossParts(total=total, kd=kd, cl=cl, rep=rep if rep_weight > 0 else rep.detach())
