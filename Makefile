@@ -1,6 +1,7 @@
 # make demo  — install into .venv and distil the embedded teacher on the embedded corpus
 # make test  — install into .venv and run the test suite (all but the `long` tier; ~10 min here)
 # make test-long — the `long` tier: end-to-end fault, job-submit, cluster, Tune and ablation runs (~25 min)
+# make quality — one student at the quality budget, evaluated at every checkpoint against the targets (<60 min)
 # make bench — the teacher-stage benchmark (Ray actor pool vs a plain loop), recorded in README
 PY ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-long bench clean
+.PHONY: install demo quality test test-long bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -26,6 +27,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/gemini-ray distill
+
+quality: $(STAMP)
+	$(BIN)/gemini-ray curve --config configs/quality.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not long"

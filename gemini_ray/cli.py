@@ -7,6 +7,7 @@
     gemini-ray config                           # print the effective config as YAML
     gemini-ray eval runs/demo/student           # student vs teacher: held-out LM, Lee, Rotten Tomatoes, cost
     gemini-ray ablate                           # no teacher / KD only / contrastive only / KD + contrastive
+    gemini-ray curve --config configs/quality.yaml  # one student evaluated at every checkpoint, vs targets
 
 The CLI builds the config (config.build_config: defaults <- --config <- overrides; `tune` adds its search
 space's fixed values, `eval` starts from the student's recorded data settings), checks what needs neither
@@ -38,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                             ("config", "print the effective config (defaults <- --config <- overrides) as YAML"),
                             ("eval", "evaluate a student next to its teacher (JSON report + markdown table)"),
                             ("ablate", "the untrained student vs no-teacher, KD-only, contrastive-only and "
-                                       "KD+contrastive students, trained and evaluated")):
+                                       "KD+contrastive students, trained and evaluated"),
+                            ("curve", "train one student and evaluate it at every checkpoint against the quality "
+                                      "targets (table, chart, extrapolation)")):
         p = sub.add_parser(name, help=help_text)
         if name == "eval":  # before the overrides: argparse fills positionals in order
             p.add_argument("model_dir", help="an exported student (…/student) or any HF model directory")
@@ -47,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="dotted overrides, e.g. loss.lambda_kd=0.7 train.max_steps=200")
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,  # keeps `gemini-ray --debug X`
                        help="show stack traces for user errors")
-        if name == "ablate":
-            p.add_argument("--out", default=None, help="output directory (default: <storage_path>/<name>-ablation)")
+        if name in ("ablate", "curve"):
+            p.add_argument("--out", default=None, help=f"output directory (default: <storage_path>/<name>-{name})")
         if name == "eval":
             p.add_argument("--teacher", default=None,
                            help="teacher directory or name (default: the one recorded with the student, else teacher.model)")
@@ -107,6 +110,10 @@ def _run(args: argparse.Namespace) -> None:
             from gemini_ray.commands.ablate import ablate
 
             ablate(cfg, args.out)
+        elif args.command == "curve":
+            from gemini_ray.commands.curve import curve
+
+            curve(cfg, args.out)
         elif args.command == "label":
             from gemini_ray.commands.label import label
 

@@ -148,7 +148,8 @@ class StudentConfig:
 @dataclass(frozen=True)
 class DataConfig:
     path: str = EMBEDDED_CORPUS
-    """Corpus: 'embedded:lee_background', 'embedded:wikipedia', or a file/dir/URI (txt, jsonl, parquet, csv)."""
+    """Corpus: 'embedded:lee_background', 'embedded:wikipedia', 'embedded:lee_wikipedia' (both), or a
+    file/dir/URI (txt, jsonl, parquet, csv)."""
     format: Literal["auto", "text", "jsonl", "parquet", "csv"] = "auto"
     """File format; 'auto' reads it from the extension. 'text' means one document per line."""
     text_column: str = "text"
@@ -305,6 +306,9 @@ class TrainConfig:
     """Evaluate on the held-out documents every N steps (also before the first step and at the end)."""
     checkpoint_every: int = 20
     """Checkpoint every N steps (and always at the end)."""
+    keep_checkpoints: Optional[int] = 2
+    """Newest checkpoints kept in <storage_path>/<name> (None: all of them, e.g. to evaluate each one after
+    the run, as `gemini-ray curve` does)."""
     num_workers: int = 1
     """Ray Train workers (DDP ranks)."""
     use_gpu: bool = False
@@ -339,6 +343,8 @@ class TrainConfig:
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         _check(self.eval_every >= 1, "train.eval_every", "must be >= 1")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+        _check(self.keep_checkpoints is None or self.keep_checkpoints >= 1, "train.keep_checkpoints",
+               "must be >= 1, or null to keep every checkpoint")
         _check(self.num_workers >= 1, "train.num_workers", f"must be >= 1, got {self.num_workers}")
         _check(self.cpus_per_worker is None or self.cpus_per_worker > 0, "train.cpus_per_worker",
                "must be > 0 (or null: decided from the plan and the cluster)")

@@ -6,6 +6,7 @@
     run = prepare(cfg, session)                 # student, teacher signal (cache or online), held-out rows
     result = fit_student(run)                   # Ray Train; resumes from <storage>/<name> when it exists
     student_dir, state = export(run, result)    # a plain Hugging Face directory
+    students = export_checkpoints(run, result, d)  # every kept checkpoint, for a curve
     summary = summarize(run, state, student_dir)  # summary.json
 """
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
     from gemini_ray.corpus_pass import Probe
 
-__all__ = ["Run", "prepare", "fit_student", "export", "export_untrained", "summarize"]
+__all__ = ["Run", "prepare", "fit_student", "export", "export_untrained", "export_checkpoints", "summarize"]
 
 
 @dataclass
@@ -202,7 +203,8 @@ def fit_student(run: Run) -> ray.train.Result:
                     join(run.out_dir, "progress.json"), started_at=run.started_at, plan=run.plan,
                     resume_from=resume_point(run.out_dir))
     storage, _, name = run.out_dir.rpartition("/")
-    trainer = build_trainer(run.cfg, spec, run.stream, name=name, storage_path=storage)
+    trainer = build_trainer(run.cfg, spec, run.stream, name=name, storage_path=storage,
+                            num_to_keep=run.cfg.train.keep_checkpoints)
     t0 = time.perf_counter()
     result = fit(trainer, run.cfg, spec, where=run.out_dir)
     run.seconds["label_and_train_s"] = time.perf_counter() - t0
@@ -241,6 +243,20 @@ def export(run: Run, result: ray.train.Result) -> tuple[str, dict[str, Any]]:
         export_student(ckpt, student_dir, session.teacher_source, _student_meta(cfg, session))
     run.seconds["export_s"] = time.perf_counter() - t0
     return student_dir, state
+
+
+def export_checkpoints(run: Run, result: ray.train.Result, directory: str) -> dict[int, str]:
+    """Every checkpoint Ray Train kept (train.keep_checkpoints) as an exported student at
+    <directory>/step-<N>: {step: student directory}, by step."""
+    from gemini_ray.checkpoint import export_student
+
+    students = {}
+    for checkpoint, _ in result.best_checkpoints:
+        with checkpoint.as_directory() as ckpt:
+            step = json.loads((Path(ckpt) / "state.json").read_text(encoding="utf-8"))["step"]
+            students[step] = export_student(ckpt, join(directory, f"step-{step:06d}"), run.session.teacher_source,
+                                            _student_meta(run.cfg, run.session))
+    return dict(sorted(students.items()))
 
 
 def _training_section(state: dict[str, Any]) -> dict[str, Any]:

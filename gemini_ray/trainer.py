@@ -47,7 +47,7 @@ def run_spec(cfg: Config, hf_config: dict[str, Any], kind: str, init_weights: An
 
 
 def build_trainer(cfg: Config, spec: RunSpec, stream: ray.data.Dataset, *, name: str, storage_path: str,
-                  num_to_keep: int = 2, callbacks: list[Any] | None = None) -> TorchTrainer:
+                  num_to_keep: int | None = 2, callbacks: list[Any] | None = None) -> TorchTrainer:
     """A TorchTrainer over `stream` with train.num_workers workers, checkpoints under <storage_path>/<name>
     (the same name and storage path resume), and train.max_failures worker-group restarts."""
     import ray.train

@@ -2,7 +2,8 @@
 
 Embedded corpora ship inside the `gensim==4.4.0` wheel (its test data), found without importing gensim:
 * `embedded:lee_background` — 300 news articles, one per line (the default);
-* `embedded:wikipedia` — 106 Wikipedia articles, MediaWiki XML stripped to plain text.
+* `embedded:wikipedia` — 106 Wikipedia articles, MediaWiki XML stripped to plain text;
+* `embedded:lee_wikipedia` — both (the news articles, then the Wikipedia articles): 720 k tokens.
 These are disjoint from the evaluation sets (`lee.cor`, Rotten Tomatoes).
 
 Text files are one document per line; jsonl files one JSON object per line. Anywhere in a file (the first
@@ -24,8 +25,9 @@ import numpy as np
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_uri, open_dir, package_file
 
-__all__ = ["gensim_test_data", "embedded_corpus", "infer_format", "split_lines", "parse_jsonl", "csv_read_options",
-           "decode_column", "wikipedia_documents", "strip_wiki_markup", "corpus_signature"]
+__all__ = ["gensim_test_data", "embedded_corpus", "embedded_files", "EMBEDDED_CORPORA", "infer_format", "split_lines",
+           "parse_jsonl", "csv_read_options", "decode_column", "wikipedia_documents", "strip_wiki_markup",
+           "corpus_signature"]
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -36,13 +38,29 @@ def gensim_test_data() -> Path:
                         "pip install --no-deps gensim==4.4.0 (or run 'make demo', which does)")
 
 
+EMBEDDED_CORPORA = ("embedded:lee_background", "embedded:wikipedia", "embedded:lee_wikipedia")
+LEE_FILE = "lee_background.cor"
+
+
 def embedded_corpus(name: str) -> Path | list[str]:
-    """Path of an embedded line corpus, or the documents themselves for the Wikipedia dump."""
+    """Path of an embedded line corpus, or the documents themselves for the Wikipedia dump (alone or after
+    the news articles)."""
     if name == "embedded:lee_background":
-        return gensim_test_data() / "lee_background.cor"
+        return gensim_test_data() / LEE_FILE
     if name == "embedded:wikipedia":
         return wikipedia_documents(gensim_test_data() / WIKI_FILE)
-    raise GeminiRayError(f"unknown embedded corpus '{name}'; use embedded:lee_background or embedded:wikipedia.")
+    if name == "embedded:lee_wikipedia":
+        lee = split_lines({"bytes": [(gensim_test_data() / LEE_FILE).read_bytes()]})["text"].tolist()
+        return lee + wikipedia_documents(gensim_test_data() / WIKI_FILE)
+    raise GeminiRayError(f"unknown embedded corpus '{name}'; use one of {', '.join(EMBEDDED_CORPORA)}.")
+
+
+def embedded_files(name: str) -> list[Path]:
+    """The files of the pinned package an embedded corpus is made from."""
+    return {"embedded:lee_background": [gensim_test_data() / LEE_FILE],
+            "embedded:wikipedia": [gensim_test_data() / WIKI_FILE],
+            "embedded:lee_wikipedia": [gensim_test_data() / LEE_FILE, gensim_test_data() / WIKI_FILE]}.get(name) or [
+        embedded_corpus(name)]  # an unknown name: embedded_corpus's error
 
 
 _EXT = {".txt": "text", ".cor": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl",
@@ -231,8 +249,7 @@ def corpus_signature(path: str, fmt: str, text_column: str, max_documents: int |
     elsewhere, gets a new key and is labelled again; the content fingerprint of what was read is recorded
     beside it (summary.json, the cache manifest)."""
     if path.startswith("embedded:"):  # a file of a pinned package: its size (the install time varies)
-        source = gensim_test_data() / WIKI_FILE if path == "embedded:wikipedia" else embedded_corpus(path)
-        listing = [(name, size) for name, size, _ in _files(str(source))]
+        listing = [(name, size) for source in embedded_files(path) for name, size, _ in _files(str(source))]
     else:
         path = path if is_uri(path) else str(Path(path).expanduser().resolve())
         listing = _files(path)
