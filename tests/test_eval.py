@@ -218,10 +218,11 @@ def test_a_trained_student_below_the_untrained_one_is_reported_as_a_regression()
                                  "kd+cl: Lee Spearman 0.400 < 0.450 untrained"]
     budget = {"max_steps": 2, "batch_size": 8, "lr": 1e-4, "seed": 0, "num_layers": 6, "lambda_kd": 0.5,
               "cl_temperature": 0.05, "num_negatives": 4, "rep_weight": 0.0}
-    md = ablation_markdown(rows, budget)
+    md = ablation_markdown(rows, budget, regressions(rows))
     assert "| untrained |" in md and "Regressions against the untrained student" in md and "* kd+cl: Lee" in md
     assert regressions({k: v for k, v in rows.items() if k != UNTRAINED}) == []
-    assert "Regressions" not in ablation_markdown({"teacher": rows["teacher"], UNTRAINED: rows[UNTRAINED]}, budget)
+    alone = {"teacher": rows["teacher"], UNTRAINED: rows[UNTRAINED]}
+    assert "Regressions" not in ablation_markdown(alone, budget, regressions(alone))
 
 
 def test_the_representation_term_refuses_a_student_narrower_than_its_teacher(llama_dir):

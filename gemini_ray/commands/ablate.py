@@ -25,7 +25,7 @@ from typing import Any
 from gemini_ray.config import Config, build_config
 from gemini_ray.distill_run import export, export_untrained, fit_student, prepare, summarize
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.evaluation.run import evaluate, markdown_table, paired_differences, versus_teacher
+from gemini_ray.evaluation.run import evaluate_students, markdown_table, paired_differences
 from gemini_ray.labelling import make_cache
 from gemini_ray.paths import (absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, join,
                               run_dir)
@@ -46,10 +46,9 @@ EMBEDDING_METRICS = {"lee_spearman": "Lee Spearman", "rt_accuracy": "RT accuracy
 
 
 def _versus(row: dict[str, Any], other: dict[str, Any], key: str, paired: dict[str, Any]) -> str:
-    """'0.400 < 0.450' plus, with per-item scores, the paired difference's 95 % interval and whether it
+    """'0.400 < 0.450' (a row below the other) plus, with per-item scores, the paired difference's 95 % interval and whether it
     is beyond the evaluation set's noise."""
-    sign = "<" if row[key] < other[key] else ">=" if row[key] >= other[key] else "vs"
-    text = f"{row[key]:.3f} {sign} {other[key]:.3f}"
+    text = f"{row[key]:.3f} < {other[key]:.3f}"  # called for regressions only
     d = paired.get(key)
     if d:
         text += (f" (difference {d['difference']:+.3f}, 95 % CI [{d['low']:+.3f}, {d['high']:+.3f}]: "
@@ -74,11 +73,11 @@ def regressions(rows: dict[str, dict[str, Any]]) -> list[str]:
     return found
 
 
-def ablation_markdown(rows: dict[str, dict[str, Any]], budget: dict[str, Any]) -> str:
+def ablation_markdown(rows: dict[str, dict[str, Any]], budget: dict[str, Any], found: list[str]) -> str:
+    """The budget, the table and `found` (the `regressions` of the rows)."""
     head = (f"Budget per student: {budget['max_steps']} steps x {budget['batch_size']} examples, lr {budget['lr']}, "
             f"seed {budget['seed']}, student {budget['num_layers']} layers; kd+cl uses λ = {budget['lambda_kd']}, "
             f"τ = {budget['cl_temperature']}, K = {budget['num_negatives']}, μ = {budget['rep_weight']}.\n\n")
-    found = regressions(rows)
     tail = ("\nRegressions against the untrained student (differences inside the evaluation sets' noise "
             "included):\n" + "".join(f"* {r}\n" for r in found)) if found else ""
     return head + markdown_table(rows) + tail
@@ -126,22 +125,6 @@ def _train_variants(cfg: Config, session: Session) -> tuple[dict[str, str], dict
     return students, summaries
 
 
-def _evaluate_variants(cfg: Config, students: dict[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """The teacher's row first, then each variant's, each with its share of the teacher's size, speed and scores."""
-    rows: dict[str, dict[str, Any]] = {}
-    for i, (variant, path) in enumerate(students.items()):
-        print(f"[gemini-ray] ablation: evaluating {variant}")
-        report = evaluate(path, cfg, with_teacher=i == 0, name=variant)
-        rows.update(report["models"])
-    teacher = rows.pop("teacher")
-    rows = {"teacher": teacher, **rows}
-    first = next(iter(students))  # timed side by side with the teacher in one process; the others alone
-    speedup = rows[first]["tokens_per_s"] / teacher["tokens_per_s"]
-    for variant in students:  # same architecture for all: the side-by-side speedup holds for each
-        rows[variant]["vs_teacher"] = {**versus_teacher(rows[variant], teacher), "speedup": speedup}
-    return rows, report["protocol"]
-
-
 def ablate(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     """Label once, train the four variants, evaluate them, the untrained student and the teacher; returns the
     report."""
@@ -155,16 +138,18 @@ def ablate(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     session = start_session(cfg, with_teacher=True)  # setup: teacher and corpus, once for the four variants
     manifest = make_cache(cfg, session)  # the teacher runs once; every variant reads this cache
     students, summaries = _train_variants(cfg, session)  # fit
-    rows, protocol = _evaluate_variants(cfg, students)  # validate
+    teacher, students_rows, protocol = evaluate_students(cfg, students)  # validate
+    rows = {"teacher": teacher, **students_rows}
     t = cfg.train
     budget = {"max_steps": t.max_steps, "batch_size": t.batch_size * t.num_workers, "lr": t.lr, "seed": t.seed,
               "num_layers": cfg.student.num_layers, "lambda_kd": cfg.loss.lambda_kd,
               "cl_temperature": cfg.loss.cl_temperature, "num_negatives": cfg.loss.num_negatives,
               "rep_weight": cfg.loss.rep_weight}
-    result = {"budget": budget, "models": rows, "regressions": regressions(rows), "training": summaries,
+    found = regressions(rows)  # paired bootstraps: computed once
+    result = {"budget": budget, "models": rows, "regressions": found, "training": summaries,
               "cache": {"teacher_tokens": manifest["teacher_tokens"]}, "protocol": protocol,
               "wall_time_s": time.perf_counter() - t_start}
-    md = ablation_markdown(rows, budget)
+    md = ablation_markdown(rows, budget, found)
     atomic_write_json(join(out, "ablation.json"), result)
     atomic_write_text(join(out, "ablation.md"), md)
     _chart(rows, join(out, "ablation.png"))

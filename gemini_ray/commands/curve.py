@@ -25,7 +25,7 @@ from typing import Any
 from gemini_ray.config import Config, TrainConfig, build_config
 from gemini_ray.distill_run import export, export_checkpoints, export_untrained, fit_student, prepare, summarize
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.evaluation.run import evaluate, markdown_table, paired_differences, versus_teacher
+from gemini_ray.evaluation.run import evaluate_students, markdown_table, paired_differences
 from gemini_ray.evaluation.targets import TARGETS, check_targets, extrapolate_step, goal_of, metric_value
 from gemini_ray.metric_names import VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL
 from gemini_ray.paths import absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, \
@@ -52,20 +52,6 @@ def checkpoint_steps(t: TrainConfig) -> list[int]:
 
 def step_name(step: int) -> str:
     return f"step {step}"
-
-
-def _evaluate_steps(cfg: Config, students: dict[int, str]) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-    """(the teacher's row, {step: the student's row}); the teacher is evaluated once, beside step 0."""
-    rows, teacher = {}, None
-    for step, path in students.items():
-        print(f"[gemini-ray] curve: evaluating the student at step {step}")
-        report = evaluate(path, cfg, with_teacher=teacher is None, name=step_name(step))
-        teacher = teacher or report["models"]["teacher"]
-        rows[step] = report["models"][step_name(step)]
-    speedup = rows[min(rows)]["tokens_per_s"] / teacher["tokens_per_s"]  # timed side by side with the teacher
-    for row in rows.values():  # one architecture: the side-by-side speedup holds for every step
-        row["vs_teacher"] = {**versus_teacher(row, teacher), "speedup": speedup}
-    return teacher, rows
 
 
 def forecasts(rows: dict[int, dict[str, Any]], teacher: dict[str, Any]) -> dict[str, float | None]:
@@ -203,7 +189,8 @@ def curve(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     student_dir, state = export(run, result)
     summary = summarize(run, state, student_dir, t_start=t_start)
     students = {0: untrained, **export_checkpoints(run, result, join(out, "students"))}
-    teacher, rows = _evaluate_steps(cfg, students)
+    teacher, by_name, _ = evaluate_students(cfg, {step_name(s): path for s, path in students.items()})
+    rows = {s: by_name[step_name(s)] for s in students}
     last = max(rows)
     paired = paired_differences(rows[last], rows[0])
     targets = check_targets(rows[last], teacher, rows[0], paired)

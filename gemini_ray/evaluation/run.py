@@ -322,6 +322,24 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
     }
 
 
+def evaluate_students(cfg: Config, students: dict[str, str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]],
+                                                                      dict[str, Any]]:
+    """Several students of one architecture (name -> directory) on the protocol, the teacher once beside
+    the first: (the teacher's row, {name: row}, the protocol). Each row's `vs_teacher` carries the first
+    student's speedup, timed side by side with the teacher in one process (the others are timed alone)."""
+    rows: dict[str, dict[str, Any]] = {}
+    teacher, protocol = None, {}
+    for name, path in students.items():
+        print(f"[gemini-ray] evaluating {name}")
+        report = evaluate(path, cfg, with_teacher=teacher is None, name=name)
+        teacher = teacher or report["models"]["teacher"]
+        rows[name], protocol = report["models"][name], report["protocol"]
+    speedup = rows[next(iter(students))]["tokens_per_s"] / teacher["tokens_per_s"]
+    for row in rows.values():
+        row["vs_teacher"] = {**versus_teacher(row, teacher), "speedup": speedup}
+    return teacher, rows, protocol
+
+
 def embedding_scores(human: np.ndarray, lee_cosine: np.ndarray, rt_correct: np.ndarray, seed: int) -> dict[str, Any]:
     """Lee Spearman and RT accuracy with 95 % bootstrap intervals (over the 1,225 pairs and the test
     snippets), and the per-item values (`items`) that paired comparisons between models resample."""
