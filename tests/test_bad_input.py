@@ -130,7 +130,7 @@ FIX_RANGE = "Change it in the --config file or on the command line, e.g."
 def _range(key: str, value: str, problem: str, what: str) -> Case:
     default = {"loss.lambda_kd": "0.5", "loss.cl_temperature": "0.05", "loss.kd_temperature": "1.0",
                "teacher.top_k": "16", "loss.num_negatives": "4", "train.lr": "0.0002", "train.batch_size": "8",
-               "data.max_document_chars": "1000000"}[key]
+               "data.max_document_chars": "1000000", "train.keep_checkpoints": "2"}[key]
     return Case(f"{key.split('.')[1]}={value}", what, f"`{key}={value}`", lambda c: c.config(f"{key}={value}"),
                 f"config key '{key}': {problem}", f"{FIX_RANGE} {key}={default} (the default)")
 
@@ -188,6 +188,8 @@ CASES: list[Case] = [
     _range("train.lr", "-1e-4", "must be in (0, 1), got -0.0001", "Out-of-range learning rate"),
     _range("train.batch_size", "0", "must be >= 1, got 0", "Out-of-range batch size"),
     _range("train.batch_size", "-8", "must be >= 1, got -8", "Out-of-range batch size"),
+    _range("train.keep_checkpoints", "0", "must be >= 1, or null to keep every checkpoint",
+           "Out-of-range checkpoint count"),
     _range("data.max_document_chars", "10", "must be >= 1000", "Out-of-range document cap"),
     # --- corpus files: refused before the teacher loads or Ray starts ---------------------------------------
     Case("corpus-missing", "A corpus path that does not exist", "`data.path=<tmp>/nope.txt`",
@@ -273,6 +275,10 @@ CASES: list[Case] = [
     Case("K-over-documents", "Out-of-range K", "`loss.num_negatives=500` on 40 documents",
          lambda c: c.distill("loss.num_negatives=500"), "loss.num_negatives=500 needs more than 500 usable documents",
          "Lower loss.num_negatives or add documents", ray=True),
+    Case("curve-one-checkpoint", "A curve with fewer than two checkpoints",
+         "`gemini-ray curve` with `train.max_steps=2` and the default `train.checkpoint_every=20`",
+         lambda c: ["curve", *c.distill()[1:]], "fewer than two checkpoints to evaluate",
+         "set train.checkpoint_every=1 and train.log_every=1 for 2"),
     Case("batch-over-examples", "Out-of-range batch size", "`train.batch_size=100000`",
          lambda c: c.distill("train.batch_size=100000"), "fewer than one step needs",
          "Lower train.batch_size or add documents", ray=True),

@@ -17,6 +17,7 @@ and on the teacher. Writes to <storage_path>/<name>-curve (or --out):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -171,10 +172,14 @@ def curve(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     t = cfg.train
     if len(checkpoint_steps(t)) < 2:
         every = max(1, t.max_steps // 4)
+        fix = dataclasses.replace(t, checkpoint_every=every, log_every=math.gcd(t.log_every, every))
+        n = len(checkpoint_steps(fix))
         raise GeminiRayError(f"train.max_steps={t.max_steps}, train.checkpoint_every={t.checkpoint_every} and "
                              f"train.log_every={t.log_every} give fewer than two checkpoints to evaluate (a checkpoint "
-                             f"is written at a logged step); set train.checkpoint_every={every} and "
-                             f"train.log_every={math.gcd(t.log_every, every)} for four, or raise train.max_steps.")
+                             "is written at a logged step); " + (
+                                 f"set train.checkpoint_every={fix.checkpoint_every} and train.log_every="
+                                 f"{fix.log_every} for {n}, or raise train.max_steps." if n >= 2 else
+                                 "raise train.max_steps to at least 2."))
     cfg = build_config(base=cfg, sample={"train.keep_checkpoints": None})  # every checkpoint is a point
     out = absolute(out_dir or run_dir(cfg.run.storage_path, cfg.run.name) + "-curve")
     if not is_uri(out):  # found unwritable now, not after the run has trained
