@@ -34,7 +34,7 @@ def _is_command(name: str) -> bool:
 
 
 def test_there_are_commands():
-    assert {p.stem for p in COMMANDS} == {"distill", "label", "tune", "eval", "ablate"}
+    assert {p.stem for p in COMMANDS} == {"distill", "label", "tune", "eval", "ablate", "curve"}
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=[p.stem for p in COMMANDS])

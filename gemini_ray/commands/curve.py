@@ -160,8 +160,11 @@ def _held_out_history(state: dict[str, Any]) -> list[dict[str, Any]]:
     """The held-out metrics logged during training, from the run's start (kept in the checkpoint)."""
     keys = ("val/step", VAL_LOSS_KD, VAL_RETRIEVAL, VAL_OBJECTIVE)
     start = state.get("val_start")
-    first = [{"val/step": 0, **start, VAL_OBJECTIVE: 1.0}] if start else []
-    return first + [{k: h[k] for k in keys if k in h} for h in state["history"] if VAL_LOSS_KD in h]
+    by_step = {0: {"val/step": 0, **start, VAL_OBJECTIVE: 1.0}} if start else {}
+    for h in state["history"]:  # every logged step carries the latest held-out evaluation: one per val/step
+        if VAL_LOSS_KD in h:
+            by_step.setdefault(h["val/step"], {k: h[k] for k in keys if k in h})
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def curve(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:

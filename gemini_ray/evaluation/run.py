@@ -21,7 +21,7 @@ import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,7 +32,11 @@ from gemini_ray.evaluation.metrics import (TokenStats, bootstrap_interval, causa
                                           token_stats)
 from gemini_ray.evaluation.sets import LEE_PAIRS, lee_similarity, rotten_tomatoes
 
-__all__ = ["Model", "load_model", "evaluate", "markdown_table", "read_student_meta", "recorded_settings",
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Model", "load_model", "evaluate", "evaluate_students", "corpus_against_sets", "markdown_table",
+           "read_student_meta", "recorded_settings",
            "write_report", "versus_teacher", "embedding_scores", "paired_differences"]
 
 
@@ -250,9 +254,25 @@ def _mark_documents(batch: dict[str, np.ndarray], eval_hashes, val_fraction: flo
     return {"text": batch["text"], "in_eval": in_eval, "held_out": readable & is_val_doc(hashes, val_fraction)}
 
 
+def corpus_against_sets(cfg: Config) -> tuple[list[str], dict[str, int]]:
+    """One read of the training corpus for the protocol: (its held-out documents, per evaluation set how many
+    of its texts are documents of the corpus). The same for every model evaluated on one config: compute it
+    once and pass it to `evaluate` for each (as `evaluate_students` does)."""
+    e = cfg.eval
+    lee_docs, _ = lee_similarity()
+    return _corpus_against(cfg, lee_docs, *rotten_tomatoes(e.rt_train, e.rt_test, e.rt_test_fraction, e.seed))
+
+
+def _corpus_against(cfg: Config, lee_docs: list[str], rt_train: pd.DataFrame, rt_test: pd.DataFrame
+                    ) -> tuple[list[str], dict[str, int]]:
+    sets = {"Lee similarity": lee_docs, "Rotten Tomatoes": rt_train["text"].tolist() + rt_test["text"].tolist()}
+    return _corpus(cfg, sets, max_held_out=max(64, cfg.eval.lm_max_tokens // 16))  # a document: 32+ tokens
+
+
 def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, with_teacher: bool = True,
-             name: str = "student") -> dict[str, Any]:
-    """Run the protocol on the model (and the teacher); returns the report."""
+             name: str = "student", corpus: tuple[list[str], dict[str, int]] | None = None) -> dict[str, Any]:
+    """Run the protocol on the model (and the teacher); returns the report. corpus: `corpus_against_sets(cfg)`
+    when already computed (it reads the whole training corpus)."""
     from gemini_ray.models import count_parameters, resolve_teacher
 
     e = cfg.eval
@@ -267,8 +287,7 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
     # evaluation sets first: an overlap with the training corpus refuses before any model loads
     lee_docs, lee_pairs = lee_similarity()
     rt_train, rt_test = rotten_tomatoes(e.rt_train, e.rt_test, e.rt_test_fraction, e.seed)
-    sets = {"Lee similarity": lee_docs, "Rotten Tomatoes": rt_train["text"].tolist() + rt_test["text"].tolist()}
-    held_out, hits = _corpus(cfg, sets, max_held_out=max(64, e.lm_max_tokens // 16))  # a document: 32+ tokens
+    held_out, hits = corpus or _corpus_against(cfg, lee_docs, rt_train, rt_test)
     for set_name, n in hits.items():
         if n:
             raise GeminiRayError(f"{n} texts of the {set_name} evaluation set are documents of the training corpus "
@@ -329,9 +348,10 @@ def evaluate_students(cfg: Config, students: dict[str, str]) -> tuple[dict[str, 
     student's speedup, timed side by side with the teacher in one process (the others are timed alone)."""
     rows: dict[str, dict[str, Any]] = {}
     teacher, protocol = None, {}
+    corpus = corpus_against_sets(cfg)  # one read of the corpus for all of them
     for name, path in students.items():
         print(f"[gemini-ray] evaluating {name}")
-        report = evaluate(path, cfg, with_teacher=teacher is None, name=name)
+        report = evaluate(path, cfg, with_teacher=teacher is None, name=name, corpus=corpus)
         teacher = teacher or report["models"]["teacher"]
         rows[name], protocol = report["models"][name], report["protocol"]
     speedup = rows[next(iter(students))]["tokens_per_s"] / teacher["tokens_per_s"]
