@@ -57,10 +57,11 @@ def embedded_corpus(name: str) -> Path | list[str]:
 
 def embedded_files(name: str) -> list[Path]:
     """The files of the pinned package an embedded corpus is made from."""
-    return {"embedded:lee_background": [gensim_test_data() / LEE_FILE],
-            "embedded:wikipedia": [gensim_test_data() / WIKI_FILE],
-            "embedded:lee_wikipedia": [gensim_test_data() / LEE_FILE, gensim_test_data() / WIKI_FILE]}.get(name) or [
-        embedded_corpus(name)]  # an unknown name: embedded_corpus's error
+    names = {"embedded:lee_background": [LEE_FILE], "embedded:wikipedia": [WIKI_FILE],
+             "embedded:lee_wikipedia": [LEE_FILE, WIKI_FILE]}.get(name)
+    if names is None:
+        raise GeminiRayError(f"unknown embedded corpus '{name}'; use one of {', '.join(EMBEDDED_CORPORA)}.")
+    return [gensim_test_data() / n for n in names]
 
 
 _EXT = {".txt": "text", ".cor": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl",
