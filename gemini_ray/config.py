@@ -273,10 +273,12 @@ class LossConfig:
     L_rep = 1 − cos(student's pooled span embedding, teacher's) on the anchor and positive spans (an
     extension beyond the seed, after DistilBERT's hidden-state cosine loss). 0: the seed's exact loss
     (L_rep is still logged as loss/rep). Needs a student as wide as the teacher."""
-    balance: Literal["none", "magnitude"] = "none"
+    balance: Literal["none", "magnitude", "start"] = "none"
     """'none': the weights multiply the losses as written (the seed's loss). 'magnitude': each term's
     gradient is divided by its current value, so λ (and μ) set the terms' relative pull whatever their
-    scales (the KD loss is ~6x the contrastive loss at the demo's start); the logged total is unchanged."""
+    scales (the KD loss is ~6x the contrastive loss at the demo's start). 'start': divided by its value where
+    training started (held out, else the first batch; kept in the checkpoint), so the split λ sets stays
+    fixed as the terms fall (under 'magnitude' a term near 0 takes over). The logged total is unchanged."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.lambda_kd <= 1.0, "loss.lambda_kd", f"must be in [0, 1], got {self.lambda_kd}")

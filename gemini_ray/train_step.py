@@ -23,13 +23,14 @@ __all__ = ["compute_loss", "make_optimizer", "lr_at"]
 
 
 def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: LossConfig,
-                 across_ranks: bool = True) -> LossParts:
+                 across_ranks: bool = True, reference: dict[str, float] | None = None) -> LossParts:
     """λ·L_KD + (1 − λ)·L_CL (+ μ·L_rep) for a batch (or next-token CE with loss.objective='lm');
     `student` is a (possibly DDP-wrapped) DistillStudent.
 
     With loss.in_batch_negatives the other rows' positives are negatives too; `across_ranks` gathers them
     from every torch.distributed rank (a collective: every rank must call it with the same batch size).
-    Off for evaluation, where every rank scores the same rows."""
+    Off for evaluation, where every rank scores the same rows. `reference`: the loss parts where training
+    started, for loss.balance='start'."""
     ids = batch["input_ids"].long()  # (B, 2, L)
     B, _, L = ids.shape
     K = cfg.num_negatives
@@ -64,7 +65,7 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
         ce = next_token_loss(logits, span_ids, span_att)
         parts = LossParts(total=ce, kd=kd.detach(), cl=cl.detach(), rep=rep.detach())
     else:
-        parts = combine(kd, cl, cfg.lambda_kd, rep, cfg.rep_weight, cfg.balance)
+        parts = combine(kd, cl, cfg.lambda_kd, rep, cfg.rep_weight, cfg.balance, reference)
     parts.spans = (z.detach(), z_pos.detach())
     return parts
 

@@ -113,6 +113,27 @@ def nonfinite_part(values: dict[str, float], world: int) -> str | None:
     return next((k for k, f in zip(LOSS_PARTS, flags) if f > 0), None)
 
 
+LOSS_PART_REFERENCE = (LOSS_KD, LOSS_CL, LOSS_REP)
+"""The loss parts that loss.balance='start' divides by their starting values."""
+
+
+def note_loss_reference(state: dict[str, Any], val_metrics: dict[str, float]) -> None:
+    """Keep the held-out loss parts where training started as state["loss_reference"] (loss.balance='start'
+    divides by them). Kept in checkpoints, so a resumed run divides by the same values; without held-out rows
+    the train loop takes the first batch's instead."""
+    if val_metrics:
+        state.setdefault("loss_reference", {k: val_metrics[held_out(k)] for k in LOSS_PART_REFERENCE})
+
+
+def mean_over_ranks(values: dict[str, float], world: int) -> dict[str, float]:
+    """The mean of each value over the ranks (a collective when world > 1: every rank calls it together)."""
+    if world == 1:
+        return dict(values)
+    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return {k: v / world for k, v in zip(values, t.tolist())}
+
+
 # --------------------------------------------------------------------------- progress.json and resumes
 
 
@@ -403,6 +424,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                               state)
 
     val_metrics = evaluate(state["step"])  # the baseline, so every report carries a validation metric
+    note_loss_reference(state, val_metrics)
     if me.rank == 0 and val_metrics:
         _log(_start_line(state["step"], tc.max_steps, val_metrics))
     window, last_checkpoint_step, checkpointed = MetricsWindow(), state["step"], False
@@ -416,12 +438,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             got_any = True
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(state["step"], tc)
-            parts = compute_loss(student, batch, spec.cfg.loss)
+            parts = compute_loss(student, batch, spec.cfg.loss, reference=state.get("loss_reference"))
             values = parts.as_floats()
             bad = nonfinite_part(values, me.world)
             if bad is not None:
                 _stop_nonfinite(spec, state, bad, values[bad], last_checkpoint_step, me.rank)
                 return  # no report: a result without the searched metric would stop a whole Tune run
+            if "loss_reference" not in state:  # no held-out rows: the first batch, averaged over the ranks
+                state["loss_reference"] = mean_over_ranks({k: values[k] for k in LOSS_PART_REFERENCE}, me.world)
             _optimizer_step(parts.total, student, optimizer, tc.grad_clip)
             state["step"] += 1
             window.add(values, batch)

@@ -283,3 +283,34 @@ def test_magnitude_balance_keeps_the_total_and_divides_each_terms_gradient_by_it
                           + 0.5 * parts[2] * rep.item())
     # scaling a term (its units) does not change the balanced gradient
     assert torch.allclose(grad(combine(kd * 100, cl, 0.3, rep, 0.5, balance="magnitude")), grad(balanced))
+
+
+def test_start_balance_divides_each_terms_gradient_by_its_starting_value_and_keeps_the_split_fixed():
+    """balance='start': the gradient is λ·∇L_KD / L_KD(0) + (1 − λ)·∇L_CL / L_CL(0) (+ μ·∇L_rep / L_rep(0)),
+    the logged total the plain weighted sum; without a reference (the first step) it is 'magnitude'. As a
+    term nears 0 its share stays what λ set; under 'magnitude' it grows without bound."""
+    x = torch.tensor([1.5, -0.5], requires_grad=True)
+    kd, cl, rep = (x**2).sum() * 4, (x[0] - 2) ** 2, 1 - torch.tanh(x[1])
+    reference = {"loss/kd": 20.0, "loss/cl": 2.5, "loss/rep": 0.9}
+
+    def grad(parts):
+        (g,) = torch.autograd.grad(parts.total, x, retain_graph=True)
+        return g
+
+    started = combine(kd, cl, 0.3, rep, 0.5, balance="start", reference=reference)
+    assert started.total.item() == pytest.approx(combine(kd, cl, 0.3, rep, 0.5).total.item())
+    parts = [torch.autograd.grad(t, x, retain_graph=True)[0] for t in (kd, cl, rep)]
+    assert torch.allclose(grad(started), 0.3 * parts[0] / 20.0 + 0.7 * parts[1] / 2.5 + 0.5 * parts[2] / 0.9)
+    assert torch.allclose(grad(combine(kd, cl, 0.3, rep, 0.5, balance="start")),
+                          grad(combine(kd, cl, 0.3, rep, 0.5, balance="magnitude")))
+    # μ = 0: the reference's rep entry is unused, as the term is
+    assert torch.allclose(grad(combine(kd, cl, 0.3, rep, 0.0, balance="start", reference=reference)),
+                          0.3 * parts[0] / 20.0 + 0.7 * parts[1] / 2.5)
+    # the contrastive term 100x smaller (its pairs separated): its pull shrinks with it under 'start',
+    # while 'magnitude' keeps its pull as large as when it started
+    small = cl / 100
+    g_cl = parts[1] / 100
+    assert torch.allclose(grad(combine(kd, small, 0.3, balance="start", reference=reference)),
+                          0.3 * parts[0] / 20.0 + 0.7 * g_cl / 2.5)
+    assert torch.allclose(grad(combine(kd, small, 0.3, balance="magnitude")),
+                          0.3 * parts[0] / kd.item() + 0.7 * g_cl / small.item())
