@@ -245,15 +245,19 @@ def export(run: Run, result: ray.train.Result) -> tuple[str, dict[str, Any]]:
     return student_dir, state
 
 
-def export_checkpoints(run: Run, result: ray.train.Result, directory: str) -> dict[int, str]:
+def export_checkpoints(run: Run, result: ray.train.Result, directory: str,
+                       exported: dict[int, str] | None = None) -> dict[int, str]:
     """Every checkpoint Ray Train kept (train.keep_checkpoints) as an exported student at
-    <directory>/step-<N>: {step: student directory}, by step."""
+    <directory>/step-<N>: {step: student directory}, by step. `exported`: steps already exported (the final
+    student), used as they are."""
     from gemini_ray.checkpoint import export_student
 
-    students = {}
+    students = dict(exported or {})
     for checkpoint, _ in result.best_checkpoints:
         with checkpoint.as_directory() as ckpt:
             step = json.loads((Path(ckpt) / "state.json").read_text(encoding="utf-8"))["step"]
+            if step in students:
+                continue
             students[step] = export_student(ckpt, join(directory, f"step-{step:06d}"), run.session.teacher_source,
                                             _student_meta(run.cfg, run.session))
     return dict(sorted(students.items()))

@@ -58,7 +58,8 @@ def test_a_power_law_is_extrapolated_to_its_goal_and_a_flat_or_wrong_way_curve_i
 
 
 def test_the_curve_report_says_which_targets_are_met_and_labels_forecasts():
-    from gemini_ray.commands.curve import curve_markdown, forecasts
+    from gemini_ray.commands.curve import curve_markdown, forecasts, loss_label
+    from gemini_ray.config import LossConfig
 
     rows = {0: _row(4e8, 16.0, 0.1, 0.43, 0.69), 30: _row(4000.0, 5.0, 0.30, 0.50, 0.70),
             60: _row(2000.0, 4.0, 0.33, 0.52, 0.70), 120: _row(1000.0, 3.0, 0.36, 0.55, 0.71)}
@@ -67,8 +68,9 @@ def test_the_curve_report_says_which_targets_are_met_and_labels_forecasts():
     assert "vs_teacher.speedup" not in ahead  # does not change with training
     targets = check_targets(rows[120], TEACHER, rows[0])
     budget = {"max_steps": 120, "batch_size": 8, "span_length": 64, "corpus": "embedded:x", "lr": 2e-4, "seed": 0,
-              "wall_time_min": 55.0}
+              "loss": loss_label(LossConfig(balance="start")), "wall_time_min": 55.0}
     md = curve_markdown(TEACHER, rows, targets, ahead, budget)
+    assert "Loss: 0.5·L_KD + 0.5·L_CL, balance start, KD T = 1 (paper), τ = 0.05, K = 4 mined + in-batch" in md
     assert "| step 0 |" in md and "| step 120 |" in md and "| teacher |" in md
     assert "* NOT met: held-out perplexity <= 4x the teacher's: 1,000 (goal 160.000)" in md
     assert "near step" in md and "not a measurement" in md and "* met: Lee Spearman" in md

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gemini_ray.config import Config, TrainConfig, build_config
+from gemini_ray.config import Config, LossConfig, TrainConfig, build_config
 from gemini_ray.distill_run import export, export_checkpoints, export_untrained, fit_student, prepare, summarize
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation.run import evaluate_students, markdown_table, paired_differences
@@ -71,6 +71,16 @@ def forecasts(rows: dict[int, dict[str, Any]], teacher: dict[str, Any]) -> dict[
     return out
 
 
+def loss_label(loss: LossConfig) -> str:
+    """The loss a curve trained with, in one line: which terms, their weights and the balance."""
+    if loss.objective == "lm":
+        return "next-token cross-entropy on the corpus (loss.objective=lm, no teacher)"
+    rep = f" + {loss.rep_weight:g}·L_rep" if loss.rep_weight > 0 else ""
+    negatives = f"K = {loss.num_negatives} mined" + (" + in-batch" if loss.in_batch_negatives else "")
+    return (f"{loss.lambda_kd:g}·L_KD + {1 - loss.lambda_kd:g}·L_CL{rep}, balance {loss.balance}, "
+            f"KD T = {loss.kd_temperature:g} ({loss.kd_form}), τ = {loss.cl_temperature:g}, {negatives} negatives")
+
+
 def _number(value: float | None) -> str:
     if value is None:
         return "–"
@@ -82,7 +92,7 @@ def curve_markdown(teacher: dict[str, Any], rows: dict[int, dict[str, Any]], tar
     last = max(rows)
     head = (f"Budget: {budget['max_steps']} steps x {budget['batch_size']} examples of {budget['span_length']}-token "
             f"spans (corpus {budget['corpus']}), lr {budget['lr']}, seed {budget['seed']}; "
-            f"wall time {budget['wall_time_min']:.0f} min.\n\n")
+            f"wall time {budget['wall_time_min']:.0f} min.\nLoss: {budget['loss']}.\n\n")
     table = markdown_table({"teacher": teacher, **{step_name(s): rows[s] for s in sorted(rows)}})
     lines = [f"\nTargets at step {last}:\n"]
     for t in targets:
@@ -196,7 +206,8 @@ def curve(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     result = fit_student(run)
     student_dir, state = export(run, result)
     summary = summarize(run, state, student_dir, t_start=t_start)
-    students = {0: untrained, **export_checkpoints(run, result, join(out, "students"))}
+    students = {0: untrained, **export_checkpoints(run, result, join(out, "students"),
+                                                   exported={state["step"]: student_dir})}
     teacher, by_name, _ = evaluate_students(cfg, {step_name(s): path for s, path in students.items()})
     rows = {s: by_name[step_name(s)] for s in students}
     last = max(rows)
@@ -205,7 +216,7 @@ def curve(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     ahead = forecasts(rows, teacher)
     budget = {"max_steps": cfg.train.max_steps, "batch_size": cfg.train.batch_size * cfg.train.num_workers,
               "span_length": cfg.data.span_length, "corpus": cfg.data.path, "lr": cfg.train.lr, "seed": cfg.train.seed,
-              "wall_time_min": (time.perf_counter() - t_start) / 60}
+              "loss": loss_label(cfg.loss), "wall_time_min": (time.perf_counter() - t_start) / 60}
     history = _held_out_history(state)
     report = {"budget": budget, "teacher": teacher, "steps": {str(s): rows[s] for s in sorted(rows)},
               "targets": targets, "forecast_steps": ahead, "held_out_during_training": history,
