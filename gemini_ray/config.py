@@ -105,6 +105,10 @@ class TeacherConfig:
     with that resource (`ray start --resources='{"teacher": 4}'`, a launcher node type, a KubeRay group)."""
     torch_threads: int = 1
     """Intra-op threads of each teacher actor on CPU."""
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """The teacher actors' weights and activations. 'auto': bf16 on a GPU that supports it, fp32 on CPU (bf16
+    matmuls are slower than fp32 on most CPUs). Top-k logits and embeddings leave the actor in fp32/fp16 either
+    way; the driver's copy (student derivation, evaluation) stays fp32."""
     cache_dir: Optional[str] = None
     """Where converted teachers (GGUF -> safetensors) are kept. Default: ~/.cache/gemini_ray/teachers."""
 
@@ -315,6 +319,10 @@ class TrainConfig:
     """Ray Train workers (DDP ranks)."""
     use_gpu: bool = False
     """One GPU per training worker."""
+    precision: Literal["fp32", "bf16-mixed", "fp16-mixed"] = "fp32"
+    """The student's forward under torch.autocast: 'bf16-mixed' (GPUs since Ampere; CPUs with AMX), or
+    'fp16-mixed' with a gradient scaler (older GPUs). Weights, gradients and AdamW's state stay fp32, and the
+    losses are computed in fp32 from the forward's outputs. fp32 matmuls use TF32 on CUDA."""
     cpus_per_worker: Optional[float] = None
     """Ray CPUs reserved per training worker; also its torch thread count (rounded, at least 1). None: 1
     when the teacher runs online or Tune searches; a run reading a cache on a one-node cluster shares the

@@ -160,8 +160,10 @@ def load_tokenizer(source: str, trust_remote_code: bool = False):
         raise _hf_error("tokenizer", source, exc) from None
 
 
-def load_teacher(source: str, kind: str = "auto", trust_remote_code: bool = False) -> tuple[nn.Module, TeacherKind]:
-    """Load a resolved teacher in fp32 eval mode; returns (model, kind)."""
+def load_teacher(source: str, kind: str = "auto", trust_remote_code: bool = False,
+                 dtype: torch.dtype = torch.float32) -> tuple[nn.Module, TeacherKind]:
+    """Load a resolved teacher in eval mode, in `dtype`, with PyTorch's scaled-dot-product attention where
+    the architecture has it (else its own); returns (model, kind)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     if trust_remote_code:
@@ -170,7 +172,13 @@ def load_teacher(source: str, kind: str = "auto", trust_remote_code: bool = Fals
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
         resolved: TeacherKind = teacher_kind(config, kind)
         cls = AutoModelForMaskedLM if resolved == "masked" else AutoModelForCausalLM
-        model = cls.from_pretrained(source, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        try:
+            model = cls.from_pretrained(source, dtype=dtype, attn_implementation="sdpa",
+                                        trust_remote_code=trust_remote_code)
+        except ValueError as exc:  # transformers: "... does not support an attention implementation through SDPA"
+            if "sdpa" not in str(exc).lower():
+                raise
+            model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001
         raise _hf_error("teacher", source, exc) from None
     return model.eval(), resolved
@@ -298,6 +306,7 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     Returns:
         (N, H) mean of the hidden states over real tokens (zero vector for an all-padding row).
     """
+    hidden = hidden.float()  # a no-op in fp32; under bf16/fp16 autocast the sum over L stays exact enough
     m = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (N, L, 1)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (N, H)
 

@@ -10,7 +10,9 @@ A batch (B examples, K negatives, span length L, teacher top-k k) holds:
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -23,14 +25,16 @@ __all__ = ["compute_loss", "make_optimizer", "lr_at"]
 
 
 def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: LossConfig,
-                 across_ranks: bool = True, reference: dict[str, float] | None = None) -> LossParts:
+                 across_ranks: bool = True, reference: dict[str, float] | None = None,
+                 autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> LossParts:
     """λ·L_KD + (1 − λ)·L_CL (+ μ·L_rep) for a batch (or next-token CE with loss.objective='lm');
     `student` is a (possibly DDP-wrapped) DistillStudent.
 
     With loss.in_batch_negatives the other rows' positives are negatives too; `across_ranks` gathers them
     from every torch.distributed rank (a collective: every rank must call it with the same batch size).
     Off for evaluation, where every rank scores the same rows. `reference`: the loss parts where training
-    started, for loss.balance='start'."""
+    started, for loss.balance='start'. `autocast`: the context the student's forward runs in (train.precision);
+    the losses are computed outside it, in fp32."""
     ids = batch["input_ids"].long()  # (B, 2, L)
     B, _, L = ids.shape
     K = cfg.num_negatives
@@ -38,7 +42,8 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
     all_ids = torch.cat([ids[:, 0], ids[:, 1], neg_ids.reshape(B * K, L)])  # (2B + BK, L)
     att = batch["attention_mask"].long()
     all_att = torch.cat([att[:, 0], att[:, 1], batch["neg_attention_mask"][:, :K].long().reshape(B * K, L)])
-    logits, pooled = student(all_ids, all_att, 2 * B)  # (2B, L, V), (2B + BK, H)
+    with autocast():
+        logits, pooled = student(all_ids, all_att, 2 * B)  # (2B, L, V), (2B + BK, H)
 
     # KD on anchor and positive spans: rows ordered [anchors; positives] like the logits
     t_ids = torch.cat([batch["topk_ids"][:, 0], batch["topk_ids"][:, 1]]).long()  # (2B, L, k)

@@ -17,13 +17,14 @@ progress.json names the step and the part; no checkpoint is written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 import ray
 import ray.train
@@ -38,6 +39,7 @@ from gemini_ray.evaluation.metrics import composite_objective, positive_mrr
 from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, LOSS_REP, LOSS_TOTAL, VAL_EXAMPLES,
                                      VAL_LOSS_CL, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_STEP, held_out)
 from gemini_ray.models import DistillStudent
+from gemini_ray.numerics import Precision, allow_tf32
 from gemini_ray.paths import atomic_write_json, is_uri, read_json
 from gemini_ray.positions import add as add_positions
 from gemini_ray.positions import count as count_positions
@@ -207,7 +209,8 @@ def _stop_nonfinite(spec: RunSpec, state: dict[str, Any], part: str, value: floa
 
 
 def held_out_metrics(student: torch.nn.Module, rows: dict[str, Any] | None, loss_cfg: LossConfig, batch_size: int,
-                     device: torch.device, step: int) -> dict[str, float]:
+                     device: torch.device, step: int,
+                     autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> dict[str, float]:
     """Mean loss parts over the held-out rows and the retrieval of their positives (every rank scores all of
     them; no collective). {} without rows."""
     if rows is None:
@@ -218,7 +221,7 @@ def held_out_metrics(student: torch.nn.Module, rows: dict[str, Any] | None, loss
         for start in range(0, len(rows["input_ids"]), batch_size):
             batch = {k: torch.tensor(v[start : start + batch_size], device=device) for k, v in rows.items()}
             b = int(batch["input_ids"].shape[0])
-            parts = compute_loss(student, batch, loss_cfg, across_ranks=False)
+            parts = compute_loss(student, batch, loss_cfg, across_ranks=False, autocast=autocast)
             for key, value in parts.as_floats().items():
                 sums[key] += value * b
             spans.append((*parts.spans, batch["doc_id"]))
@@ -375,16 +378,6 @@ def _report(metrics: dict[str, Any], model: torch.nn.Module, optimizer: torch.op
         ray.train.report(metrics)
 
 
-def _optimizer_step(loss: torch.Tensor, student: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    grad_clip: float) -> None:
-    """Backward (DDP all-reduces the gradients), clip the global norm (0: no clipping), step."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
-    optimizer.step()
-
-
 def _step_line(step: int, max_steps: int, metrics: dict[str, Any]) -> str:
     line = (f"step {step:>5}/{max_steps} | loss {metrics[LOSS_TOTAL]:.4f} | kd {metrics[LOSS_KD]:.4f} "
             f"| cl {metrics[LOSS_CL]:.4f} | rep {metrics[LOSS_REP]:.4f} | {metrics['examples_per_s']:.2f} ex/s "
@@ -396,6 +389,25 @@ def _step_line(step: int, max_steps: int, metrics: dict[str, Any]) -> str:
 def _start_line(step: int, max_steps: int, val: dict[str, Any]) -> str:
     return (f"step {step:>5}/{max_steps} | held-out kd {val[VAL_LOSS_KD]:.4f} | cl {val[VAL_LOSS_CL]:.4f} "
             f"| mrr {val[VAL_RETRIEVAL]:.3f} ({val[VAL_EXAMPLES]} examples)")
+
+
+def _build_student(spec: RunSpec, me: _Rank, resume_from: Any) -> tuple[torch.nn.Module, torch.nn.Module,
+                                                                        torch.optim.Optimizer, Precision, dict]:
+    """The student (and its DDP-wrapped training module), optimizer, precision and training state, from the
+    checkpoint Ray Train hands back or fresh."""
+    tc = spec.cfg.train
+    if not tc.use_gpu:
+        torch.set_num_threads(max(1, round(tc.cpus_per_worker or 1)))  # 1.75 CPUs (a node less a cache read): 2
+    torch.manual_seed(tc.seed + me.rank)
+    allow_tf32()
+    precision = Precision(tc.precision, me.device)
+    model = student_from_hf_config(spec.hf_config, spec.kind)
+    optimizer = make_optimizer(model, tc)
+    state = _restore(spec, model, optimizer, resume_from, me.rank)
+    precision.load_state_dict(state.get("grad_scaler"))
+    student = ray.train.torch.prepare_model(DistillStudent(model))  # DDP when world > 1
+    student.train()
+    return model, student, optimizer, precision, state
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -410,18 +422,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # -------------------------------------------------------------------------------------------
     _quiet_ray_train_logs()
     tc = spec.cfg.train
-    if not tc.use_gpu:
-        torch.set_num_threads(max(1, round(tc.cpus_per_worker or 1)))  # 1.75 CPUs (a node less a cache read): 2
-    torch.manual_seed(tc.seed + me.rank)
-    model = student_from_hf_config(spec.hf_config, spec.kind)
-    optimizer = make_optimizer(model, tc)
-    state = _restore(spec, model, optimizer, resume_from, me.rank)
-    student = ray.train.torch.prepare_model(DistillStudent(model))  # DDP when world > 1
-    student.train()
+    model, student, optimizer, precision, state = _build_student(spec, me, resume_from)
 
     def evaluate(step: int) -> dict[str, float]:
-        return with_objective(held_out_metrics(student, val_rows, spec.cfg.loss, tc.batch_size, me.device, step),
-                              state)
+        return with_objective(held_out_metrics(student, val_rows, spec.cfg.loss, tc.batch_size, me.device, step,
+                                               precision.autocast), state)
 
     val_metrics = evaluate(state["step"])  # the baseline, so every report carries a validation metric
     note_loss_reference(state, val_metrics)
@@ -438,7 +443,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             got_any = True
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(state["step"], tc)
-            parts = compute_loss(student, batch, spec.cfg.loss, reference=state.get("loss_reference"))
+            parts = compute_loss(student, batch, spec.cfg.loss, reference=state.get("loss_reference"),
+                                 autocast=precision.autocast)
             values = parts.as_floats()
             bad = nonfinite_part(values, me.world)
             if bad is not None:
@@ -446,7 +452,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 return  # no report: a result without the searched metric would stop a whole Tune run
             if "loss_reference" not in state:  # no held-out rows: the first batch, averaged over the ranks
                 state["loss_reference"] = mean_over_ranks({k: values[k] for k in LOSS_PART_REFERENCE}, me.world)
-            _optimizer_step(parts.total, student, optimizer, tc.grad_clip)
+            precision.backward_and_step(parts.total, student.parameters(), optimizer, tc.grad_clip)
             state["step"] += 1
             window.add(values, batch)
             _note_positions(batch, pending, state["step"], spec, me.rank)
@@ -466,6 +472,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 window.restart_clock()
                 save = last or step - last_checkpoint_step >= tc.checkpoint_every
                 if save:  # every rank reaches this at the same step, so the collectives are safe
+                    state["grad_scaler"] = precision.state_dict()  # fp16-mixed: the loss scale goes on from here
                     state["totals"] = window.fold_counters(state["totals"], me.world)
                     state["trained"] = add_positions(state["trained"], _gather_positions(pending, me.world))
                     pending = []

@@ -8,6 +8,7 @@ at T = 1 (how much of the teacher the stored signal covers).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -57,13 +58,18 @@ class TeacherLabeler:
     def __init__(self, teacher_cfg: dict[str, Any], model: torch.nn.Module | None = None, device: str | None = None):
         from gemini_ray.config import TeacherConfig
         from gemini_ray.models import load_teacher, resolve_teacher
+        from gemini_ray.numerics import allow_tf32, teacher_dtype
 
         self.cfg = TeacherConfig(**teacher_cfg)
         if self.cfg.num_gpus == 0:
             torch.set_num_threads(self.cfg.torch_threads)
         self.device = device or ("cuda" if self.cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu")
+        self.dtype = teacher_dtype(self.cfg.dtype, self.device)
+        allow_tf32()
         if model is None:
-            model, _ = load_teacher(resolve_teacher(self.cfg), self.cfg.kind, self.cfg.trust_remote_code)
+            model, _ = load_teacher(resolve_teacher(self.cfg), self.cfg.kind, self.cfg.trust_remote_code, self.dtype)
+        elif next(model.parameters()).dtype != self.dtype:  # a caller's model (the driver's fp32 copy): not in place
+            model = copy.deepcopy(model).to(self.dtype)
         self.model = model.to(self.device).eval()
         vocab = self.model.config.vocab_size
         if self.cfg.top_k > vocab:

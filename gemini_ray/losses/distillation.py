@@ -49,12 +49,14 @@ def topk_kd_loss(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    mask = mask.to(student_logits.dtype)  # (B, L)
+    mask = mask.float()  # (B, L); not the logits' dtype: bf16 counts positions exactly only up to 256
     # the teacher is a fixed target: no gradient flows into it, even from a caller that forgot to detach
     t_probs = torch.softmax(teacher_topk_logits.detach().float() / temperature, dim=-1)  # (B, L, k)
+    # log softmax(z)_j = z_j − logsumexp(z), read at the k ids only: the graph keeps the logits it was given
+    # (as fp32: one copy of bf16/fp16 logits; divided by T in the Hinton form) and no (B, L, V) log-softmax
     s_scaled = student_logits.float() / temperature if form == "hinton" else student_logits.float()
-    s_logp = torch.log_softmax(s_scaled, dim=-1)  # (B, L, V)
-    s_logp_k = torch.gather(s_logp, -1, teacher_topk_ids.long())  # (B, L, k)
+    lse = torch.logsumexp(s_scaled, dim=-1, keepdim=True)  # (B, L, 1)
+    s_logp_k = torch.gather(s_scaled, -1, teacher_topk_ids.long()) - lse  # (B, L, k)
     per_pos = -(t_probs * s_logp_k).sum(-1)  # (B, L)
     loss = (per_pos * mask).sum() / mask.sum().clamp(min=1.0)
     return loss * temperature**2 if form == "hinton" else loss
