@@ -319,6 +319,14 @@ class TrainConfig:
     """Ray Train workers (DDP ranks)."""
     use_gpu: bool = False
     """One GPU per training worker."""
+    grad_accum_steps: int = 1
+    """Micro-batches of train.batch_size per optimizer step and worker: the optimizer sees
+    batch_size x num_workers x grad_accum_steps examples a step with one micro-batch's memory. Contrastive
+    negatives (mined and in-batch) stay within a micro-batch, so the contrastive loss is that of the smaller
+    batch: accumulation is not the same as a larger train.batch_size when loss.in_batch_negatives is on."""
+    activation_checkpointing: bool = False
+    """Recompute the student's layer activations in the backward pass instead of keeping them (Hugging Face
+    gradient checkpointing): less memory for a student too large for its device, ~30 % more compute."""
     precision: Literal["fp32", "bf16-mixed", "fp16-mixed"] = "fp32"
     """The student's forward under torch.autocast: 'bf16-mixed' (GPUs since Ampere; CPUs with AMX), or
     'fp16-mixed' with a gradient scaler (older GPUs). Weights, gradients and AdamW's state stay fp32, and the
@@ -346,6 +354,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps", f"must be >= 1, got {self.max_steps}")
         _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", f"must be >= 1, got {self.grad_accum_steps}")
         _check(0 < self.lr < 1, "train.lr", f"must be in (0, 1), got {self.lr}")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
@@ -361,6 +370,11 @@ class TrainConfig:
         _check(self.max_failures >= 0, "train.max_failures", f"must be >= 0, got {self.max_failures}")
         _check(self.shuffle_buffer >= 0, "train.shuffle_buffer", f"must be >= 0 rows, got {self.shuffle_buffer}")
         _check_resources("train.resources_per_worker", self.resources_per_worker)
+
+    @property
+    def examples_per_step(self) -> int:
+        """Examples one optimizer step trains: batch_size x num_workers x grad_accum_steps."""
+        return self.batch_size * self.num_workers * self.grad_accum_steps
 
 
 @dataclass(frozen=True)

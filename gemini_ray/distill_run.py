@@ -124,7 +124,7 @@ def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None, pla
     val = label_rows(cfg, probe.val) if probe.val is not None else None
     t = cfg.train
     steps_left = t.max_steps - _earliest_resume_step(cfg)
-    rows = online_rows(cfg, session.teacher_source, session.kind, max(1, steps_left) * t.batch_size * t.num_workers,
+    rows = online_rows(cfg, session.teacher_source, session.kind, max(1, steps_left) * t.examples_per_step,
                        plan)
     return label_and_mine(cfg, rows.examples), val, probe, rows.ledger
 
@@ -143,7 +143,7 @@ def _consumed_shards(cfg: Config, manifest: dict) -> frozenset[int]:
     state = json.loads((latest[0] / "state.json").read_text(encoding="utf-8"))
     trained, t = state.get("trained") or [], cfg.train
     rows = {int(s): int(manifest["expected_rows"][str(s)]) for s in manifest["shards_train"]}
-    needed = (t.max_steps - state["step"] + 1) * t.batch_size * t.num_workers  # a step's rows of slack
+    needed = (t.max_steps - state["step"] + 1) * t.examples_per_step  # a step's rows of slack
     if needed > sum(rows.values()) - count(trained):
         return frozenset()
     consumed = frozenset(s for s, n in rows.items() if sum(b - a for a, b in rows_of(trained, s)) >= n)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-__all__ = ["DTYPES", "teacher_dtype", "allow_tf32", "Precision"]
+__all__ = ["DTYPES", "teacher_dtype", "allow_tf32", "enable_activation_checkpointing", "Precision"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -36,13 +36,23 @@ def allow_tf32() -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass (Hugging Face gradient checkpointing, the
+    non-reentrant form that DDP and autocast support); active while the model is in train mode."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing; "
+                         "set train.activation_checkpointing=false")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
 class Precision:
     """The student step under train.precision: 'fp32', 'bf16-mixed' or 'fp16-mixed'.
 
-    `with precision.autocast():` around the forward and the loss; `precision.backward_and_step(...)` for
-    the update (fp16: the loss is scaled, the gradients unscaled before clipping, a step with inf/NaN
-    gradients skipped and the scale lowered). `state_dict()`/`load_state_dict()` carry the scale across a
-    resume."""
+    `with precision.autocast():` around the forward; `precision.backward(loss)` once per micro-batch, then
+    `precision.step(...)` (fp16: the loss is scaled, the gradients unscaled before clipping, a step with
+    inf/NaN gradients skipped and the scale lowered). `state_dict()`/`load_state_dict()` carry the scale
+    across a resume."""
 
     def __init__(self, name: str, device: torch.device) -> None:
         self.name, self.device = name, torch.device(device)
@@ -57,11 +67,12 @@ class Precision:
         with torch.autocast(device_type=self.device.type, dtype=self.dtype):
             yield
 
-    def backward_and_step(self, loss: torch.Tensor, parameters: Any, optimizer: torch.optim.Optimizer,
-                          grad_clip: float) -> None:
-        """Backward (DDP all-reduces the gradients), clip the global norm (0: no clipping), step."""
-        optimizer.zero_grad(set_to_none=True)
+    def backward(self, loss: torch.Tensor) -> None:
+        """Gradients of `loss` added to .grad (scaled under fp16); DDP all-reduces them unless in no_sync()."""
         self.scaler.scale(loss).backward()
+
+    def step(self, parameters: Any, optimizer: torch.optim.Optimizer, grad_clip: float) -> None:
+        """Clip the global gradient norm (0: no clipping) and step."""
         if grad_clip > 0:
             self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(parameters, grad_clip)

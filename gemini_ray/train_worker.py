@@ -39,7 +39,7 @@ from gemini_ray.evaluation.metrics import composite_objective, positive_mrr
 from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, LOSS_REP, LOSS_TOTAL, VAL_EXAMPLES,
                                      VAL_LOSS_CL, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_STEP, held_out)
 from gemini_ray.models import DistillStudent
-from gemini_ray.numerics import Precision, allow_tf32
+from gemini_ray.numerics import Precision, allow_tf32, enable_activation_checkpointing
 from gemini_ray.paths import atomic_write_json, is_uri, read_json
 from gemini_ray.positions import add as add_positions
 from gemini_ray.positions import count as count_positions
@@ -160,7 +160,7 @@ def _resume_event(state: dict[str, Any], spec: RunSpec, progress: dict[str, Any]
     if progress is not None and progress.get("step", -1) >= state["step"]:
         event["steps_repeated"] = progress["step"] - state["step"]
         t = spec.cfg.train
-        event["examples_repeated"] = event["steps_repeated"] * t.batch_size * t.num_workers
+        event["examples_repeated"] = event["steps_repeated"] * t.examples_per_step
     if same_fit and progress is not None and progress.get("fit_id") == spec.fit_id:
         event["seconds_to_resume"] = round(time.time() - progress["time"], 2)  # from the last step done
     elif not same_fit and spec.started_at:
@@ -391,6 +391,29 @@ def _start_line(step: int, max_steps: int, val: dict[str, Any]) -> str:
             f"| mrr {val[VAL_RETRIEVAL]:.3f} ({val[VAL_EXAMPLES]} examples)")
 
 
+def _accumulate(student: torch.nn.Module, batch: dict[str, torch.Tensor], spec: RunSpec, state: dict[str, Any],
+                precision: Precision, me: _Rank, sync: bool) -> tuple[dict[str, float], str | None]:
+    """One micro-batch: loss parts, and their gradients ÷ train.grad_accum_steps added to .grad (all-reduced
+    when `sync`: the step's last micro-batch). Returns (loss values, the first non-finite part or None);
+    with a non-finite part nothing is added, on any rank."""
+    with _gradient_sync(student, sync):
+        parts = compute_loss(student, batch, spec.cfg.loss, reference=state.get("loss_reference"),
+                             autocast=precision.autocast)
+        values = parts.as_floats()
+        bad = nonfinite_part(values, me.world)
+        if bad is not None:
+            return values, bad
+        if "loss_reference" not in state:  # no held-out rows: the first batch, averaged over the ranks
+            state["loss_reference"] = mean_over_ranks({k: values[k] for k in LOSS_PART_REFERENCE}, me.world)
+        precision.backward(parts.total / spec.cfg.train.grad_accum_steps)
+    return values, None
+
+
+def _gradient_sync(student: torch.nn.Module, sync: bool) -> ContextManager[Any]:
+    """DDP's no_sync() for a micro-batch whose gradients only accumulate (the last one all-reduces the sum)."""
+    return contextlib.nullcontext() if sync or not hasattr(student, "no_sync") else student.no_sync()
+
+
 def _build_student(spec: RunSpec, me: _Rank, resume_from: Any) -> tuple[torch.nn.Module, torch.nn.Module,
                                                                         torch.optim.Optimizer, Precision, dict]:
     """The student (and its DDP-wrapped training module), optimizer, precision and training state, from the
@@ -402,6 +425,8 @@ def _build_student(spec: RunSpec, me: _Rank, resume_from: Any) -> tuple[torch.nn
     allow_tf32()
     precision = Precision(tc.precision, me.device)
     model = student_from_hf_config(spec.hf_config, spec.kind)
+    if tc.activation_checkpointing:
+        enable_activation_checkpointing(model)
     optimizer = make_optimizer(model, tc)
     state = _restore(spec, model, optimizer, resume_from, me.rank)
     precision.load_state_dict(state.get("grad_scaler"))
@@ -434,28 +459,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         _log(_start_line(state["step"], tc.max_steps, val_metrics))
     window, last_checkpoint_step, checkpointed = MetricsWindow(), state["step"], False
     pending: list[np.ndarray] = []  # positions trained since the last checkpoint
+    micro = 0  # micro-batches accumulated into the coming step (a step may span the end of a pass)
     while state["step"] < tc.max_steps:
         got_any = False
         _start_pass(spec, state, me)
         for batch in window.timed(shard.iter_torch_batches(batch_size=tc.batch_size, drop_last=True,
                                                            device=me.device, prefetch_batches=2,
                                                            **_pass_shuffle(tc, state["epoch"], me.rank))):
-            got_any = True
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(state["step"], tc)
-            parts = compute_loss(student, batch, spec.cfg.loss, reference=state.get("loss_reference"),
-                                 autocast=precision.autocast)
-            values = parts.as_floats()
-            bad = nonfinite_part(values, me.world)
+            got_any, micro = True, micro + 1
+            if micro == 1:
+                optimizer.zero_grad(set_to_none=True)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(state["step"], tc)
+            values, bad = _accumulate(student, batch, spec, state, precision, me, micro == tc.grad_accum_steps)
             if bad is not None:
                 _stop_nonfinite(spec, state, bad, values[bad], last_checkpoint_step, me.rank)
                 return  # no report: a result without the searched metric would stop a whole Tune run
-            if "loss_reference" not in state:  # no held-out rows: the first batch, averaged over the ranks
-                state["loss_reference"] = mean_over_ranks({k: values[k] for k in LOSS_PART_REFERENCE}, me.world)
-            precision.backward_and_step(parts.total, student.parameters(), optimizer, tc.grad_clip)
-            state["step"] += 1
             window.add(values, batch)
-            _note_positions(batch, pending, state["step"], spec, me.rank)
+            _note_positions(batch, pending, state["step"] + 1, spec, me.rank)
+            if micro < tc.grad_accum_steps:
+                continue
+            precision.step(student.parameters(), optimizer, tc.grad_clip)
+            state["step"], micro = state["step"] + 1, 0
             step, last = state["step"], state["step"] >= tc.max_steps
             if me.rank == 0 and spec.progress_path and (not is_uri(spec.progress_path) or step % tc.log_every == 0
                                                         or last):

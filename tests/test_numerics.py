@@ -82,7 +82,9 @@ def test_mixed_precision_first_step_losses_are_within_2_percent_of_fp32_and_trai
         parts = compute_loss(student, _batch(seed=step % 2), cfg, across_ranks=False, autocast=precision.autocast)
         assert all(torch.isfinite(torch.tensor(v)) for v in parts.as_floats().values())
         first = first if first is not None else float(parts.total)
-        precision.backward_and_step(parts.total, student.parameters(), optimizer, grad_clip=1.0)
+        optimizer.zero_grad(set_to_none=True)
+        precision.backward(parts.total)
+        precision.step(student.parameters(), optimizer, grad_clip=1.0)
     assert {p.dtype for p in student.parameters()} == {torch.float32}  # fp32 master weights
     assert optimizer.state and {s["exp_avg"].dtype for s in optimizer.state.values()} == {torch.float32}
     assert float(compute_loss(student, _batch(), cfg, across_ranks=False, autocast=precision.autocast).total) < first
@@ -92,7 +94,8 @@ def test_the_fp16_loss_scale_survives_a_checkpoint_and_fp32_has_none():
     precision = Precision("fp16-mixed", torch.device("cpu"))
     w = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.SGD([w], lr=0.1)
-    precision.backward_and_step((w * float("inf")).sum(), [w], optimizer, grad_clip=0.0)  # overflow: skipped
+    precision.backward((w * float("inf")).sum())
+    precision.step([w], optimizer, grad_clip=0.0)  # an overflow: the step is skipped
     assert torch.equal(w.detach(), torch.ones(3))
     state = precision.state_dict()
     assert state["scale"] == 65536.0 * 0.5  # halved after the overflow
@@ -126,3 +129,57 @@ def test_the_kd_loss_keeps_at_most_one_copy_of_the_student_logits_for_backward(d
     assert len(set(full)) == copies
     loss.backward()
     assert logits.grad is not None and torch.isfinite(logits.grad.float()).all()
+
+
+def _spec(**train):
+    from types import SimpleNamespace
+
+    cfg = build_config(None, [f"train.{k}={v}" for k, v in train.items()] + ["loss.num_negatives=2",
+                                                                              "loss.in_batch_negatives=false"])
+    return SimpleNamespace(cfg=cfg)
+
+
+def test_two_accumulated_micro_batches_give_the_gradient_of_one_batch_twice_as_large(llama_dir):
+    """Without in-batch negatives every loss term is a mean over rows, so the mean of two micro-batches'
+    gradients (train.grad_accum_steps=2, what the train loop's _accumulate adds up) is the gradient of the
+    batch made of both."""
+    from gemini_ray.train_worker import _Rank, _accumulate
+
+    me, precision = _Rank(0, 1, torch.device("cpu")), Precision("fp32", torch.device("cpu"))
+    whole = _batch(8)
+    halves = [{k: v[:4] for k, v in whole.items()}, {k: v[4:] for k, v in whole.items()}]
+
+    def grads(batches, accum):
+        torch.manual_seed(0)
+        student, state = _student(llama_dir), {}
+        values = [_accumulate(student, b, _spec(grad_accum_steps=accum), state, precision, me, sync=True)
+                  for b in batches]
+        assert all(bad is None for _, bad in values)
+        return [p.grad.clone() for p in student.parameters()]
+
+    big, accumulated = grads([whole], 1), grads(halves, 2)
+    for a, b in zip(big, accumulated):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert _spec(grad_accum_steps=2).cfg.train.examples_per_step == 16
+    with pytest.raises(ConfigError, match="train.grad_accum_steps"):
+        build_config(None, ["train.grad_accum_steps=0"])
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(llama_dir):
+    from gemini_ray.numerics import enable_activation_checkpointing
+
+    batch, cfg = _batch(), LossConfig(num_negatives=2)
+
+    def run(checkpointing):
+        student = _student(llama_dir)
+        if checkpointing:
+            enable_activation_checkpointing(student.model)
+            assert student.model.is_gradient_checkpointing
+        parts = compute_loss(student, batch, cfg, across_ranks=False)
+        parts.total.backward()
+        return float(parts.total), [p.grad.clone() for p in student.parameters()]
+
+    (plain, g_plain), (ckpt, g_ckpt) = run(False), run(True)
+    assert ckpt == pytest.approx(plain, rel=1e-6)
+    for a, b in zip(g_plain, g_ckpt):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -141,7 +141,7 @@ def ablate(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     teacher, students_rows, protocol = evaluate_students(cfg, students)  # validate
     rows = {"teacher": teacher, **students_rows}
     t = cfg.train
-    budget = {"max_steps": t.max_steps, "batch_size": t.batch_size * t.num_workers, "lr": t.lr, "seed": t.seed,
+    budget = {"max_steps": t.max_steps, "batch_size": t.examples_per_step, "lr": t.lr, "seed": t.seed,
               "num_layers": cfg.student.num_layers, "lambda_kd": cfg.loss.lambda_kd,
               "cl_temperature": cfg.loss.cl_temperature, "num_negatives": cfg.loss.num_negatives,
               "rep_weight": cfg.loss.rep_weight}

@@ -214,7 +214,7 @@ def curve(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     paired = paired_differences(rows[last], rows[0])
     targets = check_targets(rows[last], teacher, rows[0], paired)
     ahead = forecasts(rows, teacher)
-    budget = {"max_steps": cfg.train.max_steps, "batch_size": cfg.train.batch_size * cfg.train.num_workers,
+    budget = {"max_steps": cfg.train.max_steps, "batch_size": cfg.train.examples_per_step,
               "span_length": cfg.data.span_length, "corpus": cfg.data.path, "lr": cfg.train.lr, "seed": cfg.train.seed,
               "loss": loss_label(cfg.loss), "wall_time_min": (time.perf_counter() - t_start) / 60}
     history = _held_out_history(state)

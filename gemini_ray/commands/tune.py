@@ -242,7 +242,7 @@ def tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
         "metric": metric, "best": best, "cache": cache.directory,
         "teacher_tokens_in_cache": cache.manifest["teacher_tokens"], "teacher_tokens_during_search": tokens_during,
         "training_iterations": int(df["training_iteration"].sum()),
-        "examples_trained": int(sum(r.metrics.get("step", 0) for r in grid)) * cfg.train.batch_size,
+        "examples_trained": int(sum(r.metrics.get("step", 0) for r in grid)) * cfg.train.examples_per_step,
         "student_parameters": count_parameters(student),
         "results": join(out, "results.csv"), "best_config": join(out, "best_config.yaml"),
         "plot": join(out, "search.png"), "orphaned_placement_groups_removed": sweeper.removed,
