@@ -169,19 +169,29 @@ def _results_table(grid: ResultGrid, trials_dir: str, max_failures: int) -> pd.D
     return pd.DataFrame(rows)
 
 
-def _plot(df: pd.DataFrame, keys: list[str], metric: str, location: str) -> None:
+def _plot(df: pd.DataFrame, space: SearchSpace, metric: str, location: str) -> None:
+    """The metric against each searched key, one panel each; loguniform keys on a log axis labelled at
+    1, 2 and 5 x 10^n only (matplotlib's default labels its minor ticks too, printed on top of each other)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
+    keys = list(space.search)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        ax.scatter(df[f"config/{key}"], df[metric], c="tab:blue")
+        values = df[f"config/{key}"]
+        ax.scatter(values.astype(str) if values.dtype == object else values, df[metric], c="tab:blue")
         ax.set_xlabel(key)
         ax.set_ylabel(metric)
-        if key in ("loss.cl_temperature", "train.lr"):
+        if "loguniform" in space.search[key]:
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        elif "choice" in space.search[key] and values.dtype != object:
+            ax.set_xticks(sorted(space.search[key]["choice"]))  # K in {2, 4}: ticks at 2 and 4, not 2.5
         ax.grid(alpha=0.3)
     fig.suptitle(f"{metric} of each trial (last report)")
     fig.tight_layout()
@@ -205,7 +215,7 @@ def _write_results(cfg: Config, space: SearchSpace, grid: ResultGrid, out: str, 
     atomic_write_text(join(out, "best_config.yaml"),
                       f"# best of {len(df)} trials by {metric} = {best.metrics[metric]:.5f}\n"
                       + yaml.safe_dump(config_to_dict(best_cfg), sort_keys=False))
-    _plot(df, list(space.search), metric, join(out, "search.png"))
+    _plot(df, space, metric, join(out, "search.png"))
     return {"table": df, "config": best.config, metric: best.metrics[metric]}
 
 
