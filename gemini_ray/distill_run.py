@@ -23,6 +23,7 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.metric_names import LOSS_CL, LOSS_KD, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL
 from gemini_ray.paths import atomic_write_json, check_writable, is_uri, join, run_dir
 from gemini_ray.session import FoundCache, Session, find_cache
+from gemini_ray.watch import loss_chart
 
 if TYPE_CHECKING:
     import numpy as np
@@ -201,7 +202,7 @@ def fit_student(run: Run) -> ray.train.Result:
 
     spec = run_spec(run.cfg, run.student.config.to_dict(), run.session.kind, run.student.state_dict(), run.val,
                     join(run.out_dir, "progress.json"), started_at=run.started_at, plan=run.plan,
-                    resume_from=resume_point(run.out_dir))
+                    resume_from=resume_point(run.out_dir), tensorboard_dir=join(run.out_dir, "tensorboard"))
     storage, _, name = run.out_dir.rpartition("/")
     trainer = build_trainer(run.cfg, spec, run.stream, name=name, storage_path=storage,
                             num_to_keep=run.cfg.train.keep_checkpoints)
@@ -321,6 +322,7 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
     }
     summary_path = join(run.out_dir, "summary.json")
     atomic_write_json(summary_path, summary)
+    loss_chart(state["history"], join(run.out_dir, "loss.png"))
     first, last = summary["training"]["first"], summary["training"]["last"]
     if first and last:
         print(f"[gemini-ray] KD loss {first[LOSS_KD]:.3f} -> {last[LOSS_KD]:.3f}, "

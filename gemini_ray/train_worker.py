@@ -42,6 +42,7 @@ from gemini_ray.models import DistillStudent
 from gemini_ray.numerics import Precision, allow_tf32, enable_activation_checkpointing
 from gemini_ray.paths import atomic_write_json, is_uri, read_json
 from gemini_ray.positions import add as add_positions
+from gemini_ray.watch import EventLog
 from gemini_ray.positions import count as count_positions
 from gemini_ray.train_step import compute_loss, lr_at, make_optimizer
 
@@ -72,6 +73,8 @@ class RunSpec:
     """progress.json (path or URI): rank 0's last step, read back by a resume and by the driver."""
     plan: Any = None
     """The training stream's StreamPlan actor (None: a resume re-reads the pass from its start)."""
+    tensorboard_dir: str | None = None
+    """Where rank 0 writes TensorBoard event files (path or URI), or None."""
     resume_from: str | None = None
     """A local checkpoint directory to start from when Ray Train has none to hand back (its own record was
     set aside: `trainer.resume_point`). Ray Train V2 refuses TorchTrainer(resume_from_checkpoint=...)."""
@@ -391,6 +394,15 @@ def _start_line(step: int, max_steps: int, val: dict[str, Any]) -> str:
             f"| mrr {val[VAL_RETRIEVAL]:.3f} ({val[VAL_EXAMPLES]} examples)")
 
 
+def _fold_into_state(state: dict[str, Any], window: MetricsWindow, pending: list[np.ndarray], precision: Precision,
+                     me: _Rank) -> None:
+    """What a checkpoint records besides the weights: the counters and trained positions since the last one,
+    summed over the ranks (collectives), and the fp16 loss scale (so a resume goes on from it)."""
+    state["grad_scaler"] = precision.state_dict()
+    state["totals"] = window.fold_counters(state["totals"], me.world)
+    state["trained"] = add_positions(state["trained"], _gather_positions(pending, me.world))
+
+
 def _accumulate(student: torch.nn.Module, batch: dict[str, torch.Tensor], spec: RunSpec, state: dict[str, Any],
                 precision: Precision, me: _Rank, sync: bool) -> tuple[dict[str, float], str | None]:
     """One micro-batch: loss parts, and their gradients ÷ train.grad_accum_steps added to .grad (all-reduced
@@ -458,6 +470,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if me.rank == 0 and val_metrics:
         _log(_start_line(state["step"], tc.max_steps, val_metrics))
     window, last_checkpoint_step, checkpointed = MetricsWindow(), state["step"], False
+    events = EventLog(spec.tensorboard_dir if me.rank == 0 else None)
     pending: list[np.ndarray] = []  # positions trained since the last checkpoint
     micro = 0  # micro-batches accumulated into the coming step (a step may span the end of a pass)
     while state["step"] < tc.max_steps:
@@ -492,16 +505,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 metrics = {**means, "step": step, "epoch": state["epoch"], "lr": lr_at(step - 1, tc),
                            "restarts": len(state["resumes"]), **rates, **val_metrics}
                 state["history"].append(metrics)
+                events.add(metrics, step)
                 if me.rank == 0:
                     _log(_step_line(step, tc.max_steps, metrics))
                 window.restart_clock()
                 save = last or step - last_checkpoint_step >= tc.checkpoint_every
                 if save:  # every rank reaches this at the same step, so the collectives are safe
-                    state["grad_scaler"] = precision.state_dict()  # fp16-mixed: the loss scale goes on from here
-                    state["totals"] = window.fold_counters(state["totals"], me.world)
-                    state["trained"] = add_positions(state["trained"], _gather_positions(pending, me.world))
-                    pending = []
-                    last_checkpoint_step, checkpointed = step, True
+                    _fold_into_state(state, window, pending, precision, me)
+                    pending, last_checkpoint_step, checkpointed = [], step, True
+                    events.flush()
                 _report(metrics, model, optimizer, state if save else None, me.rank)
             if last:
                 break  # every rank stops at the same step: shards are split with equal=True
@@ -511,6 +523,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state["trained"], pending = [], []  # a new pass: its positions start again
         if me.rank == 0 and state["step"] < tc.max_steps:
             _log(f"pass {state['epoch'] + 1} over the training rows (an online teacher labels them again)")
+    events.close()
     if not checkpointed:  # resumed at (or past) max_steps: record the resume in a final checkpoint
         _report({"step": state["step"], **val_metrics}, model, optimizer, state, me.rank)
 

@@ -31,19 +31,19 @@ __all__ = ["run_spec", "build_trainer", "fit", "nonfinite_error", "resume_point"
 
 def run_spec(cfg: Config, hf_config: dict[str, Any], kind: str, init_weights: Any, val: dict[str, Any] | None,
              progress_path: str | None, started_at: float | None = None, plan: Any = None,
-             resume_from: str | None = None) -> RunSpec:
+             resume_from: str | None = None, tensorboard_dir: str | None = None) -> RunSpec:
     """A RunSpec for a new driver run. The initial weights (a state dict, or an ObjectRef of one already in
     the object store) and the held-out rows go into Ray's object store once; every worker fetches them.
     plan: the StreamPlan of the training stream (a resume then skips the rows it trained), or None.
     resume_from: a checkpoint directory to start from when Ray Train's own record was set aside
-    (`resume_point`)."""
+    (`resume_point`). tensorboard_dir: where rank 0 writes TensorBoard event files (None: none)."""
     import ray
 
     weights = init_weights if isinstance(init_weights, ray.ObjectRef) else ray.put(init_weights)
     return RunSpec(cfg=cfg, hf_config=hf_config, kind=kind, init_weights=weights,
                    val=ray.put(val) if val is not None else None, fit_id=uuid.uuid4().hex,
                    started_at=started_at or time.time(), progress_path=progress_path, plan=plan,
-                   resume_from=resume_from)
+                   resume_from=resume_from, tensorboard_dir=tensorboard_dir)
 
 
 def build_trainer(cfg: Config, spec: RunSpec, stream: ray.data.Dataset, *, name: str, storage_path: str,

@@ -207,6 +207,11 @@ def test_tune_retries_a_killed_trial_and_marks_one_that_keeps_failing(uninterrup
     best = build_config(result["best_config"])
     assert best.loss.cl_temperature == 0.05 and 0.2 <= best.loss.lambda_kd <= 0.8
     assert Path(result["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Ray Tune's own event files, one directory per trial: `tensorboard --logdir <storage>/tune` shows them all
+    from test_watch import read_scalars
+
+    trial_tags = [read_scalars(d) for d in (storage / "tune").iterdir() if list(d.glob("events.out.tfevents*"))]
+    assert any("ray/tune/val/objective" in tags for tags in trial_tags)
     # a finished search reserves nothing: no placement group of a stopped trial is left holding CPUs (the
     # tests after this one, and a user's next command on the same cluster, would wait for them forever)
     import ray

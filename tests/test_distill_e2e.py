@@ -18,12 +18,21 @@ def tiny_overrides(teacher_dir, corpus, storage, name, steps):
 
 
 def test_distill_masked_teacher(ray_start_2_cpus, bert_dir, corpus_file, tmp_path):
-    cfg = build_config(None, tiny_overrides(bert_dir, corpus_file, tmp_path, "bert", 2))
+    """Also through Ray Train: bf16 autocast and two micro-batches a step, TensorBoard events and loss.png."""
+    from test_watch import read_scalars
+
+    cfg = build_config(None, tiny_overrides(bert_dir, corpus_file, tmp_path, "bert", 2)
+                       + ["train.precision=bf16-mixed", "train.grad_accum_steps=2"])
     summary = distill(cfg)
     assert summary["teacher"]["kind"] == "masked" and summary["training"]["steps"] == 2
+    assert summary["training"]["examples"] == 2 * 4 * 2  # steps x batch x micro-batches
     from transformers import AutoModelForMaskedLM
 
     assert AutoModelForMaskedLM.from_pretrained(tmp_path / "bert" / "student").config.num_hidden_layers == 2
+    scalars = read_scalars(tmp_path / "bert" / "tensorboard")
+    assert {"loss/kd", "loss/cl", "val/loss_kd", "examples_per_s"} <= set(scalars)
+    assert [step for step, _ in scalars["loss/kd"]] == [h["step"] for h in summary["training"]["history"]]
+    assert (tmp_path / "bert" / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_second_pass_reshuffles_and_trains_each_row_once_per_pass(ray_start_2_cpus, llama_dir, lee_texts,
