@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
 
 PAIRS = {
     "SmolLM2-135M -> 6 layers (the demo)": ("embedded", 6),
@@ -30,18 +29,11 @@ PAIRS = {
 
 
 def matmul_params(config, layers: int) -> tuple[int, int]:
-    """(body, head) matmul parameters of a causal LM with `layers` of the config's layers."""
-    from transformers import AutoModelForCausalLM
+    """(body, head) matmul parameters of a causal LM with `layers` of the config's layers (the library's
+    count, on the meta device: the trainer's MFU uses the same)."""
+    from gemini_ray.throughput import config_matmul_params
 
-    cfg = config.__class__.from_dict({**config.to_dict(), "num_hidden_layers": layers})
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg)
-    head = model.get_output_embeddings().weight.numel()
-    body = sum(m.weight.numel() for n, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings())
-    return body, head
+    return config_matmul_params({**config.to_dict(), "num_hidden_layers": layers}, "causal")
 
 
 def teacher_config(spec):

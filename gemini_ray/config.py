@@ -394,8 +394,14 @@ class RunConfig:
     check_resources: bool = True
     """Fail before training when the trainer and the data stage that streams beside it do not fit the
     cluster's nodes at once. Turn off on an autoscaling cluster whose worker nodes are not up yet."""
+    peak_tflops: Optional[float] = None
+    """Peak TFLOP/s of one accelerator (e.g. 989 for an H100's dense bf16) that model-FLOPs utilisation (MFU)
+    is reported against. None: measured once per run by an fp32 matmul probe on the driver's CPU (the node's
+    peak; CPU MFU is against one node), or on a Train worker's GPU in its precision."""
 
     def __post_init__(self) -> None:
+        _check(self.peak_tflops is None or self.peak_tflops > 0, "run.peak_tflops",
+               f"must be > 0 (or null: measured by a matmul probe), got {self.peak_tflops}")
         ok = bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name)
         _check(ok, "run.name", f"use letters, digits, '-', '_' or '.', got {self.name!r}")
 

@@ -63,6 +63,8 @@ class Run:
     started_at: float
     """time.time() at the command's start (a resumed driver measures its restart cost from it)."""
     seconds: dict[str, float] = field(default_factory=dict)
+    peak_tflops: float | None = None
+    """What MFU was reported against (run.peak_tflops or the driver's matmul probe); set by fit_student."""
     """Wall time per phase, written to summary.json."""
 
 
@@ -198,11 +200,15 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
 
 def fit_student(run: Run) -> ray.train.Result:
     """Train the student with Ray Train; the same run.name and storage path resume from the latest checkpoint."""
+    from gemini_ray.throughput import config_matmul_params
     from gemini_ray.trainer import build_trainer, fit, resume_point, run_spec
 
     spec = run_spec(run.cfg, run.student.config.to_dict(), run.session.kind, run.student.state_dict(), run.val,
                     join(run.out_dir, "progress.json"), started_at=run.started_at, plan=run.plan,
-                    resume_from=resume_point(run.out_dir), tensorboard_dir=join(run.out_dir, "tensorboard"))
+                    resume_from=resume_point(run.out_dir), tensorboard_dir=join(run.out_dir, "tensorboard"),
+                    teacher_params=None if run.cache else config_matmul_params(run.session.teacher_config.to_dict(),
+                                                                               run.session.kind))
+    run.peak_tflops = spec.costs.peak_tflops
     storage, _, name = run.out_dir.rpartition("/")
     trainer = build_trainer(run.cfg, spec, run.stream, name=name, storage_path=storage,
                             num_to_keep=run.cfg.train.keep_checkpoints)
@@ -273,7 +279,29 @@ def _training_section(state: dict[str, Any]) -> dict[str, Any]:
             "steps_repeated": sum(r["steps_repeated"] or 0 for r in resumes),
             **state["totals"],
             "first": history[0] if history else None, "last": history[-1] if history else None,
-            "history": history}
+            "throughput": throughput_summary(history), "history": history}
+
+
+THROUGHPUT_KEYS = ("train_tokens_per_s", "train_tflops", "train_mfu", "teacher_tokens_per_s", "teacher_tflops",
+                   "teacher_mfu", "examples_per_s")
+
+
+def throughput_line(t: dict[str, Any]) -> str:
+    """'[gemini-ray] throughput (steady state): trainer 410 tok/s (MFU 3.2%), teacher ... against 0.098 TFLOP/s'."""
+    parts = []
+    for key, label in (("train", "trainer"), ("teacher", "teacher")):
+        if f"{key}_tokens_per_s" in t:
+            mfu = f" (MFU {t[key + '_mfu']:.1%})" if f"{key}_mfu" in t else ""
+            parts.append(f"{label} {t[key + '_tokens_per_s']:,.0f} tok/s{mfu}")
+    peak = f" against {t['peak_tflops']:.3g} TFLOP/s" if t.get("peak_tflops") else ""
+    return f"[gemini-ray] throughput (steady state): {', '.join(parts) or 'no report'}{peak}"
+
+
+def throughput_summary(history: list[dict[str, Any]]) -> dict[str, float]:
+    """The mean of each throughput figure over the reports after the first (the first window holds the
+    Train workers' start and the stream's first batches); over all reports when there is only one."""
+    steady = history[1:] or history
+    return {k: sum(h[k] for h in steady) / len(steady) for k in THROUGHPUT_KEYS if steady and all(k in h for h in steady)}
 
 
 def _corpus_section(run: Run) -> dict[str, Any]:
@@ -320,6 +348,7 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
         "full_distribution_bytes_per_token": session.teacher_config.vocab_size * 4,
         "wall_time_s": run.seconds,
     }
+    summary["training"]["throughput"]["peak_tflops"] = run.peak_tflops
     summary_path = join(run.out_dir, "summary.json")
     atomic_write_json(summary_path, summary)
     loss_chart(state["history"], join(run.out_dir, "loss.png"))
@@ -331,6 +360,7 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
             print(f"[gemini-ray] held-out: KD loss {first[VAL_LOSS_KD]:.3f} -> {last[VAL_LOSS_KD]:.3f}, retrieval MRR "
                   f"{first[VAL_RETRIEVAL]:.3f} -> {last[VAL_RETRIEVAL]:.3f}, objective {last[VAL_OBJECTIVE]:.3f} "
                   "(1 = where training started, lower is better)")
+    print(throughput_line(summary["training"]["throughput"]))
     print(f"[gemini-ray] student: {student_dir}")
     print(f"[gemini-ray] summary: {summary_path}")
     return summary

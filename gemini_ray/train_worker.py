@@ -23,6 +23,7 @@ import math
 import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterable, Iterator
 
@@ -42,6 +43,7 @@ from gemini_ray.models import DistillStudent
 from gemini_ray.numerics import Precision, allow_tf32, enable_activation_checkpointing
 from gemini_ray.paths import atomic_write_json, is_uri, read_json
 from gemini_ray.positions import add as add_positions
+from gemini_ray.throughput import matmul_params, matmul_tflops, student_flops, teacher_flops
 from gemini_ray.watch import EventLog
 from gemini_ray.positions import count as count_positions
 from gemini_ray.train_step import compute_loss, lr_at, make_optimizer
@@ -75,9 +77,24 @@ class RunSpec:
     """The training stream's StreamPlan actor (None: a resume re-reads the pass from its start)."""
     tensorboard_dir: str | None = None
     """Where rank 0 writes TensorBoard event files (path or URI), or None."""
+    costs: "Costs | None" = None
+    """What the throughput and MFU of each report are computed from (None: tokens/s only)."""
     resume_from: str | None = None
     """A local checkpoint directory to start from when Ray Train has none to hand back (its own record was
     set aside: `trainer.resume_point`). Ray Train V2 refuses TorchTrainer(resume_from_checkpoint=...)."""
+
+
+@dataclass(frozen=True)
+class Costs:
+    """The driver's side of the throughput accounting: the online teacher's matmul parameters (None when the
+    run reads a cache: no teacher runs beside it) and the peak MFU is measured against."""
+
+    peak_tflops: float | None
+    """Per accelerator (GPU runs), per node (CPU runs); None: the worker probes its GPU."""
+    teacher_params: tuple[int, int] | None = None
+    """(body, head) matmul parameters of the teacher labelling online, or None."""
+    teacher_devices: int = 1
+    """Accelerators of the teacher pool (num_actors x num_gpus; 1 on CPU: one node's peak)."""
 
 
 @dataclass(frozen=True)
@@ -250,10 +267,14 @@ def with_objective(metrics: dict[str, float], state: dict[str, Any]) -> dict[str
 
 class MetricsWindow:
     """What happened since the last report: loss parts, data wait vs compute time, teacher top-k mass,
-    and the counters (examples, teacher tokens, negatives) since the last checkpoint."""
+    tokens/s and MFU of the trainer and of an online teacher, and the counters (examples, teacher tokens,
+    negatives) since the last checkpoint.
 
-    def __init__(self) -> None:
+    throughput: (student (body, head) matmul parameters, K negatives per row, Costs or None, on a GPU)."""
+
+    def __init__(self, throughput: tuple[tuple[int, int], int, Costs | None, bool] | None = None) -> None:
         self.counters = dict.fromkeys(COUNTERS, 0.0)
+        self.throughput = throughput
         self._arrived = time.perf_counter()
         self._reset_losses()
         self.restart_clock()
@@ -261,6 +282,7 @@ class MetricsWindow:
     def _reset_losses(self) -> None:
         self.losses, self.steps = dict.fromkeys(LOSS_NAMES, 0.0), 0
         self.mass, self.positions = 0.0, 0.0
+        self.tokens = {"labelled": 0.0, "encoded": 0.0, "teacher": 0.0}
 
     def restart_clock(self) -> None:
         """Start timing the next window now (after this window's report, evaluation and checkpoint)."""
@@ -288,6 +310,11 @@ class MetricsWindow:
         labelled = batch["label_mask"].float()
         self.mass += float((batch["topk_mass"] * labelled).sum())
         self.positions += float(labelled.sum())
+        real = float(batch["attention_mask"].sum())  # the anchor and positive spans' real tokens
+        K = self.throughput[1] if self.throughput else 0
+        self.tokens["labelled"] += real
+        self.tokens["encoded"] += real + float(batch["neg_attention_mask"][:, :K].sum())
+        self.tokens["teacher"] += float(batch["teacher_tokens"].sum())
 
     def close(self, batch_size: int, world: int) -> tuple[dict[str, float], dict[str, float]]:
         """(loss means, rates: top-k mass, examples/s, data-wait share) over every rank (a collective). The
@@ -296,11 +323,32 @@ class MetricsWindow:
         means = _mean_across_ranks({k: v / n for k, v in self.losses.items()}, world)
         examples = _sum_across_ranks({"examples": self.steps * batch_size}, world)["examples"]
         coverage = _sum_across_ranks({"m": self.mass, "n": self.positions}, world)
+        seconds = max(time.perf_counter() - self.started, 1e-9)
         rates = {"teacher_topk_mass": coverage["m"] / max(coverage["n"], 1.0),
-                 "examples_per_s": examples / max(time.perf_counter() - self.started, 1e-9),
-                 "data_wait_fraction": self.wait / max(self.wait + self.compute, 1e-9)}
+                 "examples_per_s": examples / seconds,
+                 "data_wait_fraction": self.wait / max(self.wait + self.compute, 1e-9),
+                 **self._throughput(_sum_across_ranks(self.tokens, world), seconds, world)}
         self._reset_losses()
         return means, rates
+
+    def _throughput(self, tokens: dict[str, float], seconds: float, world: int) -> dict[str, float]:
+        """train_tokens_per_s (labelled tokens: what the teacher labels), train_tflops and train_mfu; with an
+        online teacher, teacher_tokens_per_s (the rows it labelled that the trainer took, so in a steady
+        stream its rate) and teacher_mfu. MFU on CPU is against one node's peak (the workers share it)."""
+        out = {"train_tokens_per_s": tokens["labelled"] / seconds}
+        if self.throughput is None:
+            return out
+        (body, head), _, costs, on_gpu = self.throughput
+        out["train_tflops"] = student_flops(body, head, tokens["labelled"], tokens["encoded"]) / seconds / 1e12
+        peak = costs.peak_tflops if costs else None
+        if peak:
+            out["train_mfu"] = out["train_tflops"] / (peak * (world if on_gpu else 1))
+        if costs and costs.teacher_params:
+            out["teacher_tokens_per_s"] = tokens["teacher"] / seconds
+            out["teacher_tflops"] = teacher_flops(*costs.teacher_params, tokens["teacher"]) / seconds / 1e12
+            if peak:
+                out["teacher_mfu"] = out["teacher_tflops"] / (peak * costs.teacher_devices)
+        return out
 
     def fold_counters(self, totals: dict[str, int], world: int) -> dict[str, int]:
         """totals + this window's counters summed over ranks (a collective); the counters restart at 0."""
@@ -384,7 +432,10 @@ def _report(metrics: dict[str, Any], model: torch.nn.Module, optimizer: torch.op
 def _step_line(step: int, max_steps: int, metrics: dict[str, Any]) -> str:
     line = (f"step {step:>5}/{max_steps} | loss {metrics[LOSS_TOTAL]:.4f} | kd {metrics[LOSS_KD]:.4f} "
             f"| cl {metrics[LOSS_CL]:.4f} | rep {metrics[LOSS_REP]:.4f} | {metrics['examples_per_s']:.2f} ex/s "
-            f"| data wait {metrics['data_wait_fraction']:.0%}")
+            f"| {metrics['train_tokens_per_s']:.0f} tok/s" + (f" (MFU {metrics['train_mfu']:.1%})" if "train_mfu" in metrics else "")
+            + (f" | teacher {metrics['teacher_tokens_per_s']:.0f} tok/s" if "teacher_tokens_per_s" in metrics else "")
+            + (f" (MFU {metrics['teacher_mfu']:.1%})" if "teacher_mfu" in metrics else "")
+            + f" | data wait {metrics['data_wait_fraction']:.0%}")
     return line + (f" | held-out kd {metrics[VAL_LOSS_KD]:.4f} | mrr {metrics[VAL_RETRIEVAL]:.3f}"
                    if metrics.get(VAL_STEP) == step else "")
 
@@ -392,6 +443,15 @@ def _step_line(step: int, max_steps: int, metrics: dict[str, Any]) -> str:
 def _start_line(step: int, max_steps: int, val: dict[str, Any]) -> str:
     return (f"step {step:>5}/{max_steps} | held-out kd {val[VAL_LOSS_KD]:.4f} | cl {val[VAL_LOSS_CL]:.4f} "
             f"| mrr {val[VAL_RETRIEVAL]:.3f} ({val[VAL_EXAMPLES]} examples)")
+
+
+def _throughput_of(spec: RunSpec, model: torch.nn.Module, me: _Rank) -> tuple:
+    """What MetricsWindow computes throughput from; a GPU worker without run.peak_tflops probes its device."""
+    costs = spec.costs
+    if costs is not None and costs.peak_tflops is None and me.device.type == "cuda":
+        dtype = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(spec.cfg.train.precision, torch.float32)
+        costs = dataclasses.replace(costs, peak_tflops=matmul_tflops(me.device, dtype, n=8192))
+    return matmul_params(model), spec.cfg.loss.num_negatives, costs, me.device.type == "cuda"
 
 
 def _fold_into_state(state: dict[str, Any], window: MetricsWindow, pending: list[np.ndarray], precision: Precision,
@@ -469,7 +529,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     note_loss_reference(state, val_metrics)
     if me.rank == 0 and val_metrics:
         _log(_start_line(state["step"], tc.max_steps, val_metrics))
-    window, last_checkpoint_step, checkpointed = MetricsWindow(), state["step"], False
+    window, last_checkpoint_step, checkpointed = MetricsWindow(_throughput_of(spec, model, me)), state["step"], False
     events = EventLog(spec.tensorboard_dir if me.rank == 0 else None)
     pending: list[np.ndarray] = []  # positions trained since the last checkpoint
     micro = 0  # micro-batches accumulated into the coming step (a step may span the end of a pass)

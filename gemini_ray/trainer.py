@@ -19,7 +19,7 @@ from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.metric_names import LOSS_PART_NAMES
 from gemini_ray.paths import is_uri
-from gemini_ray.train_worker import RunSpec, read_progress, train_loop_per_worker
+from gemini_ray.train_worker import Costs, RunSpec, read_progress, train_loop_per_worker
 
 if TYPE_CHECKING:
     import ray.data
@@ -31,19 +31,31 @@ __all__ = ["run_spec", "build_trainer", "fit", "nonfinite_error", "resume_point"
 
 def run_spec(cfg: Config, hf_config: dict[str, Any], kind: str, init_weights: Any, val: dict[str, Any] | None,
              progress_path: str | None, started_at: float | None = None, plan: Any = None,
-             resume_from: str | None = None, tensorboard_dir: str | None = None) -> RunSpec:
+             resume_from: str | None = None, tensorboard_dir: str | None = None,
+             teacher_params: tuple[int, int] | None = None) -> RunSpec:
     """A RunSpec for a new driver run. The initial weights (a state dict, or an ObjectRef of one already in
     the object store) and the held-out rows go into Ray's object store once; every worker fetches them.
     plan: the StreamPlan of the training stream (a resume then skips the rows it trained), or None.
     resume_from: a checkpoint directory to start from when Ray Train's own record was set aside
-    (`resume_point`). tensorboard_dir: where rank 0 writes TensorBoard event files (None: none)."""
+    (`resume_point`). tensorboard_dir: where rank 0 writes TensorBoard event files (None: none).
+    teacher_params: the online teacher's (body, head) matmul parameters, for its tokens/s and MFU (None:
+    the run reads a cache). The peak MFU is against: run.peak_tflops, else a matmul probe here on the CPU
+    (on a GPU run, each worker probes its GPU)."""
     import ray
 
     weights = init_weights if isinstance(init_weights, ray.ObjectRef) else ray.put(init_weights)
     return RunSpec(cfg=cfg, hf_config=hf_config, kind=kind, init_weights=weights,
                    val=ray.put(val) if val is not None else None, fit_id=uuid.uuid4().hex,
                    started_at=started_at or time.time(), progress_path=progress_path, plan=plan,
-                   resume_from=resume_from, tensorboard_dir=tensorboard_dir)
+                   resume_from=resume_from, tensorboard_dir=tensorboard_dir, costs=_costs(cfg, teacher_params))
+
+
+def _costs(cfg: Config, teacher_params: tuple[int, int] | None) -> Costs:
+    from gemini_ray.throughput import matmul_tflops
+
+    peak = cfg.run.peak_tflops or (None if cfg.train.use_gpu else matmul_tflops())
+    devices = max(1, round(cfg.teacher.num_actors * cfg.teacher.num_gpus)) if cfg.teacher.num_gpus else 1
+    return Costs(peak_tflops=peak, teacher_params=teacher_params, teacher_devices=devices)
 
 
 def build_trainer(cfg: Config, spec: RunSpec, stream: ray.data.Dataset, *, name: str, storage_path: str,
