@@ -429,13 +429,22 @@ def _report(metrics: dict[str, Any], model: torch.nn.Module, optimizer: torch.op
         ray.train.report(metrics)
 
 
-def _step_line(step: int, max_steps: int, metrics: dict[str, Any]) -> str:
+def eta_text(steps_left: int, examples_per_step: int, examples_per_s: float) -> str:
+    """' | ETA 12 min' at the window's pace (training only: evaluations and checkpoints come on top)."""
+    if steps_left <= 0 or examples_per_s <= 0:
+        return ""
+    seconds = steps_left * examples_per_step / examples_per_s
+    return f" | ETA {seconds / 60:.0f} min" if seconds >= 90 else f" | ETA {seconds:.0f} s"
+
+
+def _step_line(step: int, max_steps: int, metrics: dict[str, Any], examples_per_step: int = 0) -> str:
     line = (f"step {step:>5}/{max_steps} | loss {metrics[LOSS_TOTAL]:.4f} | kd {metrics[LOSS_KD]:.4f} "
             f"| cl {metrics[LOSS_CL]:.4f} | rep {metrics[LOSS_REP]:.4f} | {metrics['examples_per_s']:.2f} ex/s "
             f"| {metrics['train_tokens_per_s']:.0f} tok/s" + (f" (MFU {metrics['train_mfu']:.1%})" if "train_mfu" in metrics else "")
             + (f" | teacher {metrics['teacher_tokens_per_s']:.0f} tok/s" if "teacher_tokens_per_s" in metrics else "")
             + (f" (MFU {metrics['teacher_mfu']:.1%})" if "teacher_mfu" in metrics else "")
-            + f" | data wait {metrics['data_wait_fraction']:.0%}")
+            + f" | data wait {metrics['data_wait_fraction']:.0%}"
+            + eta_text(max_steps - step, examples_per_step, metrics["examples_per_s"]))
     return line + (f" | held-out kd {metrics[VAL_LOSS_KD]:.4f} | mrr {metrics[VAL_RETRIEVAL]:.3f}"
                    if metrics.get(VAL_STEP) == step else "")
 
@@ -567,7 +576,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 state["history"].append(metrics)
                 events.add(metrics, step)
                 if me.rank == 0:
-                    _log(_step_line(step, tc.max_steps, metrics))
+                    _log(_step_line(step, tc.max_steps, metrics, tc.examples_per_step))
                 window.restart_clock()
                 save = last or step - last_checkpoint_step >= tc.checkpoint_every
                 if save:  # every rank reaches this at the same step, so the collectives are safe

@@ -74,3 +74,11 @@ def test_the_steady_state_summary_leaves_the_first_report_out():
     assert throughput_line({**summary, "peak_tflops": 0.098}) == \
         "[gemini-ray] throughput (steady state): trainer 150 tok/s against 0.098 TFLOP/s"
     assert throughput_summary([]) == {}
+
+
+def test_the_eta_is_the_steps_left_at_the_windows_pace():
+    from gemini_ray.train_worker import eta_text
+
+    assert eta_text(100, 8, 0.5) == " | ETA 27 min"  # 100 steps x 8 examples / 0.5 examples/s = 1,600 s
+    assert eta_text(2, 8, 0.5) == " | ETA 32 s"
+    assert eta_text(0, 8, 0.5) == "" and eta_text(5, 8, 0.0) == ""
