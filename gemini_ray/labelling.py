@@ -20,6 +20,7 @@ from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import absolute, join, open_dir
 from gemini_ray.session import Session, cache_dir_for
+from gemini_ray.watch import Progress
 
 if TYPE_CHECKING:
     from gemini_ray.corpus_pass import CorpusStats
@@ -83,12 +84,14 @@ def _label_rounds(cfg: Config, examples, directory: str, todo: list[int], manife
     from gemini_ray.pipeline import label_shards
 
     per_round = max(cfg.label.shards_per_round, cfg.teacher.num_actors)
+    progress = Progress(len(todo), "labelling", "shard")
     for r in range(0, len(todo), per_round):
         round_shards = todo[r : r + per_round]
         for rec in label_shards(cfg, examples, directory, round_shards):
             manifest["shards"][str(int(rec["shard"]))] = {k: int(v) for k, v in rec.items()}
         write_manifest(directory, manifest)  # a finished round survives an interruption
-        print(f"[gemini-ray] labelled shards {round_shards} ({len(manifest['shards'])}/{len(expected)})", flush=True)
+        progress.update(len(round_shards), f"shards {round_shards} done, {len(manifest['shards'])}/{len(expected)} in the cache")
+    progress.close()
 
 
 def _sizes(directory: str, shards: list[int], records: dict[str, dict[str, int]]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 from gemini_ray.metric_names import LOSS_CL, LOSS_KD, VAL_LOSS_CL, VAL_LOSS_KD, VAL_STEP
 from gemini_ray.paths import atomic_path, is_uri, open_dir, upload
 
-__all__ = ["EventLog", "loss_chart"]
+__all__ = ["EventLog", "loss_chart", "Progress"]
 
 
 class EventLog:
@@ -95,3 +95,36 @@ def loss_chart(history: list[dict[str, Any]], location: str) -> bool:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return True
+
+
+class Progress:
+    """Progress with an ETA from tqdm: a live bar on a terminal; in a log (`ray job submit`, a file) one
+    plain line per update with tqdm's meter, since a bar redrawn with carriage returns is unreadable there."""
+
+    def __init__(self, total: int, desc: str, unit: str, stream: Any = None) -> None:
+        import sys
+
+        from tqdm import tqdm
+
+        self.stream = stream or sys.stdout
+        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
+        self.started = time.perf_counter()
+        live = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream) if live else None
+
+    def update(self, n: int = 1, note: str = "") -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if note:
+                self.bar.set_postfix_str(note)
+            return
+        from tqdm import tqdm
+
+        meter = tqdm.format_meter(self.n, self.total, time.perf_counter() - self.started, prefix=self.desc,
+                                  unit=self.unit, ascii=True, ncols=100)
+        print(f"[gemini-ray] {meter}" + (f" {note}" if note else ""), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

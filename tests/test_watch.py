@@ -44,3 +44,19 @@ def test_events_for_a_uri_are_uploaded_at_each_flush(tmp_path):
     log.flush()
     assert read_scalars(tmp_path / "remote" / "tensorboard")["loss/kd"] == [(1, 3.0)]
     log.close()
+
+
+def test_progress_in_a_log_is_one_plain_line_per_update_with_an_eta():
+    import io
+
+    from gemini_ray.watch import Progress
+
+    log = io.StringIO()  # not a terminal, as in a `ray job submit` log
+    progress = Progress(4, "labelling", "shard", stream=log)
+    progress.update(1, "shards [0] done")
+    progress.update(3)
+    progress.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in log.getvalue()
+    assert lines[0].startswith("[gemini-ray] labelling:  25%") and "1/4 [" in lines[0] and "<" in lines[0]  # elapsed<ETA
+    assert lines[0].endswith("shards [0] done") and "4/4" in lines[1]
