@@ -47,21 +47,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
     parser.add_argument("--batch-spans", type=int, default=None, help="spans per forward (default: teacher.batch_size)")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/teacher_stage_<threads>t.json")
+    parser.add_argument("--gpu", action="store_true", help="one teacher on one GPU on both sides, in teacher.dtype")
+    parser.add_argument("--dtype", default="auto", help="teacher.dtype (auto: bf16 on a GPU, fp32 on CPU)")
     args = parser.parse_args()
 
     import ray
     import ray.data
     import torch
 
-    from gemini_ray.config import Config, TeacherConfig
+    from gemini_ray.config import Config
     from gemini_ray.data.corpus import gensim_test_data
     from gemini_ray.data.spans import STATUS_OK, SpanPairer
     from gemini_ray.cache import signal_bytes_per_token
     from gemini_ray.models import resolve_teacher
 
     cfg = Config()
-    tcfg = dataclasses.replace(cfg.teacher, torch_threads=args.threads, num_cpus=1.0,
-                               batch_size=args.batch_spans or cfg.teacher.batch_size)
+    tcfg = dataclasses.replace(cfg.teacher, torch_threads=args.threads, num_cpus=1.0, dtype=args.dtype,
+                               num_gpus=1.0 if args.gpu else 0.0, batch_size=args.batch_spans or cfg.teacher.batch_size)
     source = resolve_teacher(tcfg)
     texts = (gensim_test_data() / "lee_background.cor").read_text(encoding="utf-8").splitlines()
     pairs = SpanPairer(source, "causal", cfg.data.span_length)({"text": np.array(texts, dtype=object)})
@@ -77,19 +79,23 @@ def main() -> None:
     labeler = TimedLabeler(teacher_cfg)
     torch.set_num_threads(args.threads)
     t_load = time.perf_counter() - t0
+    labeler_dtype = labeler.inner.dtype
     loop_out = [labeler(b) for b in batches]
     loop_total = time.perf_counter() - t0
     loop_steady = loop_out[-1]["t_end"][0] - loop_out[0]["t_start"][0]
     loop_compute = sum(o["t_end"][0] - o["t_start"][0] for o in loop_out)
 
     # --- Ray Data actor pool ----------------------------------------------------------------------
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    del labeler
+    if args.gpu:
+        torch.cuda.empty_cache()
+    ray.init(num_cpus=2, num_gpus=1 if args.gpu else 0, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.from_items([{k: v[i] for k, v in examples.items()} for i in range(len(keep))]).materialize()
     t0 = time.perf_counter()
     labelled = ds.map_batches(TimedLabeler, fn_constructor_kwargs={"teacher_cfg": teacher_cfg},
                               compute=ray.data.ActorPoolStrategy(size=1), batch_size=per_batch,
-                              num_cpus=tcfg.num_cpus, batch_format="numpy").materialize()
+                              num_cpus=tcfg.num_cpus, num_gpus=tcfg.num_gpus, batch_format="numpy").materialize()
     ray_total = time.perf_counter() - t0
     stamps = labelled.select_columns(["t_start", "t_end"]).to_pandas()
     ray_steady = stamps["t_end"].max() - stamps["t_start"].min()
@@ -102,6 +108,7 @@ def main() -> None:
 
     result = {
         "teacher": source, "examples": len(keep), "tokens": tokens, "torch_threads": args.threads,
+        "device": "cuda" if args.gpu else "cpu", "dtype": str(labeler_dtype),
         "top_k": tcfg.top_k, "span_length": cfg.data.span_length, "batch_spans": tcfg.batch_size,
         "plain_loop": {"model_load_s": t_load, "total_s": loop_total, "steady_s": loop_steady, "compute_s": loop_compute,
                        "batch_s": [float(o["t_end"][0] - o["t_start"][0]) for o in loop_out],
@@ -116,7 +123,8 @@ def main() -> None:
         "signal_bytes_per_token_formula": signal_bytes_per_token(tcfg.top_k, 576, cfg.data.span_length),
         "full_distribution_bytes_per_token": 49152 * 4,
     }
-    out = Path(args.out or Path(__file__).parent / "results" / f"teacher_stage_{args.threads}t.json")
+    out = Path(args.out or Path(__file__).parent / "results" / (f"teacher_stage_{args.threads}t.json" if not args.gpu
+                                                                else "teacher_stage_gpu.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     r, p = result["ray_actor_pool"], result["plain_loop"]

@@ -1,6 +1,6 @@
 """Train stage: the student's step inside Ray Train vs the same step in a plain PyTorch loop, same batches.
 
-    python benchmarks/train_stage.py [--steps 40] [--documents 60] [--store runs/train-stage]
+    python benchmarks/train_stage.py [--steps 40] [--documents 60] [--store runs/train-stage] [--gpu]
 
 1. `gemini-ray label data.max_documents=N` writes a teacher-signal cache (reused when it is already there).
 2. Ray: `gemini-ray distill label.use=require` trains the demo student from that cache for --steps steps
@@ -9,6 +9,9 @@
 3. Plain loop, in this process: the same student (derived from the teacher as distill derives it), the same
    cache rows in the same order and batch size, the library's compute_loss and optimizer step, the same torch
    thread count; timed from the end of the first report window (train.log_every steps) to the last step.
+
+--gpu: the teacher labels on a GPU, and both sides train on one GPU in train.precision=bf16-mixed (the
+plain loop under the same autocast).
 
 Both sides exclude evaluation and checkpoint time (the Ray side's report windows exclude them). Prints
 both rates and their ratio, and writes benchmarks/results/train_stage.json.
@@ -57,7 +60,7 @@ def cached_batches(cache: Path, batch_size: int, steps: int, num_negatives: int)
         yield batch
 
 
-def plain_loop(store: Path, steps: int, threads: int) -> dict[str, float]:
+def plain_loop(store: Path, steps: int, threads: int, overrides: list[str]) -> dict[str, float]:
     import torch
 
     from gemini_ray.config import build_config
@@ -65,19 +68,24 @@ def plain_loop(store: Path, steps: int, threads: int) -> dict[str, float]:
     from gemini_ray.numerics import Precision
     from gemini_ray.train_step import compute_loss, lr_at, make_optimizer
 
-    cfg = build_config(None, [f"run.storage_path={store}"])
+    cfg = build_config(None, [f"run.storage_path={store}", *overrides])
+    device = torch.device("cuda" if cfg.train.use_gpu else "cpu")
     torch.set_num_threads(threads)
     teacher, kind = load_teacher(resolve_teacher(cfg.teacher), cfg.teacher.kind)
     torch.manual_seed(cfg.train.seed)
     model = build_student(teacher, kind, cfg.student, seed=cfg.train.seed)
     del teacher
+    model = model.to(device)
     student, optimizer = DistillStudent(model).train(), make_optimizer(model, cfg.train)
-    precision = Precision(cfg.train.precision, torch.device("cpu"))
+    precision = Precision(cfg.train.precision, device)
     cache = next((store / "signal_cache").iterdir())
     warm = cfg.train.log_every
     started = None
     for step, batch in enumerate(cached_batches(cache, cfg.train.batch_size, steps, cfg.loss.num_negatives)):
+        batch = {k: v.to(device) for k, v in batch.items()}
         if step == warm:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         for group in optimizer.param_groups:
@@ -85,6 +93,8 @@ def plain_loop(store: Path, steps: int, threads: int) -> dict[str, float]:
         parts = compute_loss(student, batch, cfg.loss, across_ranks=False, autocast=precision.autocast)
         precision.backward(parts.total)
         precision.step(student.parameters(), optimizer, cfg.train.grad_clip)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     return {"examples_per_s": (steps - warm) * cfg.train.batch_size / seconds, "steps_timed": steps - warm,
             "threads": threads}
@@ -95,22 +105,24 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--documents", type=int, default=60)
     parser.add_argument("--store", default="runs/train-stage")
+    parser.add_argument("--gpu", action="store_true", help="teacher and training on one GPU, bf16")
     args = parser.parse_args()
     store = (ROOT / args.store).resolve()
     data = [f"run.storage_path={store}", f"data.max_documents={args.documents}"]
-    cli("label", *data)
+    gpu = ["teacher.num_gpus=1", "train.use_gpu=true", "train.precision=bf16-mixed"] if args.gpu else []
+    cli("label", *data, *gpu[:1])
     t0 = time.perf_counter()
-    cli("distill", *data, "label.use=require", f"train.max_steps={args.steps}", "run.name=ray-train",
+    cli("distill", *data, *gpu, "label.use=require", f"train.max_steps={args.steps}", "run.name=ray-train",
         f"train.checkpoint_every={args.steps}", f"train.eval_every={args.steps}")
     ray_wall = time.perf_counter() - t0
     summary = json.loads((store / "ray-train" / "summary.json").read_text())
     ray_rate = summary["training"]["throughput"]["examples_per_s"]
     threads = max(1, round(summary["config"]["train"]["cpus_per_worker"] or 1))
-    plain = plain_loop(store, args.steps, threads)
+    plain = plain_loop(store, args.steps, threads, gpu)
     result = {"steps": args.steps, "ray_train_examples_per_s": ray_rate, "plain_loop": plain,
               "ratio": ray_rate / plain["examples_per_s"], "ray_command_wall_s": ray_wall,
               "ray_throughput": summary["training"]["throughput"]}
-    out = ROOT / "benchmarks" / "results" / "train_stage.json"
+    out = ROOT / "benchmarks" / "results" / ("train_stage_gpu.json" if args.gpu else "train_stage.json")
     out.write_text(json.dumps(result, indent=1))
     print(f"| side | examples/s (steady state) |\n|---|---|\n| Ray Train (1 worker, {threads} threads) | "
           f"{ray_rate:.2f} |\n| plain loop ({threads} threads) | {plain['examples_per_s']:.2f} |\n"
