@@ -96,7 +96,8 @@ def _one_document_at_a_time(pairer, text):
                                                       ("bert_dir", "masked", 16), ("bert_dir", "masked", 6)])
 def test_the_batched_pairer_equals_pairing_one_document_at_a_time(request, fixture, kind, span_length, lee_texts):
     """Documents of every length around the span boundaries (empty, blank, one token, a partial last span
-    just under and over half a span, whole texts), one batch: the same rows as the plain per-document loop."""
+    just under and over half a span, whole texts), one batch: the same rows as the plain per-document loop
+    (in another order: the batch interleaves its documents' rows)."""
     words = " ".join(lee_texts).split()
     texts = ["", "   ", lee_texts[0], "one"] + [" ".join(words[:k]) for k in range(1, 3 * span_length)] + lee_texts[1:6]
     pairer = SpanPairer(str(request.getfixturevalue(fixture)), kind, span_length, seed=3)
@@ -105,9 +106,32 @@ def test_the_batched_pairer_equals_pairing_one_document_at_a_time(request, fixtu
     assert len(out["status"]) == len(expected)
     assert {"empty", "too_short", STATUS_OK} <= set(out["status"])
     names = ["status", "doc_id", "example_id", "input_ids", "attention_mask", "label_mask", "span_hash"]
-    for i, row in enumerate(expected):
-        for name, want in zip(names, row):
-            assert np.array_equal(out[name][i], want), (i, name, texts)
+    got = [tuple(out[name][i] for name in names) for i in range(len(out["status"]))]
+
+    def key(row):
+        return row[1], row[2], row[0]  # doc_id, example_id, status
+
+    for i, (have, want) in enumerate(zip(sorted(got, key=key), sorted(expected, key=key))):
+        for name, a, b in zip(names, have, want):
+            assert np.array_equal(a, b), (i, name, texts)
+
+
+def test_a_blocks_rows_are_spread_evenly_over_its_documents():
+    """Equal documents alternate row by row; a document with twice the rows comes twice as often in every
+    stretch of the block, so a batch never holds one article alone while others wait their turn."""
+    from gemini_ray.data.spans import interleave
+
+    def rows(counts):
+        doc = np.repeat(np.arange(len(counts)), counts)
+        pair = np.concatenate([np.arange(c) for c in counts])
+        return doc[interleave(doc, pair, np.repeat(counts, counts))]
+
+    equal = rows([10, 10, 10])
+    assert (equal[1:] != equal[:-1]).all() and sorted(equal.tolist()) == sorted(np.repeat([0, 1, 2], 10).tolist())
+    mixed = rows([40, 20, 20, 1])
+    for start in range(0, len(mixed) - 20, 5):
+        window = mixed[start:start + 20].tolist()
+        assert 9 <= window.count(0) <= 11 and 4 <= window.count(1) <= 6  # 1/2 and 1/4 of the rows
 
 
 def test_pairing_is_deterministic_and_dedupes_by_content(llama_dir, lee_texts):

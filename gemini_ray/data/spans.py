@@ -133,7 +133,8 @@ class SpanPairer:
             lengths[filled] = [len(t) for t in tokens]
         n_spans, n_examples = self._cut(lengths)
         status = np.where(~filled, "empty", np.where(n_examples == 0, "too_short", STATUS_OK)).astype(object)
-        # one output row per example of a usable document, one per skipped document, in document order
+        # one output row per example of a usable document, one per skipped document (built in document order,
+        # returned interleaved across the block's documents: `interleave`)
         out_rows = np.where(status == STATUS_OK, n_examples, 1)
         doc = np.repeat(np.arange(len(texts)), out_rows)  # (R,) source document of each output row
         ok = status[doc] == STATUS_OK
@@ -154,17 +155,27 @@ class SpanPairer:
         def full(values: np.ndarray, width: tuple[int, ...], dtype) -> np.ndarray:
             out = np.zeros((len(doc), *width), dtype=dtype)  # skipped documents' rows stay zero
             out[ok] = values
-            return out
+            return out[order]
 
+        order = interleave(doc, pair, out_rows[doc])
         return {
-            "status": status[doc],
-            "doc_id": doc_ids[doc],
-            "example_id": example_id,
+            "status": status[doc][order],
+            "doc_id": doc_ids[doc][order],
+            "example_id": example_id[order],
             "input_ids": full(ids, (2, L), np.int32),  # (E, 2, L)
             "attention_mask": full(attention, (2, L), np.int8),  # (E, 2, L)
             "label_mask": full(labels, (2, L), np.int8),  # (E, 2, L)
             "span_hash": full(hashes.reshape(-1, 2), (2,), np.int64),  # (E, 2)
         }
+
+
+def interleave(doc: np.ndarray, pair: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """The order of a block's example rows that spreads each document's examples evenly over the block:
+    row p of a document of n examples sits at (p + 1/2) / n of the way (ties by document). In document order,
+    a long article's examples came one after another, and so did whole batches of them: nearly no in-batch
+    negatives (rows of the same document are never negatives) and the student trained on one text at a time.
+    doc, pair, count: (R,) each row's document, its index within the document, the document's row count."""
+    return np.lexsort((doc, (pair + 0.5) / np.maximum(count, 1)))
 
 
 def _pair_hash(doc_id: int, pair: int) -> int:
