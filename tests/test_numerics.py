@@ -174,7 +174,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(llama_dir):
         student = _student(llama_dir)
         if checkpointing:
             enable_activation_checkpointing(student.model)
-            assert student.model.is_gradient_checkpointing
+            assert any(getattr(m, "gradient_checkpointing", False) for m in student.model.modules())
         parts = compute_loss(student, batch, cfg, across_ranks=False)
         parts.total.backward()
         return float(parts.total), [p.grad.clone() for p in student.parameters()]
