@@ -84,7 +84,7 @@ class Precision:
         self.scaler.update()
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.scaler.state_dict().items()} if self.scaler.is_enabled() else {}
+        return self.scaler.state_dict() if self.scaler.is_enabled() else {}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state and self.scaler.is_enabled():
