@@ -147,15 +147,6 @@ def note_loss_reference(state: dict[str, Any], val_metrics: dict[str, float]) ->
         state.setdefault("loss_reference", {k: val_metrics[held_out(k)] for k in LOSS_PART_REFERENCE})
 
 
-def mean_over_ranks(values: dict[str, float], world: int) -> dict[str, float]:
-    """The mean of each value over the ranks (a collective when world > 1: every rank calls it together)."""
-    if world == 1:
-        return dict(values)
-    t = torch.tensor(list(values.values()), dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return {k: v / world for k, v in zip(values, t.tolist())}
-
-
 # --------------------------------------------------------------------------- progress.json and resumes
 
 
@@ -485,7 +476,7 @@ def _accumulate(student: torch.nn.Module, batch: dict[str, torch.Tensor], spec: 
         if bad is not None:
             return values, bad
         if "loss_reference" not in state:  # no held-out rows: the first batch, averaged over the ranks
-            state["loss_reference"] = mean_over_ranks({k: values[k] for k in LOSS_PART_REFERENCE}, me.world)
+            state["loss_reference"] = _mean_across_ranks({k: values[k] for k in LOSS_PART_REFERENCE}, me.world)
         precision.backward(parts.total / spec.cfg.train.grad_accum_steps)
     return values, None
 

@@ -283,7 +283,7 @@ def test_the_loss_reference_is_the_held_out_start_and_a_resume_keeps_it():
     (so in every checkpoint); a later evaluation, or one after a resume, does not move them."""
     from ddp_toy import ToyStudent, toy_batch
     from gemini_ray.config import LossConfig
-    from gemini_ray.train_worker import held_out_metrics, mean_over_ranks, note_loss_reference
+    from gemini_ray.train_worker import _mean_across_ranks, held_out_metrics, note_loss_reference
 
     rows = {k: v.numpy() for k, v in toy_batch(8).items()}
     model, cfg = ToyStudent(), LossConfig(num_negatives=2)
@@ -299,7 +299,7 @@ def test_the_loss_reference_is_the_held_out_start_and_a_resume_keeps_it():
     fresh: dict = {}
     note_loss_reference(fresh, {})  # no held-out rows: the train loop takes its first batch's values
     assert "loss_reference" not in fresh
-    assert mean_over_ranks({"loss/kd": 3.0}, world=1) == {"loss/kd": 3.0}
+    assert _mean_across_ranks({"loss/kd": 3.0}, world=1) == {"loss/kd": 3.0}
 
 
 def test_bootstrap_interval_of_an_accuracy_has_the_binomial_width():
