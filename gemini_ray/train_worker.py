@@ -139,12 +139,14 @@ LOSS_PART_REFERENCE = (LOSS_KD, LOSS_CL, LOSS_REP)
 """The loss parts that loss.balance='start' divides by their starting values."""
 
 
-def note_loss_reference(state: dict[str, Any], val_metrics: dict[str, float]) -> None:
-    """Keep the held-out loss parts where training started as state["loss_reference"] (loss.balance='start'
-    divides by them). Kept in checkpoints, so a resumed run divides by the same values; without held-out rows
-    the train loop takes the first batch's instead."""
-    if val_metrics:
-        state.setdefault("loss_reference", {k: val_metrics[held_out(k)] for k in LOSS_PART_REFERENCE})
+def note_loss_reference(state: dict[str, Any], values: dict[str, float], world: int) -> None:
+    """Keep the loss parts of the run's first batch, averaged over the ranks, as state["loss_reference"]
+    (loss.balance='start' divides by them). Kept in checkpoints, so a resumed run divides by the same values.
+    The training batch, not the held-out rows: the balance is of the training gradient, and on the quality
+    run the held-out contrastive loss at the start (1.40) was well below the training one (2.2), which
+    gave that term more weight than λ meant."""
+    if "loss_reference" not in state:
+        state["loss_reference"] = _mean_across_ranks({k: values[k] for k in LOSS_PART_REFERENCE}, world)
 
 
 # --------------------------------------------------------------------------- progress.json and resumes
@@ -475,8 +477,7 @@ def _accumulate(student: torch.nn.Module, batch: dict[str, torch.Tensor], spec: 
         bad = nonfinite_part(values, me.world)
         if bad is not None:
             return values, bad
-        if "loss_reference" not in state:  # no held-out rows: the first batch, averaged over the ranks
-            state["loss_reference"] = _mean_across_ranks({k: values[k] for k in LOSS_PART_REFERENCE}, me.world)
+        note_loss_reference(state, values, me.world)
         precision.backward(parts.total / spec.cfg.train.grad_accum_steps)
     return values, None
 
@@ -526,7 +527,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                                precision.autocast), state)
 
     val_metrics = evaluate(state["step"])  # the baseline, so every report carries a validation metric
-    note_loss_reference(state, val_metrics)
     if me.rank == 0 and val_metrics:
         _log(_start_line(state["step"], tc.max_steps, val_metrics))
     window, last_checkpoint_step, checkpointed = MetricsWindow(_throughput_of(spec, model, me)), state["step"], False

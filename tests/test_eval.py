@@ -278,27 +278,21 @@ def test_held_out_metrics_carry_retrieval_and_an_objective_against_the_runs_star
     assert with_objective({}, state) == {}
 
 
-def test_the_loss_reference_is_the_held_out_start_and_a_resume_keeps_it():
-    """loss.balance='start' divides by the held-out loss parts of the run's start, kept in the training state
-    (so in every checkpoint); a later evaluation, or one after a resume, does not move them."""
-    from ddp_toy import ToyStudent, toy_batch
-    from gemini_ray.config import LossConfig
-    from gemini_ray.train_worker import _mean_across_ranks, held_out_metrics, note_loss_reference
+def test_the_loss_reference_is_the_first_batch_and_later_batches_do_not_move_it():
+    """loss.balance='start' divides by the loss parts of the run's first training batch (averaged over the
+    ranks), kept in the training state (so in every checkpoint): a later batch, or one after a resume (the
+    state restored from a checkpoint), does not move them."""
+    from gemini_ray.train_worker import _mean_across_ranks, note_loss_reference
 
-    rows = {k: v.numpy() for k, v in toy_batch(8).items()}
-    model, cfg = ToyStudent(), LossConfig(num_negatives=2)
+    first = {"loss/kd": 14.3, "loss/cl": 2.2, "loss/rep": 0.9, "loss/total": 8.25}
     state: dict = {}
-    start = held_out_metrics(model, rows, cfg, 3, torch.device("cpu"), 0)
-    note_loss_reference(state, start)
-    assert state["loss_reference"] == {"loss/kd": start["val/loss_kd"], "loss/cl": start["val/loss_cl"],
-                                       "loss/rep": start["val/loss_rep"]}
-    with torch.no_grad():
-        model.head.weight.mul_(0.5)
-    note_loss_reference(state, held_out_metrics(model, rows, cfg, 3, torch.device("cpu"), 5))
-    assert state["loss_reference"]["loss/kd"] == start["val/loss_kd"]
-    fresh: dict = {}
-    note_loss_reference(fresh, {})  # no held-out rows: the train loop takes its first batch's values
-    assert "loss_reference" not in fresh
+    note_loss_reference(state, first, world=1)
+    assert state["loss_reference"] == {"loss/kd": 14.3, "loss/cl": 2.2, "loss/rep": 0.9}
+    note_loss_reference(state, {"loss/kd": 9.0, "loss/cl": 0.04, "loss/rep": 0.5}, world=1)
+    assert state["loss_reference"]["loss/cl"] == 2.2
+    resumed = {"loss_reference": dict(state["loss_reference"])}
+    note_loss_reference(resumed, {"loss/kd": 8.0, "loss/cl": 0.03, "loss/rep": 0.4}, world=1)
+    assert resumed["loss_reference"] == state["loss_reference"]
     assert _mean_across_ranks({"loss/kd": 3.0}, world=1) == {"loss/kd": 3.0}
 
 

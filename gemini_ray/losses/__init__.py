@@ -30,8 +30,8 @@ class LossParts:
     """The anchors' and positives' pooled student embeddings (B, H), detached: held-out retrieval uses them."""
 
     def as_floats(self) -> dict[str, float]:
-        return {LOSS_TOTAL: float(self.total), LOSS_KD: float(self.kd), LOSS_CL: float(self.cl),
-                LOSS_REP: float(self.rep)}
+        return {name: float(t.detach()) for name, t in
+                ((LOSS_TOTAL, self.total), (LOSS_KD, self.kd), (LOSS_CL, self.cl), (LOSS_REP, self.rep))}
 
 
 def combine(kd: torch.Tensor, cl: torch.Tensor, lambda_kd: float, rep: torch.Tensor | None = None,
@@ -43,9 +43,9 @@ def combine(kd: torch.Tensor, cl: torch.Tensor, lambda_kd: float, rep: torch.Ten
     λ·log L_KD + (1 − λ)·log L_CL [+ μ·log L_rep]), so the weights set the terms' relative pull whatever
     their scales (L_KD is ~6x L_CL at the start of the demo). No running state.
     balance='start': each term's gradient is divided by its value where training started, `reference`
-    ({loss/kd, loss/cl, loss/rep} as `LossParts.as_floats` names them; the train loop keeps it in the
-    checkpoint). The weights set the pull per fraction of each term's starting value, and the split stays
-    fixed: under 'magnitude' a term that nears 0 (the contrastive loss does once the pairs separate) gets an
+    ({loss/kd, loss/cl, loss/rep} as `LossParts.as_floats` names them; the train loop takes the first
+    batch's and keeps it in the checkpoint). The weights set the pull per fraction of each term's starting
+    value, and the split stays fixed: under 'magnitude' a term that nears 0 (the contrastive loss does once the pairs separate) gets an
     ever larger share. Without a reference (the first step) it divides by the current values.
     Either way the total's value stays the plain weighted sum, so logs compare across settings."""
     rep = torch.zeros_like(kd) if rep is None else rep
