@@ -13,7 +13,6 @@ Model-FLOPs utilisation (MFU) = these FLOPs per second ÷ the peak (`run.peak_tf
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
@@ -41,8 +40,10 @@ def student_flops(body: int, head: int, labelled_tokens: float, encoded_tokens: 
 
 def matmul_tflops(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024,
                   repeats: int = 5) -> float:
-    """The TFLOP/s an n x n matmul reaches here, with this process's torch threads (median of `repeats`
-    after a warm-up): the peak MFU is measured against when run.peak_tflops is not given."""
+    """The TFLOP/s an n x n matmul reaches here, with this process's torch threads (the best of `repeats`
+    after a warm-up: other work on the machine only slows a matmul down, and on a run's driver the teacher
+    or the corpus reader may be busy beside it): the peak MFU is measured against when run.peak_tflops is
+    not given."""
     device = torch.device(device)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
@@ -54,7 +55,7 @@ def matmul_tflops(device: str | torch.device = "cpu", dtype: torch.dtype = torch
         (a @ b).sum().item()  # .item(): waits for the device
         if i:
             times.append(time.perf_counter() - start)
-    return 2.0 * n**3 / statistics.median(times) / 1e12
+    return 2.0 * n**3 / min(times) / 1e12
 
 
 def config_matmul_params(hf_config: dict, kind: str) -> tuple[int, int]:

@@ -3,7 +3,7 @@
 Embedded corpora ship inside the `gensim==4.4.0` wheel (its test data), found without importing gensim:
 * `embedded:lee_background` — 300 news articles, one per line (the default);
 * `embedded:wikipedia` — 106 Wikipedia articles, MediaWiki XML stripped to plain text;
-* `embedded:lee_wikipedia` — both, mixed evenly (`mix_sources`): 720 k tokens.
+* `embedded:lee_wikipedia` — both (the news articles, then the Wikipedia articles): 720 k tokens.
 These are disjoint from the evaluation sets (`lee.cor`, Rotten Tomatoes).
 
 Text files are one document per line; jsonl files one JSON object per line. Anywhere in a file (the first
@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gemini_ray.data.spans import interleave
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_uri, open_dir, package_file
 
-__all__ = ["gensim_test_data", "embedded_corpus", "embedded_files", "mix_sources", "EMBEDDED_CORPORA", "infer_format", "split_lines",
+__all__ = ["gensim_test_data", "embedded_corpus", "embedded_files", "EMBEDDED_CORPORA", "infer_format", "split_lines",
            "parse_jsonl", "csv_read_options", "decode_column", "wikipedia_documents", "strip_wiki_markup",
            "corpus_signature"]
 
@@ -52,21 +51,8 @@ def embedded_corpus(name: str) -> Path | list[str]:
         return wikipedia_documents(gensim_test_data() / WIKI_FILE)
     if name == "embedded:lee_wikipedia":
         lee = split_lines({"bytes": [(gensim_test_data() / LEE_FILE).read_bytes()]})["text"].tolist()
-        return mix_sources([lee, wikipedia_documents(gensim_test_data() / WIKI_FILE)])
+        return lee + wikipedia_documents(gensim_test_data() / WIKI_FILE)
     raise GeminiRayError(f"unknown embedded corpus '{name}'; use one of {', '.join(EMBEDDED_CORPORA)}.")
-
-
-def mix_sources(sources: list[list[str]]) -> list[str]:
-    """The documents of several sources in one list, each source spread evenly over it (document p of a
-    source of n at (p + 1/2) / n of the way, ties by source; `gemini_ray.data.spans.interleave`). The first
-    pass over a corpus is in its order: news then Wikipedia made the quality run train on news alone for
-    its first ~60 steps and on Wikipedia alone after, a change of domain in the middle of training (README,
-    "The quality budget")."""
-    source = np.concatenate([np.full(len(s), i) for i, s in enumerate(sources)])
-    place = np.concatenate([np.arange(len(s)) for s in sources])
-    count = np.concatenate([np.full(len(s), len(s)) for s in sources])
-    flat = [doc for s in sources for doc in s]
-    return [flat[i] for i in interleave(source, place, count)]
 
 
 def embedded_files(name: str) -> list[Path]:
