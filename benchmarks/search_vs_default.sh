@@ -3,7 +3,7 @@
 # tune_spaces/demo_search.yaml on the cache, train the best trial's config and the default config from the
 # same cache, and evaluate both side by side: the paired bootstrap of best minus default on Lee and RT
 # says whether the difference is beyond the evaluation sets' noise.
-#   bash benchmarks/search_vs_default.sh          (uses .venv; about 45 minutes on 2 cores)
+#   bash benchmarks/search_vs_default.sh          (uses .venv; about 35 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
