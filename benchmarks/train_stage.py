@@ -123,6 +123,7 @@ def main() -> int:
               "ratio": ray_rate / plain["examples_per_s"], "ray_command_wall_s": ray_wall,
               "ray_throughput": summary["training"]["throughput"]}
     out = ROOT / "benchmarks" / "results" / ("train_stage_gpu.json" if args.gpu else "train_stage.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"| side | examples/s (steady state) |\n|---|---|\n| Ray Train (1 worker, {threads} threads) | "
           f"{ray_rate:.2f} |\n| plain loop ({threads} threads) | {plain['examples_per_s']:.2f} |\n"

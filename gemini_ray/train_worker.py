@@ -582,7 +582,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state["epoch"] += 1
         state["trained"], pending = [], []  # a new pass: its positions start again
         if me.rank == 0 and state["step"] < tc.max_steps:
-            _log(f"pass {state['epoch'] + 1} over the training rows (an online teacher labels them again)")
+            online = spec.costs is not None and spec.costs.teacher_params is not None
+            _log(f"pass {state['epoch'] + 1} over the training rows"
+                 + (" (an online teacher labels them again)" if online else " (read again from the cache)"))
     events.close()
     if not checkpointed:  # resumed at (or past) max_steps: record the resume in a final checkpoint
         _report({"step": state["step"], **val_metrics}, model, optimizer, state, me.rank)
