@@ -9,7 +9,7 @@ the main module by its path (a script read from stdin has none)."""
 import sys
 
 from gemini_ray.config import build_config
-from gemini_ray.evaluation.run import evaluate_students, markdown_table, paired_differences
+from gemini_ray.evaluation.run import evaluate_students, markdown_table, noise_verdict, paired_differences
 from gemini_ray.paths import atomic_write_json
 
 
@@ -23,8 +23,8 @@ def main(store: str) -> None:
     print(best)
     print(markdown_table({"teacher": teacher, **rows}))
     for key, d in paired.items():
-        verdict = "beyond noise" if d["beyond_noise"] else "noise"
-        print(f"search best - default, {key}: {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] {verdict}")
+        print(f"search best - default, {key}: {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
+              f"{noise_verdict(d)}")
     slim = {name: {k: v for k, v in row.items() if k != "items"} for name, row in rows.items()}
     atomic_write_json(f"{store}/search_vs_default.json", {"best": best, "teacher": teacher, "rows": slim,
                                                           "best_minus_default": paired})

@@ -281,7 +281,8 @@ class LossConfig:
     """'none': the weights multiply the losses as written (the seed's loss). 'magnitude': each term's
     gradient is divided by its current value, so λ (and μ) set the terms' relative pull whatever their
     scales (the KD loss is ~6x the contrastive loss at the demo's start). 'start': divided by its value on
-    the run's first batch (kept in the checkpoint), so the split λ sets stays fixed as the terms fall (under 'magnitude' a term near 0 takes over). The logged total is unchanged."""
+    the run's first batch (kept in the checkpoint), so the split λ sets stays fixed as the terms fall
+    (under 'magnitude' a term near 0 takes over). The logged total is unchanged."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.lambda_kd <= 1.0, "loss.lambda_kd", f"must be in [0, 1], got {self.lambda_kd}")

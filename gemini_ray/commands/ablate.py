@@ -25,7 +25,7 @@ from typing import Any
 from gemini_ray.config import Config, build_config
 from gemini_ray.distill_run import export, export_untrained, fit_student, prepare, summarize
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.evaluation.run import evaluate_students, markdown_table, paired_differences
+from gemini_ray.evaluation.run import evaluate_students, markdown_table, noise_verdict, paired_differences
 from gemini_ray.labelling import make_cache
 from gemini_ray.paths import (absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, join,
                               run_dir)
@@ -52,7 +52,7 @@ def _versus(row: dict[str, Any], other: dict[str, Any], key: str, paired: dict[s
     d = paired.get(key)
     if d:
         text += (f" (difference {d['difference']:+.3f}, 95 % CI [{d['low']:+.3f}, {d['high']:+.3f}]: "
-                 + ("beyond noise" if d["beyond_noise"] else "within noise") + ")")
+                 + noise_verdict(d) + ")")
     return text
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from gemini_ray.config import Config, LossConfig, TrainConfig, build_config
 from gemini_ray.distill_run import export, export_checkpoints, export_untrained, fit_student, prepare, summarize
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.evaluation.run import evaluate_students, markdown_table, paired_differences
+from gemini_ray.evaluation.run import evaluate_students, markdown_table, noise_verdict, paired_differences
 from gemini_ray.evaluation.targets import TARGETS, check_targets, extrapolate_step, goal_of, metric_value
 from gemini_ray.metric_names import VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL
 from gemini_ray.paths import absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, \
@@ -104,7 +104,7 @@ def curve_markdown(teacher: dict[str, Any], rows: dict[int, dict[str, Any]], tar
             d = t.get("versus_untrained")
             if d:
                 text += (f", difference {d['difference']:+.3f} [95 % CI {d['low']:+.3f}, {d['high']:+.3f}] "
-                         + ("beyond noise" if d["beyond_noise"] else "within noise"))
+                         + noise_verdict(d))
         step = ahead.get(t["key"])
         if t["met"] is False and t["key"] in ahead:
             if len(rows) < 3:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Model", "load_model", "evaluate", "evaluate_students", "corpus_against_sets", "markdown_table",
            "read_student_meta", "recorded_settings",
-           "write_report", "versus_teacher", "embedding_scores", "paired_differences"]
+           "write_report", "versus_teacher", "embedding_scores", "paired_differences", "noise_verdict"]
 
 
 @dataclass
@@ -393,6 +393,11 @@ def paired_differences(a: dict[str, Any], b: dict[str, Any], seed: int = 0) -> d
         lo, hi = bootstrap_interval(fn, n, seed=seed)
         out[key] = {"difference": fn(np.arange(n)), "low": lo, "high": hi, "beyond_noise": bool(lo > 0 or hi < 0)}
     return out
+
+
+def noise_verdict(difference: dict[str, Any]) -> str:
+    """'beyond noise' or 'within noise' for a paired difference of `paired_differences`."""
+    return "beyond noise" if difference["beyond_noise"] else "within noise"
 
 
 def versus_teacher(s: dict[str, Any], t: dict[str, Any]) -> dict[str, float]:

@@ -45,8 +45,8 @@ def combine(kd: torch.Tensor, cl: torch.Tensor, lambda_kd: float, rep: torch.Ten
     balance='start': each term's gradient is divided by its value where training started, `reference`
     ({loss/kd, loss/cl, loss/rep} as `LossParts.as_floats` names them; the train loop takes the first
     batch's and keeps it in the checkpoint). The weights set the pull per fraction of each term's starting
-    value, and the split stays fixed: under 'magnitude' a term that nears 0 (the contrastive loss does once the pairs separate) gets an
-    ever larger share. Without a reference (the first step) it divides by the current values.
+    value, and the split stays fixed: under 'magnitude' a term that nears 0 (the contrastive loss does once
+    the pairs separate) gets an ever larger share. Without a reference (the first step) it divides by the current values.
     Either way the total's value stays the plain weighted sum, so logs compare across settings."""
     rep = torch.zeros_like(kd) if rep is None else rep
     names = [LOSS_KD, LOSS_CL] + ([LOSS_REP] if rep_weight > 0 else [])
