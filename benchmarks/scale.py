@@ -15,13 +15,13 @@ embedded teacher, what a new user runs), each in its own process with its own Ra
 Then the same with a tiny teacher (phase `tiny`: a 4-layer, 64-wide random LLaMA, `tiny_teacher`), whose own
 cost would not hide the data path's.
 
-Then, on the smallest corpus, tokenize-and-pair throughput (documents/s over the whole corpus): Ray's pass
-(`corpus_pass.corpus_stream`, the pass `gemini-ray label` makes) against a plain multiprocessing pool of as many
-processes running the same SpanPairer on the same documents, one after the other; the pool sends its examples
-back to the parent as Ray's pass hands them to its consumer (a second pool that sends back only counts is
-timed too, as the stricter baseline). Ray's pass runs twice in
-one Ray instance: the first also starts its worker processes (as a command's first pass does), the second
-finds them running (as a long corpus's later blocks do); the pool is started and stopped in its time.
+Then, on the smallest corpus (or --tokenize-mb), tokenize-and-pair throughput (documents/s over the whole
+corpus): Ray's pass (`corpus_pass.corpus_stream`, the pass `gemini-ray label` makes) against a plain
+multiprocessing pool of as many processes running the same SpanPairer on the same documents, alternated for
+three rounds; the pool sends its examples back to the parent as Ray's pass hands them to its consumer. In
+each round Ray is started (not timed) and its pass runs twice: the first also starts its processes (as a
+command's first pass does), the second runs in the same Ray; the pool is started, reads the corpus and is
+stopped in its time. Ratios are of the medians.
 
 Then a resume on the 200 MB corpus (the second size): a distill killed with SIGKILL (its whole process group,
 Ray included) after its first checkpoint, and the same command again: examples skipped and repeated, and the
@@ -185,11 +185,6 @@ def _pair_chunk(texts: list[str]) -> dict:
     return {k: v[ok] for k, v in rows.items()}
 
 
-def _count_chunk(texts: list[str]) -> int:
-    """The chunk's example count alone: a pool with nothing to send back."""
-    return len(_pair_chunk(texts)["doc_id"])
-
-
 def _pool_pass(corpus: Path, source: str, span_length: int, processes: int, work) -> tuple[int, float]:
     """(examples, seconds) of a spawn pool mapping `work` over 256-document chunks read in the parent."""
     t0 = time.perf_counter()
@@ -207,8 +202,13 @@ def _pool_pass(corpus: Path, source: str, span_length: int, processes: int, work
     return examples, time.perf_counter() - t0
 
 
-def tokenize_throughput(corpus: Path, processes: int) -> dict:
-    """Documents/s of Ray's tokenize-and-pair pass and of a multiprocessing pool, same tokenizer and corpus."""
+def tokenize_throughput(corpus: Path, processes: int, rounds: int = 3) -> dict:
+    """Documents/s of Ray's tokenize-and-pair pass and of a multiprocessing pool, same tokenizer and corpus,
+    alternated for `rounds` rounds: each starts Ray (not timed), times a pass that starts its worker
+    processes (cold) and one more (warm), stops Ray, then times the pool (its start and corpus read included).
+    The ratios are of the medians."""
+    import statistics
+
     import ray
 
     from gemini_ray.config import build_config
@@ -218,27 +218,27 @@ def tokenize_throughput(corpus: Path, processes: int) -> dict:
 
     cfg = build_config(None, [f"data.path={corpus}", "data.format=jsonl"])
     source = resolve_teacher(cfg.teacher)
-    ray.init(num_cpus=processes, include_dashboard=False)
-    init_ray(cfg)
-    passes = []
-    for _ in range(2):  # the first pass also starts Ray's worker processes; the second finds them running
-        t0 = time.perf_counter()
-        stream = corpus_stream(cfg, source, "causal")
-        examples = sum(b.num_rows for b in stream.examples.iter_batches(batch_size=None, batch_format="pyarrow"))
-        passes.append(time.perf_counter() - t0)
-        stats = stream.stats()
-    ray.shutdown()
-
-    pool_examples, pool_s = _pool_pass(corpus, source, cfg.data.span_length, processes, _pair_chunk)
-    _, count_s = _pool_pass(corpus, source, cfg.data.span_length, processes, _count_chunk)
+    times: dict[str, list[float]] = {"ray_cold_s": [], "ray_warm_s": [], "pool_s": []}
+    for _ in range(rounds):
+        ray.init(num_cpus=processes, include_dashboard=False)
+        init_ray(cfg)
+        for key in ("ray_cold_s", "ray_warm_s"):
+            t0 = time.perf_counter()
+            stream = corpus_stream(cfg, source, "causal")
+            examples = sum(b.num_rows for b in stream.examples.iter_batches(batch_size=None, batch_format="pyarrow"))
+            times[key].append(round(time.perf_counter() - t0, 1))
+            stats = stream.stats()
+        ray.shutdown()
+        pool_examples, pool_s = _pool_pass(corpus, source, cfg.data.span_length, processes, _pair_chunk)
+        times["pool_s"].append(round(pool_s, 1))
+        print(f"tokenize round: {({k: v[-1] for k, v in times.items()})}", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
     docs = stats.documents
-    ray_s, warm_s = passes
-    return {"documents": docs, "processes": processes, "ray_examples": examples, "pool_examples": pool_examples,
-            "ray_s": round(ray_s, 1), "ray_warm_s": round(warm_s, 1), "pool_s": round(pool_s, 1),
-            "pool_counting_s": round(count_s, 1),
-            "ray_docs_per_s": round(docs / ray_s, 1), "ray_warm_docs_per_s": round(docs / warm_s, 1),
-            "pool_docs_per_s": round(docs / pool_s, 1), "ray_vs_pool": round(pool_s / ray_s, 3),
-            "ray_warm_vs_pool": round(pool_s / warm_s, 3), "ray_vs_counting_pool": round(count_s / ray_s, 3),
+    return {"documents": docs, "processes": processes, "rounds": rounds, "ray_examples": examples,
+            "pool_examples": pool_examples, **times,
+            **{k.replace("_s", "_docs_per_s"): round(docs / v, 1) for k, v in med.items()},
+            "ray_vs_pool": round(med["pool_s"] / med["ray_cold_s"], 3),
+            "ray_warm_vs_pool": round(med["pool_s"] / med["ray_warm_s"], 3),
             "ray_tokenize_processes": stats.tokenize_processes}
 
 

@@ -1,7 +1,8 @@
-"""The corpus on Ray Data: read → tokenize-and-pair (parallel tasks) → examples, with a ledger of counts.
+"""The corpus on Ray Data: read → tokenize-and-pair (in parallel) → examples, with a ledger of counts.
 
-The corpus is read in blocks of about CORPUS_BLOCK_BYTES and tokenized-and-paired by parallel Ray tasks
-(every free CPU, every node); their counts (documents, skips, duplicates, examples per split) and the
+The corpus is read in blocks of about CORPUS_BLOCK_BYTES and tokenized-and-paired in parallel, by an actor
+per CPU in a pass that runs alone and by tasks in a stream beside the trainer (every free CPU, every node);
+their counts (documents, skips, duplicates, examples per split) and the
 corpus fingerprint are kept by a ledger actor, so the driver holds nothing proportional to the corpus.
 
 An online distillation streams: `probe_corpus` reads only the prefix that holds the held-out rows (and
@@ -9,7 +10,7 @@ checks the corpus on it), then `online_rows` streams the training rows from the 
 stage of `gemini_ray.pipeline`) into the trainer, which starts on the first rows while the rest are still
 being read. `gemini-ray label` makes one whole pass (`build_examples`).
 
-No torch here: the tokenize tasks import this module in every Ray worker that runs them.
+No torch here: the tokenize tasks and actors import this module in every Ray worker that runs them.
 """
 
 from __future__ import annotations
@@ -77,11 +78,16 @@ STREAM_TOKENIZE_CPUS = 0.2
 """CPUs per tokenize-and-pair task of a corpus that streams beside the trainer (its reads take LIGHT_CPUS):
 the default plan on 2 CPUs leaves 0.3 beside one Train worker, the teacher actor and the miner."""
 
-PASS_READ_CPUS = 0.5
-"""CPUs per read task of a corpus pass that runs alone (before a trainer starts, or `gemini-ray label`)."""
+PASS_READ_CPUS = 0.1
+"""CPUs per read task of a corpus pass that runs alone (before a trainer starts, or `gemini-ray label`): the
+tokenize actors leave this much of every CPU free, so reads run beside them."""
 
-PASS_TOKENIZE_CPUS = 1.0
-"""CPUs per tokenize-and-pair task of a corpus pass that runs alone."""
+PASS_TOKENIZE_CPUS = 0.9
+"""CPUs per tokenize-and-pair actor of a corpus pass that runs alone: one actor per CPU of the cluster.
+An actor pool, not tasks: each actor keeps its next blocks queued, where a task pool leases a worker and
+fetches a block after every task. On the 200 MB corpus of benchmarks/scale.py (2 CPUs, three alternated
+rounds) a pass took 65 s in two actors against 69-71 s in 1-CPU tasks (a pool of two processes: 51 s);
+each pass starts its actors, about a second more than tasks on a tiny corpus."""
 
 CORPUS_BLOCK_BYTES = 4 * 1024 * 1024
 """Target block size of the corpus dataset (documents, then examples): a block is the unit of parallelism of
@@ -176,18 +182,19 @@ class CorpusLedger:
     documents (the sum and xor of their content hashes), so parallel tasks may report in any order.
 
     A stream executed again (a further pass over the corpus) reads the same blocks in the same tasks again: a
-    block the ledger has seen (same task index, same documents in the same order) counts once, so the
+    block the ledger has seen (same task and batch index, same documents in the same order) counts once, so the
     counts are those of one pass."""
 
     def __init__(self) -> None:
         self.seen: set[int] = set()
-        self.blocks: set[tuple[int, int]] = set()
+        self.blocks: set[tuple[int, int, int]] = set()
         self.counts = {k: v for k, v in CorpusStats().as_dict().items() if k not in ("fingerprint", "tokenize_processes")}
         self.hash_sum, self.hash_xor = 0, 0
         self.pids: set[int] = set()
 
-    def record(self, block: tuple[int, int], doc_ids: np.ndarray, counts: dict[str, int], pid: int) -> None:
-        """block: the block's key (its task's index in the execution, a hash of its documents in order);
+    def record(self, block: tuple[int, int, int], doc_ids: np.ndarray, counts: dict[str, int], pid: int) -> None:
+        """block: the block's key (its task's index in the execution, its batch's index in the task, a hash
+        of its documents in order);
         doc_ids: its UTF-8 documents (duplicates included); counts: what its task saw."""
         self.pids.add(pid)
         if block in self.blocks:
@@ -303,12 +310,15 @@ def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, m
     status, doc = rows.pop("status"), rows["doc_id"]
     ok = status == STATUS_OK
     val = is_val_doc(doc, val_fraction)
-    # the block's key: its place in this execution (the task's index) and its content; a further pass runs
-    # the same tasks over the same blocks again
+    # the block's key: its place in this execution (the task's index, the batch's within the task: an actor's
+    # task may map several blocks) and its content; a further pass runs the same tasks over the same blocks
     from ray.data._internal.execution.interfaces.task_context import TaskContext
 
     task = TaskContext.get_current()
-    block = (-1 if task is None else task.task_idx,
+    batch_no = 0 if task is None else task.kwargs.get("gemini_ray_batches", 0)
+    if task is not None:
+        task.kwargs["gemini_ray_batches"] = batch_no + 1
+    block = (-1 if task is None else task.task_idx, batch_no,
              int.from_bytes(hashlib.blake2b(doc_ids.tobytes(), digest_size=8).digest(), "little"))
     ray.get(ledger.record.remote(block, doc_ids[~bad], {
         "documents": len(texts), "skipped_non_utf8": np.sum(batch["bad_utf8"]),
@@ -325,6 +335,29 @@ def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, m
     return drop_trained(out, plan)
 
 
+class _PairDocuments:
+    """_pair_documents in an actor of a pass's tokenize pool (the actor keeps its SpanPairer)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _pair_documents(batch, **self.kwargs)
+
+
+def tokenize_actors() -> int:
+    """Tokenize actors of a pass that runs alone: one per CPU of the cluster (at least one)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def _tokenize_pool() -> ray.data.ActorPoolStrategy:
+    """The actor pool of a pass that runs alone. Its calls run one at a time on the actor's task thread
+    (enable_true_multi_threading: Ray Data's default moves a callable class onto a thread of its own, where
+    the TaskContext that numbers blocks and positions is not set)."""
+    n = tokenize_actors()
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=n, initial_size=n, enable_true_multi_threading=True)
+
+
 class CorpusStream(NamedTuple):
     """The corpus as tokenized, paired examples (lazy, in corpus order) and the ledger of what it read."""
 
@@ -337,27 +370,31 @@ class CorpusStream(NamedTuple):
 
 def corpus_stream(cfg: Config, tokenizer_source: str, kind: str, beside_trainer: bool = False,
                   plan=None, only: str | None = None) -> CorpusStream:
-    """Read, tokenize and pair the corpus in parallel Ray tasks (every free CPU, every node), lazily: nothing
+    """Read, tokenize and pair the corpus in parallel in Ray (every free CPU, every node), lazily: nothing
     runs until the examples are consumed. Each call has its own ledger: give each execution its own stream.
 
     beside_trainer: the stream runs while Train workers and the teacher pool hold most CPUs, so its tasks ask
-    for fractions (LIGHT_CPUS per read, STREAM_TOKENIZE_CPUS per tokenize task); before a trainer starts they
-    ask for half a CPU per read and a whole one per tokenize task. plan: a StreamPlan whose trained rows the
+    for fractions (LIGHT_CPUS per read, STREAM_TOKENIZE_CPUS per tokenize task); a pass that runs alone (before
+    a trainer starts, or `gemini-ray label`) tokenizes in an actor per CPU (PASS_TOKENIZE_CPUS). plan: a StreamPlan whose trained rows the
     stream leaves out (a resumed run). only: 'train' or 'val' to keep that split's rows alone (the ledger
     counts both)."""
     ledger = CorpusLedger.remote()
     pairer = dict(tokenizer_source=tokenizer_source, kind=kind, span_length=cfg.data.span_length,
                   mlm_probability=cfg.data.mlm_probability, seed=cfg.data.seed,
                   trust_remote_code=cfg.teacher.trust_remote_code)
-    read_cpus, tokenize_cpus = ((LIGHT_CPUS, STREAM_TOKENIZE_CPUS) if beside_trainer
-                                else (PASS_READ_CPUS, PASS_TOKENIZE_CPUS))
+    kwargs = dict(ledger=ledger, val_fraction=cfg.data.val_fraction, max_chars=cfg.data.max_document_chars,
+                  pairer=pairer, plan=plan, only=only)
     # reads and tokenize tasks ask for different CPUs: Ray Data fuses adjacent operators with equal resources
     # into one task, which would tokenize a one-file corpus in the single task that reads it
-    block = STREAM_BLOCK_BYTES if beside_trainer else CORPUS_BLOCK_BYTES
-    examples = read_documents(cfg, num_cpus=read_cpus, block_bytes=block).map_batches(
-        _pair_documents, fn_kwargs=dict(ledger=ledger, val_fraction=cfg.data.val_fraction,
-                                 max_chars=cfg.data.max_document_chars, pairer=pairer, plan=plan, only=only),
-        batch_size=None, num_cpus=tokenize_cpus, batch_format="numpy")
+    if beside_trainer:  # tasks: they take a CPU's fraction only while they run
+        documents = read_documents(cfg, num_cpus=LIGHT_CPUS, block_bytes=STREAM_BLOCK_BYTES)
+        examples = documents.map_batches(_pair_documents, fn_kwargs=kwargs, batch_size=None,
+                                         num_cpus=STREAM_TOKENIZE_CPUS, batch_format="numpy")
+    else:
+        documents = read_documents(cfg, num_cpus=PASS_READ_CPUS, block_bytes=CORPUS_BLOCK_BYTES)
+        examples = documents.map_batches(
+            _PairDocuments, fn_constructor_kwargs=kwargs, batch_size=None, num_cpus=PASS_TOKENIZE_CPUS,
+            compute=_tokenize_pool(), batch_format="numpy")
     return CorpusStream(examples, ledger)
 
 

@@ -60,7 +60,8 @@ def test_the_whole_pass_collects_nothing_in_the_driver_and_splits_into_parallel_
     # timing: counted, not asserted)
     assert examples.num_blocks() >= 3 and stats.tokenize_processes >= 1
     assert stats.examples == examples.count() == stats.train_examples + stats.val_examples
-    doc = examples.select_columns(["doc_id", "example_id"]).to_pandas()
+    doc = examples.select_columns(["doc_id", "example_id", "position"]).to_pandas()
+    assert doc["position"].is_unique  # every row's place in the pass (task, row) is its own, in actors too
     first = doc[doc["doc_id"] == doc["doc_id"].iloc[0]]  # lee_texts[0], three times: the repeat in its own
     assert (first["example_id"].value_counts() == 2).all()  # block is dropped, the one in a later block kept
     # the corpus fingerprint is order-free, and changes with the content
