@@ -28,7 +28,8 @@ import ray
 import ray.data
 
 from gemini_ray.config import Config
-from gemini_ray.data.corpus import csv_read_options, decode_column, embedded_corpus, infer_format, parse_jsonl, split_lines
+from gemini_ray.data.corpus import (csv_read_options, decode_column, embedded_corpus, infer_format, parse_jsonl,
+                                    split_lines)
 from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_uri
@@ -105,9 +106,9 @@ trainer waits for. With 4 MiB the demo's first five steps waited 86 % of their t
 
 def read_documents(cfg: Config, num_cpus: float = 1.0, block_bytes: int | None = None) -> ray.data.Dataset:
     """A dataset with columns text (str), bad_utf8 and bad_record (bool), one row per document (or per line or
-    row that could not be read: text ''), in blocks of about
-    block_bytes (default CORPUS_BLOCK_BYTES; it and every dataset derived from it). num_cpus: per read task (a fraction when the
-    corpus streams beside a trainer and a teacher pool)."""
+    row that could not be read: text ''), in blocks of about block_bytes (default CORPUS_BLOCK_BYTES; it and
+    every dataset derived from it). num_cpus: per read task (a fraction when the corpus streams beside a
+    trainer and a teacher pool, or beside a pass's tokenize actors)."""
     ctx = ray.data.DataContext.get_current()  # a dataset keeps a copy of the context it was made in
     default_block, ctx.target_max_block_size = ctx.target_max_block_size, block_bytes or CORPUS_BLOCK_BYTES
     try:
@@ -188,7 +189,8 @@ class CorpusLedger:
     def __init__(self) -> None:
         self.seen: set[int] = set()
         self.blocks: set[tuple[int, int, int]] = set()
-        self.counts = {k: v for k, v in CorpusStats().as_dict().items() if k not in ("fingerprint", "tokenize_processes")}
+        self.counts = {k: v for k, v in CorpusStats().as_dict().items()
+                       if k not in ("fingerprint", "tokenize_processes")}
         self.hash_sum, self.hash_xor = 0, 0
         self.pids: set[int] = set()
 
@@ -375,9 +377,9 @@ def corpus_stream(cfg: Config, tokenizer_source: str, kind: str, beside_trainer:
 
     beside_trainer: the stream runs while Train workers and the teacher pool hold most CPUs, so its tasks ask
     for fractions (LIGHT_CPUS per read, STREAM_TOKENIZE_CPUS per tokenize task); a pass that runs alone (before
-    a trainer starts, or `gemini-ray label`) tokenizes in an actor per CPU (PASS_TOKENIZE_CPUS). plan: a StreamPlan whose trained rows the
-    stream leaves out (a resumed run). only: 'train' or 'val' to keep that split's rows alone (the ledger
-    counts both)."""
+    a trainer starts, or `gemini-ray label`) tokenizes in an actor per CPU (PASS_TOKENIZE_CPUS). plan: a
+    StreamPlan whose trained rows the stream leaves out (a resumed run). only: 'train' or 'val' to keep that
+    split's rows alone (the ledger counts both)."""
     ledger = CorpusLedger.remote()
     pairer = dict(tokenizer_source=tokenizer_source, kind=kind, span_length=cfg.data.span_length,
                   mlm_probability=cfg.data.mlm_probability, seed=cfg.data.seed,
