@@ -115,3 +115,36 @@ def test_corpora_that_break_after_their_first_mib_are_read_with_counted_skips(or
         assert (stats.skipped_bad_records, stats.skipped_non_utf8, stats.skipped_too_long) == \
             (bad_records, non_utf8, 1), path.name
         assert stats.examples > 0 and stats.documents == len(head) + 2 + bad_records + non_utf8, path.name
+
+
+def test_the_fingerprint_is_the_count_sum_and_xor_of_the_unique_hashes_and_the_ledger_merges_its_blocks(
+        ray_start_2_cpus):
+    """The fingerprint keys label caches: fingerprint_of must equal the formula caches were keyed by (a set of
+    Python ints: count, sum mod 2**64, xor), and the ledger, which merges its hash arrays every
+    LEDGER_MERGE_BLOCKS blocks, must count duplicates across merges."""
+    import hashlib
+
+    import ray
+
+    from gemini_ray.corpus_pass import LEDGER_MERGE_BLOCKS, CorpusLedger, fingerprint_of
+
+    rng = np.random.default_rng(0)
+    blocks = [rng.integers(-2**63, 2**63 - 1, size=50, dtype=np.int64) for _ in range(LEDGER_MERGE_BLOCKS + 6)]
+    blocks[-1][:10] = blocks[0][:10]  # ten documents again, after a merge
+    blocks[-2][:3] = blocks[-2][3:6]  # three repeats within a block
+    seen, total, xor = set(), 0, 0
+    for h in np.concatenate(blocks).tolist():
+        if h not in seen:
+            seen.add(h)
+            total, xor = (total + h) % (1 << 64), xor ^ h
+    expected = hashlib.sha256(f"{len(seen)}:{total}:{xor}".encode()).hexdigest()
+    assert fingerprint_of(np.unique(np.concatenate(blocks))) == expected
+
+    ledger = CorpusLedger.remote()
+    for i, ids in enumerate(blocks):
+        ray.get(ledger.record.remote((i, 0, i), ids, {"documents": len(ids)}, 1))
+    ray.get(ledger.record.remote((0, 0, 0), blocks[0], {"documents": len(blocks[0])}, 1))  # a block read again
+    stats = ray.get(ledger.stats.remote())
+    ray.kill(ledger)
+    assert stats.fingerprint == expected and stats.duplicate_documents == 13 and stats.repeated_blocks == 1
+    assert stats.documents == 50 * len(blocks)
