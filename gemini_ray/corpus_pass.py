@@ -354,13 +354,12 @@ def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, m
 
 
 class _PairDocuments:
-    """_pair_documents in an actor of a pass's tokenize pool (the actor keeps its SpanPairer)."""
+    """_pair_documents in an actor of a pass's tokenize pool (the actor process keeps its SpanPairer). Its
+    arguments come with each call: constructor arguments would make Ray log an error for every actor (they
+    sit in the object store, which a restarted actor cannot count on)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return _pair_documents(batch, **self.kwargs)
+    def __call__(self, batch: dict[str, np.ndarray], **kwargs: Any) -> dict[str, np.ndarray]:
+        return _pair_documents(batch, **kwargs)
 
 
 def tokenize_actors() -> int:
@@ -411,7 +410,7 @@ def corpus_stream(cfg: Config, tokenizer_source: str, kind: str, beside_trainer:
     else:
         documents = read_documents(cfg, num_cpus=PASS_READ_CPUS, block_bytes=CORPUS_BLOCK_BYTES)
         examples = documents.map_batches(
-            _PairDocuments, fn_constructor_kwargs=kwargs, batch_size=None, num_cpus=PASS_TOKENIZE_CPUS,
+            _PairDocuments, fn_kwargs=kwargs, batch_size=None, num_cpus=PASS_TOKENIZE_CPUS,
             compute=_tokenize_pool(), batch_format="numpy")
     return CorpusStream(examples, ledger)
 
