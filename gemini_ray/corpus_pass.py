@@ -180,8 +180,7 @@ def fingerprint_of(unique_hashes: np.ndarray) -> str:
     """The corpus fingerprint of its unique document hashes (int64, any order): their count, their sum
     modulo 2**64 and their xor."""
     u = np.asarray(unique_hashes, dtype=np.int64)
-    total = int(u.view(np.uint64).sum(dtype=np.uint64)) if len(u) else 0
-    xor = int(np.bitwise_xor.reduce(u)) if len(u) else 0
+    total, xor = int(u.view(np.uint64).sum(dtype=np.uint64)), int(np.bitwise_xor.reduce(u))
     return hashlib.sha256(f"{len(u)}:{total}:{xor}".encode()).hexdigest()
 
 
@@ -270,17 +269,24 @@ class StreamPlan:
         return rows_of(self.trained, task)
 
 
-def _task_positions(n: int) -> np.ndarray:
-    """Encoded positions of the next n output rows of this Ray Data task (task index, row). A task may map
-    several batches: the row count carries over in its TaskContext."""
+def _count_in_task(key: str, n: int) -> tuple[int, int]:
+    """(this Ray Data task's index, or -1 outside one; the counter `key` before adding n): a counter that
+    carries over the batches one task maps, in its TaskContext."""
     from ray.data._internal.execution.interfaces.task_context import TaskContext
 
     ctx = TaskContext.get_current()
     if ctx is None:  # outside Ray Data (a unit test calling the function)
-        return encode(0, np.arange(n))
-    start = ctx.kwargs.get("gemini_ray_rows", 0)
-    ctx.kwargs["gemini_ray_rows"] = start + n
-    return encode(ctx.task_idx, np.arange(start, start + n))
+        return -1, 0
+    start = ctx.kwargs.get(key, 0)
+    ctx.kwargs[key] = start + n
+    return ctx.task_idx, start
+
+
+def _task_positions(n: int) -> np.ndarray:
+    """Encoded positions of the next n output rows of this Ray Data task (task index, row). A task may map
+    several batches: the row count carries over."""
+    task, start = _count_in_task("gemini_ray_rows", n)
+    return encode(max(task, 0), np.arange(start, start + n))
 
 
 def drop_trained(batch: dict[str, np.ndarray], plan) -> dict[str, np.ndarray]:
@@ -330,13 +336,7 @@ def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, m
     val = is_val_doc(doc, val_fraction)
     # the block's key: its place in this execution (the task's index, the batch's within the task: an actor's
     # task may map several blocks) and its content; a further pass runs the same tasks over the same blocks
-    from ray.data._internal.execution.interfaces.task_context import TaskContext
-
-    task = TaskContext.get_current()
-    batch_no = 0 if task is None else task.kwargs.get("gemini_ray_batches", 0)
-    if task is not None:
-        task.kwargs["gemini_ray_batches"] = batch_no + 1
-    block = (-1 if task is None else task.task_idx, batch_no,
+    block = (*_count_in_task("gemini_ray_batches", 1),
              int.from_bytes(hashlib.blake2b(doc_ids.tobytes(), digest_size=8).digest(), "little"))
     ray.get(ledger.record.remote(block, doc_ids[~bad], {
         "documents": len(texts), "skipped_non_utf8": np.sum(batch["bad_utf8"]),
@@ -362,16 +362,11 @@ class _PairDocuments:
         return _pair_documents(batch, **kwargs)
 
 
-def tokenize_actors() -> int:
-    """Tokenize actors of a pass that runs alone: one per CPU of the cluster (at least one)."""
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
 def _tokenize_pool() -> ray.data.ActorPoolStrategy:
-    """The actor pool of a pass that runs alone. Its calls run one at a time on the actor's task thread
-    (enable_true_multi_threading: Ray Data's default moves a callable class onto a thread of its own, where
-    the TaskContext that numbers blocks and positions is not set)."""
-    n = tokenize_actors()
+    """The actor pool of a pass that runs alone: one actor per CPU of the cluster. Its calls run one at a
+    time on the actor's task thread (enable_true_multi_threading: Ray Data's default moves a callable class
+    onto a thread of its own, where the TaskContext that numbers blocks and positions is not set)."""
+    n = max(1, int(ray.cluster_resources().get("CPU", 1)))
     return ray.data.ActorPoolStrategy(min_size=1, max_size=n, initial_size=n, enable_true_multi_threading=True)
 
 
