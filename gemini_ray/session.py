@@ -50,13 +50,19 @@ class FoundCache(NamedTuple):
 
 
 def init_ray(cfg: Config) -> None:
-    """Join run.ray_address (or RAY_ADDRESS), else start a local instance; quiet Ray Data's progress bars."""
+    """Join run.ray_address (or RAY_ADDRESS), else start a local instance; quiet Ray Data's progress bars;
+    patch Ray Data's idle scheduling loop here and in every worker of the job (`ray_patches`)."""
     import ray
     import ray.data
 
+    from gemini_ray import ray_patches
+
     if not ray.is_initialized():
         address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, log_to_driver=True)  # a local head binds to 127.0.0.1, token auth on
+        # a local head binds to 127.0.0.1, token auth on
+        ray.init(address=address, log_to_driver=True, runtime_env=ray_patches.runtime_env())
+    if ray_patches.enabled():
+        ray_patches.setup_process()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the trainer prints its own progress lines
     ctx.print_on_execution_start = False
