@@ -15,7 +15,8 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation import sets
 from gemini_ray.evaluation.metrics import causal_targets, linear_probe_accuracy, spearman, token_stats
 from gemini_ray.config import build_config
-from gemini_ray.evaluation.run import evaluate, recorded_settings
+from gemini_ray.evaluation.run import evaluate, paired_perplexity, recorded_settings
+from gemini_ray.evaluation.sets import lee_similarity
 from gemini_ray.models import build_student, load_teacher
 from tiny import save, tiny_llama, word_tokenizer
 
@@ -113,6 +114,13 @@ def test_eval_reports_student_and_teacher(ray_start_2_cpus, student_dir, llama_d
         assert -1 <= row["lee_spearman"] <= 1 and 0 <= row["rt_accuracy"] <= 1
         assert row["tokens_per_s"] > 0 and row["peak_memory_mib"] > 0
     assert s["vs_teacher"]["parameter_ratio"] < 1
+    items = s["lm"]["items"]  # per window: the sums behind the perplexity, the same windows as the teacher's
+    assert sum(items["window_tokens"]) == s["lm"]["tokens"]
+    assert items["window_tokens"] == t["lm"]["items"]["window_tokens"]
+    assert np.exp(sum(items["window_nll"]) / s["lm"]["tokens"]) == pytest.approx(s["lm"]["perplexity"], rel=1e-3)
+    ratio = paired_perplexity(s, t)
+    assert ratio["ratio"] == pytest.approx(s["lm"]["perplexity"] / t["lm"]["perplexity"], rel=1e-3)
+    assert ratio["low"] <= ratio["ratio"] <= ratio["high"] and ratio["windows"] == len(items["window_tokens"])
     table = (out / "report.md").read_text()
     assert "| student |" in table and "| teacher |" in table and not report["notes"]
     assert "| student |" in capsys.readouterr().out
@@ -158,7 +166,7 @@ def test_eval_refuses_a_directory_that_is_not_a_model(tmp_path, capsys, make, me
 def test_ablate_trains_four_variants_from_one_teacher_pass(ray_start_2_cpus, llama_dir, corpus_file, tmp_path):
     from test_distill_e2e import tiny_overrides
 
-    from gemini_ray.commands.ablate import UNTRAINED, VARIANTS, ablate
+    from gemini_ray.commands.ablate import CLAIMS, UNTRAINED, VARIANTS, ablate
 
     overrides = [*tiny_overrides(llama_dir, corpus_file, tmp_path, "abl", 2), "data.val_fraction=0.2",
                  f"label.cache_root={tmp_path / 'cache'}", "label.max_negatives=3", "train.eval_every=2",
@@ -176,6 +184,8 @@ def test_ablate_trains_four_variants_from_one_teacher_pass(ray_start_2_cpus, lla
         assert row["lm"]["teacher_top1_agreement"] >= 0 and 0 < row["vs_teacher"]["parameter_ratio"] < 1
     table = (tmp_path / "out" / "ablation.md").read_text()
     assert all(f"| {name} |" in table for name in result["models"]) and "Budget per student: 2 steps" in table
+    assert [(c["baseline"], c["metric"]) for c in result["claims"]] == [(b, m) for _, b, m in CLAIMS]
+    assert "The method's claims" in table and all(c["verdict"] in table for c in result["claims"])
     assert (tmp_path / "out" / "ablation.png").stat().st_size > 10_000
 
 
@@ -223,6 +233,54 @@ def test_a_trained_student_below_the_untrained_one_is_reported_as_a_regression()
     assert regressions({k: v for k, v in rows.items() if k != UNTRAINED}) == []
     alone = {"teacher": rows["teacher"], UNTRAINED: rows[UNTRAINED]}
     assert "Regressions" not in ablation_markdown(alone, budget, regressions(alone))
+
+
+def _scored(lee_cosine, rt_correct, window_nll):
+    """An evaluation row with per-item values: the Lee pairs' cosines, RT's right answers, windows of 100 tokens."""
+    from gemini_ray.evaluation.metrics import spearman
+
+    human = lee_similarity()[1]["human"].to_numpy()
+    window_nll = np.asarray(window_nll, dtype=float)
+    return {"parameters": 1e6, "tokens_per_s": 10.0, "peak_memory_mib": 1.0,
+            "lee_spearman": spearman(human, lee_cosine), "rt_accuracy": float(np.mean(rt_correct)),
+            "items": {"lee_cosine": list(lee_cosine), "rt_correct": list(rt_correct)},
+            "lm": {"perplexity": float(np.exp(window_nll.sum() / (100 * len(window_nll)))),
+                   "items": {"window_nll": list(window_nll), "window_tokens": [100] * len(window_nll)}}}
+
+
+def test_the_methods_claims_are_judged_by_paired_intervals():
+    from gemini_ray.commands.ablate import UNTRAINED, ablation_markdown, claims
+
+    rng = np.random.default_rng(0)
+    human = lee_similarity()[1]["human"].to_numpy()
+    rt = (rng.random(400) < 0.7).astype(int)
+    rt_flipped = rt.copy()
+    rt_flipped[np.flatnonzero(rt == 0)[:2]] = 1  # two more right answers out of 400: noise
+    windows = rng.uniform(300, 500, 40)
+    rows = {"teacher": _scored(human, rt, windows - 200),
+            UNTRAINED: _scored(human + rng.normal(0, 0.3, human.size), rt, windows + 900),
+            "kd-only": _scored(rng.random(human.size), rt, windows),
+            "cl-only": _scored(human, rt, windows + 700 + rng.normal(0, 5, windows.size)),
+            "kd+cl": _scored(human + rng.normal(0, 0.05, human.size), rt_flipped, windows + 20)}
+    verdicts = {(c["baseline"], c["metric"]): c["verdict"] for c in claims(rows)}
+    assert verdicts == {("kd-only", "lee_spearman"): "holds beyond noise",
+                        ("cl-only", "perplexity"): "holds beyond noise",
+                        (UNTRAINED, "lee_spearman"): "holds beyond noise",
+                        (UNTRAINED, "rt_accuracy"): "holds within noise"}
+    ratio = paired_perplexity(rows["kd+cl"], rows["cl-only"])  # exp of the mean per-token gap, 680 nats / 100 tokens
+    assert ratio["ratio"] == pytest.approx(np.exp(-680 / 100), rel=0.05)
+    assert ratio["high"] < 1 and ratio["beyond_noise"]
+    rows["kd+cl"] = _scored(rng.random(human.size), rt, windows + 800)  # worse than KD-only's, CL-only's LM
+    verdicts = {(c["baseline"], c["metric"]): c["verdict"] for c in claims(rows)}
+    assert verdicts[("kd-only", "lee_spearman")] in ("fails within noise", "holds within noise")
+    assert verdicts[("cl-only", "perplexity")] == "fails beyond noise"
+    assert verdicts[(UNTRAINED, "lee_spearman")] == "fails beyond noise"
+    md = ablation_markdown(rows, {"max_steps": 2, "batch_size": 8, "lr": 1e-4, "seed": 0, "num_layers": 6,
+                                  "lambda_kd": 0.5, "cl_temperature": 0.05, "num_negatives": 4, "rep_weight": 0.0},
+                           [], claims(rows))
+    assert "* kd+cl better than cl-only on held-out perplexity: **fails beyond noise** (ratio" in md
+    other = dict(rows["cl-only"], lm={**rows["cl-only"]["lm"], "items": {"window_nll": [1.0], "window_tokens": [9]}})
+    assert paired_perplexity(rows["kd+cl"], other) == {}  # other windows (another tokenizer): no comparison
 
 
 def test_the_representation_term_refuses_a_student_narrower_than_its_teacher(llama_dir):

@@ -12,8 +12,9 @@ differing only in the loss:
                                        config; the other rows train without the representation term)
 
 then `gemini-ray eval` on each and on the teacher. A trained student below the untrained one on an
-embedding metric (Lee Spearman, RT accuracy) is listed as a regression. Writes ablation.json, ablation.md
-and ablation.png.
+embedding metric (Lee Spearman, RT accuracy) is listed as a regression. The method's claims (`CLAIMS`: KD + CL
+above KD-only on Lee, below CL-only on perplexity, above the untrained student on Lee and RT) are each judged
+by a paired bootstrap interval. Writes ablation.json, ablation.md and ablation.png.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from typing import Any
 from gemini_ray.config import Config, build_config
 from gemini_ray.distill_run import export, export_untrained, fit_student, prepare, summarize
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.evaluation.run import evaluate_students, markdown_table, noise_verdict, paired_differences
+from gemini_ray.evaluation.run import (evaluate_students, markdown_table, noise_verdict, paired_differences,
+                                       paired_perplexity)
 from gemini_ray.labelling import make_cache
 from gemini_ray.paths import (absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, join,
                               run_dir)
 from gemini_ray.session import Session, start_session
 
-__all__ = ["VARIANTS", "UNTRAINED", "ablate", "ablation_markdown", "regressions"]
+__all__ = ["VARIANTS", "UNTRAINED", "CLAIMS", "ablate", "ablation_markdown", "regressions", "claims"]
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "no-teacher": {"loss.objective": "lm", "loss.rep_weight": 0.0},
@@ -73,14 +75,49 @@ def regressions(rows: dict[str, dict[str, Any]]) -> list[str]:
     return found
 
 
-def ablation_markdown(rows: dict[str, dict[str, Any]], budget: dict[str, Any], found: list[str]) -> str:
-    """The budget, the table and `found` (the `regressions` of the rows)."""
+CLAIMS = (  # (trained row, baseline row, metric): the method's claims, each "trained row is better"
+    ("kd+cl", "kd-only", "lee_spearman"),
+    ("kd+cl", "cl-only", "perplexity"),
+    ("kd+cl", UNTRAINED, "lee_spearman"),
+    ("kd+cl", UNTRAINED, "rt_accuracy"),
+)
+_TITLES = {**EMBEDDING_METRICS, "perplexity": "held-out perplexity"}
+
+
+def claims(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each of `CLAIMS` judged by its paired 95 % bootstrap interval (Lee pairs, RT snippets, held-out
+    windows): 'holds beyond noise', 'holds within noise' (the point estimate only: not a finding),
+    'fails within noise' or 'fails beyond noise'. A claim whose rows lack per-item values is left out."""
+    judged = []
+    for row, base, key in CLAIMS:
+        if row not in rows or base not in rows:
+            continue
+        if key == "perplexity":  # lower is better: the ratio row / base below 1
+            d = paired_perplexity(rows[row], rows[base])
+            holds = d and d["ratio"] < 1
+            text = d and f"ratio {d['ratio']:.3g}, 95 % CI [{d['low']:.3g}, {d['high']:.3g}]"
+        else:
+            d = paired_differences(rows[row], rows[base]).get(key)
+            holds = d and d["difference"] > 0
+            text = d and f"difference {d['difference']:+.3f}, 95 % CI [{d['low']:+.3f}, {d['high']:+.3f}]"
+        if d:
+            verdict = ("holds" if holds else "fails") + (" beyond noise" if d["beyond_noise"] else " within noise")
+            judged.append({"claim": f"{row} better than {base} on {_TITLES[key]}", "row": row, "baseline": base,
+                           "metric": key, "verdict": verdict, "detail": text, **d})
+    return judged
+
+
+def ablation_markdown(rows: dict[str, dict[str, Any]], budget: dict[str, Any], found: list[str],
+                      judged: list[dict[str, Any]] = ()) -> str:
+    """The budget, the table, the method's claims (`claims` of the rows) and `found` (their `regressions`)."""
     head = (f"Budget per student: {budget['max_steps']} steps x {budget['batch_size']} examples, lr {budget['lr']}, "
             f"seed {budget['seed']}, student {budget['num_layers']} layers; kd+cl uses λ = {budget['lambda_kd']}, "
             f"τ = {budget['cl_temperature']}, K = {budget['num_negatives']}, μ = {budget['rep_weight']}.\n\n")
     tail = ("\nRegressions against the untrained student (differences inside the evaluation sets' noise "
             "included):\n" + "".join(f"* {r}\n" for r in found)) if found else ""
-    return head + markdown_table(rows) + tail
+    verdicts = ("\nThe method's claims (paired 95 % bootstrap intervals; 'within noise' is not a finding):\n"
+                + "".join(f"* {c['claim']}: **{c['verdict']}** ({c['detail']})\n" for c in judged)) if judged else ""
+    return head + markdown_table(rows) + verdicts + tail
 
 
 def _chart(rows: dict[str, dict[str, Any]], location: str) -> None:
@@ -145,11 +182,11 @@ def ablate(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
               "num_layers": cfg.student.num_layers, "lambda_kd": cfg.loss.lambda_kd,
               "cl_temperature": cfg.loss.cl_temperature, "num_negatives": cfg.loss.num_negatives,
               "rep_weight": cfg.loss.rep_weight}
-    found = regressions(rows)  # paired bootstraps: computed once
-    result = {"budget": budget, "models": rows, "regressions": found, "training": summaries,
+    found, judged = regressions(rows), claims(rows)  # paired bootstraps: computed once
+    result = {"budget": budget, "models": rows, "regressions": found, "claims": judged, "training": summaries,
               "cache": {"teacher_tokens": manifest["teacher_tokens"]}, "protocol": protocol,
               "wall_time_s": time.perf_counter() - t_start}
-    md = ablation_markdown(rows, budget, found)
+    md = ablation_markdown(rows, budget, found, judged)
     atomic_write_json(join(out, "ablation.json"), result)
     atomic_write_text(join(out, "ablation.md"), md)
     _chart(rows, join(out, "ablation.png"))

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Model", "load_model", "evaluate", "evaluate_students", "corpus_against_sets", "markdown_table",
            "read_student_meta", "recorded_settings",
-           "write_report", "versus_teacher", "embedding_scores", "paired_differences", "noise_verdict"]
+           "write_report", "versus_teacher", "embedding_scores", "paired_differences", "paired_perplexity",
+           "noise_verdict"]
 
 
 @dataclass
@@ -136,8 +137,9 @@ def _mask(ids: torch.Tensor, att: torch.Tensor, tok, probability: float, seed: i
 @torch.no_grad()
 def lm_metrics(m: Model, windows: list[list[int]], batch_size: int, reference: Model | None,
                mlm_probability: float, seed: int) -> dict[str, float]:
-    """Perplexity (and, with a reference teacher of the same vocabulary, KL and agreement) over windows."""
-    stats = TokenStats()
+    """Perplexity (and, with a reference teacher of the same vocabulary, KL and agreement) over windows, and
+    each window's NLL sum and scored tokens (`items`), which paired comparisons between models resample."""
+    stats, window_nll, window_tokens = TokenStats(), [], []
     for b, start in enumerate(range(0, len(windows), batch_size)):
         ids, att = _pad(windows[start : start + batch_size], m.tokenizer.pad_token_id)
         if m.kind == "causal":
@@ -151,8 +153,14 @@ def lm_metrics(m: Model, windows: list[list[int]], batch_size: int, reference: M
             ref = logits
         else:
             ref = reference.model(input_ids=inputs, attention_mask=att).logits if reference is not None else None
-        stats.add(token_stats(logits, targets, positions, ref))
-    return stats.summary(with_teacher=reference is not None)
+        for r in range(len(ids)):  # per window: (1, L, V) slices
+            window = token_stats(logits[r : r + 1], targets[r : r + 1], positions[r : r + 1],
+                                 None if ref is None else ref[r : r + 1])
+            stats.add(window)
+            window_nll.append(round(window.nll, 4))
+            window_tokens.append(window.count)
+    items = {"window_nll": window_nll, "window_tokens": window_tokens}
+    return {**stats.summary(with_teacher=reference is not None), "items": items}
 
 
 # --------------------------------------------------------------------------- cost
@@ -393,6 +401,26 @@ def paired_differences(a: dict[str, Any], b: dict[str, Any], seed: int = 0) -> d
         lo, hi = bootstrap_interval(fn, n, seed=seed)
         out[key] = {"difference": fn(np.arange(n)), "low": lo, "high": hi, "beyond_noise": bool(lo > 0 or hi < 0)}
     return out
+
+
+def paired_perplexity(a: dict[str, Any], b: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Model a's held-out perplexity over model b's, with a 95 % paired bootstrap interval over the held-out
+    windows (both models scored on the same windows): below 1 means a is the better language model, beyond
+    noise when the whole interval is. {} when either row lacks per-window values or their windows differ
+    (another tokenizer cuts other windows)."""
+    wa, wb = (r.get("lm", {}).get("items") for r in (a, b))
+    if not wa or not wb or wa["window_tokens"] != wb["window_tokens"] or not wa["window_tokens"]:
+        return {}
+    tokens = np.asarray(wa["window_tokens"], dtype=float)
+    gap = np.asarray(wa["window_nll"]) - np.asarray(wb["window_nll"])  # per window, nats summed over its tokens
+
+    def log_ratio(i: np.ndarray) -> float:
+        return float(gap[i].sum() / tokens[i].sum())
+
+    lo, hi = bootstrap_interval(log_ratio, len(tokens), seed=seed)
+    n = np.arange(len(tokens))
+    return {"ratio": float(np.exp(log_ratio(n))), "low": float(np.exp(lo)), "high": float(np.exp(hi)),
+            "windows": len(tokens), "beyond_noise": bool(lo > 0 or hi < 0)}
 
 
 def noise_verdict(difference: dict[str, Any]) -> str:
