@@ -1,6 +1,7 @@
 """Train stage: the student's step inside Ray Train vs the same step in a plain PyTorch loop, same batches.
 
     python benchmarks/train_stage.py [--steps 40] [--documents 60] [--store runs/train-stage] [--gpu]
+                                     [--ray-env KEY=VALUE ...]
 
 1. `gemini-ray label data.max_documents=N` writes a teacher-signal cache (reused when it is already there).
 2. Ray: `gemini-ray distill label.use=require` trains the demo student from that cache for --steps steps
@@ -34,8 +35,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "gemini_ray.cli", *args], check=True, cwd=ROOT)
+def cli(*args: str, env: dict[str, str] | None = None) -> None:
+    subprocess.run([sys.executable, "-m", "gemini_ray.cli", *args], check=True, cwd=ROOT,
+                   env={**os.environ, **(env or {})})
 
 
 def cached_batches(cache: Path, batch_size: int, steps: int, num_negatives: int):
@@ -108,14 +110,17 @@ def main() -> int:
     parser.add_argument("--documents", type=int, default=60)
     parser.add_argument("--store", default="runs/train-stage")
     parser.add_argument("--gpu", action="store_true", help="teacher and training on one GPU, bf16")
+    parser.add_argument("--ray-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable for the Ray side only (its Ray instance inherits it)")
     args = parser.parse_args()
+    ray_env = dict(item.split("=", 1) for item in args.ray_env)
     store = (ROOT / args.store).resolve()
     data = [f"run.storage_path={store}", f"data.max_documents={args.documents}"]
     gpu = ["teacher.num_gpus=1", "train.use_gpu=true", "train.precision=bf16-mixed"] if args.gpu else []
     cli("label", *data, *gpu[:1])
     t0 = time.perf_counter()
     cli("distill", *data, *gpu, "label.use=require", f"train.max_steps={args.steps}", "run.name=ray-train",
-        f"train.checkpoint_every={args.steps}", f"train.eval_every={args.steps}")
+        f"train.checkpoint_every={args.steps}", f"train.eval_every={args.steps}", env=ray_env)
     ray_wall = time.perf_counter() - t0
     summary = json.loads((store / "ray-train" / "summary.json").read_text())
     ray_rate = summary["training"]["throughput"]["examples_per_s"]
@@ -126,7 +131,7 @@ def main() -> int:
     result = {"steps": args.steps, "ray_train_examples_per_s": ray_rate, "plain_loop": plain,
               "ratio": ray_rate / plain["examples_per_s"], "ray_window_examples_per_s": windows,
               "ray_median_window_examples_per_s": median, "median_ratio": median / plain["examples_per_s"],
-              "ray_command_wall_s": ray_wall,
+              "ray_command_wall_s": ray_wall, "ray_env": ray_env,
               "ray_throughput": summary["training"]["throughput"]}
     out = ROOT / "benchmarks" / "results" / ("train_stage_gpu.json" if args.gpu else "train_stage.json")
     out.parent.mkdir(parents=True, exist_ok=True)
