@@ -1,0 +1,101 @@
+"""Where the student's language model is heading: runs of several lengths, each with its own schedule.
+
+    python benchmarks/lm_forecast.py [--steps 30 60 120 240] [--store runs/lm-forecast] [OVERRIDE ...]
+
+A line through the checkpoints of one run (what `gemini-ray curve` extrapolates) is bent by that run's
+learning-rate decay: its last checkpoints are taken at a tenth of the peak rate. Here each length is a run of
+its own (warm-up and cosine decay stretched to it), as a longer budget would be run:
+
+1. `gemini-ray label` writes the teacher-signal cache once (reused when it is already there);
+2. for each length N: `gemini-ray distill run.name=fN label.use=require train.max_steps=N`, then
+   `gemini-ray eval` of its student (the teacher's row too, for the first length only);
+3. a line through the last three lengths (in log steps, and log value for perplexity and KL: a power law;
+   `evaluation.targets.extrapolate_step`) gives the step at which held-out perplexity reaches 4x the
+   teacher's, KL 1.5 nats and top-1 agreement 0.5 — an extrapolation, labelled as one, unless a run
+   measured it.
+
+Runs already in the store are reused (their eval/report.json), so an interrupted forecast resumes. Overrides
+(`key=value`) go to every command, e.g. `--config`-free changes such as `train.lr=6e-4`. Writes
+`<store>/lm_forecast.json` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gemini_ray.evaluation.targets import extrapolate_step  # noqa: E402
+
+GOALS = (  # (report key, title, goal, higher is better, log value)
+    ("perplexity", "held-out perplexity <= 4x the teacher's", None, False, True),
+    ("kl_to_teacher", "KL to the teacher <= 1.5 nats", 1.5, False, True),
+    ("teacher_top1_agreement", "top-1 agreement >= 0.5", 0.5, True, False),
+)
+
+
+def cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "gemini_ray.cli", *args], check=True, cwd=ROOT)
+
+
+def run_length(store: Path, steps: int, overrides: list[str], with_teacher: bool) -> dict:
+    """Train and evaluate one length (or read what an earlier forecast left); returns its eval report."""
+    name = f"f{steps}"
+    report = store / name / "eval" / "report.json"
+    if report.exists() and (not with_teacher or "teacher" in json.loads(report.read_text())["models"]):
+        return json.loads(report.read_text())
+    if not (store / name / "student").exists():
+        cli("distill", f"run.storage_path={store}", f"run.name={name}", "label.use=require",
+            f"train.max_steps={steps}", f"train.checkpoint_every={steps}", f"train.eval_every={steps}", *overrides)
+    cli("eval", str(store / name / "student"), *([] if with_teacher else ["--no-teacher"]))
+    return json.loads(report.read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, nargs="+", default=[30, 60, 120, 240])
+    parser.add_argument("--store", default="runs/lm-forecast")
+    parser.add_argument("overrides", nargs="*", help="key=value, for every command")
+    args = parser.parse_args()
+    if len(args.steps) < 3 or sorted(set(args.steps)) != args.steps:
+        parser.error("--steps: at least three lengths, increasing")
+    store = (ROOT / args.store).resolve()
+    cli("label", f"run.storage_path={store}", *args.overrides)
+    reports = {n: run_length(store, n, args.overrides, with_teacher=i == 0) for i, n in enumerate(args.steps)}
+    teacher = reports[args.steps[0]]["models"]["teacher"]["lm"]
+    rows = {n: r["models"]["student"]["lm"] for n, r in reports.items()}
+    forecast = {}
+    for key, title, goal, higher, log_value in GOALS:
+        goal = goal if goal is not None else 4 * teacher["perplexity"]
+        values = [rows[n].get(key) for n in args.steps]
+        step = extrapolate_step(args.steps, values, goal, higher, log_value)
+        last = values[-1]
+        measured = last is not None and (last >= goal if higher else last <= goal)
+        forecast[key] = {"title": title, "goal": goal, "step": step,
+                         "how": "measured" if measured else ("extrapolated" if step else "not heading there")}
+    result = {"steps": args.steps, "overrides": args.overrides, "teacher": {k: teacher.get(k) for k, *_ in GOALS},
+              "runs": {n: {k: rows[n].get(k) for k, *_ in GOALS} for n in args.steps}, "forecast": forecast}
+    (store / "lm_forecast.json").write_text(json.dumps(result, indent=1))
+    print("| steps | held-out ppl | KL | top-1 agreement |\n|---|---|---|---|")
+    print(f"| teacher | {teacher['perplexity']:.1f} | 0 | 1 |")
+    for n in args.steps:
+        r = rows[n]
+        print(f"| {n} | {r['perplexity']:,.0f} | {r.get('kl_to_teacher', float('nan')):.2f} "
+              f"| {r.get('teacher_top1_agreement', float('nan')):.3f} |")
+    for f in forecast.values():
+        where = f"step {f['step']:,.0f} ({f['how']})" if f["step"] else f["how"]
+        print(f"* {f['title']} (goal {f['goal']:.3g}): {where}")
+    print(f"({store / 'lm_forecast.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
