@@ -278,7 +278,7 @@ def test_the_methods_claims_are_judged_by_paired_intervals():
     md = ablation_markdown(rows, {"max_steps": 2, "batch_size": 8, "lr": 1e-4, "seed": 0, "num_layers": 6,
                                   "lambda_kd": 0.5, "cl_temperature": 0.05, "num_negatives": 4, "rep_weight": 0.0},
                            [], claims(rows))
-    assert "* kd+cl better than cl-only on held-out perplexity: **fails beyond noise** (ratio" in md
+    assert "* kd+cl better than cl-only on held-out perplexity: **fails beyond noise** (perplexity ratio" in md
     other = dict(rows["cl-only"], lm={**rows["cl-only"]["lm"], "items": {"window_nll": [1.0], "window_tokens": [9]}})
     assert paired_perplexity(rows["kd+cl"], other) == {}  # other windows (another tokenizer): no comparison
 

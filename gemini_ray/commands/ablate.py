@@ -95,13 +95,13 @@ def claims(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         if key == "perplexity":  # lower is better: the ratio row / base below 1
             d = paired_perplexity(rows[row], rows[base])
             holds = d and d["ratio"] < 1
-            text = d and f"ratio {d['ratio']:.3g}, 95 % CI [{d['low']:.3g}, {d['high']:.3g}]"
+            text = d and f"perplexity ratio {d['ratio']:.3g}, 95 % CI [{d['low']:.3g}, {d['high']:.3g}]"
         else:
             d = paired_differences(rows[row], rows[base]).get(key)
             holds = d and d["difference"] > 0
             text = d and f"difference {d['difference']:+.3f}, 95 % CI [{d['low']:+.3f}, {d['high']:+.3f}]"
         if d:
-            verdict = ("holds" if holds else "fails") + (" beyond noise" if d["beyond_noise"] else " within noise")
+            verdict = ("holds " if holds else "fails ") + noise_verdict(d)
             judged.append({"claim": f"{row} better than {base} on {_TITLES[key]}", "row": row, "baseline": base,
                            "metric": key, "verdict": verdict, "detail": text, **d})
     return judged
