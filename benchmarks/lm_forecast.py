@@ -59,6 +59,21 @@ def run_length(store: Path, steps: int, overrides: list[str], with_teacher: bool
     return json.loads(report.read_text())
 
 
+def forecast_goals(steps: list[int], rows: dict[int, dict], teacher: dict) -> dict[str, dict]:
+    """For each of GOALS: the step a run reaches it at, measured (the last run meets it) or extrapolated
+    through the last three lengths, or 'not heading there'. rows: each length's held-out LM metrics."""
+    forecast = {}
+    for key, title, goal, higher, log_value in GOALS:
+        goal = goal if goal is not None else 4 * teacher["perplexity"]
+        values = [rows[n].get(key) for n in steps]
+        step = extrapolate_step(steps, values, goal, higher, log_value)
+        last = values[-1]
+        measured = last is not None and (last >= goal if higher else last <= goal)
+        forecast[key] = {"title": title, "goal": goal, "step": step,
+                         "how": "measured" if measured else ("extrapolated" if step else "not heading there")}
+    return forecast
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[30, 60, 120, 240])
@@ -72,15 +87,7 @@ def main() -> int:
     reports = {n: run_length(store, n, args.overrides, with_teacher=i == 0) for i, n in enumerate(args.steps)}
     teacher = reports[args.steps[0]]["models"]["teacher"]["lm"]
     rows = {n: r["models"]["student"]["lm"] for n, r in reports.items()}
-    forecast = {}
-    for key, title, goal, higher, log_value in GOALS:
-        goal = goal if goal is not None else 4 * teacher["perplexity"]
-        values = [rows[n].get(key) for n in args.steps]
-        step = extrapolate_step(args.steps, values, goal, higher, log_value)
-        last = values[-1]
-        measured = last is not None and (last >= goal if higher else last <= goal)
-        forecast[key] = {"title": title, "goal": goal, "step": step,
-                         "how": "measured" if measured else ("extrapolated" if step else "not heading there")}
+    forecast = forecast_goals(args.steps, rows, teacher)
     result = {"steps": args.steps, "overrides": args.overrides, "teacher": {k: teacher.get(k) for k, *_ in GOALS},
               "runs": {n: {k: rows[n].get(k) for k, *_ in GOALS} for n in args.steps}, "forecast": forecast}
     (store / "lm_forecast.json").write_text(json.dumps(result, indent=1))

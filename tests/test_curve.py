@@ -57,6 +57,25 @@ def test_a_power_law_is_extrapolated_to_its_goal_and_a_flat_or_wrong_way_curve_i
     assert extrapolate_step([0, 100], [4e8, 900.0], 250.0, False, log_value=True) is None  # one trained point
 
 
+def test_the_lm_forecast_benchmark_says_measured_extrapolated_or_not_heading_there():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "lm_forecast.py"
+    spec = importlib.util.spec_from_file_location("lm_forecast", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    steps = [30, 60, 120]
+    rows = {n: {"perplexity": 1e7 * n ** -2.0, "kl_to_teacher": 1.0, "teacher_top1_agreement": 0.3 - n / 1000}
+            for n in steps}  # perplexity a power law, KL already met, agreement falling
+    found = module.forecast_goals(steps, rows, {"perplexity": 25.0})
+    assert found["perplexity"]["goal"] == 100.0 and found["perplexity"]["how"] == "extrapolated"
+    assert found["perplexity"]["step"] == pytest.approx(math.sqrt(1e5), rel=1e-6)  # 1e7 * n^-2 = 100
+    assert found["kl_to_teacher"]["how"] == "measured" and found["kl_to_teacher"]["step"] == 30
+    assert found["teacher_top1_agreement"] == {"title": "top-1 agreement >= 0.5", "goal": 0.5, "step": None,
+                                               "how": "not heading there"}
+
+
 def test_the_curve_report_says_which_targets_are_met_and_labels_forecasts():
     from gemini_ray.commands.curve import curve_markdown, forecasts, loss_label
     from gemini_ray.config import LossConfig
