@@ -1,5 +1,6 @@
 """The last step of benchmarks/search_vs_default.sh: evaluate the search's best config and the default
-config side by side, with the paired bootstrap of best minus default on Lee and RT.
+config side by side, with the paired bootstraps of best minus default on Lee and RT and of the perplexity
+ratio best / default.
 
     python benchmarks/search_vs_default.py STORE
 
@@ -9,7 +10,8 @@ the main module by its path (a script read from stdin has none)."""
 import sys
 
 from gemini_ray.config import build_config
-from gemini_ray.evaluation.run import evaluate_students, markdown_table, noise_verdict, paired_differences
+from gemini_ray.evaluation.run import (evaluate_students, markdown_table, noise_verdict, paired_differences,
+                                      paired_perplexity)
 from gemini_ray.paths import atomic_write_json
 
 
@@ -18,6 +20,7 @@ def main(store: str) -> None:
     teacher, rows, _ = evaluate_students(cfg, {"search best": f"{store}/search-best/student",
                                                "default": f"{store}/default/student"})
     paired = paired_differences(rows["search best"], rows["default"])
+    ppl = paired_perplexity(rows["search best"], rows["default"])
     with open(f"{store}/search/best_config.yaml") as f:
         best = f.readline().strip()
     print(best)
@@ -25,9 +28,13 @@ def main(store: str) -> None:
     for key, d in paired.items():
         print(f"search best - default, {key}: {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
               f"{noise_verdict(d)}")
+    if ppl:
+        print(f"search best / default, held-out perplexity: {ppl['ratio']:.3f} [{ppl['low']:.3f}, {ppl['high']:.3f}] "
+              f"{noise_verdict(ppl)}")
     slim = {name: {k: v for k, v in row.items() if k != "items"} for name, row in rows.items()}
     atomic_write_json(f"{store}/search_vs_default.json", {"best": best, "teacher": teacher, "rows": slim,
-                                                          "best_minus_default": paired})
+                                                          "best_minus_default": paired,
+                                                          "perplexity_best_over_default": ppl})
 
 
 if __name__ == "__main__":

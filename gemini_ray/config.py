@@ -234,6 +234,11 @@ class TuneConfig:
     is better). val/loss_kd alone favours the largest λ and cannot see τ or K."""
     mode: Literal["min", "max"] = "min"
     """Whether the metric is minimised or maximised."""
+    max_val_loss_kd: Optional[float] = None
+    """A floor on the language model for val/objective: a trial whose held-out KD loss (val/loss_kd, nats)
+    is above this ranks behind every trial under it, and among those above it the smaller excess ranks
+    first. Take it from a run you want to keep up with (its summary.json's last val/loss_kd), so that a
+    search cannot buy embedding gains with the language model. None: no floor."""
     grace_period: int = 1
     """ASHA: reports a trial makes before it may be stopped."""
     reduction_factor: int = 2
@@ -251,6 +256,12 @@ class TuneConfig:
         _check(self.grace_period >= 1, "tune.grace_period", "must be >= 1")
         _check(self.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
         _check(self.max_failures >= 0, "tune.max_failures", f"must be >= 0, got {self.max_failures}")
+        if self.max_val_loss_kd is not None:
+            _check(self.max_val_loss_kd > 0, "tune.max_val_loss_kd",
+                   f"must be > 0 (a held-out KD loss in nats) or null, got {self.max_val_loss_kd}")
+            _check(self.metric == "val/objective", "tune.max_val_loss_kd",
+                   f"is a floor inside val/objective, but tune.metric is {self.metric}; use "
+                   "tune.metric=val/objective or drop the floor")
 
 
 @dataclass(frozen=True)

@@ -245,14 +245,16 @@ def held_out_metrics(student: torch.nn.Module, rows: dict[str, Any] | None, loss
             VAL_RETRIEVAL: positive_mrr(anchors, positives, docs), VAL_STEP: step, VAL_EXAMPLES: n}
 
 
-def with_objective(metrics: dict[str, float], state: dict[str, Any]) -> dict[str, float]:
+def with_objective(metrics: dict[str, float], state: dict[str, Any],
+                   kd_ceiling: float | None = None) -> dict[str, float]:
     """The held-out metrics plus val/objective, against the held-out values where the run started (kept in
-    the training state, so a resumed run compares with the same start). Unchanged without held-out rows."""
+    the training state, so a resumed run compares with the same start), with tune.max_val_loss_kd as its
+    ceiling on the held-out KD loss. Unchanged without held-out rows."""
     if not metrics:
         return metrics
     start = state.setdefault("val_start", {VAL_LOSS_KD: metrics[VAL_LOSS_KD], VAL_RETRIEVAL: metrics[VAL_RETRIEVAL]})
     return {**metrics, VAL_OBJECTIVE: composite_objective(metrics[VAL_LOSS_KD], metrics[VAL_RETRIEVAL],
-                                                          start[VAL_LOSS_KD], start[VAL_RETRIEVAL])}
+                                                          start[VAL_LOSS_KD], start[VAL_RETRIEVAL], kd_ceiling)}
 
 
 # --------------------------------------------------------------------------- the metrics window
@@ -524,7 +526,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def evaluate(step: int) -> dict[str, float]:
         return with_objective(held_out_metrics(student, val_rows, spec.cfg.loss, tc.batch_size, me.device, step,
-                                               precision.autocast), state)
+                                               precision.autocast), state, spec.cfg.tune.max_val_loss_kd)
 
     val_metrics = evaluate(state["step"])  # the baseline, so every report carries a validation metric
     if me.rank == 0 and val_metrics:

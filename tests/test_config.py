@@ -34,6 +34,13 @@ def test_overrides_apply_with_types():
     assert isinstance(cfg.loss.cl_temperature, float)
 
 
+def test_the_language_model_floor_is_a_loss_in_nats_inside_the_composite_objective():
+    assert build_config(None, ["tune.max_val_loss_kd=7.9"]).tune.max_val_loss_kd == 7.9
+    assert build_config(None, []).tune.max_val_loss_kd is None
+    with pytest.raises(ConfigError, match="tune.metric is val/loss_kd.*tune.metric=val/objective"):
+        build_config(None, ["tune.max_val_loss_kd=7.9", "tune.metric=val/loss_kd"])
+
+
 def test_config_is_frozen():
     with pytest.raises(Exception):
         Config().loss.lambda_kd = 0.3  # type: ignore[misc]
@@ -51,6 +58,7 @@ def test_config_is_frozen():
     ("train.max_steps=ten", "train.max_steps"),
     ("loss.kd_form=softmax", "loss.kd_form"),
     ("run.name=a/b", "run.name"),
+    ("tune.max_val_loss_kd=0", "tune.max_val_loss_kd"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -317,6 +317,20 @@ def test_composite_objective_is_one_at_the_start_and_needs_both_halves():
     assert composite_objective(1.0, 1.0, 1.0, 1.0) == pytest.approx(0.5)  # perfect retrieval at the start
 
 
+def test_a_ceiling_on_the_held_out_kd_loss_ranks_every_student_under_it_first():
+    from gemini_ray.evaluation.metrics import CEILING_PENALTY, composite_objective
+
+    # under (or at) the ceiling: the plain composite
+    assert composite_objective(8.0, 0.4, 10.0, 0.4, kd_ceiling=8.0) == pytest.approx(0.9)
+    # the search's old winner: retrieval bought with the language model (KD 8.5 against a ceiling of 8)
+    above = composite_objective(8.5, 0.9, 10.0, 0.4, kd_ceiling=8.0)
+    assert above == pytest.approx(CEILING_PENALTY + 0.05) and above > composite_objective(8.5, 0.9, 10.0, 0.4)
+    # behind a student under the ceiling even when that one's retrieval got worse (misses up 2.5x)
+    assert above > composite_objective(7.9, 0.0, 10.0, 0.6, kd_ceiling=8.0)
+    # above the ceiling, the smaller excess ranks first, whatever the retrieval
+    assert composite_objective(8.2, 0.1, 10.0, 0.4, 8.0) < composite_objective(8.4, 0.9, 10.0, 0.4, 8.0)
+
+
 def test_held_out_metrics_carry_retrieval_and_an_objective_against_the_runs_start():
     from ddp_toy import ToyStudent, toy_batch
     from gemini_ray.config import LossConfig
@@ -334,6 +348,9 @@ def test_held_out_metrics_carry_retrieval_and_an_objective_against_the_runs_star
     assert later["val/retrieval_mrr"] == pytest.approx(start["val/retrieval_mrr"])
     assert later["val/objective"] == pytest.approx(0.5 * later["val/loss_kd"] / start["val/loss_kd"] + 0.5)
     assert with_objective({}, state) == {}
+    floored = with_objective(held_out_metrics(model, rows, cfg, 3, torch.device("cpu"), 5), state,
+                             kd_ceiling=later["val/loss_kd"] / 2)
+    assert floored["val/objective"] > 2.0  # the same student, now above a floor on its language model
 
 
 def test_the_loss_reference_is_the_first_batch_and_later_batches_do_not_move_it():

@@ -125,7 +125,9 @@ def _tuner(cfg: Config, space: SearchSpace, trainable: Any, storage: str):
         check_fits(demands(cfg, cached=True), alive_nodes())
     concurrent = _max_concurrent(cfg)
     print(f"[gemini-ray] searching {list(space.search)} with {cfg.tune.num_samples} samples, "
-          f"{concurrent} trial(s) at a time, ASHA on {cfg.tune.metric}")
+          f"{concurrent} trial(s) at a time, ASHA on {cfg.tune.metric}"
+          + (f" (a trial whose held-out KD loss is above {cfg.tune.max_val_loss_kd:.4g} ranks behind the rest)"
+             if cfg.tune.max_val_loss_kd is not None else ""))
     experiment = join(storage, cfg.tune.name)
     if tune.Tuner.can_restore(experiment):
         print(f"[gemini-ray] resuming the search at {experiment}")

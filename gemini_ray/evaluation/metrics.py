@@ -10,7 +10,8 @@ import pandas as pd
 import torch
 
 __all__ = ["spearman", "TokenStats", "token_stats", "causal_targets", "linear_probe_accuracy", "positive_mrr",
-           "composite_objective", "linear_probe_correct", "bootstrap_interval", "BOOTSTRAP_SAMPLES"]
+           "composite_objective", "CEILING_PENALTY", "linear_probe_correct", "bootstrap_interval",
+           "BOOTSTRAP_SAMPLES"]
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -129,13 +130,22 @@ def positive_mrr(anchors: torch.Tensor, positives: torch.Tensor, doc_ids: torch.
     return float((1.0 / rank.float()).mean())
 
 
-def composite_objective(kd: float, mrr: float, kd_start: float, mrr_start: float) -> float:
+def composite_objective(kd: float, mrr: float, kd_start: float, mrr_start: float,
+                        kd_ceiling: float | None = None) -> float:
     """One number for both halves of a student, lower is better and 1.0 where the run started: the held-out
     KD loss and the held-out retrieval miss rate (1 − MRR), each as a fraction of its value at the start,
     averaged. A search that ranks trials by it cannot win by giving up either half (the held-out KD loss
-    alone favours the largest λ; τ and K only show in the contrastive half)."""
+    alone favours the largest λ; τ and K only show in the contrastive half).
+
+    kd_ceiling: a floor on the language model. A student whose held-out KD loss is above it scores
+    CEILING_PENALTY plus its excess as a fraction of the start, behind any student under it (whose average
+    stays below 2 unless its retrieval misses grow threefold), and the closer to the ceiling the better."""
+    if kd_ceiling is not None and kd > kd_ceiling:
+        return CEILING_PENALTY + (kd - kd_ceiling) / max(kd_start, 1e-6)
     return 0.5 * kd / max(kd_start, 1e-6) + 0.5 * (1.0 - mrr) / max(1.0 - mrr_start, 1e-3)
 
+
+CEILING_PENALTY = 2.0
 
 BOOTSTRAP_SAMPLES = 1000
 
