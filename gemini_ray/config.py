@@ -245,6 +245,9 @@ class TuneConfig:
     """ASHA: keep 1/reduction_factor of the trials at each rung."""
     name: str = "tune"
     """Tune experiment name; the same name and run.storage_path resume an interrupted search."""
+    seed: Optional[int] = 0
+    """Seed of the trials' sampling from the space: the same seed and space give the same trials, so two
+    searches (with a floor and without, on two corpora) compare the same configs. None: new draws each time."""
     max_failures: int = 1
     """Times a failed trial is retried (from its latest checkpoint) before the table marks it failed;
     the other trials go on either way."""

@@ -66,6 +66,28 @@ def test_bad_search_spaces_are_refused(tmp_path, text, message):
         validate_space(build_config(), load_space(path), 8)
 
 
+def test_a_seeded_search_draws_the_same_trials_and_another_seed_draws_others():
+    from ray.tune.experiment import Experiment
+
+    from gemini_ray.commands.tune import sampler
+    from gemini_ray.search import tune_distributions
+
+    space = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / "demo_search.yaml")
+
+    def draws(seed: str) -> list[dict]:
+        cfg = build_config(None, [f"tune.seed={seed}"])
+        alg = sampler(cfg, concurrent=4)
+        alg.add_configurations([Experiment("draws", lambda c: None, config=tune_distributions(space), num_samples=4)])
+        trials = iter(alg.next_trial, None)  # no more than the 4 that may run at once
+        return [dict(trial.config) for trial in trials]
+
+    first = draws("0")
+    assert len(first) == 4 and len({t["loss.lambda_kd"] for t in first}) == 4
+    assert draws("0") == first
+    assert draws("1") != first
+    assert draws("null") != draws("null")
+
+
 # --------------------------------------------------------------------------- with Ray
 
 

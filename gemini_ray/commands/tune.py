@@ -139,11 +139,18 @@ def _tuner(cfg: Config, space: SearchSpace, trainable: Any, storage: str):
     return tune.Tuner(
         trainable,
         param_space=tune_distributions(space),
-        tune_config=tune.TuneConfig(num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrent,
+        tune_config=tune.TuneConfig(num_samples=cfg.tune.num_samples, search_alg=sampler(cfg, concurrent),
                                     scheduler=scheduler),
         run_config=tune.RunConfig(name=cfg.tune.name, storage_path=storage, verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures)),
     )
+
+
+def sampler(cfg: Config, concurrent: int) -> Any:
+    """Tune's random and grid sampler, seeded by tune.seed, running at most `concurrent` trials at once."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(max_concurrent=concurrent, random_state=cfg.tune.seed)
 
 
 # --------------------------------------------------------------------------- results
