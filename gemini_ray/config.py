@@ -245,6 +245,10 @@ class TuneConfig:
     """ASHA: keep 1/reduction_factor of the trials at each rung."""
     name: str = "tune"
     """Tune experiment name; the same name and run.storage_path resume an interrupted search."""
+    try_base_config: bool = True
+    """The first trial runs the config's own values of the searched keys (the config you would run without a
+    search), so a search never returns a config that scored worse on tune.metric than the one you had. It
+    runs besides the tune.num_samples draws (and besides a grid's combinations)."""
     seed: Optional[int] = 0
     """Seed of the trials' sampling from the space: the same seed and space give the same trials, so two
     searches (with a floor and without, on two corpora) compare the same configs. None: new draws each time."""

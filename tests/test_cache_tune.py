@@ -66,7 +66,7 @@ def test_bad_search_spaces_are_refused(tmp_path, text, message):
         validate_space(build_config(), load_space(path), 8)
 
 
-def test_a_seeded_search_draws_the_same_trials_and_another_seed_draws_others():
+def test_a_seeded_search_draws_the_same_trials_and_can_try_the_base_config_first():
     from ray.tune.experiment import Experiment
 
     from gemini_ray.commands.tune import sampler
@@ -74,9 +74,9 @@ def test_a_seeded_search_draws_the_same_trials_and_another_seed_draws_others():
 
     space = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / "demo_search.yaml")
 
-    def draws(seed: str) -> list[dict]:
-        cfg = build_config(None, [f"tune.seed={seed}"])
-        alg = sampler(cfg, concurrent=4)
+    def draws(seed: str, *extra: str) -> list[dict]:
+        cfg = build_config(None, [f"tune.seed={seed}", "tune.try_base_config=false", *extra])
+        alg = sampler(cfg, space, concurrent=4)
         alg.add_configurations([Experiment("draws", lambda c: None, config=tune_distributions(space), num_samples=4)])
         trials = iter(alg.next_trial, None)  # no more than the 4 that may run at once
         return [dict(trial.config) for trial in trials]
@@ -86,6 +86,12 @@ def test_a_seeded_search_draws_the_same_trials_and_another_seed_draws_others():
     assert draws("0") == first
     assert draws("1") != first
     assert draws("null") != draws("null")
+
+    # the config's own values first, then the same seeded draws
+    with_base = draws("0", "tune.try_base_config=true", "loss.lambda_kd=0.45", "loss.num_negatives=2")
+    assert with_base[0] == {"loss.lambda_kd": 0.45, "loss.cl_temperature": 0.05, "loss.num_negatives": 2,
+                            "loss.balance": "none"}
+    assert with_base[1:] == first[:3]
 
 
 # --------------------------------------------------------------------------- with Ray
@@ -213,6 +219,7 @@ def test_tune_retries_a_killed_trial_and_marks_one_that_keeps_failing(uninterrup
     killer.start()
     result = tune(*search_config(None, tiny(llama_dir, corpus_file, storage, f"tune.space={space}",
                                             "tune.num_samples=1", "tune.max_concurrent_trials=1", "tune.max_failures=1",
+                                            "tune.try_base_config=false",
                                             "train.max_steps=4", "train.log_every=2", "train.eval_every=2",
                                             "train.checkpoint_every=2")))
     killer.join(timeout=10)

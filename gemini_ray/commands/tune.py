@@ -124,7 +124,8 @@ def _tuner(cfg: Config, space: SearchSpace, trainable: Any, storage: str):
     if cfg.run.check_resources:  # one trial must fit, else every trial waits on Ray Data for a free CPU
         check_fits(demands(cfg, cached=True), alive_nodes())
     concurrent = _max_concurrent(cfg)
-    print(f"[gemini-ray] searching {list(space.search)} with {cfg.tune.num_samples} samples, "
+    print(f"[gemini-ray] searching {list(space.search)} with {cfg.tune.num_samples} samples"
+          + (" after the base config" if cfg.tune.try_base_config else "") + ", "
           f"{concurrent} trial(s) at a time, ASHA on {cfg.tune.metric}"
           + (f" (a trial whose held-out KD loss is above {cfg.tune.max_val_loss_kd:.4g} ranks behind the rest)"
              if cfg.tune.max_val_loss_kd is not None else ""))
@@ -139,18 +140,22 @@ def _tuner(cfg: Config, space: SearchSpace, trainable: Any, storage: str):
     return tune.Tuner(
         trainable,
         param_space=tune_distributions(space),
-        tune_config=tune.TuneConfig(num_samples=cfg.tune.num_samples, search_alg=sampler(cfg, concurrent),
-                                    scheduler=scheduler),
+        tune_config=tune.TuneConfig(num_samples=cfg.tune.num_samples + cfg.tune.try_base_config,
+                                    search_alg=sampler(cfg, space, concurrent), scheduler=scheduler),
         run_config=tune.RunConfig(name=cfg.tune.name, storage_path=storage, verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures)),
     )
 
 
-def sampler(cfg: Config, concurrent: int) -> Any:
-    """Tune's random and grid sampler, seeded by tune.seed, running at most `concurrent` trials at once."""
+def sampler(cfg: Config, space: SearchSpace, concurrent: int) -> Any:
+    """Tune's random and grid sampler, seeded by tune.seed, running at most `concurrent` trials at once; with
+    tune.try_base_config its first trial is the config's own values of the searched keys."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(max_concurrent=concurrent, random_state=cfg.tune.seed)
+    values = config_to_dict(cfg)
+    base = {key: values[key.split(".", 1)[0]][key.split(".", 1)[1]] for key in space.search}
+    return BasicVariantGenerator(max_concurrent=concurrent, random_state=cfg.tune.seed,
+                                 points_to_evaluate=[base] if cfg.tune.try_base_config else None)
 
 
 # --------------------------------------------------------------------------- results
