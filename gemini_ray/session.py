@@ -63,6 +63,14 @@ def init_ray(cfg: Config) -> None:
         ray.init(address=address, log_to_driver=True, runtime_env=ray_patches.runtime_env())
     if ray_patches.enabled():
         ray_patches.setup_process()
+    configure_data_context()
+
+
+def configure_data_context() -> None:
+    """This process's Ray Data settings, for every driver of datasets: the job's driver, and each Tune trial
+    (a process of its own, whose DataContext starts from Ray's defaults)."""
+    import ray.data
+
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the trainer prints its own progress lines
     ctx.print_on_execution_start = False

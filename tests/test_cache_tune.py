@@ -94,6 +94,30 @@ def test_a_seeded_search_draws_the_same_trials_and_can_try_the_base_config_first
     assert with_base[1:] == first[:3]
 
 
+def test_a_trial_reads_the_cache_in_order_as_distill_does():
+    """A Tune trial is a process of its own whose Ray Data context starts from Ray's defaults (order not
+    preserved): without this, a trial and `distill --config best_config.yaml` trained on other batches
+    (held-out objective 0.732 against 0.703 for the same config on the demo). Measured after the fix: the
+    trial's losses equal distill's at every report."""
+    import inspect
+
+    import ray.data
+
+    from gemini_ray.commands import tune
+    from gemini_ray.session import configure_data_context
+
+    previous = ray.data.DataContext.get_current()
+    try:
+        ray.data.DataContext._set_current(ray.data.DataContext())
+        assert not ray.data.DataContext.get_current().execution_options.preserve_order  # Ray's default
+        configure_data_context()
+        ctx = ray.data.DataContext.get_current()
+        assert ctx.execution_options.preserve_order and not ctx.enable_progress_bars
+    finally:
+        ray.data.DataContext._set_current(previous)
+    assert "configure_data_context()" in inspect.getsource(tune._trial)
+
+
 # --------------------------------------------------------------------------- with Ray
 
 

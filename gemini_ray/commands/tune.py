@@ -26,7 +26,7 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.metric_names import NONFINITE
 from gemini_ray.paths import absolute, atomic_path, atomic_write_json, atomic_write_text, join, read_json
 from gemini_ray.search import SearchSpace, tune_distributions, validate_space
-from gemini_ray.session import FoundCache, Session, find_cache, start_session
+from gemini_ray.session import FoundCache, Session, configure_data_context, find_cache, start_session
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,7 +47,6 @@ def _count_attempt(location: str) -> int:
 def _trial(params: dict[str, Any], cfg: Config, cache: FoundCache, hf_config: dict[str, Any], kind: str,
            init_weights: Any, trials_dir: str) -> None:
     """One trial: the training driver. Builds a TorchTrainer on the cached signal and fits it."""
-    import ray.data
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -57,7 +56,8 @@ def _trial(params: dict[str, Any], cfg: Config, cache: FoundCache, hf_config: di
     from gemini_ray.train_worker import read_progress
 
     trial_id = ray.tune.get_context().get_trial_id()
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the worker prints its own lines
+    configure_data_context()  # as distill's driver: the cache's rows in the same order, so a trial and
+    # `distill --config best_config.yaml` train on the same batches
     name = f"trial-{trial_id}"
     _count_attempt(join(trials_dir, name, "attempts.json"))  # > 1: Tune retried it (tune.max_failures)
     trial_cfg = build_config(base=cfg, sample=params)
