@@ -152,8 +152,10 @@ def sampler(cfg: Config, space: SearchSpace, concurrent: int) -> Any:
     tune.try_base_config its first trial is the config's own values of the searched keys."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    values = config_to_dict(cfg)
-    base = {key: values[key.split(".", 1)[0]][key.split(".", 1)[1]] for key in space.search}
+    base = {}
+    for key in space.search:  # dotted keys, all checked against the config when the space loaded
+        section, name = key.split(".", 1)
+        base[key] = getattr(getattr(cfg, section), name)
     return BasicVariantGenerator(max_concurrent=concurrent, random_state=cfg.tune.seed,
                                  points_to_evaluate=[base] if cfg.tune.try_base_config else None)
 
