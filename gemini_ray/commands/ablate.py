@@ -136,6 +136,8 @@ def _chart(rows: dict[str, dict[str, Any]], location: str) -> None:
         ax.bar(range(len(names)), values, color=["tab:gray" if n == "teacher" else "tab:blue" for n in names])
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
         ax.set_title(title, fontsize=10)
+        if key == "perplexity":  # spans 30 to 1e8 between the teacher and the untrained student
+            ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     with atomic_path(location) as tmp:
