@@ -38,6 +38,9 @@ __all__ = [
     "column_bytes",
     "write_manifest",
     "check_compatible",
+    "rows_a_run_reads",
+    "first_shards",
+    "cached_train_rows",
 ]
 
 CACHE_VERSION = 3
@@ -132,6 +135,30 @@ def signal_bytes_per_token(top_k: int, hidden_size: int, span_length: int) -> fl
     """Bytes of teacher signal per token: top-k ids (int32) + logits (float32) + top-k mass (float32),
     plus each span's pooled embedding (float16) spread over its tokens."""
     return top_k * (4 + 4) + 4 + hidden_size * 2 / span_length
+
+
+def rows_a_run_reads(max_steps: int, examples_per_step: int) -> int:
+    """Training rows a run of max_steps reads, with a step of slack (a resumed run re-reads up to a step)."""
+    return (max_steps + 1) * examples_per_step
+
+
+def first_shards(rows_per_shard: dict[int, int], train_shards: list[int], rows: int) -> list[int]:
+    """The fewest training shards, taken in ascending order (the order a first pass reads them,
+    `pipeline.shard_order`), that hold at least `rows` rows; every shard when the corpus holds fewer."""
+    chosen, held = [], 0
+    for shard in sorted(train_shards):
+        if held >= rows:
+            break
+        chosen.append(shard)
+        held += rows_per_shard.get(shard, 0)
+    return chosen
+
+
+def cached_train_rows(manifest: dict[str, Any]) -> tuple[int, bool]:
+    """(training rows a cache holds, whether that is every training example of its corpus). A cache made
+    with label.scope=run holds the first shards only; caches made before label.scope held all."""
+    rows = sum(int(manifest["expected_rows"][str(s)]) for s in manifest["shards_train"])
+    return rows, bool(manifest.get("whole", True))
 
 
 def check_compatible(manifest: dict[str, Any], identity: dict[str, Any], where: str) -> None:

@@ -214,6 +214,13 @@ class LabelConfig:
     'never' always runs it online; 'require' refuses to run without a cache."""
     shards_per_round: int = 4
     """Shards labelled per round; finished rounds survive an interruption."""
+    scope: Literal["corpus", "run"] = "corpus"
+    """What the teacher labels: 'corpus', every training example (any later run, however long, reads the
+    cache); 'run', only the training shards this config's run reads (train.max_steps x examples per step
+    and a step of slack; a search: its longest trial), the first shards in the order a first pass reads
+    them, so the run trains exactly as on the whole cache. A run that would read past such a cache is
+    refused (label.use=require) or runs the teacher online (auto); labelling again with its config adds
+    the shards it lacks and keeps those done. The held-out shards are always labelled whole."""
 
     def __post_init__(self) -> None:
         _check(self.max_negatives >= 1, "label.max_negatives", f"must be >= 1, got {self.max_negatives}")

@@ -6,6 +6,10 @@ matches their config yet.
 
 Shards are labelled in rounds (label.shards_per_round); a finished round is recorded in the manifest, so
 an interrupted run is finished by running it again: complete shards are kept, the rest are redone.
+
+With label.scope=run only the first training shards a run reads are labelled (`cache.first_shards`); the
+manifest lists them (`shards_train`) and says whether they are the whole corpus (`whole`). Labelling again
+for a longer run adds shards and keeps those done.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ __all__ = ["make_cache"]
 
 
 def _check_rows(directory: str, shards: list[int], examples) -> tuple[int, int]:
-    """(examples missing from the cache, examples in it more than once), by example id."""
+    """(examples of the given shards missing from the cache, examples in it more than once), by example id."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -39,7 +43,8 @@ def _check_rows(directory: str, shards: list[int], examples) -> tuple[int, int]:
     ids = [pq.read_table(f"{path}/{shard_name(i)}", columns=["example_id"], filesystem=fs).column(0).to_numpy()
            for i in shards]
     cached = np.concatenate(ids) if ids else np.array([], dtype=np.int64)
-    wanted = np.unique(examples.select_columns(["example_id"]).to_pandas()["example_id"].to_numpy())
+    ids = examples.select_columns(["shard", "example_id"]).to_pandas()
+    wanted = np.unique(ids["example_id"].to_numpy()[ids["shard"].isin(shards).to_numpy()])
     unique = np.unique(cached)
     return int(np.setdiff1d(wanted, unique).size), int(cached.size - unique.size)
 
@@ -61,7 +66,7 @@ def _check_plan(cfg: Config, stats: CorpusStats) -> None:
         )
 
 
-def _new_manifest(cfg: Config, session: Session, stats: CorpusStats, n_train: int, n_val: int,
+def _new_manifest(cfg: Config, session: Session, stats: CorpusStats, train: list[int], n_train: int, n_val: int,
                   expected: dict[int, int], done: dict[int, Any]) -> dict[str, Any]:
     return {
         "version": CACHE_VERSION, "identity": session.identity, "complete": False,
@@ -70,7 +75,8 @@ def _new_manifest(cfg: Config, session: Session, stats: CorpusStats, n_train: in
                     "hidden_size": session.teacher_config.hidden_size},
         "tokenizer": {"name_or_path": session.teacher_source, "vocab_size": len(session.tokenizer)},
         "corpus": {"path": cfg.data.path, **stats.as_dict()},
-        "shards_train": list(range(n_train)), "shards_val": list(range(n_train, n_train + n_val)),
+        "shards_train": train, "shards_val": list(range(n_train, n_train + n_val)),
+        "shards_train_all": n_train, "whole": len(train) == n_train, "scope": cfg.label.scope,
         "expected_rows": {str(k): v for k, v in sorted(expected.items())},
         "shards": {str(k): v for k, v in done.items()},
         "config": dataclasses.asdict(cfg),
@@ -112,9 +118,39 @@ def _sizes(directory: str, shards: list[int], records: dict[str, dict[str, int]]
             "column_bytes": columns}
 
 
-def make_cache(cfg: Config, session: Session, t_start: float | None = None) -> dict[str, Any]:
-    """Make (or finish) the cache for this config; returns its manifest. t_start: perf_counter() when the
-    command started (the manifest's wall_time_s.total_s; default: now)."""
+def _train_shards(cfg: Config, expected: dict[int, int], n_train: int, rows: int | None, train_examples: int
+                  ) -> list[int]:
+    """The training shards to label: all (label.scope=corpus), or the first that hold `rows` (default: what
+    this config's run reads)."""
+    from gemini_ray.cache import first_shards, rows_a_run_reads
+
+    every = list(range(n_train))
+    if cfg.label.scope == "corpus":
+        return every
+    need = rows if rows is not None else rows_a_run_reads(cfg.train.max_steps, cfg.train.examples_per_step)
+    chosen = first_shards(expected, every, need)
+    held = sum(expected.get(s, 0) for s in chosen)
+    print(f"[gemini-ray] label.scope=run: {len(chosen)} of {n_train} training shards, {held} of the corpus's "
+          f"{train_examples} training examples (a run reads {need} with a step of slack)")
+    return chosen
+
+
+def _complete_prefix(train: list[int], n_train: int, complete: set[int]) -> list[int]:
+    """The training shards the manifest lists: those labelled for this config, and after them every shard
+    already complete from an earlier, longer labelling, in order, up to the first that is not."""
+    listed = list(train)
+    for shard in range(len(train), n_train):
+        if shard not in complete:
+            break
+        listed.append(shard)
+    return listed
+
+
+def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows: int | None = None
+               ) -> dict[str, Any]:
+    """Make (or finish, or extend) the cache for this config; returns its manifest. t_start: perf_counter()
+    when the command started (the manifest's wall_time_s.total_s; default: now). rows: with label.scope=run,
+    the training rows to label (default: what this config's run reads; a search passes its longest trial's)."""
     import ray
 
     from gemini_ray.cache import read_manifest, shard_is_complete, shard_name, write_manifest
@@ -142,6 +178,9 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None) -> d
     n_val = math.ceil(stats.val_examples / cfg.mining.window) if stats.val_examples else 0
     examples = assign_shards(examples, n_train, n_val).materialize()
     expected = _unique_rows_per_shard(examples)
+    train = _train_shards(cfg, expected, n_train, rows, stats.train_examples)
+    chosen = set(train)
+    wanted = {s for s in expected if s in chosen or s >= n_train}  # the chosen training shards, every held-out one
 
     old = read_manifest(directory) or {}
     if old and old.get("identity") != session.identity:
@@ -153,21 +192,23 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None) -> d
         print(f"[gemini-ray] cache {directory}: {len(done)} of {len(expected)} shards already complete, kept")
     counter = teacher_token_counter()
     tokens_before = ray.get(counter.total.remote())
-    manifest = _new_manifest(cfg, session, stats, n_train, n_val, expected, done)
+    train = _complete_prefix(train, n_train, set(done))
+    manifest = _new_manifest(cfg, session, stats, train, n_train, n_val, expected, done)
     write_manifest(directory, manifest)
     t_label = time.perf_counter()
-    _label_rounds(cfg, examples, directory, sorted(set(expected) - set(done)), manifest, expected)
+    _label_rounds(cfg, examples, directory, sorted(wanted - set(done)), manifest, expected)
 
-    bad = [i for i in expected if not shard_is_complete(fs, join(path, shard_name(i)), expected[i])]
+    listed = [s for s in train + manifest["shards_val"] if s in expected]
+    bad = [i for i in listed if not shard_is_complete(fs, join(path, shard_name(i)), expected[i])]
     if bad:
         raise GeminiRayError(f"cache shards {bad} at '{directory}' are incomplete after labelling; run label again.")
-    lost, duplicated = _check_rows(directory, sorted(expected), examples)
+    lost, duplicated = _check_rows(directory, listed, examples)
     if lost or duplicated:  # a retried teacher batch must replace, never add to or drop from, a shard
         raise GeminiRayError(f"the cache at '{directory}' lost {lost} and duplicated {duplicated} examples; "
                              "delete it and run 'gemini-ray label' again.")
     manifest.update(
         complete=True, rows_lost=lost, rows_duplicated=duplicated,
-        **_sizes(directory, sorted(expected), manifest["shards"]),
+        **_sizes(directory, listed, {str(s): manifest["shards"][str(s)] for s in listed}),
         teacher_tokens_this_run=ray.get(counter.total.remote()) - tokens_before,
         wall_time_s={**seconds, "label_s": time.perf_counter() - t_label,
                      "total_s": time.perf_counter() - t_start},

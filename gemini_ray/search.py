@@ -19,7 +19,7 @@ from typing import Any
 from gemini_ray.config import Config, all_keys, build_config, read_yaml
 from gemini_ray.errors import ConfigError
 
-__all__ = ["SearchSpace", "load_space", "search_config", "validate_space", "tune_distributions"]
+__all__ = ["SearchSpace", "load_space", "search_config", "validate_space", "tune_distributions", "rows_longest_trial"]
 
 _DISTRIBUTIONS = ("uniform", "loguniform", "choice", "grid", "randint")
 _RANGES = ("uniform", "loguniform", "randint")
@@ -94,6 +94,24 @@ def validate_space(cfg: Config, space: SearchSpace, max_negatives: int | None) -
                     f"search space '{space.path}': loss.num_negatives={trial.loss.num_negatives} exceeds K_max="
                     f"{max_negatives} mined into the cache. Search K <= {max_negatives} or raise label.max_negatives."
                 )
+
+
+_RUN_LENGTH = ("train.max_steps", "train.batch_size", "train.num_workers", "train.grad_accum_steps")
+
+
+def rows_longest_trial(cfg: Config, space: SearchSpace) -> int:
+    """Training rows the search's longest trial reads (with a step of slack): every combination of the
+    extremes of the searched keys that set a run's length (`cache.rows_a_run_reads`)."""
+    import itertools
+
+    from gemini_ray.cache import rows_a_run_reads
+
+    keys = [k for k in _RUN_LENGTH if k in space.search]
+    most = 0
+    for values in itertools.product(*(_extremes(space.search[k]) for k in keys)):
+        t = build_config(base=cfg, sample=dict(zip(keys, values))).train
+        most = max(most, rows_a_run_reads(t.max_steps, t.examples_per_step))
+    return most
 
 
 def tune_distributions(space: SearchSpace) -> dict[str, Any]:

@@ -144,9 +144,12 @@ def cache_dir_for(cfg: Config, identity: dict[str, Any]) -> str:
     return join(absolute(root), cache_key(identity))
 
 
-def find_cache(cfg: Config, session: Session) -> FoundCache | None:
-    """A complete cache matching the config (label.path, or the derived location), or None."""
-    from gemini_ray.cache import check_compatible, read_manifest
+def find_cache(cfg: Config, session: Session, rows: int | None = None) -> FoundCache | None:
+    """A complete cache matching the config (label.path, or the derived location), or None. rows: the
+    training rows the run reads (default: this config's run; a search passes its longest trial's): a cache
+    labelled for a shorter run (label.scope=run) is refused under label.use=require or label.path, and
+    passed over (the teacher runs online) under auto."""
+    from gemini_ray.cache import cached_train_rows, check_compatible, read_manifest, rows_a_run_reads
 
     if cfg.label.use == "never":
         return None
@@ -167,4 +170,16 @@ def find_cache(cfg: Config, session: Session) -> FoundCache | None:
             f"'{directory}'. Use loss.num_negatives <= {k_max}, or label again with label.max_negatives >= "
             f"{cfg.loss.num_negatives}."
         )
+    held, whole = cached_train_rows(manifest)
+    need = rows if rows is not None else rows_a_run_reads(cfg.train.max_steps, cfg.train.examples_per_step)
+    if not whole and need > held:
+        text = (f"the teacher-signal cache at '{directory}' holds the first {held} of the corpus's "
+                f"{manifest['corpus']['train_examples']} training examples (labelled with label.scope=run for a "
+                f"shorter run); this run reads {need} (train.max_steps x examples per step, and a step of slack)")
+        fix = ("Run 'gemini-ray label' with this config to add the shards it lacks (those done are kept), or "
+               "label with label.scope=corpus.")
+        if cfg.label.path or cfg.label.use == "require":
+            raise GeminiRayError(f"{text}. {fix}")
+        print(f"[gemini-ray] {text}: not used (distill runs the teacher online instead). {fix}")
+        return None
     return FoundCache(directory, manifest)

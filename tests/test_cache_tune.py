@@ -41,6 +41,32 @@ def test_cache_from_another_teacher_or_corpus_or_format_is_refused():
         check_compatible({**manifest, "version": 2}, dict(IDENTITY), "somewhere")  # rows without teacher embeddings
 
 
+def test_a_run_scoped_cache_takes_the_first_shards_that_hold_the_run():
+    from gemini_ray.cache import cached_train_rows, first_shards, rows_a_run_reads
+
+    rows = {0: 10, 1: 12, 2: 9, 3: 11}
+    assert rows_a_run_reads(3, 4) == 16  # three steps of 4 and a step of slack
+    assert first_shards(rows, [3, 1, 0, 2], 16) == [0, 1]  # ascending: the order a first pass reads
+    assert first_shards(rows, [0, 1, 2, 3], 22) == [0, 1] and first_shards(rows, [0, 1, 2, 3], 23) == [0, 1, 2]
+    assert first_shards(rows, [0, 1, 2, 3], 1000) == [0, 1, 2, 3]
+    manifest = {"expected_rows": {str(k): v for k, v in rows.items()}, "shards_train": [0, 1]}
+    assert cached_train_rows({**manifest, "whole": False}) == (22, False)
+    assert cached_train_rows(manifest) == (22, True)  # a cache made before label.scope: the whole corpus
+
+
+def test_a_search_labels_for_its_longest_trial(tmp_path):
+    from gemini_ray.search import rows_longest_trial
+
+    space = tmp_path / "space.yaml"
+    space.write_text("loss.lambda_kd: {uniform: [0.2, 0.8]}\ntrain.max_steps: {choice: [10, 30]}\n"
+                     "train.batch_size: {randint: [2, 9]}\n")
+    cfg, loaded = search_config(None, [f"tune.space={space}"])
+    assert rows_longest_trial(cfg, loaded) == 31 * 8  # randint's upper bound is excluded
+    space.write_text("loss.lambda_kd: {uniform: [0.2, 0.8]}\ntrain.max_steps: 12\n")
+    cfg, loaded = search_config(None, [f"tune.space={space}", "train.batch_size=4"])
+    assert rows_longest_trial(cfg, loaded) == 13 * 4
+
+
 @pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
 def test_every_tune_space_loads_with_real_keys(path):
     cfg, space = search_config(None, [f"tune.space={path}"])
@@ -175,6 +201,57 @@ def test_label_writes_one_teacher_pass(uninterrupted, llama_dir, lee_texts):
                               for d, s in zip(rows["doc_id"], rows["shard"]))
     assert {text_hash(t) for t in lee_texts} >= set(rows["doc_id"].tolist())
     assert rows["neg_input_ids"].shape[1:] == (4, 16)  # K_max negatives per row
+
+
+@pytest.mark.ray
+def test_a_cache_labelled_for_one_run_reads_as_the_whole_one_and_grows_for_a_longer_run(uninterrupted, llama_dir,
+                                                                                       corpus_file, tmp_path):
+    """label.scope=run labels only the first training shards (ascending, the order a first pass reads
+    them) that hold the run: the run's stream is the whole cache's first rows, row for row. A longer run is
+    refused under label.use=require and passed over under auto; labelling for it adds the shards it lacks
+    and keeps those done."""
+    from gemini_ray.cache import first_shards, rows_a_run_reads
+    from gemini_ray.commands.label import label
+    from gemini_ray.pipeline import read_cache
+    from gemini_ray.session import configure_data_context, find_cache, start_session
+
+    _, whole_dir, whole = uninterrupted
+    rows = {int(k): v for k, v in whole["expected_rows"].items()}
+    short = build_config(None, tiny(llama_dir, corpus_file, tmp_path, "label.scope=run", "train.max_steps=3"))
+    made = label(short)
+    directory = next((tmp_path / "signal_cache").iterdir())
+    assert directory.name == whole_dir.name  # the scope is not an input of the signal: the same cache key
+    first = first_shards(rows, whole["shards_train"], rows_a_run_reads(3, 4))
+    assert made["shards_train"] == first and len(first) < len(whole["shards_train"]) and not made["whole"]
+    assert made["shards_val"] == whole["shards_val"]  # the held-out rows: whole
+    assert made["teacher_tokens_this_run"] < whole["teacher_tokens"]
+    assert {p.name for p in directory.glob("shard-*.parquet")} == {f"shard-{s:05d}.parquet"
+                                                                  for s in first + whole["shards_val"]}
+    everything = read_rows(whole_dir)
+    mine = np.isin(everything["shard"], first + whole["shards_val"])
+    assert_same_rows(read_rows(directory), {k: v[mine] for k, v in everything.items()})
+
+    configure_data_context()  # in order, as distill and every trial read it
+    def stream(path, shards):
+        return np.concatenate([b["input_ids"] for b in read_cache(str(path), shards, 2).iter_batches(
+            batch_size=None, batch_format="numpy")])
+    partial, full = stream(directory, made["shards_train"]), stream(whole_dir, whole["shards_train"])
+    assert len(partial) >= rows_a_run_reads(3, 4) and np.array_equal(partial, full[:len(partial)])
+
+    longer = tiny(llama_dir, corpus_file, tmp_path, "label.scope=run", "train.max_steps=40")  # 164 rows
+    session = start_session(build_config(None, longer))
+    with pytest.raises(GeminiRayError, match=r"holds the first \d+ of the corpus's \d+ training examples .*this "
+                                             r"run reads 164.*Run 'gemini-ray label' with this config"):
+        find_cache(build_config(None, [*longer, "label.use=require"]), session)
+    assert find_cache(build_config(None, longer), session) is None  # auto: the teacher runs online
+    assert find_cache(short, session) is not None
+    before = {s: (directory / f"shard-{s:05d}.parquet").stat().st_mtime_ns for s in first}
+    grown = label(build_config(None, longer))
+    added = [s for s in grown["shards_train"] if s not in first]
+    assert grown["shards_train"] == first_shards(rows, whole["shards_train"], 164) and added
+    assert grown["teacher_tokens_this_run"] == sum(whole["shards"][str(s)]["teacher_tokens"] for s in added)
+    assert all((directory / f"shard-{s:05d}.parquet").stat().st_mtime_ns == t for s, t in before.items())
+    assert find_cache(build_config(None, [*longer, "label.use=require"]), session) is not None
 
 
 @pytest.mark.ray

@@ -25,7 +25,7 @@ from gemini_ray.config import Config, build_config, config_to_dict
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.metric_names import NONFINITE
 from gemini_ray.paths import absolute, atomic_path, atomic_write_json, atomic_write_text, join, read_json
-from gemini_ray.search import SearchSpace, tune_distributions, validate_space
+from gemini_ray.search import SearchSpace, rows_longest_trial, tune_distributions, validate_space
 from gemini_ray.session import FoundCache, Session, configure_data_context, find_cache, start_session
 
 if TYPE_CHECKING:
@@ -87,11 +87,12 @@ def _search_cache(cfg: Config, space: SearchSpace, session: Session) -> FoundCac
     """The cache every trial reads: found, or labelled now (the teacher's one pass)."""
     from gemini_ray.labelling import make_cache
 
-    cache = find_cache(cfg, session)
+    rows = rows_longest_trial(cfg, space)  # a cache labelled with label.scope=run must hold the longest trial
+    cache = find_cache(cfg, session, rows)
     if cache is None:
         print("[gemini-ray] no teacher-signal cache matches this config: labelling once before the search")
-        make_cache(cfg, session)
-        cache = find_cache(cfg, session)
+        make_cache(cfg, session, rows=rows)
+        cache = find_cache(cfg, session, rows)
     validate_space(cfg, space, cache.manifest["identity"]["max_negatives"])
     if not cache.manifest["shards_val"] and cfg.tune.metric.startswith("val/"):
         raise GeminiRayError(f"the cache at '{cache.directory}' holds no held-out rows; "
