@@ -6,7 +6,8 @@ A line through the checkpoints of one run (what `gemini-ray curve` extrapolates)
 learning-rate decay: its last checkpoints are taken at a tenth of the peak rate. Here each length is a run of
 its own (warm-up and cosine decay stretched to it), as a longer budget would be run:
 
-1. `gemini-ray label` writes the teacher-signal cache once (reused when it is already there);
+1. `gemini-ray label` writes the teacher-signal cache once (reused when it is already there; with
+   label.scope=run, for the longest length);
 2. for each length N: `gemini-ray distill run.name=fN label.use=require train.max_steps=N`, then
    `gemini-ray eval` of its student (the teacher's row too, for the first length only);
 3. a line through the last three lengths (in log steps, and log value for perplexity and KL: a power law;
@@ -83,7 +84,8 @@ def main() -> int:
     if len(args.steps) < 3 or sorted(set(args.steps)) != args.steps:
         parser.error("--steps: at least three lengths, increasing")
     store = (ROOT / args.store).resolve()
-    cli("label", f"run.storage_path={store}", *args.overrides)
+    # the longest length's budget: under label.scope=run the cache then holds every length's rows
+    cli("label", f"run.storage_path={store}", *args.overrides, f"train.max_steps={max(args.steps)}")
     reports = {n: run_length(store, n, args.overrides, with_teacher=i == 0) for i, n in enumerate(args.steps)}
     teacher = reports[args.steps[0]]["models"]["teacher"]["lm"]
     rows = {n: r["models"]["student"]["lm"] for n, r in reports.items()}
