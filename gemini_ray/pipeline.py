@@ -166,10 +166,20 @@ class ShardWriter:
                 "missing_negatives": np.array([int(mined["missing_negatives"].sum())])}
 
 
+def _without_empty_blocks(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """The dataset's rows, computed, in its non-empty blocks only. A filter leaves a zero-row block with no
+    columns where it kept nothing; a map stage passes such a block through without calling its function, and
+    a hash shuffle (groupby) then fails to concatenate it with the labelled blocks ("Schema at index 1 was
+    different", Ray 2.60). A round's token ids are small: holding them is cheap."""
+    refs = [ref for bundle in ds.iter_internal_ref_bundles()
+            for ref, meta in zip(bundle.block_refs, bundle.metadata) if meta.num_rows]
+    return ray.data.from_arrow_refs(refs)
+
+
 def label_shards(cfg: Config, examples: ray.data.Dataset, directory: str, shards: list[int]) -> list[dict]:
     """Label and write the given shards (one Ray Data execution); returns one record per shard."""
     todo = set(shards)
-    subset = examples.filter(lambda r: r["shard"] in todo, num_cpus=LIGHT_CPUS)
+    subset = _without_empty_blocks(examples.filter(lambda r: r["shard"] in todo, num_cpus=LIGHT_CPUS))
     labelled = _teacher_stage(cfg, subset)
     written = labelled.groupby("shard").map_groups(
         ShardWriter,
