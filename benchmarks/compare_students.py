@@ -1,0 +1,74 @@
+"""Trained students side by side with their untrained initialisation, on the evaluation protocol, with paired
+95 % bootstrap intervals: each student minus the untrained one on Lee and RT, and each student's held-out
+perplexity over the reference student's (the first named).
+
+    python benchmarks/compare_students.py --config configs/quality.yaml --out runs/compare \
+        lambda-0.5=runs/q05/student lambda-0.8=runs/q08/student
+
+The untrained student is derived from the config (the teacher's copied layers, as `gemini-ray ablate` makes
+it). Writes <out>/compare.json and prints a markdown table and the intervals. A file, not a here-document:
+the evaluation measures peak memory in spawned processes, which re-import the main module by its path."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from os.path import join
+
+from gemini_ray.config import build_config
+from gemini_ray.evaluation.run import (evaluate_students, markdown_table, noise_verdict, paired_differences,
+                                      paired_perplexity)
+from gemini_ray.paths import atomic_write_json
+
+UNTRAINED = "untrained"
+
+
+def _students(pairs: list[str]) -> dict[str, str]:
+    students = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            sys.exit(f"compare_students: '{pair}' is not NAME=STUDENT_DIR (e.g. lambda-0.8=runs/q08/student)")
+        if name == UNTRAINED or name in students:
+            sys.exit(f"compare_students: the name '{name}' is used twice or reserved; give each student its own")
+        students[name] = path
+    return students
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="the config the students were trained with")
+    parser.add_argument("--out", required=True, help="directory for compare.json and the untrained student")
+    parser.add_argument("students", nargs="+", metavar="NAME=STUDENT_DIR")
+    args = parser.parse_args()
+    students = _students(args.students)
+    cfg = build_config(args.config, [])
+
+    from gemini_ray.distill_run import export_untrained
+    from gemini_ray.session import start_session
+
+    untrained = export_untrained(cfg, start_session(cfg, with_teacher=True), join(args.out, UNTRAINED, "student"))
+    teacher, rows, _ = evaluate_students(cfg, {UNTRAINED: untrained, **students})
+    reference = next(iter(students))
+    print(markdown_table({"teacher": teacher, **rows}))
+    result = {"teacher": teacher, "rows": {}, "minus_untrained": {}, "perplexity_over_reference": {}}
+    for name in students:
+        result["minus_untrained"][name] = paired = paired_differences(rows[name], rows[UNTRAINED])
+        for key, d in paired.items():
+            print(f"{name} - untrained, {key}: {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
+                  f"{noise_verdict(d)}")
+        if name != reference:
+            result["perplexity_over_reference"][name] = ppl = paired_perplexity(rows[name], rows[reference])
+            if ppl:
+                print(f"{name} / {reference}, held-out perplexity: {ppl['ratio']:.3f} [{ppl['low']:.3f}, "
+                      f"{ppl['high']:.3f}] {noise_verdict(ppl)}")
+            for key, d in paired_differences(rows[name], rows[reference]).items():
+                print(f"{name} - {reference}, {key}: {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
+                      f"{noise_verdict(d)}")
+    result["rows"] = {name: {k: v for k, v in row.items() if k != "items"} for name, row in rows.items()}
+    atomic_write_json(join(args.out, "compare.json"), result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
