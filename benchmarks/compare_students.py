@@ -16,8 +16,7 @@ import sys
 from os.path import join
 
 from gemini_ray.config import build_config
-from gemini_ray.evaluation.run import (evaluate_students, markdown_table, noise_verdict, paired_differences,
-                                      paired_perplexity)
+from gemini_ray.evaluation.run import compare_pair, evaluate_students, markdown_table
 from gemini_ray.paths import atomic_write_json
 
 UNTRAINED = "untrained"
@@ -53,18 +52,13 @@ def main() -> int:
     print(markdown_table({"teacher": teacher, **rows}))
     result = {"teacher": teacher, "rows": {}, "minus_untrained": {}, "perplexity_over_reference": {}}
     for name in students:
-        result["minus_untrained"][name] = paired = paired_differences(rows[name], rows[UNTRAINED])
-        for key, d in paired.items():
-            print(f"{name} - untrained, {key}: {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
-                  f"{noise_verdict(d)}")
+        against_untrained, lines = compare_pair(name, UNTRAINED, rows[name], rows[UNTRAINED])
+        result["minus_untrained"][name] = against_untrained["differences"]
         if name != reference:
-            result["perplexity_over_reference"][name] = ppl = paired_perplexity(rows[name], rows[reference])
-            if ppl:
-                print(f"{name} / {reference}, held-out perplexity: {ppl['ratio']:.3f} [{ppl['low']:.3f}, "
-                      f"{ppl['high']:.3f}] {noise_verdict(ppl)}")
-            for key, d in paired_differences(rows[name], rows[reference]).items():
-                print(f"{name} - {reference}, {key}: {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
-                      f"{noise_verdict(d)}")
+            against_reference, more = compare_pair(name, reference, rows[name], rows[reference])
+            result["perplexity_over_reference"][name] = against_reference["perplexity_ratio"]
+            lines += more
+        print("\n".join(lines))
     result["rows"] = {name: {k: v for k, v in row.items() if k != "items"} for name, row in rows.items()}
     atomic_write_json(join(args.out, "compare.json"), result)
     return 0

@@ -10,8 +10,7 @@ the main module by its path (a script read from stdin has none)."""
 import sys
 
 from gemini_ray.config import build_config
-from gemini_ray.evaluation.run import (evaluate_students, markdown_table, noise_verdict, paired_differences,
-                                      paired_perplexity)
+from gemini_ray.evaluation.run import compare_pair, evaluate_students, markdown_table
 from gemini_ray.paths import atomic_write_json
 
 
@@ -19,22 +18,16 @@ def main(store: str) -> None:
     cfg = build_config(None, [f"run.storage_path={store}"])
     teacher, rows, _ = evaluate_students(cfg, {"search best": f"{store}/search-best/student",
                                                "default": f"{store}/default/student"})
-    paired = paired_differences(rows["search best"], rows["default"])
-    ppl = paired_perplexity(rows["search best"], rows["default"])
+    compared, lines = compare_pair("search best", "default", rows["search best"], rows["default"])
     with open(f"{store}/search/best_config.yaml") as f:
         best = f.readline().strip()
     print(best)
     print(markdown_table({"teacher": teacher, **rows}))
-    for key, d in paired.items():
-        print(f"search best - default, {key}: {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
-              f"{noise_verdict(d)}")
-    if ppl:
-        print(f"search best / default, held-out perplexity: {ppl['ratio']:.3f} [{ppl['low']:.3f}, {ppl['high']:.3f}] "
-              f"{noise_verdict(ppl)}")
+    print("\n".join(lines))
     slim = {name: {k: v for k, v in row.items() if k != "items"} for name, row in rows.items()}
     atomic_write_json(f"{store}/search_vs_default.json", {"best": best, "teacher": teacher, "rows": slim,
-                                                          "best_minus_default": paired,
-                                                          "perplexity_best_over_default": ppl})
+                                                          "best_minus_default": compared["differences"],
+                                                          "perplexity_best_over_default": compared["perplexity_ratio"]})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation import sets
 from gemini_ray.evaluation.metrics import causal_targets, linear_probe_accuracy, spearman, token_stats
 from gemini_ray.config import build_config
-from gemini_ray.evaluation.run import evaluate, paired_perplexity, recorded_settings
+from gemini_ray.evaluation.run import compare_pair, evaluate, paired_differences, paired_perplexity, recorded_settings
 from gemini_ray.evaluation.sets import lee_similarity
 from gemini_ray.models import build_student, load_teacher
 from tiny import save, tiny_llama, word_tokenizer
@@ -270,6 +270,13 @@ def test_the_methods_claims_are_judged_by_paired_intervals():
     ratio = paired_perplexity(rows["kd+cl"], rows["cl-only"])  # exp of the mean per-token gap, 680 nats / 100 tokens
     assert ratio["ratio"] == pytest.approx(np.exp(-680 / 100), rel=0.05)
     assert ratio["high"] < 1 and ratio["beyond_noise"]
+    compared, lines = compare_pair("kd+cl", "cl-only", rows["kd+cl"], rows["cl-only"])
+    assert compared["perplexity_ratio"] == ratio
+    assert compared["differences"] == paired_differences(rows["kd+cl"], rows["cl-only"])
+    assert lines[0] == (f"kd+cl / cl-only, held-out perplexity: {ratio['ratio']:.3f} [{ratio['low']:.3f}, "
+                        f"{ratio['high']:.3f}] beyond noise")
+    assert [line.split(",")[1].split(":")[0] for line in lines[1:]] == [" lee_spearman", " rt_accuracy"]
+    assert lines[2].endswith("within noise")  # two snippets out of 400
     rows["kd+cl"] = _scored(rng.random(human.size), rt, windows + 800)  # worse than KD-only's, CL-only's LM
     verdicts = {(c["baseline"], c["metric"]): c["verdict"] for c in claims(rows)}
     assert verdicts[("kd-only", "lee_spearman")] in ("fails within noise", "holds within noise")

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["Model", "load_model", "evaluate", "evaluate_students", "corpus_against_sets", "markdown_table",
            "read_student_meta", "recorded_settings",
            "write_report", "versus_teacher", "embedding_scores", "paired_differences", "paired_perplexity",
-           "noise_verdict"]
+           "noise_verdict", "compare_pair"]
 
 
 @dataclass
@@ -426,6 +426,22 @@ def paired_perplexity(a: dict[str, Any], b: dict[str, Any], seed: int = 0) -> di
 def noise_verdict(difference: dict[str, Any]) -> str:
     """'beyond noise' or 'within noise' for a paired difference of `paired_differences`."""
     return "beyond noise" if difference["beyond_noise"] else "within noise"
+
+
+def compare_pair(name: str, other: str, row: dict[str, Any], other_row: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Model `name` against model `other` on the same evaluation sets: its held-out perplexity over the other's
+    (`paired_perplexity`) and its Lee and RT minus the other's (`paired_differences`), and one printable line
+    for each, e.g. "kd+cl - untrained, lee_spearman: +0.134 [+0.093, +0.176] beyond noise"."""
+    ppl = paired_perplexity(row, other_row)
+    differences = paired_differences(row, other_row)
+    lines = []
+    if ppl:
+        lines.append(f"{name} / {other}, held-out perplexity: {ppl['ratio']:.3f} [{ppl['low']:.3f}, "
+                     f"{ppl['high']:.3f}] {noise_verdict(ppl)}")
+    for key, d in differences.items():
+        lines.append(f"{name} - {other}, {key}: {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
+                     f"{noise_verdict(d)}")
+    return {"perplexity_ratio": ppl, "differences": differences}, lines
 
 
 def versus_teacher(s: dict[str, Any], t: dict[str, Any]) -> dict[str, float]:
