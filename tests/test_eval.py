@@ -273,8 +273,8 @@ def test_the_methods_claims_are_judged_by_paired_intervals():
     compared, lines = compare_pair("kd+cl", "cl-only", rows["kd+cl"], rows["cl-only"])
     assert compared["perplexity_ratio"] == ratio
     assert compared["differences"] == paired_differences(rows["kd+cl"], rows["cl-only"])
-    assert lines[0] == (f"kd+cl / cl-only, held-out perplexity: {ratio['ratio']:.3f} [{ratio['low']:.3f}, "
-                        f"{ratio['high']:.3f}] beyond noise")
+    assert lines[0] == (f"kd+cl / cl-only, held-out perplexity: {ratio['ratio']:.2e} [{ratio['low']:.2e}, "
+                        f"{ratio['high']:.2e}] beyond noise")  # under 0.01: not 0.001 [0.001, 0.001]
     assert [line.split(",")[1].split(":")[0] for line in lines[1:]] == [" lee_spearman", " rt_accuracy"]
     assert lines[2].endswith("within noise")  # two snippets out of 400
     rows["kd+cl"] = _scored(rng.random(human.size), rt, windows + 800)  # worse than KD-only's, CL-only's LM

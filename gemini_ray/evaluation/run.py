@@ -436,8 +436,8 @@ def compare_pair(name: str, other: str, row: dict[str, Any], other_row: dict[str
     differences = paired_differences(row, other_row)
     lines = []
     if ppl:
-        lines.append(f"{name} / {other}, held-out perplexity: {ppl['ratio']:.3f} [{ppl['low']:.3f}, "
-                     f"{ppl['high']:.3f}] {noise_verdict(ppl)}")
+        low, ratio, high = (f"{ppl[k]:.3f}" if ppl[k] >= 0.01 else f"{ppl[k]:.2e}" for k in ("low", "ratio", "high"))
+        lines.append(f"{name} / {other}, held-out perplexity: {ratio} [{low}, {high}] {noise_verdict(ppl)}")
     for key, d in differences.items():
         lines.append(f"{name} - {other}, {key}: {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] "
                      f"{noise_verdict(d)}")
