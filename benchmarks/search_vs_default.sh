@@ -5,7 +5,7 @@
 # a trial above it ranks behind every trial under it), train the best trial's config, and evaluate both
 # side by side: the paired bootstraps of best minus default on Lee and RT, and of their perplexity ratio,
 # say whether each difference is beyond the evaluation sets' noise.
-#   bash benchmarks/search_vs_default.sh          (uses .venv; about 45 minutes on 2 cores)
+#   bash benchmarks/search_vs_default.sh          (uses .venv; about 55 minutes on 2 cores, 2026-12-03)
 #   FLOOR=none bash benchmarks/search_vs_default.sh   (the search without the floor)
 set -euo pipefail
 cd "$(dirname "$0")/.."
