@@ -1,6 +1,6 @@
 """Trained students side by side with their untrained initialisation, on the evaluation protocol, with paired
-95 % bootstrap intervals: each student minus the untrained one on Lee and RT, and each student's held-out
-perplexity over the reference student's (the first named).
+95 % bootstrap intervals (`compare_pair`): each student against the untrained one, and each against the
+reference student (the first named), on held-out perplexity (a ratio), Lee and RT (differences).
 
     python benchmarks/compare_students.py --config configs/quality.yaml --out runs/compare \
         lambda-0.5=runs/q05/student lambda-0.8=runs/q08/student
