@@ -7,11 +7,13 @@
 # say whether each difference is beyond the evaluation sets' noise.
 #   bash benchmarks/search_vs_default.sh          (uses .venv; about 55 minutes on 2 cores, 2026-12-03)
 #   FLOOR=none bash benchmarks/search_vs_default.sh   (the search without the floor)
+#   SPACE=tune_spaces/OTHER.yaml bash benchmarks/search_vs_default.sh   (another space; default demo_search.yaml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 STORE=${STORE:-runs/search-vs-default}
+SPACE=${SPACE:-tune_spaces/demo_search.yaml}
 $BIN/gemini-ray label run.storage_path=$STORE
 $BIN/gemini-ray distill run.storage_path=$STORE run.name=default label.use=require
 if [ "${FLOOR:-default}" = none ]; then
@@ -20,7 +22,7 @@ else
     FLOOR_KEY=("tune.max_val_loss_kd=$($BIN/python -c "import json, sys
 print(json.load(open(sys.argv[1]))['training']['last']['val/loss_kd'])" "$STORE/default/summary.json")")
 fi
-$BIN/gemini-ray tune run.storage_path=$STORE tune.space=tune_spaces/demo_search.yaml tune.name=search \
+$BIN/gemini-ray tune run.storage_path=$STORE tune.space=$SPACE tune.name=search \
     "${FLOOR_KEY[@]}"
 $BIN/gemini-ray distill --config $STORE/search/best_config.yaml run.storage_path=$STORE run.name=search-best \
     label.use=require
