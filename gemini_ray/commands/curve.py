@@ -1,6 +1,6 @@
 """`gemini-ray curve`: one student trained, then evaluated at every checkpoint: where training takes it.
 
-    gemini-ray curve --config configs/quality.yaml        # `make quality`: the quality budget (< 60 min here)
+    gemini-ray curve --config configs/quality.yaml label.use=require   # `make quality`, after `gemini-ray label`
     gemini-ray curve train.max_steps=120 train.checkpoint_every=30
 
 Distils as `gemini-ray distill` does (the same run directory: the same command resumes), keeping every
