@@ -7,13 +7,16 @@
 # say whether each difference is beyond the evaluation sets' noise.
 #   bash benchmarks/search_vs_default.sh          (uses .venv; about 55 minutes on 2 cores, 2026-12-03)
 #   FLOOR=none bash benchmarks/search_vs_default.sh   (the search without the floor)
-#   SPACE=tune_spaces/OTHER.yaml bash benchmarks/search_vs_default.sh   (another space; default demo_search.yaml)
+#   SPACE=tune_spaces/demo_refine.yaml bash benchmarks/search_vs_default.sh   (another space, in a store of its
+#   own: runs/search-vs-default-demo_refine; in one store `tune` would resume the other space's search)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-STORE=${STORE:-runs/search-vs-default}
 SPACE=${SPACE:-tune_spaces/demo_search.yaml}
+SPACE_NAME=$(basename "$SPACE" .yaml)
+if [ "$SPACE_NAME" = demo_search ]; then SUFFIX=; else SUFFIX=-$SPACE_NAME; fi
+STORE=${STORE:-runs/search-vs-default$SUFFIX}
 $BIN/gemini-ray label run.storage_path=$STORE
 $BIN/gemini-ray distill run.storage_path=$STORE run.name=default label.use=require
 if [ "${FLOOR:-default}" = none ]; then
