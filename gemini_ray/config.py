@@ -301,7 +301,13 @@ class LossConfig:
     """μ: weight of a representation term added to the seed's loss, L = λ·L_KD + (1 − λ)·L_CL + μ·L_rep, with
     L_rep = 1 − cos(student's pooled span embedding, teacher's) on the anchor and positive spans (an
     extension beyond the seed, after DistilBERT's hidden-state cosine loss). 0: the seed's exact loss
-    (L_rep is still logged as loss/rep). Needs a student as wide as the teacher."""
+    (L_rep is still logged as loss/rep). loss.rep_form says what L_rep compares."""
+    rep_form: Literal["cosine", "similarity"] = "cosine"
+    """The representation term L_rep. 'cosine': 1 − cos(student's pooled span embedding, teacher's), after
+    DistilBERT; it pulls each embedding toward the teacher's vector and needs a student as wide as the
+    teacher. 'similarity': the mean squared difference between the student's and the teacher's centred cosine
+    matrices over the batch's anchor and positive spans (similarity-preserving distillation): the student
+    keeps the teacher's similarities, not its vectors, at any width. Per Train worker (not gathered)."""
     balance: Literal["none", "magnitude", "start"] = "none"
     """'none': the weights multiply the losses as written (the seed's loss). 'magnitude': each term's
     gradient is divided by its current value, so λ (and μ) set the terms' relative pull whatever their

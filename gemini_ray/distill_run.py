@@ -81,11 +81,12 @@ def _make_student(cfg: Config, session: Session) -> nn.Module:
     else:
         student = build_student(session.teacher, session.kind, cfg.student, seed=cfg.train.seed)
     widths = student.config.hidden_size, session.teacher_config.hidden_size
-    if cfg.loss.rep_weight > 0 and widths[0] != widths[1]:
+    if cfg.loss.rep_weight > 0 and cfg.loss.rep_form == "cosine" and widths[0] != widths[1]:
         raise GeminiRayError(
             f"loss.rep_weight={cfg.loss.rep_weight} compares the student's span embeddings with the teacher's, "
-            f"but the student is {widths[0]} wide and the teacher {widths[1]}. Set loss.rep_weight=0 or use a "
-            "student as wide as the teacher (drop student.hidden_size).")
+            f"but the student is {widths[0]} wide and the teacher {widths[1]}. Set loss.rep_form=similarity "
+            "(compares similarities, any width), loss.rep_weight=0, or use a student as wide as the teacher "
+            "(drop student.hidden_size).")
     n_teacher, n_student = session.teacher_params, count_parameters(student)
     print(f"[gemini-ray] teacher {session.teacher_source} ({session.kind}, {n_teacher / 1e6:.1f} M params); "
           f"student {n_student / 1e6:.1f} M params ({n_student / n_teacher:.0%} of the teacher)")

@@ -15,7 +15,9 @@ LOSS_TOTAL = "loss/total"
 LOSS_KD = "loss/kd"
 LOSS_CL = "loss/cl"
 LOSS_REP = "loss/rep"
-"""1 − cosine of the student's and the teacher's pooled span embeddings (in the gradient when loss.rep_weight > 0)."""
+"""The representation term in loss.rep_form (in the gradient when loss.rep_weight > 0): 'cosine', 1 − cosine of
+the student's and the teacher's pooled span embeddings; 'similarity', the mean squared difference of their centred
+cosine matrices (also what is logged for a student narrower than its teacher, whose cosine cannot be computed)."""
 LOSS_NAMES = (LOSS_TOTAL, LOSS_KD, LOSS_CL, LOSS_REP)
 """In the order they are logged."""
 LOSS_PARTS = (LOSS_KD, LOSS_CL, LOSS_REP, LOSS_TOTAL)

@@ -17,7 +17,8 @@ from typing import Any, Callable, ContextManager
 import torch
 
 from gemini_ray.config import LossConfig, TrainConfig
-from gemini_ray.losses import LossParts, combine, cosine_embedding_loss, info_nce_loss, next_token_loss, topk_kd_loss
+from gemini_ray.losses import (LossParts, combine, cosine_embedding_loss, info_nce_loss, next_token_loss,
+                               similarity_loss, topk_kd_loss)
 from gemini_ray.losses.contrastive import all_gather_constant, all_gather_with_grad, in_batch_mask
 
 __all__ = ["compute_loss", "make_optimizer", "lr_at"]
@@ -63,7 +64,11 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
                                     gather_ids(span_hash[:, 1].contiguous()))  # (B, W·B)
     cl = info_nce_loss(z, z_pos, z_neg, cfg.cl_temperature, batch["neg_mask"][:, :K].bool(), shared, shared_mask)
     t_emb = batch["teacher_embedding"]  # (B, 2, H)
-    rep = cosine_embedding_loss(pooled[: 2 * B], torch.cat([t_emb[:, 0], t_emb[:, 1]]))
+    s_span, t_span = pooled[: 2 * B], torch.cat([t_emb[:, 0], t_emb[:, 1]])  # (2B, H_S), (2B, H_T)
+    if cfg.rep_form == "similarity" or s_span.shape[-1] != t_span.shape[-1]:
+        rep = similarity_loss(s_span, t_span)  # a narrower student's cosine cannot be computed: logged so
+    else:
+        rep = cosine_embedding_loss(s_span, t_span)
     if cfg.objective == "lm":  # no-teacher baseline: KD, CL and rep are logged, the gradient is plain CE
         span_ids = torch.cat([ids[:, 0], ids[:, 1]])  # (2B, L), ordered like the logits
         span_att = torch.cat([att[:, 0], att[:, 1]])

@@ -290,7 +290,7 @@ def test_the_methods_claims_are_judged_by_paired_intervals():
     assert paired_perplexity(rows["kd+cl"], other) == {}  # other windows (another tokenizer): no comparison
 
 
-def test_the_representation_term_refuses_a_student_narrower_than_its_teacher(llama_dir):
+def test_the_cosine_representation_term_refuses_a_student_narrower_than_its_teacher(llama_dir):
     from gemini_ray.distill_run import _make_student
 
     session = _session(llama_dir)
@@ -299,6 +299,7 @@ def test_the_representation_term_refuses_a_student_narrower_than_its_teacher(lla
     with pytest.raises(GeminiRayError, match="loss.rep_weight=1.0 compares the student's span embeddings"):
         _make_student(build_config(None, [*narrow_student, "loss.rep_weight=1.0"]), session)
     _make_student(build_config(None, narrow_student), session)
+    _make_student(build_config(None, [*narrow_student, "loss.rep_weight=1.0", "loss.rep_form=similarity"]), session)
 
 
 def test_positive_mrr_ranks_each_anchors_positive_among_other_documents():

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gemini_ray.losses import combine, cosine_embedding_loss, dense_kd_loss, info_nce_loss, topk_kd_loss
+from gemini_ray.losses import (combine, cosine_embedding_loss, dense_kd_loss, info_nce_loss, similarity_loss,
+                               topk_kd_loss)
 
 B, L, V = 3, 5, 11
 
@@ -215,7 +216,33 @@ def test_cosine_embedding_loss_matches_hand_computation():
         cosine_embedding_loss(s, t[:, :4])
 
 
-def test_representation_term_with_zero_weight_is_the_seeds_loss_and_reaches_only_the_student():
+def test_similarity_loss_matches_a_pairwise_reference_at_any_width():
+    """Centre each set, compare every pair's cosine (i ≠ j) by hand; the student's width may differ from the
+    teacher's, and moving, rotating or scaling the student's embeddings does not change the loss."""
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.randn(6, 4, generator=g), torch.randn(6, 9, generator=g)
+
+    def cos(a, b):
+        return float(a @ b) / (float(a.norm()) * float(b.norm()))
+
+    sc, tc = s - s.mean(0), t - t.mean(0)
+    pairs = [(i, j) for i in range(6) for j in range(6) if i != j]
+    by_hand = sum((cos(sc[i], sc[j]) - cos(tc[i], tc[j])) ** 2 for i, j in pairs) / len(pairs)
+    assert similarity_loss(s, t).item() == pytest.approx(by_hand, rel=1e-5)
+    rotation = torch.linalg.qr(torch.randn(4, 4, generator=g))[0]
+    assert similarity_loss(3 * s @ rotation + 7, t).item() == pytest.approx(by_hand, rel=1e-4)
+    assert similarity_loss(t @ torch.linalg.qr(torch.randn(9, 9, generator=g))[0], t).item() == pytest.approx(0, abs=1e-6)
+    assert similarity_loss(s, -t).item() == pytest.approx(similarity_loss(-s, t).item(), rel=1e-6)
+    two = s[:2].clone().requires_grad_(True)  # centring two rows leaves x and −x: nothing to compare
+    loss = similarity_loss(two, t[:2])
+    loss.backward()
+    assert loss.item() == 0 and torch.equal(two.grad, torch.zeros_like(two))
+    with pytest.raises(ValueError, match="same N"):
+        similarity_loss(s, t[:5])
+
+
+@pytest.mark.parametrize("form", ["cosine", "similarity"])
+def test_representation_term_with_zero_weight_is_the_seeds_loss_and_reaches_only_the_student(form):
     """rep_weight 0: total and gradients are λ·L_KD + (1 − λ)·L_CL's, whatever the teacher embeddings say;
     rep_weight μ: total = that + μ·L_rep, and the gradient reaches the student but not the teacher's targets."""
     from ddp_toy import ToyStudent, toy_batch
@@ -224,7 +251,8 @@ def test_representation_term_with_zero_weight_is_the_seeds_loss_and_reaches_only
 
     def run(batch, **loss):
         model = ToyStudent()
-        parts = compute_loss(model, batch, LossConfig(lambda_kd=0.3, num_negatives=2, **loss), across_ranks=False)
+        cfg = LossConfig(lambda_kd=0.3, num_negatives=2, rep_form=form, **loss)
+        parts = compute_loss(model, batch, cfg, across_ranks=False)
         parts.total.backward()
         return parts, [p.grad.clone() for p in model.parameters()]
 
@@ -232,7 +260,9 @@ def test_representation_term_with_zero_weight_is_the_seeds_loss_and_reaches_only
     seed, seed_grads = run(batch)
     assert seed.total.item() == pytest.approx(0.3 * seed.kd.item() + 0.7 * seed.cl.item(), rel=1e-6)
     assert 0 < seed.rep.item() < 2 and not seed.rep.requires_grad  # logged, not trained on
-    other = {**batch, "teacher_embedding": -batch["teacher_embedding"]}
+    flipped = batch["teacher_embedding"].clone()
+    flipped[:, 0] = -flipped[:, 0]  # (negating all would leave the similarity form's cosines as they are)
+    other = {**batch, "teacher_embedding": flipped}
     moved, moved_grads = run(other)
     assert moved.total.item() == seed.total.item() and moved.rep.item() != pytest.approx(seed.rep.item())
     assert all(torch.equal(a, b) for a, b in zip(seed_grads, moved_grads))
@@ -245,14 +275,16 @@ def test_representation_term_with_zero_weight_is_the_seeds_loss_and_reaches_only
     assert any(not torch.allclose(a, b) for a, b in zip(seed_grads, rep_grads))
 
 
-def test_the_representation_term_pulls_the_student_toward_the_teacher():
-    """A few SGD steps on L_rep alone bring the student's pooled spans closer to the teacher's."""
+@pytest.mark.parametrize("form", ["cosine", "similarity"])
+def test_the_representation_term_pulls_the_student_toward_the_teacher(form):
+    """A few SGD steps on L_rep alone bring the student's pooled spans (or their similarities) closer to
+    the teacher's."""
     from ddp_toy import ToyStudent, toy_batch
     from gemini_ray.config import LossConfig
     from gemini_ray.train_step import compute_loss
 
     model, batch = ToyStudent(), toy_batch(8)
-    cfg = LossConfig(num_negatives=2, rep_weight=1.0)
+    cfg = LossConfig(num_negatives=2, rep_weight=1.0, rep_form=form)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     first = compute_loss(model, batch, cfg, across_ranks=False).rep.item()
     for _ in range(30):
@@ -314,3 +346,19 @@ def test_start_balance_divides_each_terms_gradient_by_its_starting_value_and_kee
                           0.3 * parts[0] / 20.0 + 0.7 * g_cl / 2.5)
     assert torch.allclose(grad(combine(kd, small, 0.3, balance="magnitude")),
                           0.3 * parts[0] / kd.item() + 0.7 * g_cl / small.item())
+
+
+def test_a_student_narrower_than_its_teacher_logs_the_similarity_form():
+    """The cosine form cannot compare widths that differ; with μ = 0 training still runs and loss/rep is the
+    similarity form's value (the width check of distill refuses μ > 0 with the cosine form)."""
+    from ddp_toy import ToyStudent, toy_batch
+    from gemini_ray.config import LossConfig
+    from gemini_ray.train_step import compute_loss
+
+    batch = toy_batch(8)
+    wide = torch.cat([batch["teacher_embedding"], batch["teacher_embedding"][..., :3]], dim=-1)
+    parts = compute_loss(ToyStudent(), {**batch, "teacher_embedding": wide}, LossConfig(num_negatives=2),
+                         across_ranks=False)
+    similar = compute_loss(ToyStudent(), {**batch, "teacher_embedding": wide},
+                           LossConfig(num_negatives=2, rep_form="similarity"), across_ranks=False)
+    assert parts.rep.item() == pytest.approx(similar.rep.item()) and parts.total.item() == pytest.approx(similar.total.item())

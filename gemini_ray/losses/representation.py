@@ -1,11 +1,19 @@
-"""Representation loss: the student's pooled span embedding toward the teacher's (L_rep).
+"""Representation losses: the student's pooled span embeddings toward the teacher's (L_rep).
 
-    L_rep = mean over spans of ( 1 − cos(z_S, z_T) )
+Two forms (loss.rep_form), both extensions beyond the seed's two-term loss; z_S is the student's mean-pooled
+last hidden state of a span, z_T the teacher's (shipped by the teacher stage with the soft labels; a
+constant here):
 
-z_S is the student's mean-pooled last hidden state of a span, z_T the teacher's (shipped by the teacher
-stage with the soft labels; a constant here). It is an extension beyond the seed's two-term loss, in the
-spirit of DistilBERT's hidden-state cosine loss (Sanh et al. 2019), and needs a student as wide as its
-teacher (the copied-layer students are).
+* 'cosine', in the spirit of DistilBERT's hidden-state cosine loss (Sanh et al. 2019):
+      L_rep = mean over spans of ( 1 − cos(z_S, z_T) )
+  It pulls each student embedding toward the teacher's own vector, so it needs a student as wide as its
+  teacher (the copied-layer students are).
+* 'similarity', similarity-preserving distillation (Tung & Mori 2019) on centred cosines:
+      G(z) = cosine matrix of the batch's embeddings after subtracting their mean (N x N)
+      L_rep = mean over the pairs i ≠ j of ( G(z_S)_ij − G(z_T)_ij )²
+  It asks the student to rank the spans' similarities as the teacher does, not to copy the teacher's
+  vectors: it works at any student width, and the centring removes the direction that every mean-pooled
+  embedding of a language model shares, which dominates raw cosines.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cosine_embedding_loss"]
+__all__ = ["cosine_embedding_loss", "similarity_loss"]
 
 
 def cosine_embedding_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -24,3 +32,26 @@ def cosine_embedding_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch
                          f"{tuple(teacher.shape)} differ in shape")
     cos = F.cosine_similarity(student.float(), teacher.detach().float(), dim=-1, eps=1e-8)  # (N,)
     return (1.0 - cos).mean()
+
+
+def _centred_cosines(x: torch.Tensor) -> torch.Tensor:
+    """(N, H) → (N, N) cosines of the rows after subtracting their mean."""
+    x = x.float()
+    x = F.normalize(x - x.mean(dim=0, keepdim=True), dim=-1, eps=1e-8)
+    return x @ x.T
+
+
+def similarity_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference, over the pairs i ≠ j, of the centred cosine matrices of (N, H_S) student
+    and (N, H_T) teacher embeddings (the widths may differ); no gradient to the teacher. 0 when the student
+    orders and spaces the spans as the teacher does, at most 4. Under 3 spans (a batch of one example, or a
+    last held-out batch) centring leaves nothing to compare: 0, and a zero gradient."""
+    n = student.shape[0]
+    if student.ndim != 2 or teacher.ndim != 2 or teacher.shape[0] != n:
+        raise ValueError(f"student embeddings {tuple(student.shape)} and teacher embeddings "
+                         f"{tuple(teacher.shape)} must be (N, H) matrices with the same N")
+    if n < 3:
+        return student.float().sum() * 0.0
+    off = ~torch.eye(n, dtype=torch.bool, device=student.device)
+    diff = _centred_cosines(student) - _centred_cosines(teacher.detach())
+    return diff[off].pow(2).mean()
