@@ -298,10 +298,9 @@ class LossConfig:
     teacher signal in the gradient (the no-teacher baseline of the ablation; causal teachers only). The KD
     and contrastive losses are still computed, without gradient, so runs compare on the same logs."""
     rep_weight: float = 0.0
-    """μ: weight of a representation term added to the seed's loss, L = λ·L_KD + (1 − λ)·L_CL + μ·L_rep, with
-    L_rep = 1 − cos(student's pooled span embedding, teacher's) on the anchor and positive spans (an
-    extension beyond the seed, after DistilBERT's hidden-state cosine loss). 0: the seed's exact loss
-    (L_rep is still logged as loss/rep). loss.rep_form says what L_rep compares."""
+    """μ: weight of a representation term added to the seed's loss, L = λ·L_KD + (1 − λ)·L_CL + μ·L_rep, on the
+    anchor and positive spans (an extension beyond the seed; loss.rep_form says what L_rep compares). 0: the
+    seed's exact loss (L_rep is still logged as loss/rep)."""
     rep_form: Literal["cosine", "similarity"] = "cosine"
     """The representation term L_rep. 'cosine': 1 − cos(student's pooled span embedding, teacher's), after
     DistilBERT; it pulls each embedding toward the teacher's vector and needs a student as wide as the

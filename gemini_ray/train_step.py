@@ -66,7 +66,7 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
     t_emb = batch["teacher_embedding"]  # (B, 2, H)
     s_span, t_span = pooled[: 2 * B], torch.cat([t_emb[:, 0], t_emb[:, 1]])  # (2B, H_S), (2B, H_T)
     if cfg.rep_form == "similarity" or s_span.shape[-1] != t_span.shape[-1]:
-        rep = similarity_loss(s_span, t_span)  # a narrower student's cosine cannot be computed: logged so
+        rep = similarity_loss(s_span, t_span)  # also logged for a narrower student, whose cosine has no meaning
     else:
         rep = cosine_embedding_loss(s_span, t_span)
     if cfg.objective == "lm":  # no-teacher baseline: KD, CL and rep are logged, the gradient is plain CE

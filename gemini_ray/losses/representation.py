@@ -12,8 +12,9 @@ constant here):
       G(z) = cosine matrix of the batch's embeddings after subtracting their mean (N x N)
       L_rep = mean over the pairs i ≠ j of ( G(z_S)_ij − G(z_T)_ij )²
   It asks the student to rank the spans' similarities as the teacher does, not to copy the teacher's
-  vectors: it works at any student width, and the centring removes the direction that every mean-pooled
-  embedding of a language model shares, which dominates raw cosines.
+  vectors: it works at any student width. The centring takes out the direction that the batch's mean-pooled
+  embeddings share (most of each copied-prefix student's embedding), so the term compares how the spans
+  differ rather than what they have in common.
 """
 
 from __future__ import annotations
