@@ -237,8 +237,13 @@ class TuneConfig:
     """None: as many as the cluster's CPUs (or GPUs) fit, at least 1."""
     metric: str = "val/objective"
     """Metric every trial reports and the scheduler compares. Default: val/objective, both halves of the
-    student (held-out KD loss and held-out retrieval of positives, each relative to the run's start; lower
-    is better). val/loss_kd alone favours the largest λ and cannot see τ or K."""
+    student (held-out KD loss and the held-out embedding metric in tune.objective_embedding, each relative
+    to the run's start; lower is better). val/loss_kd alone favours the largest λ and cannot see τ or K."""
+    objective_embedding: Literal["retrieval", "teacher_agreement"] = "retrieval"
+    """The embedding half of val/objective. 'retrieval': val/retrieval_mrr, each held-out anchor's own
+    positive ranked among other documents' (what the contrastive loss trains). 'teacher_agreement':
+    val/teacher_agreement, the held-out span pairs ordered by similarity as the teacher orders them (what
+    loss.rep_form=similarity trains, and what ranked students as Lee Spearman does at the demo budget)."""
     mode: Literal["min", "max"] = "min"
     """Whether the metric is minimised or maximised."""
     max_val_loss_kd: Optional[float] = None

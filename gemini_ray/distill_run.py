@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from gemini_ray.config import Config, config_to_dict
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.metric_names import LOSS_CL, LOSS_KD, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL
+from gemini_ray.metric_names import LOSS_CL, LOSS_KD, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_TEACHER_AGREEMENT
 from gemini_ray.paths import atomic_write_json, check_writable, is_uri, join, run_dir
 from gemini_ray.session import FoundCache, Session, find_cache
 from gemini_ray.watch import loss_chart
@@ -361,6 +361,9 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
             print(f"[gemini-ray] held-out: KD loss {first[VAL_LOSS_KD]:.3f} -> {last[VAL_LOSS_KD]:.3f}, retrieval MRR "
                   f"{first[VAL_RETRIEVAL]:.3f} -> {last[VAL_RETRIEVAL]:.3f}, objective {last[VAL_OBJECTIVE]:.3f} "
                   "(1 = where training started, lower is better)")
+        if VAL_TEACHER_AGREEMENT in first and VAL_TEACHER_AGREEMENT in last:
+            print(f"[gemini-ray] held-out: span similarities ranked as the teacher ranks them (Spearman) "
+                  f"{first[VAL_TEACHER_AGREEMENT]:.3f} -> {last[VAL_TEACHER_AGREEMENT]:.3f}")
     print(throughput_line(summary["training"]["throughput"]))
     print(f"[gemini-ray] student: {student_dir}")
     print(f"[gemini-ray] summary: {summary_path}")

@@ -36,9 +36,10 @@ import torch.distributed as dist
 
 from gemini_ray.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config
 from gemini_ray.config import Config, LossConfig
-from gemini_ray.evaluation.metrics import composite_objective, positive_mrr
-from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, LOSS_REP, LOSS_TOTAL, VAL_EXAMPLES,
-                                     VAL_LOSS_CL, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_STEP, held_out)
+from gemini_ray.evaluation.metrics import composite_objective, positive_mrr, teacher_agreement
+from gemini_ray.metric_names import (OBJECTIVE_EMBEDDING, LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, LOSS_REP, LOSS_TOTAL, VAL_EXAMPLES,
+                                     VAL_LOSS_CL, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_STEP,
+                                     VAL_TEACHER_AGREEMENT, held_out)
 from gemini_ray.models import DistillStudent
 from gemini_ray.numerics import Precision, allow_tf32, enable_activation_checkpointing
 from gemini_ray.paths import atomic_write_json, is_uri, read_json
@@ -224,8 +225,8 @@ def _stop_nonfinite(spec: RunSpec, state: dict[str, Any], part: str, value: floa
 def held_out_metrics(student: torch.nn.Module, rows: dict[str, Any] | None, loss_cfg: LossConfig, batch_size: int,
                      device: torch.device, step: int,
                      autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> dict[str, float]:
-    """Mean loss parts over the held-out rows and the retrieval of their positives (every rank scores all of
-    them; no collective). {} without rows."""
+    """Mean loss parts over the held-out rows, the retrieval of their positives and the agreement of their span
+    similarities with the teacher's (every rank scores all of them; no collective). {} without rows."""
     if rows is None:
         return {}
     sums, n, spans = dict.fromkeys(LOSS_NAMES, 0.0), 0, []
@@ -237,24 +238,30 @@ def held_out_metrics(student: torch.nn.Module, rows: dict[str, Any] | None, loss
             parts = compute_loss(student, batch, loss_cfg, across_ranks=False, autocast=autocast)
             for key, value in parts.as_floats().items():
                 sums[key] += value * b
-            spans.append((*parts.spans, batch["doc_id"]))
+            spans.append((*parts.spans, batch["doc_id"], batch["teacher_embedding"]))
             n += b
     student.train()
-    anchors, positives, docs = (torch.cat(column) for column in zip(*spans))
+    anchors, positives, docs, teacher = (torch.cat(column) for column in zip(*spans))
     return {**{held_out(k): v / max(n, 1) for k, v in sums.items()},
-            VAL_RETRIEVAL: positive_mrr(anchors, positives, docs), VAL_STEP: step, VAL_EXAMPLES: n}
+            VAL_RETRIEVAL: positive_mrr(anchors, positives, docs),
+            VAL_TEACHER_AGREEMENT: teacher_agreement(torch.cat([anchors, positives]),
+                                                     torch.cat([teacher[:, 0], teacher[:, 1]])),
+            VAL_STEP: step, VAL_EXAMPLES: n}
 
 
-def with_objective(metrics: dict[str, float], state: dict[str, Any],
-                   kd_ceiling: float | None = None) -> dict[str, float]:
+def with_objective(metrics: dict[str, float], state: dict[str, Any], kd_ceiling: float | None = None,
+                   embedding: str = VAL_RETRIEVAL) -> dict[str, float]:
     """The held-out metrics plus val/objective, against the held-out values where the run started (kept in
     the training state, so a resumed run compares with the same start), with tune.max_val_loss_kd as its
-    ceiling on the held-out KD loss. Unchanged without held-out rows."""
+    ceiling on the held-out KD loss and `embedding` (the metric tune.objective_embedding names) as its
+    embedding half. Unchanged without held-out rows."""
     if not metrics:
         return metrics
-    start = state.setdefault("val_start", {VAL_LOSS_KD: metrics[VAL_LOSS_KD], VAL_RETRIEVAL: metrics[VAL_RETRIEVAL]})
-    return {**metrics, VAL_OBJECTIVE: composite_objective(metrics[VAL_LOSS_KD], metrics[VAL_RETRIEVAL],
-                                                          start[VAL_LOSS_KD], start[VAL_RETRIEVAL], kd_ceiling)}
+    start = state.setdefault("val_start", {})
+    for key in (VAL_LOSS_KD, VAL_RETRIEVAL, VAL_TEACHER_AGREEMENT):  # a state saved before a key existed
+        start.setdefault(key, metrics[key])                      # starts it at its resumed value
+    return {**metrics, VAL_OBJECTIVE: composite_objective(metrics[VAL_LOSS_KD], metrics[embedding],
+                                                          start[VAL_LOSS_KD], start[embedding], kd_ceiling)}
 
 
 # --------------------------------------------------------------------------- the metrics window
@@ -526,7 +533,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def evaluate(step: int) -> dict[str, float]:
         return with_objective(held_out_metrics(student, val_rows, spec.cfg.loss, tc.batch_size, me.device, step,
-                                               precision.autocast), state, spec.cfg.tune.max_val_loss_kd)
+                                               precision.autocast), state, spec.cfg.tune.max_val_loss_kd,
+                              OBJECTIVE_EMBEDDING[spec.cfg.tune.objective_embedding])
 
     val_metrics = evaluate(state["step"])  # the baseline, so every report carries a validation metric
     if me.rank == 0 and val_metrics:

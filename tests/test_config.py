@@ -39,6 +39,9 @@ def test_the_language_model_floor_is_a_loss_in_nats_inside_the_composite_objecti
     assert build_config(None, []).tune.max_val_loss_kd is None
     with pytest.raises(ConfigError, match="tune.metric is val/loss_kd.*tune.metric=val/objective"):
         build_config(None, ["tune.max_val_loss_kd=7.9", "tune.metric=val/loss_kd"])
+    assert build_config(None, []).tune.objective_embedding == "retrieval"
+    assert build_config(None, ["tune.objective_embedding=teacher_agreement"]).tune.objective_embedding == \
+        "teacher_agreement"
 
 
 def test_config_is_frozen():
@@ -59,6 +62,7 @@ def test_config_is_frozen():
     ("loss.kd_form=softmax", "loss.kd_form"),
     ("run.name=a/b", "run.name"),
     ("tune.max_val_loss_kd=0", "tune.max_val_loss_kd"),
+    ("tune.objective_embedding=lee", "tune.objective_embedding"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -315,6 +315,25 @@ def test_positive_mrr_ranks_each_anchors_positive_among_other_documents():
     assert np.isnan(positive_mrr(torch.zeros(0, 4), torch.zeros(0, 4), torch.zeros(0)))
 
 
+def test_teacher_agreement_ranks_pairs_of_spans_as_the_teacher_does_at_any_width():
+    from gemini_ray.evaluation.metrics import spearman, teacher_agreement
+
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(6, 8, generator=g)
+    rotation = torch.linalg.qr(torch.randn(8, 8, generator=g))[0]
+    assert teacher_agreement(3.0 * teacher @ rotation, teacher) == pytest.approx(1.0)  # cosines unchanged
+    # a hand reference: Spearman over the 15 pairs (i < j) of the two cosine matrices, at another width
+    student = torch.randn(6, 3, generator=g)
+    cos = lambda x: [float(torch.cosine_similarity(x[i], x[j], dim=0)) for i in range(6) for j in range(i + 1, 6)]
+    assert teacher_agreement(student, teacher) == pytest.approx(spearman(np.array(cos(student)),
+                                                                         np.array(cos(teacher))))
+    # ordering every pair the other way round
+    first = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])  # cosines: (0,1) 0.8, (0,2) 0, (1,2) 0.6
+    reverse = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])  # cosines: (0,1) 0, (0,2) 0.6, (1,2) 0.8
+    assert teacher_agreement(first, reverse) == pytest.approx(-0.5)
+    assert np.isnan(teacher_agreement(student[:2], teacher[:2]))
+
+
 def test_composite_objective_is_one_at_the_start_and_needs_both_halves():
     from gemini_ray.evaluation.metrics import composite_objective
 
@@ -349,16 +368,38 @@ def test_held_out_metrics_carry_retrieval_and_an_objective_against_the_runs_star
     state: dict = {}
     start = with_objective(held_out_metrics(model, rows, cfg, 3, torch.device("cpu"), 0), state)
     assert 0 < start["val/retrieval_mrr"] <= 1 and start["val/objective"] == pytest.approx(1.0)
-    assert state["val_start"] == {"val/loss_kd": start["val/loss_kd"], "val/retrieval_mrr": start["val/retrieval_mrr"]}
+    assert -1 <= start["val/teacher_agreement"] <= 1
+    assert state["val_start"] == {k: start[k] for k in ("val/loss_kd", "val/retrieval_mrr", "val/teacher_agreement")}
     with torch.no_grad():
         model.head.weight.mul_(0.5)  # the language-model half moves, the embeddings do not
     later = with_objective(held_out_metrics(model, rows, cfg, 3, torch.device("cpu"), 5), state)
     assert later["val/retrieval_mrr"] == pytest.approx(start["val/retrieval_mrr"])
+    assert later["val/teacher_agreement"] == pytest.approx(start["val/teacher_agreement"])
     assert later["val/objective"] == pytest.approx(0.5 * later["val/loss_kd"] / start["val/loss_kd"] + 0.5)
     assert with_objective({}, state) == {}
     floored = with_objective(held_out_metrics(model, rows, cfg, 3, torch.device("cpu"), 5), state,
                              kd_ceiling=later["val/loss_kd"] / 2)
     assert floored["val/objective"] > 2.0  # the same student, now above a floor on its language model
+
+
+def test_the_objective_can_take_its_embedding_half_from_the_teacher_agreement():
+    from ddp_toy import ToyStudent, toy_batch
+    from gemini_ray.config import LossConfig
+    from gemini_ray.train_worker import held_out_metrics, with_objective
+
+    rows = {k: v.numpy() for k, v in toy_batch(8).items()}
+    model, cfg, state = ToyStudent(), LossConfig(num_negatives=2), {"val_start": {}}
+    start = with_objective(held_out_metrics(model, rows, cfg, 3, torch.device("cpu"), 0), state,
+                           embedding="val/teacher_agreement")
+    assert start["val/objective"] == pytest.approx(1.0)
+    # the student's span embeddings become the teacher's: agreement 1, the embedding half's shortfall 0
+    later = held_out_metrics(model, rows, cfg, 3, torch.device("cpu"), 5)
+    later["val/teacher_agreement"] = 1.0
+    scored = with_objective(later, state, embedding="val/teacher_agreement")
+    assert scored["val/objective"] == pytest.approx(0.5 * later["val/loss_kd"] / start["val/loss_kd"])
+    # the same report ranked on retrieval (unchanged) instead
+    assert with_objective(later, state)["val/objective"] == pytest.approx(
+        0.5 * later["val/loss_kd"] / start["val/loss_kd"] + 0.5)
 
 
 def test_the_loss_reference_is_the_first_batch_and_later_batches_do_not_move_it():

@@ -23,7 +23,7 @@ import yaml
 
 from gemini_ray.config import Config, build_config, config_to_dict
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.metric_names import NONFINITE
+from gemini_ray.metric_names import NONFINITE, OBJECTIVE_EMBEDDING, VAL_OBJECTIVE
 from gemini_ray.paths import absolute, atomic_path, atomic_write_json, atomic_write_text, join, read_json
 from gemini_ray.search import SearchSpace, rows_longest_trial, tune_distributions, validate_space
 from gemini_ray.session import FoundCache, Session, configure_data_context, find_cache, start_session
@@ -128,6 +128,8 @@ def _tuner(cfg: Config, space: SearchSpace, trainable: Any, storage: str):
     print(f"[gemini-ray] searching {list(space.search)} with {cfg.tune.num_samples} samples"
           + (" after the base config" if cfg.tune.try_base_config else "") + ", "
           f"{concurrent} trial(s) at a time, ASHA on {cfg.tune.metric}"
+          + (f" (embedding half: {OBJECTIVE_EMBEDDING[cfg.tune.objective_embedding]})"
+             if cfg.tune.metric == VAL_OBJECTIVE else "")
           + (f" (a trial whose held-out KD loss is above {cfg.tune.max_val_loss_kd:.4g} ranks behind the rest)"
              if cfg.tune.max_val_loss_kd is not None else ""))
     experiment = join(storage, cfg.tune.name)

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 __all__ = ["spearman", "TokenStats", "token_stats", "causal_targets", "linear_probe_accuracy", "positive_mrr",
-           "composite_objective", "CEILING_PENALTY", "linear_probe_correct", "bootstrap_interval",
+           "teacher_agreement", "composite_objective", "CEILING_PENALTY", "linear_probe_correct", "bootstrap_interval",
            "BOOTSTRAP_SAMPLES"]
 
 
@@ -130,19 +130,36 @@ def positive_mrr(anchors: torch.Tensor, positives: torch.Tensor, doc_ids: torch.
     return float((1.0 / rank.float()).mean())
 
 
-def composite_objective(kd: float, mrr: float, kd_start: float, mrr_start: float,
+def teacher_agreement(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    """How far the student ranks pairs of spans as its teacher does: the Spearman correlation, over every
+    pair of the N spans, of the student's cosine similarity with the teacher's. 1.0 when the student orders
+    all pairs as the teacher; free of τ and of either model's width. student: (N, H), teacher: (N, H').
+    NaN under 3 spans (fewer than 3 pairs)."""
+    if len(student) < 3:
+        return float("nan")
+    pairs = torch.triu_indices(len(student), len(student), offset=1)
+
+    def cosines(x: torch.Tensor) -> np.ndarray:
+        x = torch.nn.functional.normalize(x.detach().float().cpu(), dim=-1)
+        return (x @ x.T)[pairs[0], pairs[1]].numpy()
+
+    return spearman(cosines(student), cosines(teacher))
+
+
+def composite_objective(kd: float, embedding: float, kd_start: float, embedding_start: float,
                         kd_ceiling: float | None = None) -> float:
     """One number for both halves of a student, lower is better and 1.0 where the run started: the held-out
-    KD loss and the held-out retrieval miss rate (1 − MRR), each as a fraction of its value at the start,
-    averaged. A search that ranks trials by it cannot win by giving up either half (the held-out KD loss
-    alone favours the largest λ; τ and K only show in the contrastive half).
+    KD loss and the held-out embedding metric's shortfall from a perfect 1 (1 − MRR of the positives, or
+    1 − the teacher agreement), each as a fraction of its value at the start, averaged. A search that ranks
+    trials by it cannot win by giving up either half (the held-out KD loss alone favours the largest λ; τ
+    and K only show in the embedding half).
 
     kd_ceiling: a floor on the language model. A student whose held-out KD loss is above it scores
     CEILING_PENALTY plus its excess as a fraction of the start, behind any student under it (whose average
-    stays below 2 unless its retrieval misses grow threefold), and the closer to the ceiling the better."""
+    stays below 2 unless its embedding shortfall grows threefold), and the closer to the ceiling the better."""
     if kd_ceiling is not None and kd > kd_ceiling:
         return CEILING_PENALTY + (kd - kd_ceiling) / max(kd_start, 1e-6)
-    return 0.5 * kd / max(kd_start, 1e-6) + 0.5 * (1.0 - mrr) / max(1.0 - mrr_start, 1e-3)
+    return 0.5 * kd / max(kd_start, 1e-6) + 0.5 * (1.0 - embedding) / max(1.0 - embedding_start, 1e-3)
 
 
 CEILING_PENALTY = 2.0
