@@ -250,16 +250,17 @@ def held_out_metrics(student: torch.nn.Module, rows: dict[str, Any] | None, loss
 
 
 def with_objective(metrics: dict[str, float], state: dict[str, Any], kd_ceiling: float | None = None,
-                   embedding: str = VAL_RETRIEVAL) -> dict[str, float]:
+                   objective_embedding: str = "retrieval") -> dict[str, float]:
     """The held-out metrics plus val/objective, against the held-out values where the run started (kept in
     the training state, so a resumed run compares with the same start), with tune.max_val_loss_kd as its
-    ceiling on the held-out KD loss and `embedding` (the metric tune.objective_embedding names) as its
-    embedding half. Unchanged without held-out rows."""
+    ceiling on the held-out KD loss and the metric tune.objective_embedding names as its embedding half.
+    Unchanged without held-out rows."""
     if not metrics:
         return metrics
     start = state.setdefault("val_start", {})
     for key in (VAL_LOSS_KD, VAL_RETRIEVAL, VAL_TEACHER_AGREEMENT):  # a state saved before a key existed
         start.setdefault(key, metrics[key])                      # starts it at its resumed value
+    embedding = OBJECTIVE_EMBEDDING[objective_embedding]
     return {**metrics, VAL_OBJECTIVE: composite_objective(metrics[VAL_LOSS_KD], metrics[embedding],
                                                           start[VAL_LOSS_KD], start[embedding], kd_ceiling)}
 
@@ -532,9 +533,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model, student, optimizer, precision, state = _build_student(spec, me, resume_from)
 
     def evaluate(step: int) -> dict[str, float]:
-        return with_objective(held_out_metrics(student, val_rows, spec.cfg.loss, tc.batch_size, me.device, step,
-                                               precision.autocast), state, spec.cfg.tune.max_val_loss_kd,
-                              OBJECTIVE_EMBEDDING[spec.cfg.tune.objective_embedding])
+        metrics = held_out_metrics(student, val_rows, spec.cfg.loss, tc.batch_size, me.device, step, precision.autocast)
+        return with_objective(metrics, state, spec.cfg.tune.max_val_loss_kd, spec.cfg.tune.objective_embedding)
 
     val_metrics = evaluate(state["step"])  # the baseline, so every report carries a validation metric
     if me.rank == 0 and val_metrics:

@@ -390,12 +390,12 @@ def test_the_objective_can_take_its_embedding_half_from_the_teacher_agreement():
     rows = {k: v.numpy() for k, v in toy_batch(8).items()}
     model, cfg, state = ToyStudent(), LossConfig(num_negatives=2), {"val_start": {}}
     start = with_objective(held_out_metrics(model, rows, cfg, 3, torch.device("cpu"), 0), state,
-                           embedding="val/teacher_agreement")
+                           objective_embedding="teacher_agreement")
     assert start["val/objective"] == pytest.approx(1.0)
     # the student's span embeddings become the teacher's: agreement 1, the embedding half's shortfall 0
     later = held_out_metrics(model, rows, cfg, 3, torch.device("cpu"), 5)
     later["val/teacher_agreement"] = 1.0
-    scored = with_objective(later, state, embedding="val/teacher_agreement")
+    scored = with_objective(later, state, objective_embedding="teacher_agreement")
     assert scored["val/objective"] == pytest.approx(0.5 * later["val/loss_kd"] / start["val/loss_kd"])
     # the same report ranked on retrieval (unchanged) instead
     assert with_objective(later, state)["val/objective"] == pytest.approx(
