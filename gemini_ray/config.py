@@ -243,7 +243,8 @@ class TuneConfig:
     """The embedding half of val/objective. 'retrieval': val/retrieval_mrr, each held-out anchor's own
     positive ranked among other documents' (what the contrastive loss trains). 'teacher_agreement':
     val/teacher_agreement, the held-out span pairs ordered by similarity as the teacher orders them (what
-    loss.rep_form=similarity trains, and what ranked students as Lee Spearman does at the demo budget)."""
+    loss.rep_form=similarity trains; on the demo it ranked the default and a similarity-term student as Lee
+    Spearman did, where retrieval ranked them the other way)."""
     mode: Literal["min", "max"] = "min"
     """Whether the metric is minimised or maximised."""
     max_val_loss_kd: Optional[float] = None

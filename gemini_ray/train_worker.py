@@ -37,9 +37,9 @@ import torch.distributed as dist
 from gemini_ray.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config
 from gemini_ray.config import Config, LossConfig
 from gemini_ray.evaluation.metrics import composite_objective, positive_mrr, teacher_agreement
-from gemini_ray.metric_names import (OBJECTIVE_EMBEDDING, LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, LOSS_REP, LOSS_TOTAL, VAL_EXAMPLES,
-                                     VAL_LOSS_CL, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_STEP,
-                                     VAL_TEACHER_AGREEMENT, held_out)
+from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, LOSS_REP, LOSS_TOTAL,
+                                     OBJECTIVE_EMBEDDING, VAL_EXAMPLES, VAL_LOSS_CL, VAL_LOSS_KD, VAL_OBJECTIVE,
+                                     VAL_RETRIEVAL, VAL_STEP, VAL_TEACHER_AGREEMENT, held_out)
 from gemini_ray.models import DistillStudent
 from gemini_ray.numerics import Precision, allow_tf32, enable_activation_checkpointing
 from gemini_ray.paths import atomic_write_json, is_uri, read_json
