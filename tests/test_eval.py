@@ -233,6 +233,9 @@ def test_a_trained_student_below_the_untrained_one_is_reported_as_a_regression()
     assert regressions({k: v for k, v in rows.items() if k != UNTRAINED}) == []
     alone = {"teacher": rows["teacher"], UNTRAINED: rows[UNTRAINED]}
     assert "Regressions" not in ablation_markdown(alone, budget, regressions(alone))
+    assert "μ = 0.0." in md  # a report saved before the loss form was recorded still renders
+    named = ablation_markdown(rows, {**budget, "rep_form": "similarity", "balance": "none"}, [])
+    assert "μ = 0.0 (rep form similarity, balance none)." in named
 
 
 def _scored(lee_cosine, rt_correct, window_nll):

@@ -107,12 +107,20 @@ def claims(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return judged
 
 
+def _loss_form(budget: dict[str, Any]) -> str:
+    """The balance and representation form, where the budget names them (reports from before they did
+    omit them)."""
+    parts = [f"{key.replace('_', ' ')} {budget[key]}" for key in ("rep_form", "balance") if key in budget]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def ablation_markdown(rows: dict[str, dict[str, Any]], budget: dict[str, Any], found: list[str],
                       judged: list[dict[str, Any]] = ()) -> str:
     """The budget, the table, the method's claims (`claims` of the rows) and `found` (their `regressions`)."""
     head = (f"Budget per student: {budget['max_steps']} steps x {budget['batch_size']} examples, lr {budget['lr']}, "
             f"seed {budget['seed']}, student {budget['num_layers']} layers; kd+cl uses λ = {budget['lambda_kd']}, "
-            f"τ = {budget['cl_temperature']}, K = {budget['num_negatives']}, μ = {budget['rep_weight']}.\n\n")
+            f"τ = {budget['cl_temperature']}, K = {budget['num_negatives']}, μ = {budget['rep_weight']}"
+            f"{_loss_form(budget)}.\n\n")
     tail = ("\nRegressions against the untrained student (differences inside the evaluation sets' noise "
             "included):\n" + "".join(f"* {r}\n" for r in found)) if found else ""
     verdicts = ("\nThe method's claims (paired 95 % bootstrap intervals; 'within noise' is not a finding):\n"
@@ -183,7 +191,7 @@ def ablate(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     budget = {"max_steps": t.max_steps, "batch_size": t.examples_per_step, "lr": t.lr, "seed": t.seed,
               "num_layers": cfg.student.num_layers, "lambda_kd": cfg.loss.lambda_kd,
               "cl_temperature": cfg.loss.cl_temperature, "num_negatives": cfg.loss.num_negatives,
-              "rep_weight": cfg.loss.rep_weight}
+              "rep_weight": cfg.loss.rep_weight, "rep_form": cfg.loss.rep_form, "balance": cfg.loss.balance}
     found, judged = regressions(rows), claims(rows)  # paired bootstraps: computed once
     result = {"budget": budget, "models": rows, "regressions": found, "claims": judged, "training": summaries,
               "cache": {"teacher_tokens": manifest["teacher_tokens"]}, "protocol": protocol,
