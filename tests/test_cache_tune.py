@@ -67,6 +67,19 @@ def test_a_search_labels_for_its_longest_trial(tmp_path):
     assert rows_longest_trial(cfg, loaded) == 13 * 4
 
 
+def test_a_search_ranked_by_teacher_agreement_refuses_a_held_out_set_too_small_to_score():
+    from gemini_ray.commands.tune import check_agreement_rows
+
+    agreement = build_config(None, ["tune.objective_embedding=teacher_agreement"])
+    with pytest.raises(GeminiRayError, match="needs at least 2 held-out examples .* this corpus has 1; raise "
+                                             "data.val_fraction"):
+        check_agreement_rows(agreement, 1)
+    with pytest.raises(GeminiRayError, match="has 0"):
+        check_agreement_rows(build_config(None, ["tune.metric=val/teacher_agreement"]), 0)
+    check_agreement_rows(agreement, 2)  # 4 spans: 6 pairs, a defined Spearman
+    check_agreement_rows(build_config(None, []), 1)  # retrieval is defined on one row
+
+
 @pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
 def test_every_tune_space_loads_with_real_keys(path):
     cfg, space = search_config(None, [f"tune.space={path}"])

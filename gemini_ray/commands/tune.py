@@ -23,7 +23,7 @@ import yaml
 
 from gemini_ray.config import Config, build_config, config_to_dict
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.metric_names import NONFINITE, OBJECTIVE_EMBEDDING, VAL_OBJECTIVE
+from gemini_ray.metric_names import NONFINITE, OBJECTIVE_EMBEDDING, VAL_OBJECTIVE, VAL_TEACHER_AGREEMENT
 from gemini_ray.paths import absolute, atomic_path, atomic_write_json, atomic_write_text, join, read_json
 from gemini_ray.search import SearchSpace, rows_longest_trial, tune_distributions, validate_space
 from gemini_ray.session import FoundCache, Session, configure_data_context, find_cache, start_session
@@ -97,7 +97,20 @@ def _search_cache(cfg: Config, space: SearchSpace, session: Session) -> FoundCac
     if not cache.manifest["shards_val"] and cfg.tune.metric.startswith("val/"):
         raise GeminiRayError(f"the cache at '{cache.directory}' holds no held-out rows; "
                              "label it with data.val_fraction > 0.")
+    check_agreement_rows(cfg, cache.manifest["corpus"].get("val_examples", 0))
     return cache
+
+
+def check_agreement_rows(cfg: Config, held_out_examples: int) -> None:
+    """A search ranked by the teacher agreement needs 3 held-out spans (2 examples): with fewer, every trial's
+    metric is NaN and the search ranks nothing. Raises before any trial runs."""
+    ranked_by = OBJECTIVE_EMBEDDING[cfg.tune.objective_embedding] if cfg.tune.metric == VAL_OBJECTIVE \
+        else cfg.tune.metric
+    if ranked_by == VAL_TEACHER_AGREEMENT and held_out_examples < 2:
+        raise GeminiRayError(
+            f"tune.metric={cfg.tune.metric} ranks trials by {VAL_TEACHER_AGREEMENT}, which needs at least 2 "
+            f"held-out examples (3 spans) and this corpus has {held_out_examples}; raise data.val_fraction, "
+            "use a larger corpus, or set tune.objective_embedding=retrieval.")
 
 
 def _max_concurrent(cfg: Config) -> int:
