@@ -66,6 +66,8 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
     t_emb = batch["teacher_embedding"]  # (B, 2, H)
     s_span, t_span = pooled[: 2 * B], torch.cat([t_emb[:, 0], t_emb[:, 1]])  # (2B, H_S), (2B, H_T)
     if cfg.rep_form == "similarity" or s_span.shape[-1] != t_span.shape[-1]:
+        if across_ranks:  # one matrix over every rank's spans: the single-process loss on the whole batch
+            s_span, t_span = all_gather_with_grad(s_span), all_gather_constant(t_span.float())
         rep = similarity_loss(s_span, t_span)  # also logged for a narrower student, whose cosine has no meaning
     else:
         rep = cosine_embedding_loss(s_span, t_span)

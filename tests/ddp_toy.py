@@ -51,13 +51,13 @@ def loss_and_grads(batch: dict[str, torch.Tensor], cfg: LossConfig) -> tuple[flo
     return float(parts.total), float(parts.cl), [p.grad.clone() for p in model.parameters()]
 
 
-def worker(rank: int, world: int, init_file: str, rows: int, out: str) -> None:
+def worker(rank: int, world: int, init_file: str, rows: int, out: str, loss: dict | None = None) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         full = toy_batch(rows)
         per = rows // world
         half = {k: v[rank * per : (rank + 1) * per] for k, v in full.items()}
-        total, cl, grads = loss_and_grads(half, LossConfig(lambda_kd=0.3, num_negatives=2))
+        total, cl, grads = loss_and_grads(half, LossConfig(**{"lambda_kd": 0.3, "num_negatives": 2, **(loss or {})}))
         losses = torch.tensor([total, cl], dtype=torch.float64)
         dist.all_reduce(losses)
         for g in grads:  # what DDP does: average the ranks' gradients

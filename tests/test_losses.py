@@ -186,18 +186,20 @@ def test_in_batch_mask_leaves_out_own_document_and_duplicate_texts():
                              [False, True, True, False]]
 
 
-def test_negatives_gathered_across_two_ranks_equal_one_process_on_the_whole_batch(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"rep_form": "similarity", "rep_weight": 5.0}], ids=["seed-loss", "similarity"])
+def test_negatives_gathered_across_two_ranks_equal_one_process_on_the_whole_batch(tmp_path, extra):
     """Two gloo ranks with half the batch each: the mean of their losses and the DDP-averaged gradients
-    equal the single-process loss and gradients on the concatenated batch (gradients reach every slice)."""
+    equal the single-process loss and gradients on the concatenated batch (gradients reach every slice).
+    The similarity term compares every span with every other, so it is gathered too."""
     import torch.multiprocessing as mp
 
     from ddp_toy import loss_and_grads, toy_batch, worker
     from gemini_ray.config import LossConfig
 
     rows, out = 8, str(tmp_path / "ranks.pt")
-    mp.spawn(worker, args=(2, str(tmp_path / "init"), rows, out), nprocs=2, join=True)
+    mp.spawn(worker, args=(2, str(tmp_path / "init"), rows, out, extra), nprocs=2, join=True)
     ranks = torch.load(out)
-    total, cl, grads = loss_and_grads(toy_batch(rows), LossConfig(lambda_kd=0.3, num_negatives=2))
+    total, cl, grads = loss_and_grads(toy_batch(rows), LossConfig(lambda_kd=0.3, num_negatives=2, **extra))
     assert ranks["loss"] == pytest.approx([total, cl], rel=1e-5)
     for got, want in zip(ranks["grads"], grads):
         assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
