@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Does a search find a better config than the default, without giving up the language model? Label the
 # demo corpus once, train the default config from the cache, search tune_spaces/demo_search.yaml on the same
-# cache with the default's last held-out KD loss as a floor on the language model (tune.max_val_loss_kd:
-# a trial above it ranks behind every trial under it), train the best trial's config, and evaluate both
+# cache with the default's held-out KD loss at each evaluation as a floor on the language model
+# (tune.max_val_loss_kd_by_step: a trial above it at an evaluation's step ranks behind every trial under it
+# there, so ASHA's early rungs compare both halves too), train the best trial's config, and evaluate both
 # side by side: the paired bootstraps of best minus default on Lee and RT, and of their perplexity ratio,
 # say whether each difference is beyond the evaluation sets' noise.
 #   bash benchmarks/search_vs_default.sh          (uses .venv; about 55 minutes on 2 cores, 2026-12-03)
@@ -22,8 +23,11 @@ $BIN/gemini-ray distill run.storage_path=$STORE run.name=default label.use=requi
 if [ "${FLOOR:-default}" = none ]; then
     FLOOR_KEY=()
 else
-    FLOOR_KEY=("tune.max_val_loss_kd=$($BIN/python -c "import json, sys
-print(json.load(open(sys.argv[1]))['training']['last']['val/loss_kd'])" "$STORE/default/summary.json")")
+    # the default's held-out KD loss at each of its evaluations: a trial keeps up with it at every ASHA rung
+    FLOOR_KEY=("tune.max_val_loss_kd_by_step=$($BIN/python -c "import json, sys
+history = json.load(open(sys.argv[1]))['training']['history']
+print({int(h['val/step']): h['val/loss_kd'] for h in history if h.get('val/step', 0) > 0})" \
+        "$STORE/default/summary.json")")
 fi
 $BIN/gemini-ray tune run.storage_path=$STORE tune.space=$SPACE tune.name=search \
     "${FLOOR_KEY[@]}"

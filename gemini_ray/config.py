@@ -252,6 +252,12 @@ class TuneConfig:
     is above this ranks behind every trial under it, and among those above it the smaller excess ranks
     first. Take it from a run you want to keep up with (its summary.json's last val/loss_kd), so that a
     search cannot buy embedding gains with the language model. None: no floor."""
+    max_val_loss_kd_by_step: dict[int, float] = field(default_factory=dict)
+    """The floor per evaluation step, {step: nats}: a run's held-out KD loss at each of its evaluations, so a
+    trial keeps up with that run at every ASHA rung, not only at the end. At step s the floor is the value
+    of the largest listed step <= s, else tune.max_val_loss_kd. With one floor at the end, every trial is
+    above it at the early rungs, where val/objective then ranks by held-out KD alone and ASHA stops the
+    trials that trade a little early KD for the embedding. {}: tune.max_val_loss_kd at every step."""
     grace_period: int = 1
     """ASHA: reports a trial makes before it may be stopped."""
     reduction_factor: int = 2
@@ -279,9 +285,18 @@ class TuneConfig:
         if self.max_val_loss_kd is not None:
             _check(self.max_val_loss_kd > 0, "tune.max_val_loss_kd",
                    f"must be > 0 (a held-out KD loss in nats) or null, got {self.max_val_loss_kd}")
+        for step, floor in self.max_val_loss_kd_by_step.items():
+            _check(int(step) >= 0 and floor > 0, "tune.max_val_loss_kd_by_step",
+                   f"maps evaluation steps (>= 0) to held-out KD losses in nats (> 0), got {step}: {floor}")
+        if self.max_val_loss_kd is not None or self.max_val_loss_kd_by_step:
             _check(self.metric == "val/objective", "tune.max_val_loss_kd",
                    f"is a floor inside val/objective, but tune.metric is {self.metric}; use "
                    "tune.metric=val/objective or drop the floor")
+
+    def floor_at(self, step: int) -> float | None:
+        """The held-out KD floor of val/objective at an evaluation of `step` (None: no floor)."""
+        listed = {int(s): floor for s, floor in self.max_val_loss_kd_by_step.items() if int(s) <= step}
+        return listed[max(listed)] if listed else self.max_val_loss_kd
 
 
 @dataclass(frozen=True)
@@ -513,6 +528,13 @@ def _suggest(key: str, options: list[str]) -> str:
     return f" Use a key of one of the sections {sections} ('gemini-ray config' prints every key with its default)."
 
 
+def _dict_key(k: Any, annotation: Any) -> Any:
+    """A mapping's key as its annotation wants it: JSON and YAML round trips bring int keys back as text."""
+    if annotation is int and isinstance(k, str) and k.strip().lstrip("-").isdigit():
+        return int(k)
+    return k
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check `value` against a field annotation (str, int, float, bool, Optional, Literal)."""
     origin = typing.get_origin(annotation)
@@ -525,7 +547,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping like {{name: 1}}, got {value!r}. {_fix(key)}")
-        return {str(_coerce(key, k, args[0])): _coerce(f"{key}.{k}", v, args[1]) for k, v in value.items()}
+        return {_coerce(key, _dict_key(k, args[0]), args[0]): _coerce(f"{key}.{k}", v, args[1])
+                for k, v in value.items()}
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"config key '{key}': must be one of {list(args)}, got {value!r}. {_fix(key)}")

@@ -252,8 +252,8 @@ def held_out_metrics(student: torch.nn.Module, rows: dict[str, Any] | None, loss
 def with_objective(metrics: dict[str, float], state: dict[str, Any], kd_ceiling: float | None = None,
                    objective_embedding: str = "retrieval") -> dict[str, float]:
     """The held-out metrics plus val/objective, against the held-out values where the run started (kept in
-    the training state, so a resumed run compares with the same start), with tune.max_val_loss_kd as its
-    ceiling on the held-out KD loss and the metric tune.objective_embedding names as its embedding half.
+    the training state, so a resumed run compares with the same start), with `kd_ceiling` (tune.floor_at the
+    evaluation's step) as its ceiling on the held-out KD loss and the metric tune.objective_embedding names as its embedding half.
     Unchanged without held-out rows."""
     if not metrics:
         return metrics
@@ -534,7 +534,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     def evaluate(step: int) -> dict[str, float]:
         metrics = held_out_metrics(student, val_rows, spec.cfg.loss, tc.batch_size, me.device, step, precision.autocast)
-        return with_objective(metrics, state, spec.cfg.tune.max_val_loss_kd, spec.cfg.tune.objective_embedding)
+        return with_objective(metrics, state, spec.cfg.tune.floor_at(step), spec.cfg.tune.objective_embedding)
 
     val_metrics = evaluate(state["step"])  # the baseline, so every report carries a validation metric
     if me.rank == 0 and val_metrics:

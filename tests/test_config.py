@@ -1,5 +1,6 @@
 """Config: defaults validate, shipped YAMLs load, bad keys and values are refused with the key named."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,18 @@ def test_the_language_model_floor_is_a_loss_in_nats_inside_the_composite_objecti
     assert build_config(None, []).tune.max_val_loss_kd is None
     with pytest.raises(ConfigError, match="tune.metric is val/loss_kd.*tune.metric=val/objective"):
         build_config(None, ["tune.max_val_loss_kd=7.9", "tune.metric=val/loss_kd"])
+    by_step = build_config(None, ["tune.max_val_loss_kd_by_step={20: 8.5, 40: 7.4, 60: 6.94}"]).tune
+    assert [by_step.floor_at(s) for s in (0, 19, 20, 39, 40, 60, 80)] == [None, None, 8.5, 8.5, 7.4, 6.94, 6.94]
+    assert by_step.max_val_loss_kd_by_step == {20: 8.5, 40: 7.4, 60: 6.94}
+    assert build_config(None, [], base=json.loads(json.dumps(config_to_dict(build_config(
+        None, ["tune.max_val_loss_kd_by_step={20: 8.5}"]))))).tune.max_val_loss_kd_by_step == {20: 8.5}  # round trip
+    both = build_config(None, ["tune.max_val_loss_kd=9", "tune.max_val_loss_kd_by_step={40: 7.4}"]).tune
+    assert [both.floor_at(s) for s in (20, 40)] == [9.0, 7.4]
+    assert build_config(None, ["tune.max_val_loss_kd=7.9"]).tune.floor_at(5) == 7.9
+    with pytest.raises(ConfigError, match="tune.max_val_loss_kd_by_step.*got 20: -1"):
+        build_config(None, ["tune.max_val_loss_kd_by_step={20: -1}"])
+    with pytest.raises(ConfigError, match="tune.metric is val/loss_kd"):
+        build_config(None, ["tune.max_val_loss_kd_by_step={20: 8}", "tune.metric=val/loss_kd"])
     assert build_config(None, []).tune.objective_embedding == "retrieval"
     assert build_config(None, ["tune.objective_embedding=teacher_agreement"]).tune.objective_embedding == \
         "teacher_agreement"

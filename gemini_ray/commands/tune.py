@@ -113,6 +113,13 @@ def check_agreement_rows(cfg: Config, held_out_examples: int) -> None:
             "use a larger corpus, or set tune.objective_embedding=retrieval.")
 
 
+def _floors(cfg: Config) -> str:
+    by_step = sorted((int(step), floor) for step, floor in cfg.tune.max_val_loss_kd_by_step.items())
+    before = f"{cfg.tune.max_val_loss_kd:.4g} before step {by_step[0][0]}, " \
+        if cfg.tune.max_val_loss_kd is not None else ""
+    return before + ", ".join(f"{floor:.4g} from step {step}" for step, floor in by_step)
+
+
 def _max_concurrent(cfg: Config) -> int:
     import ray
 
@@ -144,7 +151,9 @@ def _tuner(cfg: Config, space: SearchSpace, trainable: Any, storage: str):
           + (f" (embedding half: {OBJECTIVE_EMBEDDING[cfg.tune.objective_embedding]})"
              if cfg.tune.metric == VAL_OBJECTIVE else "")
           + (f" (a trial whose held-out KD loss is above {cfg.tune.max_val_loss_kd:.4g} ranks behind the rest)"
-             if cfg.tune.max_val_loss_kd is not None else ""))
+             if cfg.tune.max_val_loss_kd is not None and not cfg.tune.max_val_loss_kd_by_step else "")
+          + (f" (a trial whose held-out KD loss is above {_floors(cfg)} at that step ranks behind the rest)"
+             if cfg.tune.max_val_loss_kd_by_step else ""))
     experiment = join(storage, cfg.tune.name)
     if tune.Tuner.can_restore(experiment):
         print(f"[gemini-ray] resuming the search at {experiment}")
