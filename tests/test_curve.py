@@ -102,12 +102,13 @@ def test_the_held_out_history_has_one_point_per_evaluation_from_the_start():
 
     def logged(step, val_step, kd):
         return {"step": step, "val/step": val_step, "val/loss_kd": kd, "val/retrieval_mrr": 0.5,
-                "val/objective": kd / 16}
+                "val/teacher_agreement": 1 - kd / 40, "val/objective": kd / 16}
 
     state = {"val_start": {"val/loss_kd": 16.0, "val/retrieval_mrr": 0.4},
              "history": [logged(5, 0, 16.0), logged(10, 10, 12.0), logged(15, 10, 12.0), logged(20, 20, 10.0)]}
     assert [(h["val/step"], h["val/loss_kd"]) for h in _held_out_history(state)] == [(0, 16.0), (10, 12.0), (20, 10.0)]
     assert _held_out_history(state)[0]["val/objective"] == 1.0
+    assert [h.get("val/teacher_agreement") for h in _held_out_history(state)] == [None, 0.7, 0.75]  # logged later
 
 
 def test_keep_checkpoints_is_validated_and_curve_refuses_a_run_with_fewer_than_two_checkpoints(tmp_path):

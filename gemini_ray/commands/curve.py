@@ -28,7 +28,7 @@ from gemini_ray.distill_run import export, export_checkpoints, export_untrained,
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation.run import evaluate_students, markdown_table, noise_verdict, paired_differences
 from gemini_ray.evaluation.targets import TARGETS, check_targets, extrapolate_step, goal_of, metric_value
-from gemini_ray.metric_names import VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL
+from gemini_ray.metric_names import VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_TEACHER_AGREEMENT
 from gemini_ray.paths import absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, \
     join, run_dir
 from gemini_ray.session import start_session
@@ -168,7 +168,7 @@ def _chart(teacher: dict[str, Any], rows: dict[int, dict[str, Any]], history: li
 
 def _held_out_history(state: dict[str, Any]) -> list[dict[str, Any]]:
     """The held-out metrics logged during training, from the run's start (kept in the checkpoint)."""
-    keys = ("val/step", VAL_LOSS_KD, VAL_RETRIEVAL, VAL_OBJECTIVE)
+    keys = ("val/step", VAL_LOSS_KD, VAL_RETRIEVAL, VAL_TEACHER_AGREEMENT, VAL_OBJECTIVE)
     start = state.get("val_start")
     by_step = {0: {"val/step": 0, **start, VAL_OBJECTIVE: 1.0}} if start else {}
     for h in state["history"]:  # every logged step carries the latest held-out evaluation: one per val/step
