@@ -335,7 +335,9 @@ def test_tune_retries_a_killed_trial_and_marks_one_that_keeps_failing(uninterrup
                                             "tune.num_samples=1", "tune.max_concurrent_trials=1", "tune.max_failures=1",
                                             "tune.try_base_config=false",
                                             "train.max_steps=4", "train.log_every=2", "train.eval_every=2",
-                                            "train.checkpoint_every=2")))
+                                            "train.checkpoint_every=2",
+                                            # a floor no student passes at step 4, every student at step 2
+                                            "tune.max_val_loss_kd_by_step={2: 1000.0, 4: 0.001}")))
     killer.join(timeout=10)
     assert not killer.errors and len(killer.killed) == 1
     assert result["trials"] == 2 and result["errored"] == 1 and result["retries"] == 1
@@ -345,6 +347,7 @@ def test_tune_retries_a_killed_trial_and_marks_one_that_keeps_failing(uninterrup
     assert {"config/loss.lambda_kd", "val/loss_kd", "retries", "error", "error_message"} <= set(table.columns)
     survived, failed = table.loc[0.05], table.loc[1e-40]
     assert not survived["error"] and survived["retries"] == 1 and survived["step"] == 4  # retried, finished
+    assert survived["val/objective"] >= 2  # the floor of its last evaluation's step ranks it behind any under it
     assert failed["error"] and failed["retries"] == 0 and "training stopped at step 1: the contrastive loss (loss/cl) is nan" in \
         failed["error_message"]
     best = build_config(result["best_config"])
