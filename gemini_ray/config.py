@@ -286,7 +286,7 @@ class TuneConfig:
             _check(self.max_val_loss_kd > 0, "tune.max_val_loss_kd",
                    f"must be > 0 (a held-out KD loss in nats) or null, got {self.max_val_loss_kd}")
         for step, floor in self.max_val_loss_kd_by_step.items():
-            _check(int(step) >= 0 and floor > 0, "tune.max_val_loss_kd_by_step",
+            _check(step >= 0 and floor > 0, "tune.max_val_loss_kd_by_step",
                    f"maps evaluation steps (>= 0) to held-out KD losses in nats (> 0), got {step}: {floor}")
         if self.max_val_loss_kd is not None or self.max_val_loss_kd_by_step:
             _check(self.metric == "val/objective", "tune.max_val_loss_kd",
@@ -295,8 +295,8 @@ class TuneConfig:
 
     def floor_at(self, step: int) -> float | None:
         """The held-out KD floor of val/objective at an evaluation of `step` (None: no floor)."""
-        listed = {int(s): floor for s, floor in self.max_val_loss_kd_by_step.items() if int(s) <= step}
-        return listed[max(listed)] if listed else self.max_val_loss_kd
+        listed = [s for s in self.max_val_loss_kd_by_step if s <= step]
+        return self.max_val_loss_kd_by_step[max(listed)] if listed else self.max_val_loss_kd
 
 
 @dataclass(frozen=True)

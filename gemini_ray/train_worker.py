@@ -253,8 +253,8 @@ def with_objective(metrics: dict[str, float], state: dict[str, Any], kd_ceiling:
                    objective_embedding: str = "retrieval") -> dict[str, float]:
     """The held-out metrics plus val/objective, against the held-out values where the run started (kept in
     the training state, so a resumed run compares with the same start), with `kd_ceiling` (tune.floor_at the
-    evaluation's step) as its ceiling on the held-out KD loss and the metric tune.objective_embedding names as its embedding half.
-    Unchanged without held-out rows."""
+    evaluation's step) as its ceiling on the held-out KD loss and the metric tune.objective_embedding names
+    as its embedding half. Unchanged without held-out rows."""
     if not metrics:
         return metrics
     start = state.setdefault("val_start", {})

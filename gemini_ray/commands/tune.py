@@ -114,10 +114,12 @@ def check_agreement_rows(cfg: Config, held_out_examples: int) -> None:
 
 
 def _floors(cfg: Config) -> str:
-    by_step = sorted((int(step), floor) for step, floor in cfg.tune.max_val_loss_kd_by_step.items())
-    before = f"{cfg.tune.max_val_loss_kd:.4g} before step {by_step[0][0]}, " \
-        if cfg.tune.max_val_loss_kd is not None else ""
-    return before + ", ".join(f"{floor:.4g} from step {step}" for step, floor in by_step)
+    """The language-model floors of val/objective as the search's first line states them ('' without one)."""
+    by_step = sorted(cfg.tune.max_val_loss_kd_by_step.items())
+    parts = [f"{floor:.4g} from step {step}" for step, floor in by_step]
+    if cfg.tune.max_val_loss_kd is not None:
+        parts.insert(0, f"{cfg.tune.max_val_loss_kd:.4g}" + (f" before step {by_step[0][0]}" if by_step else ""))
+    return f" (a trial whose held-out KD loss is above {', '.join(parts)} ranks behind the rest)" if parts else ""
 
 
 def _max_concurrent(cfg: Config) -> int:
@@ -150,10 +152,7 @@ def _tuner(cfg: Config, space: SearchSpace, trainable: Any, storage: str):
           f"{concurrent} trial(s) at a time, ASHA on {cfg.tune.metric}"
           + (f" (embedding half: {OBJECTIVE_EMBEDDING[cfg.tune.objective_embedding]})"
              if cfg.tune.metric == VAL_OBJECTIVE else "")
-          + (f" (a trial whose held-out KD loss is above {cfg.tune.max_val_loss_kd:.4g} ranks behind the rest)"
-             if cfg.tune.max_val_loss_kd is not None and not cfg.tune.max_val_loss_kd_by_step else "")
-          + (f" (a trial whose held-out KD loss is above {_floors(cfg)} at that step ranks behind the rest)"
-             if cfg.tune.max_val_loss_kd_by_step else ""))
+          + _floors(cfg))
     experiment = join(storage, cfg.tune.name)
     if tune.Tuner.can_restore(experiment):
         print(f"[gemini-ray] resuming the search at {experiment}")
