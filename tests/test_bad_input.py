@@ -129,7 +129,7 @@ FIX_RANGE = "Change it in the --config file or on the command line, e.g."
 
 def _range(key: str, value: str, problem: str, what: str) -> Case:
     default = {"loss.lambda_kd": "0.5", "loss.cl_temperature": "0.05", "loss.kd_temperature": "1.0",
-               "teacher.top_k": "16", "loss.num_negatives": "4", "train.lr": "0.0002", "train.batch_size": "8",
+               "teacher.top_k": "16", "loss.num_negatives": "4", "train.lr": "0.0003", "train.batch_size": "8",
                "data.max_document_chars": "1000000", "train.keep_checkpoints": "2"}[key]
     return Case(f"{key.split('.')[1]}={value}", what, f"`{key}={value}`", lambda c: c.config(f"{key}={value}"),
                 f"config key '{key}': {problem}", f"{FIX_RANGE} {key}={default} (the default)")

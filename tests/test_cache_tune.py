@@ -129,7 +129,7 @@ def test_a_seeded_search_draws_the_same_trials_and_can_try_the_base_config_first
     # the config's own values first, then the same seeded draws
     with_base = draws("0", "tune.try_base_config=true", "loss.lambda_kd=0.45", "loss.num_negatives=2")
     assert with_base[0] == {"loss.lambda_kd": 0.45, "loss.cl_temperature": 0.05, "loss.num_negatives": 2,
-                            "loss.balance": "none", "train.lr": 2e-4}
+                            "loss.balance": "none", "train.lr": 3e-4}
     assert with_base[1:] == first[:3]
 
 

@@ -300,8 +300,8 @@ def test_the_cosine_representation_term_refuses_a_student_narrower_than_its_teac
     narrow = session.teacher_config.hidden_size // 2
     narrow_student = ["student.num_layers=1", "student.init=random", f"student.hidden_size={narrow}"]
     with pytest.raises(GeminiRayError, match="loss.rep_weight=1.0 compares the student's span embeddings"):
-        _make_student(build_config(None, [*narrow_student, "loss.rep_weight=1.0"]), session)
-    _make_student(build_config(None, narrow_student), session)
+        _make_student(build_config(None, [*narrow_student, "loss.rep_weight=1.0", "loss.rep_form=cosine"]), session)
+    _make_student(build_config(None, [*narrow_student, "loss.rep_form=cosine", "loss.rep_weight=0"]), session)
     _make_student(build_config(None, [*narrow_student, "loss.rep_weight=1.0", "loss.rep_form=similarity"]), session)
 
 

@@ -253,7 +253,7 @@ def test_representation_term_with_zero_weight_is_the_seeds_loss_and_reaches_only
 
     def run(batch, **loss):
         model = ToyStudent()
-        cfg = LossConfig(lambda_kd=0.3, num_negatives=2, rep_form=form, **loss)
+        cfg = LossConfig(lambda_kd=0.3, num_negatives=2, rep_form=form, **{"rep_weight": 0.0, **loss})
         parts = compute_loss(model, batch, cfg, across_ranks=False)
         parts.total.backward()
         return parts, [p.grad.clone() for p in model.parameters()]

@@ -135,12 +135,14 @@ def _spec(**train):
     from types import SimpleNamespace
 
     cfg = build_config(None, [f"train.{k}={v}" for k, v in train.items()] + ["loss.num_negatives=2",
-                                                                              "loss.in_batch_negatives=false"])
+                                                                              "loss.in_batch_negatives=false",
+                                                                              "loss.rep_weight=0"])
     return SimpleNamespace(cfg=cfg)
 
 
 def test_two_accumulated_micro_batches_give_the_gradient_of_one_batch_twice_as_large(llama_dir):
-    """Without in-batch negatives every loss term is a mean over rows, so the mean of two micro-batches'
+    """Without in-batch negatives and the similarity term (both compare the batch's spans with each other)
+    every loss term is a mean over rows, so the mean of two micro-batches'
     gradients (train.grad_accum_steps=2, what the train loop's _accumulate adds up) is the gradient of the
     batch made of both."""
     from gemini_ray.train_worker import _Rank, _accumulate

@@ -75,7 +75,7 @@ def loss_label(loss: LossConfig) -> str:
     """The loss a curve trained with, in one line: which terms, their weights and the balance."""
     if loss.objective == "lm":
         return "next-token cross-entropy on the corpus (loss.objective=lm, no teacher)"
-    rep = f" + {loss.rep_weight:g}·L_rep" if loss.rep_weight > 0 else ""
+    rep = f" + {loss.rep_weight:g}·L_rep ({loss.rep_form})" if loss.rep_weight > 0 else ""
     negatives = f"K = {loss.num_negatives} mined" + (" + in-batch" if loss.in_batch_negatives else "")
     return (f"{loss.lambda_kd:g}·L_KD + {1 - loss.lambda_kd:g}·L_CL{rep}, balance {loss.balance}, "
             f"KD T = {loss.kd_temperature:g} ({loss.kd_form}), τ = {loss.cl_temperature:g}, {negatives} negatives")
