@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from gemini_ray.config import Config, config_to_dict
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.metric_names import LOSS_CL, LOSS_KD, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_TEACHER_AGREEMENT
+from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_REP, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL,
+                                     VAL_TEACHER_AGREEMENT)
 from gemini_ray.paths import atomic_write_json, check_writable, is_uri, join, run_dir
 from gemini_ray.session import FoundCache, Session, find_cache
 from gemini_ray.watch import loss_chart
@@ -355,8 +356,10 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
     loss_chart(state["history"], join(run.out_dir, "loss.png"))
     first, last = summary["training"]["first"], summary["training"]["last"]
     if first and last:
+        rep = (f", {cfg.loss.rep_form} loss {first[LOSS_REP]:.3f} -> {last[LOSS_REP]:.3f}"
+               if cfg.loss.rep_weight > 0 and LOSS_REP in first and LOSS_REP in last else "")
         print(f"[gemini-ray] KD loss {first[LOSS_KD]:.3f} -> {last[LOSS_KD]:.3f}, "
-              f"CL loss {first[LOSS_CL]:.3f} -> {last[LOSS_CL]:.3f} over {state['step']} steps")
+              f"CL loss {first[LOSS_CL]:.3f} -> {last[LOSS_CL]:.3f}{rep} over {state['step']} steps")
         if VAL_OBJECTIVE in first and VAL_OBJECTIVE in last:
             print(f"[gemini-ray] held-out: KD loss {first[VAL_LOSS_KD]:.3f} -> {last[VAL_LOSS_KD]:.3f}, retrieval MRR "
                   f"{first[VAL_RETRIEVAL]:.3f} -> {last[VAL_RETRIEVAL]:.3f}, objective {last[VAL_OBJECTIVE]:.3f} "
