@@ -10,6 +10,8 @@
 #   FLOOR=none bash benchmarks/search_vs_default.sh   (the search without the floor)
 #   SPACE=tune_spaces/demo_refine.yaml bash benchmarks/search_vs_default.sh   (another space, in a store of its
 #   own: runs/search-vs-default-demo_refine; in one store `tune` would resume the other space's search)
+#   CONFIG=configs/seed_loss.yaml ... bash benchmarks/search_vs_default.sh   (another default: the base config of
+#   the label, the default run and the search; the searches before 2026-12-04 ran against configs/seed_loss.yaml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -18,8 +20,9 @@ SPACE=${SPACE:-tune_spaces/demo_search.yaml}
 SPACE_NAME=$(basename "$SPACE" .yaml)
 if [ "$SPACE_NAME" = demo_search ]; then SUFFIX=; else SUFFIX=-$SPACE_NAME; fi
 STORE=${STORE:-runs/search-vs-default$SUFFIX}
-$BIN/gemini-ray label run.storage_path=$STORE
-$BIN/gemini-ray distill run.storage_path=$STORE run.name=default label.use=require
+if [ -n "${CONFIG:-}" ]; then BASE=(--config "$CONFIG"); else BASE=(); fi
+$BIN/gemini-ray label "${BASE[@]}" run.storage_path=$STORE
+$BIN/gemini-ray distill "${BASE[@]}" run.storage_path=$STORE run.name=default label.use=require
 if [ "${FLOOR:-default}" = none ]; then
     FLOOR_KEY=()
 else
@@ -29,7 +32,7 @@ history = json.load(open(sys.argv[1]))['training']['history']
 print({int(h['val/step']): h['val/loss_kd'] for h in history if h.get('val/step', 0) > 0})" \
         "$STORE/default/summary.json")")
 fi
-$BIN/gemini-ray tune run.storage_path=$STORE tune.space=$SPACE tune.name=search \
+$BIN/gemini-ray tune "${BASE[@]}" run.storage_path=$STORE tune.space=$SPACE tune.name=search \
     "${FLOOR_KEY[@]}"
 $BIN/gemini-ray distill --config $STORE/search/best_config.yaml run.storage_path=$STORE run.name=search-best \
     label.use=require
