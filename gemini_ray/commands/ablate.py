@@ -47,10 +47,10 @@ UNTRAINED = "untrained"
 EMBEDDING_METRICS = {"lee_spearman": "Lee Spearman", "rt_accuracy": "RT accuracy"}
 
 
-def _versus(row: dict[str, Any], other: dict[str, Any], key: str, paired: dict[str, Any]) -> str:
-    """'0.400 < 0.450' (a row below the other) plus, with per-item scores, the paired difference's 95 % interval and whether it
+def _versus(row: dict[str, Any], other: dict[str, Any], key: str, paired: dict[str, Any], label: str) -> str:
+    """'0.400 < untrained 0.450' (a row below the other, named `label`) plus, with per-item scores, the paired difference's 95 % interval and whether it
     is beyond the evaluation set's noise."""
-    text = f"{row[key]:.3f} < {other[key]:.3f}"  # called for regressions only
+    text = f"{row[key]:.3f} < {label} {other[key]:.3f}"  # called for regressions only
     d = paired.get(key)
     if d:
         text += (f" (difference {d['difference']:+.3f}, 95 % CI [{d['low']:+.3f}, {d['high']:+.3f}]: "
@@ -71,7 +71,7 @@ def regressions(rows: dict[str, dict[str, Any]]) -> list[str]:
         paired = paired_differences(row, base)
         for key, title in EMBEDDING_METRICS.items():
             if row.get(key) is not None and base.get(key) is not None and row[key] < base[key]:
-                found.append(f"{name}: {title} {_versus(row, base, key, paired)} untrained")
+                found.append(f"{name}: {title} {_versus(row, base, key, paired, UNTRAINED)}")
     return found
 
 
