@@ -1,6 +1,6 @@
 """Where the student's language model is heading: runs of several lengths, each with its own schedule.
 
-    python benchmarks/lm_forecast.py [--steps 30 60 120 240] [--store runs/lm-forecast] [OVERRIDE ...]
+    python benchmarks/lm_forecast.py [--steps 30 60 120 240] [--store runs/lm-forecast] [--config FILE] [OVERRIDE ...]
 
 A line through the checkpoints of one run (what `gemini-ray curve` extrapolates) is bent by that run's
 learning-rate decay: its last checkpoints are taken at a tenth of the peak rate. Here each length is a run of
@@ -15,8 +15,9 @@ its own (warm-up and cosine decay stretched to it), as a longer budget would be 
    teacher's, KL 1.5 nats and top-1 agreement 0.5 — an extrapolation, labelled as one, unless a run
    measured it.
 
-Runs already in the store are reused (their eval/report.json), so an interrupted forecast resumes. Overrides
-(`key=value`) go to every command, e.g. `--config`-free changes such as `train.lr=6e-4`. Writes
+Runs already in the store are reused (their eval/report.json), so an interrupted forecast resumes. `--config`
+and the overrides (`key=value`, e.g. `train.lr=6e-4`) go to every label and distill command, e.g.
+`--config configs/quality.yaml --steps 60 120 240` for the quality budget's language model. Writes
 `<store>/lm_forecast.json` and prints a table.
 """
 
@@ -79,8 +80,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[30, 60, 120, 240])
     parser.add_argument("--store", default="runs/lm-forecast")
+    parser.add_argument("--config", default=None, help="YAML config file, for every label and distill command")
     parser.add_argument("overrides", nargs="*", help="key=value, for every command")
     args = parser.parse_args()
+    if args.config:  # the CLI reads --config anywhere among the overrides
+        args.overrides = ["--config", str(Path(args.config).resolve()), *args.overrides]
     if len(args.steps) < 3 or sorted(set(args.steps)) != args.steps:
         parser.error("--steps: at least three lengths, increasing")
     store = (ROOT / args.store).resolve()
