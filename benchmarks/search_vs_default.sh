@@ -11,7 +11,8 @@
 #   SPACE=tune_spaces/demo_refine.yaml bash benchmarks/search_vs_default.sh   (another space, in a store of its
 #   own: runs/search-vs-default-demo_refine; in one store `tune` would resume the other space's search)
 #   CONFIG=configs/seed_loss.yaml ... bash benchmarks/search_vs_default.sh   (another default: the base config of
-#   the label, the default run and the search; the searches before 2026-12-04 ran against configs/seed_loss.yaml)
+#   the label, the default run and the search, in a store named after it too, e.g.
+#   runs/search-vs-default-seed_loss; the searches before 2026-12-04 ran against configs/seed_loss.yaml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -19,6 +20,9 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 SPACE=${SPACE:-tune_spaces/demo_search.yaml}
 SPACE_NAME=$(basename "$SPACE" .yaml)
 if [ "$SPACE_NAME" = demo_search ]; then SUFFIX=; else SUFFIX=-$SPACE_NAME; fi
+# a default other than the built-in one gets a store of its own: in one store `distill run.name=default` would
+# resume the other default's finished run and `tune` the other search
+if [ -n "${CONFIG:-}" ]; then SUFFIX=$SUFFIX-$(basename "$CONFIG" .yaml); fi
 STORE=${STORE:-runs/search-vs-default$SUFFIX}
 if [ -n "${CONFIG:-}" ]; then BASE=(--config "$CONFIG"); else BASE=(); fi
 $BIN/gemini-ray label "${BASE[@]}" run.storage_path=$STORE
