@@ -20,11 +20,14 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 SPACE=${SPACE:-tune_spaces/demo_search.yaml}
 SPACE_NAME=$(basename "$SPACE" .yaml)
 if [ "$SPACE_NAME" = demo_search ]; then SUFFIX=; else SUFFIX=-$SPACE_NAME; fi
-# a default other than the built-in one gets a store of its own: in one store `distill run.name=default` would
-# resume the other default's finished run and `tune` the other search
-if [ -n "${CONFIG:-}" ]; then SUFFIX=$SUFFIX-$(basename "$CONFIG" .yaml); fi
+BASE=()
+if [ -n "${CONFIG:-}" ]; then
+    # another default, in a store of its own: in one store `distill run.name=default` would resume the other
+    # default's finished run and `tune` the other search
+    BASE=(--config "$CONFIG")
+    SUFFIX=$SUFFIX-$(basename "$CONFIG" .yaml)
+fi
 STORE=${STORE:-runs/search-vs-default$SUFFIX}
-if [ -n "${CONFIG:-}" ]; then BASE=(--config "$CONFIG"); else BASE=(); fi
 $BIN/gemini-ray label "${BASE[@]}" run.storage_path=$STORE
 $BIN/gemini-ray distill "${BASE[@]}" run.storage_path=$STORE run.name=default label.use=require
 if [ "${FLOOR:-default}" = none ]; then

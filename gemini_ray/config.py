@@ -244,7 +244,7 @@ class TuneConfig:
     positive ranked among other documents' (what the contrastive loss trains). 'teacher_agreement':
     val/teacher_agreement, the held-out span pairs ordered by similarity as the teacher orders them (what
     loss.rep_form=similarity trains; on the demo it ranked the seed's loss and a similarity-term student as
-    Lee Spearman did, where retrieval ranked them the other way; around today's default it rose where Lee
+    Lee Spearman did, where retrieval ranked them the other way; around the 2026-12-04 default it rose where Lee
     fell, so neither half tracks Lee everywhere: README, "Does a search beat the default?")."""
     mode: Literal["min", "max"] = "min"
     """Whether the metric is minimised or maximised."""
@@ -318,8 +318,8 @@ class LossConfig:
     objective: Literal["distill", "lm"] = "distill"
     """'distill': λ·L_KD + (1 − λ)·L_CL + μ·L_rep (loss.rep_weight; 0: the seed's loss). 'lm': plain
     next-token cross-entropy on the corpus tokens, no teacher signal in the gradient (the no-teacher baseline
-    of the ablation; causal teachers only). The KD
-    and contrastive losses are still computed, without gradient, so runs compare on the same logs."""
+    of the ablation; causal teachers only). The KD and contrastive losses are still computed, without
+    gradient, so runs compare on the same logs."""
     rep_weight: float = 10.0
     """μ: weight of a representation term added to the seed's loss, L = λ·L_KD + (1 − λ)·L_CL + μ·L_rep, on the
     anchor and positive spans (an extension beyond the seed; loss.rep_form says what L_rep compares). 0: the
