@@ -23,6 +23,7 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_REP, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL,
                                      VAL_TEACHER_AGREEMENT)
 from gemini_ray.paths import atomic_write_json, check_writable, is_uri, join, run_dir
+from gemini_ray.run_record import record_or_check
 from gemini_ray.session import FoundCache, Session, find_cache
 from gemini_ray.watch import loss_chart
 
@@ -185,6 +186,7 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
         if cfg.run.output_dir:
             check_writable(cfg.run.output_dir, "run.output_dir")
         Path(out_dir).mkdir(parents=True, exist_ok=True)
+    record_or_check(cfg, out_dir)  # a resume must train what the run started to: refused when a key differs
     seconds = dict(session.seconds) if own_session else {}
     student = _make_student(cfg, session)
     tokens_before = ray.get(teacher_token_counter().total.remote())

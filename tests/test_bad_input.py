@@ -107,6 +107,22 @@ def _student_other_vocab(ctx: Ctx) -> Path:
     return save(tiny_llama(tok, layers=2), tok, ctx.tmp / "student-200")
 
 
+def _run_trained_at_half(ctx: Ctx) -> Path:
+    """The storage path holding run RUN as `ctx.distill()` starts it (its record) with a whole checkpoint."""
+    import torch
+
+    from gemini_ray.checkpoint import save_checkpoint
+    from gemini_ray.config import build_config
+    from gemini_ray.run_record import record_or_check
+
+    cfg = build_config(None, ctx.distill()[1:])
+    record_or_check(cfg, str(ctx.storage / RUN))
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(ctx.storage / RUN / "checkpoint_000002", model, torch.optim.SGD(model.parameters(), lr=0.1),
+                    {"step": 2})
+    return ctx.storage
+
+
 def _other_teachers_cache(ctx: Ctx) -> Path:
     """A complete cache whose manifest says another teacher made it (label.py's manifest format)."""
     cache = ctx.tmp / "other-cache"
@@ -267,6 +283,10 @@ CASES: list[Case] = [
     Case("top_k-over-vocab", "Out-of-range top-k", "`teacher.top_k=100000` (the teacher has 400 tokens)",
          lambda c: c.distill("teacher.top_k=100000"), "teacher.top_k=100000 exceeds the teacher's vocabulary",
          "Choose teacher.top_k <= 400"),
+    Case("resume-other-loss", "A resume with another config", "`loss.lambda_kd=0.9` on a run.name whose "
+         "checkpoint was trained at the default 0.5", lambda c: c.distill("loss.lambda_kd=0.9",
+                                                                          storage=_run_trained_at_half(c)),
+         "loss.lambda_kd: 0.5 then, 0.9 now", "start a new run with another run.name"),
     # --- known only once the corpus is tokenized: Ray has started, training has not ----------------------
     Case("corpus-too-short", "All documents shorter than two spans", "six different lines of four words",
          lambda c: c.distill(corpus=c.file("short.txt", "".join(f"a few words {i}\n" for i in range(6)))),

@@ -427,10 +427,10 @@ def test_nan_teacher_signal_stops_training_and_exports_nothing(uninterrupted, ll
 @pytest.mark.ray
 @pytest.mark.long
 def test_a_resume_with_more_workers_goes_on_with_the_first_rows_not_trained(uninterrupted, llama_dir, corpus_file,
-                                                                            tmp_path):
+                                                                            tmp_path, capsys):
     """Positions are global, not per rank: a run stopped at a checkpoint with one worker and resumed with two
     trains the rows that come next in the pass, none of the first run's again (counted from the traces),
-    also when Ray Train's record of the run is unreadable."""
+    also when Ray Train's record of the run is unreadable. A resume with another loss is refused."""
     from gemini_ray.cli import main
     from gemini_ray.pipeline import read_cache
 
@@ -461,6 +461,11 @@ def test_a_resume_with_more_workers_goes_on_with_the_first_rows_not_trained(unin
     assert event["cause"] == "driver_restart" and event["step"] == 4
     assert event["examples_skipped"] == 16 and event["examples_repeated"] == 0
     assert summary["training"]["steps"] == 6 and summary["training"]["examples"] == 16 + 16
+    # another λ on the same run.name would finish this run's checkpoints under another loss: refused
+    capsys.readouterr()
+    assert main(["distill", *args, "train.max_steps=8", "loss.lambda_kd=0.9"]) == 2
+    assert "loss.lambda_kd: 0.5 then, 0.9 now" in capsys.readouterr().err
+    assert json.loads((tmp_path / "grow" / "summary.json").read_text())["training"]["steps"] == 6
 
 
 @pytest.mark.ray

@@ -31,6 +31,7 @@ from gemini_ray.evaluation.run import (evaluate_students, markdown_table, noise_
 from gemini_ray.labelling import make_cache
 from gemini_ray.paths import (absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, join,
                               run_dir)
+from gemini_ray.run_record import check_resume
 from gemini_ray.session import Session, start_session
 
 __all__ = ["VARIANTS", "UNTRAINED", "CLAIMS", "ablate", "ablation_markdown", "regressions", "claims"]
@@ -153,15 +154,20 @@ def _chart(rows: dict[str, dict[str, Any]], location: str) -> None:
     plt.close(fig)
 
 
+def _variant_configs(cfg: Config) -> dict[str, Config]:
+    """Each trained variant's config: the base with its loss settings, its own run.name, reading the cache."""
+    names = {variant: f"{cfg.run.name}-{variant.replace('+', '-')}" for variant in VARIANTS}
+    return {variant: build_config(base=cfg, sample={**settings, "run.name": names[variant], "label.use": "require"})
+            for variant, settings in VARIANTS.items()}
+
+
 def _train_variants(cfg: Config, session: Session) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """Each variant distilled on the one session and cache: (student directories, training summaries)."""
     students, summaries = {}, {}
     untrained = join(run_dir(cfg.run.storage_path, f"{cfg.run.name}-{UNTRAINED}"), "student")
     students[UNTRAINED] = export_untrained(cfg, session, untrained)
-    for variant, settings in VARIANTS.items():
+    for variant, variant_cfg in _variant_configs(cfg).items():
         print(f"[gemini-ray] ablation: training {variant}")
-        name = f"{cfg.run.name}-{variant.replace('+', '-')}"
-        variant_cfg = build_config(base=cfg, sample={**settings, "run.name": name, "label.use": "require"})
         t0 = time.perf_counter()
         run = prepare(variant_cfg, session, own_session=False)
         student_dir, state = export(run, fit_student(run))
@@ -181,6 +187,8 @@ def ablate(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     if not is_uri(out):  # found unwritable now, not after four students have trained
         check_writable(out, "--out")
         Path(out).mkdir(parents=True, exist_ok=True)
+    for variant_cfg in _variant_configs(cfg).values():  # a finished row of another config is refused now, not
+        check_resume(variant_cfg, run_dir(cfg.run.storage_path, variant_cfg.run.name))  # after 3 rows trained
     t_start = time.perf_counter()
     session = start_session(cfg, with_teacher=True)  # setup: teacher and corpus, once for the four variants
     manifest = make_cache(cfg, session)  # the teacher runs once; every variant reads this cache

@@ -31,6 +31,7 @@ from gemini_ray.evaluation.targets import TARGETS, check_targets, extrapolate_st
 from gemini_ray.metric_names import VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_TEACHER_AGREEMENT
 from gemini_ray.paths import absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, \
     join, run_dir
+from gemini_ray.run_record import check_resume
 from gemini_ray.session import start_session
 
 __all__ = ["curve", "curve_markdown", "checkpoint_steps", "forecasts", "step_name"]
@@ -198,6 +199,7 @@ def curve(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     if not is_uri(out):  # found unwritable now, not after the run has trained
         check_writable(out, "--out")
         Path(out).mkdir(parents=True, exist_ok=True)
+    check_resume(cfg, run_dir(cfg.run.storage_path, cfg.run.name))  # before the teacher loads, not after
     t_start, started_at = time.perf_counter(), time.time()
     session = start_session(cfg, with_teacher=True)
     untrained = export_untrained(cfg, session, join(out, "students", "step-000000"))

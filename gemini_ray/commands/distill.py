@@ -4,7 +4,8 @@
     gemini-ray distill --config my.yaml loss.lambda_kd=0.7 train.max_steps=200
 
 Running the same command again with the same run.name and run.storage_path resumes from the latest
-checkpoint. Outputs: <storage_path>/<name>/student (a plain HF directory) and <...>/summary.json.
+checkpoint; a resume whose config differs from the run's start in what it trains is refused
+(gemini_ray/run_record.py: raising train.max_steps, the resources and the reporting may change). Outputs: <storage_path>/<name>/student (a plain HF directory) and <...>/summary.json.
 
 Faults: a dead worker (or its node) makes Ray Train restart the worker group from the latest checkpoint,
 up to train.max_failures times; a dead driver is resumed by running the command again. Both are counted
@@ -19,6 +20,8 @@ from typing import Any
 
 from gemini_ray.config import Config
 from gemini_ray.distill_run import export, fit_student, prepare, summarize
+from gemini_ray.paths import run_dir
+from gemini_ray.run_record import check_resume
 from gemini_ray.session import start_session
 
 __all__ = ["distill"]
@@ -26,6 +29,7 @@ __all__ = ["distill"]
 
 def distill(cfg: Config) -> dict[str, Any]:
     """Run the whole distillation; returns the summary (also written to summary.json)."""
+    check_resume(cfg, run_dir(cfg.run.storage_path, cfg.run.name))  # a resume of another config: refused now
     t_start, started_at = time.perf_counter(), time.time()
     session = start_session(cfg, with_teacher=True)  # setup: teacher, corpus, examples
     run = prepare(cfg, session, started_at=started_at)  # the student and its teacher signal
