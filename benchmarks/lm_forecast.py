@@ -1,6 +1,6 @@
 """Where the student's language model is heading: runs of several lengths, each with its own schedule.
 
-    python benchmarks/lm_forecast.py [--steps 30 60 120 240] [--store runs/lm-forecast] [--config FILE] [OVERRIDE ...]
+    python benchmarks/lm_forecast.py [--steps 30 60 120 240] [--config FILE] [--store DIR] [OVERRIDE ...]
 
 A line through the checkpoints of one run (what `gemini-ray curve` extrapolates) is bent by that run's
 learning-rate decay: its last checkpoints are taken at a tenth of the peak rate. Here each length is a run of
@@ -15,10 +15,12 @@ its own (warm-up and cosine decay stretched to it), as a longer budget would be 
    teacher's, KL 1.5 nats and top-1 agreement 0.5 — an extrapolation, labelled as one, unless a run
    measured it.
 
-Runs already in the store are reused (their eval/report.json), so an interrupted forecast resumes. `--config`
+Runs already in the store are reused (their eval/report.json), so an interrupted forecast resumes; a run the
+store holds from another config is refused (`gemini_ray.run_record`), not reused. `--config`
 and the overrides (`key=value`, e.g. `train.lr=6e-4`) go to every label and distill command, e.g.
 `--config configs/quality.yaml --steps 60 120 240` for the quality budget's language model. Writes
-`<store>/lm_forecast.json` and prints a table.
+`<store>/lm_forecast.json` (the store: runs/lm-forecast, or runs/lm-forecast-<config name> with `--config`)
+and prints a table.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gemini_ray.config import build_config  # noqa: E402
 from gemini_ray.evaluation.targets import extrapolate_step  # noqa: E402
+from gemini_ray.run_record import check_resume  # noqa: E402
 
 GOALS = (  # (report key, title, goal, higher is better, log value)
     ("perplexity", "held-out perplexity <= 4x the teacher's", None, False, True),
@@ -48,15 +52,19 @@ def cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "gemini_ray.cli", *args], check=True, cwd=ROOT)
 
 
-def run_length(store: Path, steps: int, overrides: list[str], with_teacher: bool) -> dict:
-    """Train and evaluate one length (or read what an earlier forecast left); returns its eval report."""
+def run_length(store: Path, steps: int, config: str | None, overrides: list[str], with_teacher: bool) -> dict:
+    """Train and evaluate one length (or read what an earlier forecast left, when it trained this config);
+    returns its eval report."""
     name = f"f{steps}"
+    settings = [f"run.storage_path={store}", f"run.name={name}", "label.use=require", f"train.max_steps={steps}",
+                f"train.checkpoint_every={steps}", f"train.eval_every={steps}", *overrides]
+    # a store left by another config is refused here, not read as this one's (distill would refuse it too)
+    check_resume(build_config(config, settings), str(store / name))
     report = store / name / "eval" / "report.json"
     if report.exists() and (not with_teacher or "teacher" in json.loads(report.read_text())["models"]):
         return json.loads(report.read_text())
     if not (store / name / "student").exists():
-        cli("distill", f"run.storage_path={store}", f"run.name={name}", "label.use=require",
-            f"train.max_steps={steps}", f"train.checkpoint_every={steps}", f"train.eval_every={steps}", *overrides)
+        cli("distill", *(["--config", config] if config else []), *settings)
     cli("eval", str(store / name / "student"), *([] if with_teacher else ["--no-teacher"]))
     return json.loads(report.read_text())
 
@@ -79,22 +87,24 @@ def forecast_goals(steps: list[int], rows: dict[int, dict], teacher: dict) -> di
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[30, 60, 120, 240])
-    parser.add_argument("--store", default="runs/lm-forecast")
+    parser.add_argument("--store", default=None, help="default: runs/lm-forecast, or runs/lm-forecast-<config "
+                        "name> with --config (one store per config: a store holds one config's runs)")
     parser.add_argument("--config", default=None, help="YAML config file, for every label and distill command")
     parser.add_argument("overrides", nargs="*", help="key=value, for every command")
     args = parser.parse_args()
-    if args.config:  # the CLI reads --config anywhere among the overrides
-        args.overrides = ["--config", str(Path(args.config).resolve()), *args.overrides]
+    config = str(Path(args.config).resolve()) if args.config else None
     if len(args.steps) < 3 or sorted(set(args.steps)) != args.steps:
         parser.error("--steps: at least three lengths, increasing")
-    store = (ROOT / args.store).resolve()
+    store = (ROOT / (args.store or "runs/lm-forecast" + (f"-{Path(config).stem}" if config else ""))).resolve()
     # the longest length's budget: under label.scope=run the cache then holds every length's rows
-    cli("label", f"run.storage_path={store}", *args.overrides, f"train.max_steps={max(args.steps)}")
-    reports = {n: run_length(store, n, args.overrides, with_teacher=i == 0) for i, n in enumerate(args.steps)}
+    cli("label", *(["--config", config] if config else []), f"run.storage_path={store}", *args.overrides,
+        f"train.max_steps={max(args.steps)}")
+    reports = {n: run_length(store, n, config, args.overrides, with_teacher=i == 0) for i, n in enumerate(args.steps)}
     teacher = reports[args.steps[0]]["models"]["teacher"]["lm"]
     rows = {n: r["models"]["student"]["lm"] for n, r in reports.items()}
     forecast = forecast_goals(args.steps, rows, teacher)
-    result = {"steps": args.steps, "overrides": args.overrides, "teacher": {k: teacher.get(k) for k, *_ in GOALS},
+    result = {"steps": args.steps, "config": config, "overrides": args.overrides,
+              "teacher": {k: teacher.get(k) for k, *_ in GOALS},
               "runs": {n: {k: rows[n].get(k) for k, *_ in GOALS} for n in args.steps}, "forecast": forecast}
     (store / "lm_forecast.json").write_text(json.dumps(result, indent=1))
     print("| steps | held-out ppl | KL | top-1 agreement |\n|---|---|---|---|")
