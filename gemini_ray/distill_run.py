@@ -23,7 +23,7 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_REP, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL,
                                      VAL_TEACHER_AGREEMENT)
 from gemini_ray.paths import atomic_write_json, check_writable, is_uri, join, run_dir
-from gemini_ray.run_record import record_or_check
+from gemini_ray.run_record import check_resume, record_start
 from gemini_ray.session import FoundCache, Session, find_cache
 from gemini_ray.watch import loss_chart
 
@@ -186,18 +186,19 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
         if cfg.run.output_dir:
             check_writable(cfg.run.output_dir, "run.output_dir")
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    record_or_check(cfg, out_dir)  # a resume must train what the run started to: refused when a key differs
+    check_resume(cfg, out_dir)  # a resume must train what the run started to: refused when a key differs
     seconds = dict(session.seconds) if own_session else {}
     student = _make_student(cfg, session)
     tokens_before = ray.get(teacher_token_counter().total.remote())
     t0 = time.perf_counter()
     cache = find_cache(cfg, session)
-    cfg = with_worker_cpus(cfg, cached=cache is not None, nodes=alive_nodes())
+    user_cfg, cfg = cfg, with_worker_cpus(cfg, cached=cache is not None, nodes=alive_nodes())
     plan = StreamPlan.remote()
     stream, val, probe, ledger = _teacher_signal(cfg, session, cache, plan)
     seconds["probe_and_val_label_s"] = time.perf_counter() - t0
     if cfg.run.check_resources:
         check_fits(demands(cfg, cached=cache is not None), alive_nodes())
+    record_start(user_cfg, out_dir)  # every check passed: the run's config, for a later resume to match
     return Run(cfg=cfg, session=session, out_dir=out_dir, student=student, stream=stream, val=val, cache=cache,
                probe=probe, ledger=ledger, plan=plan, teacher_tokens_before=tokens_before, started_at=started_at or time.time(), seconds=seconds)
 

@@ -3,8 +3,8 @@
 A run resumes when the same run.name and run.storage_path hold a checkpoint. Resuming it with another λ, μ,
 learning rate, corpus or student would go on silently with a model trained under one loss and finished
 under another, and `gemini-ray ablate` would report rows trained with the old settings as the new ones. So
-`prepare` records the config in <run dir>/run_config.json when a run starts, and a later command on the same
-directory is refused when a key that changes what is trained differs from the record. Keys of where and how
+`prepare` records the config in <run dir>/run_config.json when a run starts (`record_start`), and a later
+command on the same directory is refused (`check_resume`) when a key that changes what is trained differs from the record. Keys of where and how
 fast the run goes, how often it reports and how far it goes (train.max_steps: raising it continues a
 finished run) may change.
 """
@@ -19,7 +19,7 @@ from gemini_ray.config import Config, config_to_dict
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import atomic_write_json, is_uri
 
-__all__ = ["RECORD", "MAY_CHANGE", "differences", "check_resume", "record_or_check"]
+__all__ = ["RECORD", "MAY_CHANGE", "differences", "check_resume", "record_start"]
 
 RECORD = "run_config.json"
 
@@ -95,12 +95,12 @@ def check_resume(cfg: Config, out_dir: str) -> None:
             f"run with another run.name (e.g. run.name={name}-2), or delete {out_dir} to start this one over.")
 
 
-def record_or_check(cfg: Config, out_dir: str) -> None:
-    """Before a run trains in `out_dir`: `check_resume`, and when the directory holds no checkpoint yet,
-    record `cfg` as the run's config (replacing a record left by a start that never checkpointed)."""
+def record_start(cfg: Config, out_dir: str) -> None:
+    """Record `cfg` as the config of the run in `out_dir` when the directory holds no checkpoint yet
+    (replacing a record left by a start that never checkpointed); a run with checkpoints keeps its record.
+    Called once every check of the run's input has passed, so that refused input writes nothing."""
     from gemini_ray.checkpoint import whole_checkpoint_steps
 
-    check_resume(cfg, out_dir)
     if not is_uri(out_dir) and not whole_checkpoint_steps(out_dir):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(out_dir) / RECORD, config_to_dict(cfg))

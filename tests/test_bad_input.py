@@ -113,10 +113,10 @@ def _run_trained_at_half(ctx: Ctx) -> Path:
 
     from gemini_ray.checkpoint import save_checkpoint
     from gemini_ray.config import build_config
-    from gemini_ray.run_record import record_or_check
+    from gemini_ray.run_record import record_start
 
     cfg = build_config(None, ctx.distill()[1:])
-    record_or_check(cfg, str(ctx.storage / RUN))
+    record_start(cfg, str(ctx.storage / RUN))
     model = torch.nn.Linear(2, 2)
     save_checkpoint(ctx.storage / RUN / "checkpoint_000002", model, torch.optim.SGD(model.parameters(), lr=0.1),
                     {"step": 2})

@@ -11,7 +11,7 @@ import torch
 from gemini_ray.checkpoint import save_checkpoint
 from gemini_ray.config import Config, all_keys, build_config, config_to_dict
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.run_record import MAY_CHANGE, RECORD, check_resume, differences, record_or_check
+from gemini_ray.run_record import MAY_CHANGE, RECORD, check_resume, differences, record_start
 
 
 def _checkpoint(run: Path, step: int = 4) -> None:
@@ -29,29 +29,31 @@ def _cfg(tmp_path: Path, *overrides: str) -> Config:
 
 def test_a_new_run_records_its_config_and_a_start_that_never_checkpointed_is_replaced(tmp_path):
     first = _cfg(tmp_path, "loss.lambda_kd=0.3")
-    record_or_check(first, str(tmp_path / "r"))
+    record_start(first, str(tmp_path / "r"))
     assert json.loads((tmp_path / "r" / RECORD).read_text()) == json.loads(json.dumps(config_to_dict(first)))
     second = _cfg(tmp_path, "loss.lambda_kd=0.7")  # the first start failed before its first checkpoint
-    record_or_check(second, str(tmp_path / "r"))
+    record_start(second, str(tmp_path / "r"))
     assert json.loads((tmp_path / "r" / RECORD).read_text())["loss"]["lambda_kd"] == 0.7
 
 
 def test_a_resume_may_go_further_elsewhere_and_report_differently(tmp_path):
-    record_or_check(_cfg(tmp_path), str(tmp_path / "r"))
+    record_start(_cfg(tmp_path), str(tmp_path / "r"))
     _checkpoint(tmp_path / "r")
     record = (tmp_path / "r" / RECORD).read_text()
     later = _cfg(tmp_path, "train.max_steps=200", "train.num_workers=2", "train.eval_every=7", "label.use=require",
                  "teacher.num_actors=2", "data.max_val_examples=16", "tune.num_samples=9", "eval.rt_test=50")
-    record_or_check(later, str(tmp_path / "r"))
+    check_resume(later, str(tmp_path / "r"))
+    record_start(later, str(tmp_path / "r"))
     assert (tmp_path / "r" / RECORD).read_text() == record  # the record stays the run's start
 
 
 def test_a_resume_that_changes_what_is_trained_is_refused_naming_each_key(tmp_path):
-    record_or_check(_cfg(tmp_path), str(tmp_path / "r"))
+    record_start(_cfg(tmp_path), str(tmp_path / "r"))
     _checkpoint(tmp_path / "r")
     changed = _cfg(tmp_path, "loss.lambda_kd=0.9", "train.lr=1e-3", "train.max_steps=200")
+    record_start(changed, str(tmp_path / "r"))  # a run with checkpoints keeps the record of its start
     with pytest.raises(GeminiRayError) as err:
-        record_or_check(changed, str(tmp_path / "r"))
+        check_resume(changed, str(tmp_path / "r"))
     message = str(err.value)
     assert "loss.lambda_kd: 0.5 then, 0.9 now" in message and "train.lr: 0.0003 then, 0.001 now" in message
     assert "max_steps" not in message  # may change
@@ -90,7 +92,7 @@ def test_ablate_refuses_a_finished_row_of_another_config_before_starting_anythin
 
     old = _cfg(tmp_path, "run.name=abl")
     row = _variant_configs(old)["kd+cl"]
-    record_or_check(row, str(tmp_path / row.run.name))
+    record_start(row, str(tmp_path / row.run.name))
     _checkpoint(tmp_path / row.run.name)
     with pytest.raises(GeminiRayError, match=r"run 'abl-kd-cl'.*loss.lambda_kd: 0.5 then, 0.6 now"):
         ablate(_cfg(tmp_path, "run.name=abl", "loss.lambda_kd=0.6"))
