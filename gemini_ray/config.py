@@ -170,7 +170,8 @@ class DataConfig:
     mlm_probability: float = 0.15
     """Fraction of tokens masked for a masked-LM teacher (ignored for causal teachers)."""
     seed: int = 0
-    """Seed for masking and pairing."""
+    """Seed of a masked-LM teacher's masked positions (with each example's id). Pairing is not random (spans
+    2i and 2i+1 of a document), so for a causal teacher this key changes no example."""
     val_fraction: float = 0.05
     """Fraction of documents held out for validation (chosen by content hash; never trained on)."""
     max_val_examples: int = 256
