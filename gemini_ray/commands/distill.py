@@ -5,7 +5,8 @@
 
 Running the same command again with the same run.name and run.storage_path resumes from the latest
 checkpoint; a resume whose config differs from the run's start in what it trains is refused
-(gemini_ray/run_record.py: raising train.max_steps, the resources and the reporting may change). Outputs: <storage_path>/<name>/student (a plain HF directory) and <...>/summary.json.
+(gemini_ray/run_record.py: raising train.max_steps, the resources and the reporting may change).
+Outputs: <storage_path>/<name>/student (a plain HF directory) and <...>/summary.json.
 
 Faults: a dead worker (or its node) makes Ray Train restart the worker group from the latest checkpoint,
 up to train.max_failures times; a dead driver is resumed by running the command again. Both are counted
