@@ -4,9 +4,9 @@ A run resumes when the same run.name and run.storage_path hold a checkpoint. Res
 learning rate, corpus or student would go on silently with a model trained under one loss and finished
 under another, and `gemini-ray ablate` would report rows trained with the old settings as the new ones. So
 `prepare` records the config in <run dir>/run_config.json when a run starts (`record_start`), and a later
-command on the same directory is refused (`check_resume`) when a key that changes what is trained differs from the record. Keys of where and how
-fast the run goes, how often it reports and how far it goes (train.max_steps: raising it continues a
-finished run) may change.
+command on the same directory is refused (`check_resume`) when a key that changes what is trained differs
+from the record. Keys of where and how fast the run goes, how often it reports and how far it goes
+(train.max_steps: raising it continues a finished run) may change.
 """
 
 from __future__ import annotations
