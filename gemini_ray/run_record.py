@@ -17,7 +17,7 @@ from typing import Any
 
 from gemini_ray.config import Config, config_to_dict
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.paths import atomic_write_json, is_uri
+from gemini_ray.paths import atomic_write_json, is_uri, read_json
 
 __all__ = ["RECORD", "MAY_CHANGE", "differences", "check_resume", "record_start"]
 
@@ -61,15 +61,11 @@ def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[tuple
 def _recorded(out_dir: Path) -> tuple[dict[str, Any], str] | None:
     """(the config the run started with, the file it came from): its record, else the config in the
     summary of a run finished before records were written; None when neither is there."""
-    for name, pick in ((RECORD, lambda d: d), ("summary.json", lambda d: d.get("config"))):
-        path = out_dir / name
-        if path.is_file():
-            try:
-                found = pick(json.loads(path.read_text()))
-            except (OSError, ValueError):
-                found = None
-            if isinstance(found, dict):
-                return found, str(path)
+    record, summary = read_json(out_dir / RECORD), read_json(out_dir / "summary.json")
+    if isinstance(record, dict):
+        return record, str(out_dir / RECORD)
+    if isinstance(summary, dict) and isinstance(summary.get("config"), dict):
+        return summary["config"], str(out_dir / "summary.json")
     return None
 
 
