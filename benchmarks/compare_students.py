@@ -10,6 +10,10 @@ Lee and RT (differences).
     python benchmarks/compare_students.py --out runs/compare --pair b-s1:a-s1 --pair b-s2:a-s2 \
         a-s1=runs/a1/student b-s1=runs/b1/student a-s2=runs/a2/student b-s2=runs/b2/student
 
+    # the Rotten Tomatoes probe on all 12,808 snippets (configs/quality.yaml's protocol) for the default students
+    python benchmarks/compare_students.py --out runs/compare --set eval.rt_train=0 --set eval.rt_test=0 \
+        kd-cl=runs/ablate-kd-cl/student
+
 The untrained student is derived from the config (the teacher's copied layers, as `gemini-ray ablate` makes
 it). Writes <out>/compare.json and prints a markdown table and the intervals. A file, not a here-document:
 the evaluation measures peak memory in spawned processes, which re-import the main module by its path."""
@@ -56,11 +60,13 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="directory for compare.json and the untrained student")
     parser.add_argument("--pair", action="append", default=[], metavar="NAME:OTHER",
                         help="also compare NAME against OTHER (repeatable), e.g. the same seed of two configs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config key for the evaluation (repeatable), e.g. eval.rt_test=0")
     parser.add_argument("students", nargs="+", metavar="NAME=STUDENT_DIR")
     args = parser.parse_args()
     students = _students(args.students)
     pairs = _pairs(args.pair, students)
-    cfg = build_config(args.config, [])
+    cfg = build_config(args.config, args.overrides)
 
     from gemini_ray.distill_run import export_untrained
     from gemini_ray.session import start_session
