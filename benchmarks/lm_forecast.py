@@ -59,14 +59,25 @@ def run_length(store: Path, steps: int, config: str | None, overrides: list[str]
     settings = [f"run.storage_path={store}", f"run.name={name}", "label.use=require", f"train.max_steps={steps}",
                 f"train.checkpoint_every={steps}", f"train.eval_every={steps}", *overrides]
     # a store left by another config is refused here, not read as this one's (distill would refuse it too)
-    check_resume(build_config(config, settings), str(store / name))
+    cfg = build_config(config, settings)
+    check_resume(cfg, str(store / name))
     report = store / name / "eval" / "report.json"
-    if report.exists() and (not with_teacher or "teacher" in json.loads(report.read_text())["models"]):
+    if report.exists() and _reusable(json.loads(report.read_text()), cfg, with_teacher):
         return json.loads(report.read_text())
+    with_config = ["--config", config] if config else []
     if not (store / name / "student").exists():
-        cli("distill", *(["--config", config] if config else []), *settings)
-    cli("eval", str(store / name / "student"), *([] if with_teacher else ["--no-teacher"]))
+        cli("distill", *with_config, *settings)
+    cli("eval", str(store / name / "student"), *with_config, *overrides, *([] if with_teacher else ["--no-teacher"]))
     return json.loads(report.read_text())
+
+
+def _reusable(report: dict, cfg, with_teacher: bool) -> bool:
+    """An earlier report answers for this config when it has the rows asked for and was measured on the same
+    protocol (the eval section: e.g. the quality config's whole Rotten Tomatoes sets): else the student is
+    evaluated again, not retrained."""
+    protocol = report.get("protocol", {})
+    same = all(protocol.get(f"eval.{key}") == value for key, value in vars(cfg.eval).items())
+    return same and (not with_teacher or "teacher" in report["models"])
 
 
 def forecast_goals(steps: list[int], rows: dict[int, dict], teacher: dict) -> dict[str, dict]:
