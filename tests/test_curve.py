@@ -57,7 +57,7 @@ def test_a_power_law_is_extrapolated_to_its_goal_and_a_flat_or_wrong_way_curve_i
     assert extrapolate_step([0, 100], [4e8, 900.0], 250.0, False, log_value=True) is None  # one trained point
 
 
-def test_the_lm_forecast_benchmark_says_measured_extrapolated_or_not_heading_there():
+def _lm_forecast_module():
     import importlib.util
     from pathlib import Path
 
@@ -65,6 +65,11 @@ def test_the_lm_forecast_benchmark_says_measured_extrapolated_or_not_heading_the
     spec = importlib.util.spec_from_file_location("lm_forecast", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_the_lm_forecast_benchmark_says_measured_extrapolated_or_not_heading_there():
+    module = _lm_forecast_module()
     steps = [30, 60, 120]
     rows = {n: {"perplexity": 1e7 * n ** -2.0, "kl_to_teacher": 1.0, "teacher_top1_agreement": 0.3 - n / 1000}
             for n in steps}  # perplexity a power law, KL already met, agreement falling
@@ -74,6 +79,19 @@ def test_the_lm_forecast_benchmark_says_measured_extrapolated_or_not_heading_the
     assert found["kl_to_teacher"]["how"] == "measured" and found["kl_to_teacher"]["step"] == 30
     assert found["teacher_top1_agreement"] == {"title": "top-1 agreement >= 0.5", "goal": 0.5, "step": None,
                                                "how": "not heading there"}
+
+
+def test_the_lm_forecast_benchmark_reuses_a_report_only_from_the_same_protocol():
+    from gemini_ray.config import build_config
+
+    reusable = _lm_forecast_module()._reusable
+    cfg = build_config(None, [])
+    report = {"protocol": {f"eval.{k}": v for k, v in vars(cfg.eval).items()}, "models": {"student": {}}}
+    assert reusable(report, cfg, with_teacher=False)
+    assert not reusable(report, cfg, with_teacher=True)  # the teacher's row was not measured
+    whole_rt = build_config(None, ["eval.rt_train=0", "eval.rt_test=0"])  # configs/quality.yaml's protocol
+    assert not reusable(report, whole_rt, with_teacher=False)  # evaluated again, not read as this protocol's
+    assert not reusable({"protocol": {}, "models": {"student": {}}}, cfg, with_teacher=False)
 
 
 def test_the_curve_report_says_which_targets_are_met_and_labels_forecasts():
