@@ -58,13 +58,14 @@ def step_name(step: int) -> str:
 
 def forecasts(rows: dict[int, dict[str, Any]], teacher: dict[str, Any]) -> dict[str, float | None]:
     """For each target that changes with training: the step at which it is (or, extrapolated through the
-    last checkpoints, would be) reached; None when the curve is not heading there."""
+    last checkpoints, would be) reached; None when the curve is not heading there. An embedding target is
+    reached where both its teacher goal and the untrained student's value (step 0) are."""
     out = {}
     steps = sorted(rows)
     for target in TARGETS:
         if target.key.startswith("vs_teacher."):
             continue  # size and speed do not change with training
-        goal = goal_of(target, teacher)
+        goal = goal_of(target, teacher, rows.get(0))
         if goal is None:
             continue
         values = [metric_value(rows[s], target.key) for s in steps]

@@ -66,12 +66,21 @@ def metric_value(row: dict[str, Any], key: str) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def goal_of(target: Target, teacher: dict[str, Any]) -> float | None:
-    """The target's goal value (None when it is relative to a teacher value that was not measured)."""
+def goal_of(target: Target, teacher: dict[str, Any], untrained: dict[str, Any] | None = None) -> float | None:
+    """The target's goal value (None when it is relative to a teacher value that was not measured). With the
+    untrained student's row, a target that must also be no worse than it gets the stricter of the two: the
+    value a curve has to reach to meet the whole target."""
     if target.absolute is not None:
-        return target.absolute
-    reference = metric_value(teacher, target.key)
-    return None if reference is None else target.of_teacher * reference
+        goal = target.absolute
+    else:
+        reference = metric_value(teacher, target.key)
+        if reference is None:
+            return None
+        goal = target.of_teacher * reference
+    base = metric_value(untrained, target.key) if target.at_least_untrained and untrained is not None else None
+    if base is None:
+        return goal
+    return max(goal, base) if target.higher_is_better else min(goal, base)
 
 
 def _better_or_equal(target: Target, value: float, goal: float) -> bool:
