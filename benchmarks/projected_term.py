@@ -13,7 +13,7 @@ first-pass order (the library's compute_loss, optimizer and schedule: with WEIGH
 distill label.use=require` to the digit) plus WEIGHT x the term, with W (H_S x H_T, identity-initialised, its
 own AdamW at 1e-3) discarded after training. FORM 'cos': 1 − cos(W z_S, z_T); 'mse': ‖W z_S − z_T‖² over the
 teacher embeddings' variance. Writes <store>/projected/NAME/student (an exported student that `eval` and
-compare_students read). Measured 2026-12-04 on the demo: no RT gain (README, "What moves RT").
+compare_students read). Measured 2026-12-04 on the demo: no RT gain (README, "Rotten Tomatoes on the whole set").
 """
 
 from __future__ import annotations
