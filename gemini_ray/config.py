@@ -400,11 +400,18 @@ class TrainConfig:
     """Times Ray Train restarts the worker group after a worker or its node dies; each restart resumes
     from the latest checkpoint (a non-finite loss is not retried: it would fail the same way)."""
     seed: int = 0
-    """Seed of the student's initialisation and dropout, and of the shuffle of later passes."""
+    """Seed of the student's initialisation and dropout, and of the shuffle of later passes (and of the first,
+    with train.shuffle_first_pass)."""
     shuffle_buffer: int = 256
     """Rows in each worker's local shuffle buffer on the second and later passes over the training rows
     (seeded by train.seed, the pass and the rank), so that a later pass batches its rows differently. The
-    first pass is in corpus (or cache) order. 0: every pass in the same order."""
+    first pass is in corpus (or cache) order unless train.shuffle_first_pass. 0: no local shuffle."""
+    shuffle_first_pass: bool = False
+    """Shuffle the first pass as the later ones are: from a cache, a seeded order of its shards (so a run
+    shorter than the cache reads another subset of its rows); from a cache or online, the local shuffle
+    buffer. With it, runs at different
+    train.seed measure the training's run-to-run variation (which rows, in which order); without it a run
+    with a causal teacher is deterministic end to end, whatever the seed."""
     trace_positions: Optional[str] = None
     """A local directory: each Train worker appends the positions of the rows it trained, one line per step,
     to rank<r>.txt (to check that a resumed run trains each example once). Off by default."""

@@ -123,7 +123,7 @@ def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None, pla
         _check_steps(cfg, cache.manifest["corpus"]["train_examples"], f"the cache at '{cache.directory}'")
         consumed = _consumed_shards(cfg, cache.manifest) if plan is not None else frozenset()
         return (*read_cached_signal(cache.directory, cache.manifest, cfg.loss.num_negatives, plan, consumed,
-                                    cfg.train.seed), None, None)
+                                    cfg.train.seed, cfg.train.shuffle_first_pass), None, None)
     probe = probe_corpus(cfg, session.teacher_source, session.kind)
     print_corpus(probe.stats, read="" if probe.whole else " (the start read before training)")
     _check_steps(cfg, probe.stats.train_examples, "the corpus")

@@ -192,18 +192,19 @@ def label_shards(cfg: Config, examples: ray.data.Dataset, directory: str, shards
     return written.to_pandas().to_dict("records")
 
 
-def shard_order(shards: list[int], seed: int, epoch: int) -> list[int]:
-    """The order in which pass `epoch` (0-based) reads the cache's training shards: ascending on the first pass,
-    then a permutation seeded by the seed and the pass (a shard is a hash bucket of example ids, so each
-    order is a fresh mix of the corpus; `train.shuffle_buffer` mixes the rows within it)."""
+def shard_order(shards: list[int], seed: int, epoch: int, shuffle_first: bool = False) -> list[int]:
+    """The order in which pass `epoch` (0-based) reads the cache's training shards: ascending on the first pass
+    (unless shuffle_first: train.shuffle_first_pass), then a permutation seeded by the seed and the pass (a
+    shard is a hash bucket of example ids, so each order is a fresh mix of the corpus; `train.shuffle_buffer`
+    mixes the rows within it)."""
     ordered = sorted(shards)
-    if epoch == 0:
+    if epoch == 0 and not shuffle_first:
         return ordered
     return [ordered[i] for i in np.random.default_rng([seed, epoch]).permutation(len(ordered))]
 
 
 def read_cache(directory: str, shards: list[int], num_negatives: int, plan=None,
-               consumed: frozenset[int] = frozenset(), seed: int = 0) -> ray.data.Dataset:
+               consumed: frozenset[int] = frozenset(), seed: int = 0, shuffle_first: bool = False) -> ray.data.Dataset:
     """Stream the given cache shards, keeping the first (hardest) `num_negatives` negatives, each row with its
     position in the pass: (shard, row in the shard's file), so that a shard left out does not move the
     others. Less the rows a StreamPlan says were trained, and without reading the `consumed` shards (every
@@ -223,7 +224,7 @@ def read_cache(directory: str, shards: list[int], num_negatives: int, plan=None,
 
     def read_slot(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         epoch = 0 if plan is None else ray.get(plan.pass_number.remote())
-        order = [s for s in shard_order(shards, seed, epoch) if s not in consumed]
+        order = [s for s in shard_order(shards, seed, epoch, shuffle_first) if s not in consumed]
         parts = []
         for slot in batch["slot"].tolist():
             table = pq.read_table(f"{path}/{shard_name(order[slot])}", filesystem=fs, columns=TRAIN_COLUMNS + ["row"])
@@ -240,10 +241,11 @@ def read_cache(directory: str, shards: list[int], num_negatives: int, plan=None,
 
 
 def read_cached_signal(directory: str, manifest: dict, num_negatives: int, plan=None,
-                       consumed: frozenset[int] = frozenset(), seed: int = 0) -> tuple[ray.data.Dataset, dict | None]:
+                       consumed: frozenset[int] = frozenset(), seed: int = 0,
+                       shuffle_first: bool = False) -> tuple[ray.data.Dataset, dict | None]:
     """(training stream, held-out rows as one dict of arrays or None) from a complete cache. The held-out
     rows are small: read once, before a trainer holds its CPUs. consumed: training shards left unread;
-    seed: of the shard order of passes after the first (`shard_order`)."""
-    stream = read_cache(directory, manifest["shards_train"], num_negatives, plan, consumed, seed)
+    seed: of the shard order of passes after the first, and of the first with shuffle_first (`shard_order`)."""
+    stream = read_cache(directory, manifest["shards_train"], num_negatives, plan, consumed, seed, shuffle_first)
     val = to_arrays(read_cache(directory, manifest["shards_val"], num_negatives)) if manifest["shards_val"] else None
     return stream, val

@@ -393,10 +393,11 @@ def _resume_checkpoint(spec: RunSpec) -> ray.train.Checkpoint | None:
 
 
 def _pass_shuffle(tc, epoch: int, rank: int) -> dict[str, int]:
-    """iter_torch_batches' local shuffle for a pass: none on the first (corpus or cache order), then a buffer
-    of train.shuffle_buffer rows seeded by the seed, the pass and the rank. Exact resume does not depend on
-    it: the positions of the rows trained are recorded, whatever order they came in."""
-    if epoch == 0 or tc.shuffle_buffer == 0:
+    """iter_torch_batches' local shuffle for a pass: none on the first (corpus or cache order) unless
+    train.shuffle_first_pass, then a buffer of train.shuffle_buffer rows seeded by the seed, the pass and the
+    rank. Exact resume does not depend on it: the positions of the rows trained are recorded, whatever order
+    they came in."""
+    if (epoch == 0 and not tc.shuffle_first_pass) or tc.shuffle_buffer == 0:
         return {}
     return {"local_shuffle_buffer_size": tc.shuffle_buffer,
             "local_shuffle_seed": (tc.seed * 1_000_003 + epoch * 1_009 + rank) % (1 << 31)}

@@ -523,6 +523,17 @@ def test_each_pass_reads_the_cache_shards_in_its_own_seeded_order(uninterrupted)
     left_out = shard_order(shards, 0, later[0])[0]
     assert read(later[0], frozenset({left_out}))[1] == [s for s in shard_order(shards, 0, later[0]) if s != left_out]
 
+    # train.shuffle_first_pass: the first pass in a seeded order too, each row once
+    seed = next(s for s in range(1, 20) if shard_order(shards, s, 0, True) != sorted(shards))
+    plan = StreamPlan.remote()
+    ray.get(plan.set.remote([], 0))
+    positions = np.concatenate([b["position"] for b in read_cache(str(directory), shards, 2, plan, seed=seed,
+                                                                  shuffle_first=True).iter_batches(
+        batch_size=None, batch_format="numpy")])
+    shard_of = positions >> 32
+    assert [int(s) for s in shard_of[np.r_[True, shard_of[1:] != shard_of[:-1]]]] == shard_order(shards, seed, 0, True)
+    assert np.array_equal(np.sort(positions), np.sort(first))
+
 
 def test_shard_order_is_a_seeded_permutation_per_pass():
     from gemini_ray.pipeline import shard_order
@@ -532,6 +543,26 @@ def test_shard_order_is_a_seeded_permutation_per_pass():
     later = [shard_order(shards, seed, epoch) for seed in (0, 1) for epoch in (1, 2)]
     assert all(sorted(order) == sorted(shards) for order in later) and len({tuple(o) for o in later}) == 4
     assert shard_order(shards, 1, 2) == shard_order(list(reversed(shards)), 1, 2)  # the given order plays no part
+    # train.shuffle_first_pass: the first pass is a seeded permutation as well, and the later ones are unchanged
+    first = {seed: shard_order(shards, seed, 0, shuffle_first=True) for seed in range(4)}
+    assert all(sorted(order) == sorted(shards) for order in first.values()) and len({tuple(o) for o in first.values()}) > 1
+    assert first[1] == shard_order(shards, 1, 0, shuffle_first=True)
+    assert shard_order(shards, 1, 2, shuffle_first=True) == shard_order(shards, 1, 2)
+
+
+def test_the_local_shuffle_covers_the_first_pass_only_when_asked():
+    from gemini_ray.config import build_config
+    from gemini_ray.train_worker import _pass_shuffle
+
+    plain = build_config(overrides=["train.seed=3"]).train
+    shuffled = build_config(overrides=["train.seed=3", "train.shuffle_first_pass=true"]).train
+    assert _pass_shuffle(plain, 0, 0) == {}
+    assert _pass_shuffle(shuffled, 0, 0)["local_shuffle_buffer_size"] == plain.shuffle_buffer
+    assert _pass_shuffle(shuffled, 0, 0) != _pass_shuffle(build_config(overrides=[
+        "train.seed=4", "train.shuffle_first_pass=true"]).train, 0, 0)  # seeded by train.seed
+    assert _pass_shuffle(plain, 1, 0) == _pass_shuffle(shuffled, 1, 0) != {}
+    assert _pass_shuffle(build_config(overrides=["train.shuffle_first_pass=true",
+                                                 "train.shuffle_buffer=0"]).train, 0, 0) == {}
 
 
 def test_a_resume_that_ends_within_its_pass_leaves_consumed_shards_unread(llama_dir, tmp_path):

@@ -63,7 +63,7 @@ def _trial(params: dict[str, Any], cfg: Config, cache: FoundCache, hf_config: di
     trial_cfg = build_config(base=cfg, sample=params)
     plan = StreamPlan.remote()  # a retried trial's stream leaves out the rows it trained before its checkpoint
     stream, val = read_cached_signal(cache.directory, cache.manifest, trial_cfg.loss.num_negatives, plan,
-                                     seed=trial_cfg.train.seed)
+                                     seed=trial_cfg.train.seed, shuffle_first=trial_cfg.train.shuffle_first_pass)
     spec = run_spec(trial_cfg, hf_config, kind, init_weights, val, join(trials_dir, name, "progress.json"), plan=plan)
     trainer = build_trainer(trial_cfg, spec, stream, name=name, storage_path=trials_dir, num_to_keep=1,
                             callbacks=[TuneReportCallback()])
