@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gemini_ray.config import build_config  # noqa: E402
+from gemini_ray.evaluation.run import protocol_settings  # noqa: E402
 from gemini_ray.evaluation.targets import extrapolate_step  # noqa: E402
 from gemini_ray.run_record import check_resume  # noqa: E402
 
@@ -76,7 +77,7 @@ def _reusable(report: dict, cfg, with_teacher: bool) -> bool:
     protocol (the eval section: e.g. the quality config's whole Rotten Tomatoes sets): else the student is
     evaluated again, not retrained."""
     protocol = report.get("protocol", {})
-    same = all(protocol.get(f"eval.{key}") == value for key, value in vars(cfg.eval).items())
+    same = all(protocol.get(key) == value for key, value in protocol_settings(cfg.eval).items())
     return same and (not with_teacher or "teacher" in report["models"])
 
 

@@ -496,6 +496,11 @@ class EvalConfig:
     """Masked teachers/students: share of tokens masked when scoring held-out text."""
     seed: int = 0
     """Seed of the samples, the masks and the probe."""
+    reuse_teacher: bool = True
+    """Read the teacher's quality scores back from <run.storage_path>/eval_cache when its files, the protocol,
+    the held-out documents and the evaluation code are those of an earlier evaluation (the teacher's row is
+    the slowest: 142 s on the demo protocol, ~7.5 min on the whole RT set). Its speed and memory are timed
+    again beside the student every time. false: evaluate the teacher afresh (and keep nothing)."""
 
     def __post_init__(self) -> None:
         for key in ("lm_window", "lm_max_tokens", "max_length", "batch_size"):

@@ -103,7 +103,8 @@ def _args(corpus_file):
 @pytest.mark.ray
 def test_eval_reports_student_and_teacher(ray_start_2_cpus, student_dir, llama_dir, corpus_file, tmp_path, capsys):
     out = tmp_path / "report"
-    assert main(["eval", str(student_dir), "--teacher", str(llama_dir), "--out", str(out), *_args(corpus_file)]) == 0
+    assert main(["eval", str(student_dir), "--teacher", str(llama_dir), "--out", str(out), *_args(corpus_file),
+                 f"run.storage_path={tmp_path / 'runs'}"]) == 0  # the teacher's kept row goes there, not into ./runs
     report = json.loads((out / "report.json").read_text())
     s, t = report["models"]["student"], report["models"]["teacher"]
     assert report["protocol"]["held_out_documents"] > 0 and report["protocol"]["rt_test"] == 60
@@ -148,6 +149,52 @@ def test_eval_refuses_an_evaluation_set_inside_the_training_corpus(ray_start_2_c
     with pytest.raises(GeminiRayError, match="2 texts of the Lee similarity evaluation set"):
         evaluate(str(student_dir), build_config(None, args, base=recorded_settings(str(student_dir))),
                  teacher_source=str(llama_dir))
+
+
+def test_the_teachers_quality_scores_are_kept_and_reused_only_for_the_same_files_protocol_and_code(
+        student_dir, llama_dir, lee_texts, tmp_path, monkeypatch):
+    """The teacher's quality row is read back from <storage>/eval_cache when nothing it depends on changed;
+    its timings are measured again; a changed teacher file or protocol, or eval.reuse_teacher=false, evaluates
+    it afresh. No Ray: the held-out documents are passed in."""
+    import shutil
+
+    from gemini_ray.evaluation import run as eval_run
+    from gemini_ray.evaluation.teacher_row import TIMED_KEYS
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(llama_dir, teacher)
+    corpus = (lee_texts[30:34], {})  # held-out documents, no overlap with the evaluation sets
+    computed = []
+    real = eval_run._quality_row
+    monkeypatch.setattr(eval_run, "_quality_row", lambda m, *a: computed.append(m.name) or real(m, *a))
+
+    def report(*extra):
+        cfg = build_config(None, [*_args(tmp_path / "unused.jsonl"), f"run.storage_path={tmp_path / 'runs'}", *extra],
+                           base=recorded_settings(str(student_dir)))
+        computed.clear()
+        return evaluate(str(student_dir), cfg, teacher_source=str(teacher), corpus=corpus)
+
+    first = report()
+    assert computed == ["student", "teacher"] and len(list((tmp_path / "runs" / "eval_cache").glob("teacher-*.json"))) == 1
+    again = report()
+    assert computed == ["student"]  # the teacher's scores read back
+    t0, t1 = first["models"]["teacher"], again["models"]["teacher"]
+    assert {k: v for k, v in t1.items() if k not in TIMED_KEYS} == json.loads(json.dumps(
+        {k: v for k, v in t0.items() if k not in TIMED_KEYS}))
+    assert all(t1[k] > 0 for k in TIMED_KEYS)  # timed again, beside the student
+    assert again["models"]["student"]["lm"] == first["models"]["student"]["lm"]  # KL still against the live teacher
+    assert again["models"]["student"]["vs_teacher"]["rt_accuracy_kept"] == first["models"]["student"]["vs_teacher"][
+        "rt_accuracy_kept"]
+    assert "eval.reuse_teacher" not in again["protocol"]
+    report("eval.reuse_teacher=false")
+    assert computed == ["student", "teacher"]
+    report("eval.seed=1")  # another protocol
+    assert computed == ["student", "teacher"]
+    config = json.loads((teacher / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps({**config, "rope_theta": config.get("rope_theta", 10000.0) * 2}))
+    report()  # another teacher file
+    assert computed == ["student", "teacher"]
+    assert len(list((tmp_path / "runs" / "eval_cache").glob("teacher-*.json"))) == 3
 
 
 @pytest.mark.parametrize("make, message", [

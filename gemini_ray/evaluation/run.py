@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from gemini_ray.config import Config
+from gemini_ray.config import Config, EvalConfig
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation.metrics import (TokenStats, bootstrap_interval, causal_targets, linear_probe_correct, spearman,
                                           token_stats)
+from gemini_ray.evaluation import teacher_row
 from gemini_ray.evaluation.sets import LEE_PAIRS, lee_similarity, rotten_tomatoes
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["Model", "load_model", "evaluate", "evaluate_students", "corpus_against_sets", "markdown_table",
            "read_student_meta", "recorded_settings",
            "write_report", "versus_teacher", "embedding_scores", "paired_differences", "paired_perplexity",
-           "noise_verdict", "compare_pair"]
+           "noise_verdict", "compare_pair", "protocol_settings"]
 
 
 @dataclass
@@ -281,7 +282,7 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
              name: str = "student", corpus: tuple[list[str], dict[str, int]] | None = None) -> dict[str, Any]:
     """Run the protocol on the model (and the teacher); returns the report. corpus: `corpus_against_sets(cfg)`
     when already computed (it reads the whole training corpus)."""
-    from gemini_ray.models import count_parameters, resolve_teacher
+    from gemini_ray.models import resolve_teacher
 
     e = cfg.eval
     t_start = time.perf_counter()
@@ -314,23 +315,26 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
                      f"{cfg.data.val_fraction}): language-modelling metrics are not measured.")
     models = [student] + ([teacher] if with_teacher and teacher is not None else [])
     batch = (8, e.lm_window)
+    protocol = {"held_out_documents": len(held_out), "corpus": cfg.data.path, "val_fraction": cfg.data.val_fraction,
+                "lee_pairs": LEE_PAIRS, "rt_train": len(rt_train), "rt_test": len(rt_test),
+                "rt_test_films": int(rt_test["movie_name"].nunique()), "throughput_batch": list(batch),
+                **protocol_settings(e)}
     speed = throughput(models, batch)
+    kept_dir = teacher_row.cache_dir(cfg.run.storage_path) if e.reuse_teacher else None
     rows: dict[str, dict[str, Any]] = {}
     for m in models:
         t0 = time.perf_counter()
-        row: dict[str, Any] = {"source": m.source, "kind": m.kind, "parameters": count_parameters(m.model)}
-        if held_out:
+        key = teacher_row.row_key(m.source, m.kind, protocol, held_out) if m is teacher and kept_dir else None
+        row = teacher_row.load_row(kept_dir, key)
+        if row is not None:
+            row["source"] = m.source  # the same files, perhaps at another path
+            print(f"[gemini-ray] eval {m.name}: quality scores kept from an earlier evaluation (same files, protocol "
+                  f"and code: {kept_dir}/teacher-{key}.json; eval.reuse_teacher=false measures them again); "
+                  "speed and memory measured now")
+        else:
             ref = teacher if (m is teacher or same_vocab) else None  # the teacher's row checks itself: KL 0, agreement 1
-            row["lm"] = lm_metrics(m, lm_windows(m, held_out, e.lm_window, e.lm_max_tokens), e.batch_size, ref,
-                                   e.mlm_probability, e.seed)
-        emb = embed_texts(m, lee_docs, e.max_length, e.batch_size)
-        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
-        cos = (emb[lee_pairs["i"].to_numpy()] * emb[lee_pairs["j"].to_numpy()]).sum(1)
-        x_tr = embed_texts(m, rt_train["text"].tolist(), e.max_length, e.batch_size)
-        x_te = embed_texts(m, rt_test["text"].tolist(), e.max_length, e.batch_size)
-        correct = linear_probe_correct(x_tr, rt_train["label"].to_numpy(), x_te, rt_test["label"].to_numpy(),
-                                       l2=e.probe_l2, seed=e.seed)
-        row.update(embedding_scores(lee_pairs["human"].to_numpy(), cos, correct, e.seed))
+            row = _quality_row(m, e, held_out, ref, (lee_docs, lee_pairs), (rt_train, rt_test))
+            teacher_row.save_row(kept_dir, key, row)
         row["tokens_per_s"] = speed[m.name]
         row["peak_memory_mib"] = peak_memory_mib(m, batch)
         row["eval_s"] = time.perf_counter() - t0
@@ -338,15 +342,33 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
         print(f"[gemini-ray] eval {m.name}: {_line(row)} ({row['eval_s']:.0f} s)")
     if name in rows and "teacher" in rows:
         rows[name]["vs_teacher"] = versus_teacher(rows[name], rows["teacher"])
-    return {
-        "protocol": {"held_out_documents": len(held_out), "corpus": cfg.data.path, "val_fraction": cfg.data.val_fraction,
-                     "lee_pairs": LEE_PAIRS, "rt_train": len(rt_train), "rt_test": len(rt_test),
-                     "rt_test_films": int(rt_test["movie_name"].nunique()), "throughput_batch": list(batch),
-                     **{f"eval.{k}": v for k, v in vars(e).items()}},
-        "models": rows,
-        "notes": notes,
-        "wall_time_s": time.perf_counter() - t_start,
-    }
+    return {"protocol": protocol, "models": rows, "notes": notes, "wall_time_s": time.perf_counter() - t_start}
+
+
+def protocol_settings(e: EvalConfig) -> dict[str, Any]:
+    """The eval.* settings that define the protocol, as a report records them (eval.reuse_teacher, which
+    changes only where the teacher's scores come from, is not one)."""
+    return {f"eval.{k}": v for k, v in vars(e).items() if k != "reuse_teacher"}
+
+
+def _quality_row(m: Model, e: EvalConfig, held_out: list[str], ref: Model | None, lee, rt) -> dict[str, Any]:
+    """The model's parameters, held-out LM metrics (against `ref`) and embedding scores on Lee and RT."""
+    from gemini_ray.models import count_parameters
+
+    (lee_docs, lee_pairs), (rt_train, rt_test) = lee, rt
+    row: dict[str, Any] = {"source": m.source, "kind": m.kind, "parameters": count_parameters(m.model)}
+    if held_out:
+        row["lm"] = lm_metrics(m, lm_windows(m, held_out, e.lm_window, e.lm_max_tokens), e.batch_size, ref,
+                               e.mlm_probability, e.seed)
+    emb = embed_texts(m, lee_docs, e.max_length, e.batch_size)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
+    cos = (emb[lee_pairs["i"].to_numpy()] * emb[lee_pairs["j"].to_numpy()]).sum(1)
+    x_tr = embed_texts(m, rt_train["text"].tolist(), e.max_length, e.batch_size)
+    x_te = embed_texts(m, rt_test["text"].tolist(), e.max_length, e.batch_size)
+    correct = linear_probe_correct(x_tr, rt_train["label"].to_numpy(), x_te, rt_test["label"].to_numpy(),
+                                   l2=e.probe_l2, seed=e.seed)
+    row.update(embedding_scores(lee_pairs["human"].to_numpy(), cos, correct, e.seed))
+    return row
 
 
 def evaluate_students(cfg: Config, students: dict[str, str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]],
