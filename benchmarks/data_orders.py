@@ -2,14 +2,16 @@
 other data orders, side by side with the evaluation sets' bootstrap noise.
 
     python benchmarks/data_orders.py [--seeds 1 2 3] [--in-order ablate] [--config FILE] [--set KEY=VALUE] \
-        [OVERRIDE ...]
+        [-- OVERRIDE ...]
 
 With a causal teacher a run is deterministic whatever `train.seed` (README, "Seeds"): what varies between
 runs that a user would call the same is which rows a run reads and in which order. For each seed S this
 trains both students with `train.shuffle_first_pass=true train.seed=S` from the teacher-signal cache
-(`label.use=require`: run `gemini-ray label` or `gemini-ray ablate` with the same config first), as
-`<store>/kd-cl-sS` and `<store>/kd-only-sS`; a student already there is reused. `--in-order NAME` adds the
-ablation's own students (`runs/NAME-kd-cl`, `runs/NAME-kd-only`: the cache order) as the row `s0`. Then
+(`label.use=require`: run `gemini-ray label` or `gemini-ray ablate` with the same config first; the cache
+is looked up where the config keeps it, not in the store), as `<store>/kd-cl-sS` and `<store>/kd-only-sS`;
+a student already there is reused when its run was this config (another is refused, as `distill` would).
+`--in-order NAME` adds the ablation's own students (`<run.storage_path>/NAME-kd-cl` and `NAME-kd-only`: the
+cache order) as the row `s0`. Then
 `benchmarks/compare_students.py` evaluates them all beside the teacher and the untrained student (the
 overrides after `--set` go to the evaluation only, e.g. `--set eval.rt_train=0 --set eval.rt_test=0`), each
 KD + CL student paired against the KD-only student of its own order.
@@ -36,7 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gemini_ray.commands.ablate import VARIANTS  # noqa: E402
-from gemini_ray.paths import atomic_write_json, atomic_write_text  # noqa: E402
+from gemini_ray.config import build_config  # noqa: E402
+from gemini_ray.paths import absolute, atomic_write_json, atomic_write_text, join, run_dir  # noqa: E402
+from gemini_ray.run_record import check_resume  # noqa: E402
 
 STUDENTS = {"kd-cl": "kd+cl", "kd-only": "kd-only"}
 """Name in the store -> the ablation's variant (its settings: `ablate.VARIANTS`)."""
@@ -45,6 +49,8 @@ METRICS = (("perplexity", "held-out ppl", "{:,.0f}"), ("lee_spearman", "Lee Spea
 
 
 def _value(row: dict[str, Any], key: str) -> float:
+    if key == "perplexity" and "lm" not in row:
+        sys.exit("data_orders: the students have no held-out perplexity (data.val_fraction=0?): the spread needs it")
     return row["lm"][key] if key == "perplexity" else row[key]
 
 
@@ -95,14 +101,18 @@ def summarise(compare: dict[str, Any], orders: list[str]) -> tuple[dict[str, Any
 
 
 def _distill(store: Path, name: str, variant: str, seed: int, config: str | None, overrides: list[str]) -> str:
-    """Train one student in its data order unless the store already holds it; returns its directory."""
+    """Train one student in its data order unless the store already holds it from this config; returns its
+    directory. The cache is the one the config's own storage path holds."""
+    base = build_config(config, overrides)
+    cache_root = base.label.cache_root or join(absolute(base.run.storage_path), "signal_cache")
+    settings = [f"run.storage_path={store}", f"run.name={name}", f"label.cache_root={cache_root}",
+                "label.use=require", "train.shuffle_first_pass=true", f"train.seed={seed}",
+                *[f"{k}={v}" for k, v in VARIANTS[variant].items()], *overrides]
+    check_resume(build_config(config, settings), str(store / name))  # a store left by another config: refused
     student = store / name / "student"
     if not (student / "config.json").exists():
-        settings = [f"{k}={v}" for k, v in VARIANTS[variant].items()]
         subprocess.run([sys.executable, "-m", "gemini_ray.cli", "distill", *(["--config", config] if config else []),
-                        f"run.storage_path={store}", f"run.name={name}", "label.use=require",
-                        "train.shuffle_first_pass=true", f"train.seed={seed}", *settings, *overrides],
-                       check=True, cwd=ROOT)
+                        *settings], check=True, cwd=ROOT)
     return str(student)
 
 
@@ -127,8 +137,9 @@ def main() -> int:
     orders = []
     if args.in_order:
         orders.append("s0")
+        storage = build_config(config, args.overrides).run.storage_path
         for student in STUDENTS:
-            path = ROOT / "runs" / f"{args.in_order}-{student}" / "student"
+            path = Path(run_dir(absolute(storage), f"{args.in_order}-{student}")) / "student"
             if not (path / "config.json").exists():
                 parser.error(f"--in-order {args.in_order}: no student at {path}; run `gemini-ray ablate "
                              f"run.name={args.in_order}` first, or leave --in-order out")

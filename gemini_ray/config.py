@@ -219,7 +219,8 @@ class LabelConfig:
     """What the teacher labels: 'corpus', every training example (any later run, however long, reads the
     cache); 'run', only the training shards this config's run reads (train.max_steps x examples per step
     and a step of slack; a search: its longest trial), the first shards in the order a first pass reads
-    them, so the run trains exactly as on the whole cache. A run that would read past such a cache is
+    them, so the run trains exactly as on the whole cache (with train.shuffle_first_pass, on a seeded
+    order of the shards it holds). A run that would read past such a cache is
     refused (label.use=require) or runs the teacher online (auto); labelling again with its config adds
     the shards it lacks and keeps those done. The held-out shards are always labelled whole."""
 
@@ -408,7 +409,8 @@ class TrainConfig:
     first pass is in corpus (or cache) order unless train.shuffle_first_pass. 0: no local shuffle."""
     shuffle_first_pass: bool = False
     """Shuffle the first pass as the later ones are: from a cache, a seeded order of its shards (so a run
-    shorter than the cache reads another subset of its rows); from a cache or online, the local shuffle
+    shorter than the cache reads another subset of its rows; a label.scope=run cache holds little more than
+    one run reads, so there seeds mostly reorder the same rows); from a cache or online, the local shuffle
     buffer. With it, runs at different
     train.seed measure the training's run-to-run variation (which rows, in which order); without it a run
     with a causal teacher is deterministic end to end, whatever the seed."""

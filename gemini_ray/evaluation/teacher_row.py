@@ -11,12 +11,14 @@ are the same:
 * the model kind it is loaded as (causal or masked);
 * the protocol: every `eval.*` setting, the corpus and its held-out share, the held-out documents
   themselves (by content);
-* the evaluation code (the `gemini_ray.evaluation` sources) and the versions of the packages that compute
-  or ship the scores (torch, transformers, numpy, gensim, scattertext).
+* the evaluation code (the `gemini_ray.evaluation` sources, and `gemini_ray.models` and
+  `gemini_ray.data.spans`, which load, pool and hash for it) and the versions of the packages that compute
+  or ship the scores (torch, transformers, tokenizers, safetensors, numpy, pandas, gensim, scattertext).
 
 Speed and peak memory are not kept: they are timed again beside the student in every evaluation, so a
 speedup is always a side-by-side measurement. `eval.reuse_teacher=false` evaluates the teacher afresh.
-A teacher that is not a local directory (a hub name) is never reused: its files cannot be checked.
+A teacher that is not a local directory (a hub name) is never reused: its files cannot be checked; nor is
+anything kept when run.storage_path is a URI.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ __all__ = ["TIMED_KEYS", "row_key", "load_row", "save_row", "cache_dir"]
 
 TIMED_KEYS = ("tokens_per_s", "peak_memory_mib", "eval_s")
 """Row entries measured afresh in every evaluation, never read back."""
-_PACKAGES = ("torch", "transformers", "numpy", "gensim", "scattertext")
+_PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "gensim", "scattertext")
+_CODE = ("evaluation/*.py", "models.py", "data/spans.py")
+"""The sources, under gemini_ray/, that the teacher's scores depend on."""
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 
 
 def cache_dir(storage_path: str) -> str | None:
-    """Where kept rows live: <storage_path>/eval_cache; None for a URI storage path (kept locally only)."""
+    """Where kept rows live: <storage_path>/eval_cache; None for a URI storage path (nothing is kept)."""
     return None if is_uri(storage_path) else join(storage_path, "eval_cache")
 
 
@@ -62,19 +66,22 @@ def _teacher_files(directory: Path) -> dict[str, str]:
 
 
 def _code() -> str:
-    here = Path(__file__).parent
-    return _sha256(b"".join(p.name.encode() + p.read_bytes() for p in sorted(here.glob("*.py"))))
+    package = Path(__file__).parents[1]
+    files = sorted(p for pattern in _CODE for p in package.glob(pattern))
+    return _sha256(b"".join(str(p.relative_to(package)).encode() + p.read_bytes() for p in files))
 
 
 def row_key(teacher_source: str, kind: str, protocol: dict[str, Any], held_out: list[str]) -> str | None:
-    """The key the teacher's row is kept under, or None when it cannot be reused (not a local directory)."""
+    """The key the teacher's row is kept under, or None when it cannot be reused (not a local directory).
+    The corpus's path and held-out share are left out of the protocol: the held-out documents themselves
+    are in the key, so the same corpus at another path is the same row."""
     directory = Path(teacher_source).expanduser()
     if not directory.is_dir():
         return None
     identity = {
         "teacher": _teacher_files(directory.resolve()),
         "kind": kind,
-        "protocol": protocol,
+        "protocol": {k: v for k, v in protocol.items() if k not in ("corpus", "val_fraction")},
         "held_out": _sha256("\0".join(held_out).encode()),
         "code": _code(),
         "packages": {p: _version(p) for p in _PACKAGES},
