@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from benchmark_scripts import benchmark_module
 
 from gemini_ray.config import build_config
 from gemini_ray.errors import ConfigError, GeminiRayError
@@ -57,19 +58,9 @@ def test_a_power_law_is_extrapolated_to_its_goal_and_a_flat_or_wrong_way_curve_i
     assert extrapolate_step([0, 100], [4e8, 900.0], 250.0, False, log_value=True) is None  # one trained point
 
 
-def _lm_forecast_module():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "lm_forecast.py"
-    spec = importlib.util.spec_from_file_location("lm_forecast", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_the_lm_forecast_benchmark_says_measured_extrapolated_or_not_heading_there():
-    module = _lm_forecast_module()
+    module = benchmark_module("lm_forecast")
     steps = [30, 60, 120]
     rows = {n: {"perplexity": 1e7 * n ** -2.0, "kl_to_teacher": 1.0, "teacher_top1_agreement": 0.3 - n / 1000}
             for n in steps}  # perplexity a power law, KL already met, agreement falling
@@ -84,7 +75,7 @@ def test_the_lm_forecast_benchmark_says_measured_extrapolated_or_not_heading_the
 def test_the_lm_forecast_benchmark_reuses_a_report_only_from_the_same_protocol():
     from gemini_ray.config import build_config
 
-    reusable = _lm_forecast_module()._reusable
+    reusable = benchmark_module("lm_forecast")._reusable
     cfg = build_config(None, [])
     report = {"protocol": {f"eval.{k}": v for k, v in vars(cfg.eval).items()}, "models": {"student": {}}}
     assert reusable(report, cfg, with_teacher=False)

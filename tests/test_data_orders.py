@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-
-def _module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "data_orders.py"
-    spec = importlib.util.spec_from_file_location("data_orders", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import benchmark_module
 
 
 def _interval(d, low, high):
@@ -21,7 +12,7 @@ def _interval(d, low, high):
 
 
 def test_the_spread_across_orders_and_each_orders_claims():
-    module = _module()
+    module = benchmark_module("data_orders")
     orders = ["s0", "s1", "s2"]
     lee = {"kd-cl": [0.50, 0.52, 0.54], "kd-only": [0.30, 0.31, 0.32]}
     ppl = {"kd-cl": [5000.0, 6000.0, 7000.0], "kd-only": [2000.0, 2000.0, 2000.0]}

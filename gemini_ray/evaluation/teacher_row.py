@@ -1,8 +1,8 @@
 """The teacher's quality scores, kept between evaluations.
 
 Every `gemini-ray eval`, `ablate`, `curve` and comparison evaluates the teacher beside its students, and the
-teacher's row is by far the slowest (142 s on the demo protocol, ~7.5 min on the whole Rotten Tomatoes set,
-against 40 s / 1.7 min per student on 2 cores). It depends only on the teacher's files, the protocol and the
+teacher's row is by far the slowest (142 s on the demo protocol, 10 min on the whole Rotten Tomatoes set,
+against 40 s / 2.4 min per student on 2 cores). It depends only on the teacher's files, the protocol and the
 held-out documents, so it is stored once under <run.storage_path>/eval_cache and read back when all of these
 are the same:
 
