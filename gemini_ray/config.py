@@ -484,7 +484,7 @@ class EvalConfig:
     rt_train: int = 2000
     """Rotten Tomatoes snippets sampled from the training films for the linear probe (0: all 8,672).
     configs/quality.yaml uses all of both sides: each model's evaluation takes ~3x as long (the teacher's
-    ~7.5 min on 2 cores), and the paired RT interval is half as wide as with 2,000 / 1,000."""
+    7.5–10 min on 2 cores), and the paired RT interval is half as wide as with 2,000 / 1,000."""
     rt_test: int = 1000
     """Rotten Tomatoes snippets sampled from the held-out films (0: all 4,136): the 1,000 default gives RT a
     standard error of ~1.4 points."""
@@ -501,7 +501,7 @@ class EvalConfig:
     reuse_teacher: bool = True
     """Read the teacher's quality scores back from <run.storage_path>/eval_cache when its files, the protocol,
     the held-out documents and the evaluation code are those of an earlier evaluation (the teacher's row is
-    the slowest: 142 s on the demo protocol, ~7.5 min on the whole RT set). Its speed and memory are timed
+    the slowest: 142 s on the demo protocol, 10 min on the whole RT set). Its speed and memory are timed
     again beside the student every time. false: evaluate the teacher afresh (and keep nothing)."""
 
     def __post_init__(self) -> None:
