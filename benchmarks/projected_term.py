@@ -48,7 +48,7 @@ def main() -> int:
     from gemini_ray.checkpoint import save_student
     from gemini_ray.config import build_config, config_to_dict
     from gemini_ray.models import DistillStudent, build_student, load_teacher, resolve_teacher
-    from gemini_ray.train_step import compute_loss, lr_at, make_optimizer
+    from gemini_ray.train_step import compute_loss, make_optimizer, set_lr
 
     store = (ROOT / args.store).resolve()
     cfg = build_config(None, [f"run.storage_path={store}", *args.overrides])
@@ -80,8 +80,7 @@ def main() -> int:
     for step, batch in enumerate(batches):
         optimizer.zero_grad(set_to_none=True)
         proj_optimizer.zero_grad(set_to_none=True)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg.train)
+        set_lr(optimizer, step, cfg.train)
         parts = compute_loss(student, batch, cfg.loss, across_ranks=False)
         t_emb = batch["teacher_embedding"]
         term = projected_loss(student.spans, torch.cat([t_emb[:, 0], t_emb[:, 1]]), proj, args.form)

@@ -70,7 +70,7 @@ def plain_loop(store: Path, steps: int, threads: int, overrides: list[str]) -> d
     from gemini_ray.config import build_config
     from gemini_ray.models import DistillStudent, build_student, load_teacher, resolve_teacher
     from gemini_ray.numerics import Precision
-    from gemini_ray.train_step import compute_loss, lr_at, make_optimizer
+    from gemini_ray.train_step import compute_loss, make_optimizer, set_lr
 
     cfg = build_config(None, [f"run.storage_path={store}", *overrides])
     device = torch.device("cuda" if cfg.train.use_gpu else "cpu")
@@ -92,8 +92,7 @@ def plain_loop(store: Path, steps: int, threads: int, overrides: list[str]) -> d
                 torch.cuda.synchronize()
             started = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg.train)
+        set_lr(optimizer, step, cfg.train)
         parts = compute_loss(student, batch, cfg.loss, across_ranks=False, autocast=precision.autocast)
         precision.backward(parts.total)
         precision.step(student.parameters(), optimizer, cfg.train.grad_clip)

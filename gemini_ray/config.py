@@ -361,6 +361,11 @@ class TrainConfig:
     model 1.8x worse than the seed's loss at 2e-4; 3e-4 gives 0.69x)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
+    layer_lr_decay: float = 1.0
+    """Layer-wise learning rates (discriminative fine-tuning, as in ULMFiT and ELECTRA): the top copied layer
+    trains at lr x this, each layer below at this times the one above, the embeddings (and a head tied to
+    them) at lr x this^(N+1); the final norm and an untied head at lr. Keeps the lower, copied layers close
+    to the teacher's. 1: one learning rate for all (the seed's)."""
     warmup_steps: int = 5
     """Linear warm-up steps, then cosine decay to 10 % of lr."""
     grad_clip: float = 1.0
@@ -424,6 +429,8 @@ class TrainConfig:
         _check(self.grad_accum_steps >= 1, "train.grad_accum_steps", f"must be >= 1, got {self.grad_accum_steps}")
         _check(0 < self.lr < 1, "train.lr", f"must be in (0, 1), got {self.lr}")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(0 < self.layer_lr_decay <= 1, "train.layer_lr_decay",
+               f"must be in (0, 1] (1: the same learning rate for every layer), got {self.layer_lr_decay}")
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")

@@ -33,6 +33,7 @@ __all__ = [
     "mean_pool",
     "embed",
     "count_parameters",
+    "layer_depths",
     "DistillStudent",
 ]
 
@@ -293,6 +294,23 @@ def load_student(path: str, kind: TeacherKind, teacher: nn.Module, teacher_token
 def count_parameters(model: nn.Module) -> int:
     """Unique parameters (tied embeddings count once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def layer_depths(model: nn.Module) -> dict[str, int]:
+    """Each parameter's depth below the output, for layer-wise learning rates: the top layer of N is 1, layer
+    i is N − i, the embeddings (names with a part starting 'embed', 'wte' or 'wpe') N + 1, and the rest (the
+    final norm, an untied head) 0. A head tied to the input embeddings is one parameter: it counts as the
+    embeddings."""
+    layers_name, layers = _layer_list(model)
+    n, depths = len(layers), {}
+    for name, _ in model.named_parameters():
+        if name.startswith(layers_name + "."):
+            depths[name] = n - int(name[len(layers_name) + 1 :].split(".", 1)[0])
+        elif any(part.startswith(("embed", "wte", "wpe")) for part in name.split(".")):
+            depths[name] = n + 1
+        else:
+            depths[name] = 0
+    return depths
 
 
 # --------------------------------------------------------------------------- pooling + student wrapper

@@ -20,8 +20,9 @@ from gemini_ray.config import LossConfig, TrainConfig
 from gemini_ray.losses import (LossParts, combine, cosine_embedding_loss, info_nce_loss, next_token_loss,
                                similarity_loss, topk_kd_loss)
 from gemini_ray.losses.contrastive import all_gather_constant, all_gather_with_grad, in_batch_mask
+from gemini_ray.models import layer_depths
 
-__all__ = ["compute_loss", "make_optimizer", "lr_at"]
+__all__ = ["compute_loss", "make_optimizer", "lr_at", "set_lr"]
 
 
 
@@ -83,11 +84,24 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norms."""
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+    """AdamW; no weight decay on biases and norms. With train.layer_lr_decay < 1 each depth below the top
+    (models.layer_depths) is a group of its own whose 'lr_scale' is layer_lr_decay ** depth; set_lr
+    multiplies the schedule by it. At 1 there are two groups, as in checkpoints written before the key."""
+    depth_of = layer_depths(model) if cfg.layer_lr_decay < 1 else {}
+    groups: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((depth_of.get(name, 0), p.ndim >= 2), []).append(p)
+    order = sorted(groups, key=lambda key: (key[0], not key[1]))  # depth 0 first; decayed before not
+    return torch.optim.AdamW(
+        [{"params": groups[key], "weight_decay": cfg.weight_decay if key[1] else 0.0,
+          "lr_scale": cfg.layer_lr_decay ** key[0]} for key in order], lr=cfg.lr, betas=(0.9, 0.98))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> None:
+    """Each group's learning rate for `step`: the schedule (lr_at) times the group's lr_scale."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg) * group.get("lr_scale", 1.0)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

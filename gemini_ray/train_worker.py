@@ -47,7 +47,7 @@ from gemini_ray.positions import add as add_positions
 from gemini_ray.throughput import matmul_params, matmul_tflops, student_flops, teacher_flops
 from gemini_ray.watch import EventLog
 from gemini_ray.positions import count as count_positions
-from gemini_ray.train_step import compute_loss, lr_at, make_optimizer
+from gemini_ray.train_step import compute_loss, lr_at, make_optimizer, set_lr
 
 __all__ = ["RunSpec", "train_loop_per_worker", "read_progress", "COUNTERS"]
 
@@ -553,8 +553,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             got_any, micro = True, micro + 1
             if micro == 1:
                 optimizer.zero_grad(set_to_none=True)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(state["step"], tc)
+                set_lr(optimizer, state["step"], tc)
             values, bad = _accumulate(student, batch, spec, state, precision, me, micro == tc.grad_accum_steps)
             if bad is not None:
                 _stop_nonfinite(spec, state, bad, values[bad], last_checkpoint_step, me.rank)

@@ -70,6 +70,8 @@ def test_config_is_frozen():
     ("loss.num_negatives=0", "loss.num_negatives"),
     ("teacher.top_k=0", "teacher.top_k"),
     ("train.lr=0", "train.lr"),
+    ("train.layer_lr_decay=0", "train.layer_lr_decay"),
+    ("train.layer_lr_decay=1.5", "train.layer_lr_decay"),
     ("train.batch_size=0", "train.batch_size"),
     ("train.max_steps=ten", "train.max_steps"),
     ("loss.kd_form=softmax", "loss.kd_form"),

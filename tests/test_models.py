@@ -6,7 +6,7 @@ import torch
 from gemini_ray.config import StudentConfig, TeacherConfig
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.models import (
-    DistillStudent, build_student, count_parameters, load_student, load_teacher, load_tokenizer, mean_pool,
+    DistillStudent, build_student, count_parameters, layer_depths, load_student, load_teacher, load_tokenizer, mean_pool,
     resolve_teacher, student_layer_ids,
 )
 
@@ -105,3 +105,21 @@ def test_distill_student_logits_match_the_plain_model(request, fixture):
     with torch.no_grad():
         ref = model(input_ids=ids[:2], attention_mask=att[:2]).logits
     assert torch.allclose(logits, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("fixture, layers, embeddings, top", [
+    ("llama_dir", "model.layers", ["model.embed_tokens.weight"], ["model.norm.weight"]),  # head tied: one tensor
+    ("bert_dir", "bert.encoder.layer", ["bert.embeddings.word_embeddings.weight",
+                                        "bert.embeddings.LayerNorm.weight"], ["cls.predictions.bias"]),
+])
+def test_layer_depths_count_down_from_the_output(request, fixture, layers, embeddings, top):
+    """The top of N layers is 1, the bottom N, the embeddings N + 1, the final norm / head 0."""
+    teacher, kind = load_teacher(str(request.getfixturevalue(fixture)))
+    student = build_student(teacher, kind, StudentConfig(num_layers=3))
+    depths = layer_depths(student)
+    assert set(depths) == {name for name, _ in student.named_parameters()}
+    for name, depth in depths.items():
+        if name.startswith(layers + "."):
+            assert depth == 3 - int(name.split(".")[len(layers.split("."))]), name
+    assert {depths[name] for name in embeddings} == {4}
+    assert {depths[name] for name in top} == {0}
