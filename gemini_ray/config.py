@@ -366,6 +366,10 @@ class TrainConfig:
     trains at lr x this, each layer below at this times the one above, the embeddings (and a head tied to
     them) at lr x this^(N+1); the final norm and an untied head at lr. Keeps the lower, copied layers close
     to the teacher's. 1: one learning rate for all (the seed's)."""
+    layer_lr_decay_embeddings: bool = True
+    """With train.layer_lr_decay < 1: true, the embeddings train at the lowest rate (below layer 0); false,
+    at lr, as the head does (the choice for a head tied to the embeddings: the distillation loss trains it
+    through the head)."""
     warmup_steps: int = 5
     """Linear warm-up steps, then cosine decay to 10 % of lr."""
     grad_clip: float = 1.0

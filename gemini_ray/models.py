@@ -296,18 +296,18 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def layer_depths(model: nn.Module) -> dict[str, int]:
+def layer_depths(model: nn.Module, embeddings_at_bottom: bool = True) -> dict[str, int]:
     """Each parameter's depth below the output, for layer-wise learning rates: the top layer of N is 1, layer
-    i is N − i, the embeddings (names with a part starting 'embed', 'wte' or 'wpe') N + 1, and the rest (the
-    final norm, an untied head) 0. A head tied to the input embeddings is one parameter: it counts as the
-    embeddings."""
+    i is N − i, the embeddings (names with a part starting 'embed', 'wte' or 'wpe') N + 1 (0 unless
+    `embeddings_at_bottom`), and the rest (the final norm, an untied head) 0. A head tied to the input
+    embeddings is one parameter: it counts as the embeddings."""
     layers_name, layers = _layer_list(model)
     n, depths = len(layers), {}
     for name, _ in model.named_parameters():
         if name.startswith(layers_name + "."):
             depths[name] = n - int(name[len(layers_name) + 1 :].split(".", 1)[0])
         elif any(part.startswith(("embed", "wte", "wpe")) for part in name.split(".")):
-            depths[name] = n + 1
+            depths[name] = n + 1 if embeddings_at_bottom else 0
         else:
             depths[name] = 0
     return depths

@@ -123,3 +123,5 @@ def test_layer_depths_count_down_from_the_output(request, fixture, layers, embed
             assert depth == 3 - int(name.split(".")[len(layers.split("."))]), name
     assert {depths[name] for name in embeddings} == {4}
     assert {depths[name] for name in top} == {0}
+    at_top = layer_depths(student, embeddings_at_bottom=False)
+    assert at_top == {name: 0 if depth == 4 else depth for name, depth in depths.items()}
