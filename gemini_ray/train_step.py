@@ -100,8 +100,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 def set_lr(optimizer: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> None:
     """Each group's learning rate for `step`: the schedule (lr_at) times the group's lr_scale."""
+    lr = lr_at(step, cfg)
     for group in optimizer.param_groups:
-        group["lr"] = lr_at(step, cfg) * group.get("lr_scale", 1.0)
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -58,7 +58,6 @@ def test_a_power_law_is_extrapolated_to_its_goal_and_a_flat_or_wrong_way_curve_i
     assert extrapolate_step([0, 100], [4e8, 900.0], 250.0, False, log_value=True) is None  # one trained point
 
 
-
 def test_the_lm_forecast_benchmark_says_measured_extrapolated_or_not_heading_there():
     module = benchmark_module("lm_forecast")
     steps = [30, 60, 120]
