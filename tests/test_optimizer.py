@@ -27,13 +27,18 @@ def test_without_layer_decay_there_are_the_two_groups_of_earlier_checkpoints(lla
     assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(1e-3 * 4 / 5)] * 2
 
 
-def test_layer_decay_scales_each_depth_and_the_first_adam_step_moves_it_by_that_much(llama_dir):
+@pytest.mark.parametrize("embeddings_lowest", [False, True])
+def test_layer_decay_scales_each_depth_and_the_first_adam_step_moves_it_by_that_much(llama_dir, embeddings_lowest):
     """AdamW's first step moves every weight with a gradient by ~lr (its update is g / |g|): with the
-    layer-wise rates, by lr x decay^depth, where depth counts layers down from the output."""
+    layer-wise rates, by lr x decay^depth, where depth counts layers down from the output (the tied
+    embeddings and head at the top by default, below layer 0 with train.layer_lr_decay_embeddings)."""
     model = _model(llama_dir)
-    cfg = TrainConfig(lr=1e-3, layer_lr_decay=0.5, warmup_steps=0, weight_decay=0.0)
+    cfg = TrainConfig(lr=1e-3, layer_lr_decay=0.5, layer_lr_decay_embeddings=embeddings_lowest, warmup_steps=0,
+                      weight_decay=0.0)
     optimizer = make_optimizer(model, cfg)
-    depths = layer_depths(model)
+    depths = layer_depths(model, embeddings_at_bottom=embeddings_lowest)
+    embeddings = next(n for n in depths if "embed" in n)
+    assert depths[embeddings] == (max(depths.values()) if embeddings_lowest else 0)
     params = dict(model.named_parameters())
     grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each parameter in one group
@@ -61,4 +66,5 @@ def test_the_layer_scales_survive_a_checkpoint(tmp_path, llama_dir):
     again = make_optimizer(restored, cfg)
     load_checkpoint(tmp_path, restored, again)
     assert [g["lr_scale"] for g in again.param_groups] == [g["lr_scale"] for g in optimizer.param_groups]
-    assert len({g["lr_scale"] for g in again.param_groups}) == len(set(layer_depths(model).values()))
+    assert len({g["lr_scale"] for g in again.param_groups}) == \
+        len(set(layer_depths(model, cfg.layer_lr_decay_embeddings).values()))
