@@ -363,9 +363,9 @@ class TrainConfig:
     """AdamW weight decay."""
     layer_lr_decay: float = 1.0
     """Layer-wise learning rates (discriminative fine-tuning, as in ULMFiT and ELECTRA): the top copied layer
-    trains at lr x this, each layer below at this times the one above, the embeddings (and a head tied to
-    them) at lr x this^(N+1); the final norm and an untied head at lr. Keeps the lower, copied layers close
-    to the teacher's. 1: one learning rate for all (the seed's). At the quality budget 0.7 with
+    trains at lr x this, each layer below at this times the one above; the final norm, the head and the
+    embeddings at lr (the embeddings at lr x this^(N+1) with layer_lr_decay_embeddings). Keeps the lower,
+    copied layers close to the teacher's. 1: one learning rate for all (the seed's). At the quality budget 0.7 with
     layer_lr_decay_embeddings=false lifted RT +0.010 and Lee +0.009 over one rate for 2.8x the perplexity (RT
     at or above the untrained student in three data orders, within noise); 0.5 took RT above it beyond noise
     (+0.008) for 9.6x the perplexity (README, "Layer-wise learning rates"), so the configs keep 1."""
