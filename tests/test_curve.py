@@ -97,6 +97,10 @@ def test_the_curve_report_says_which_targets_are_met_and_labels_forecasts():
     budget = {"max_steps": 120, "batch_size": 8, "span_length": 64, "corpus": "embedded:x", "lr": 2e-4, "seed": 0,
               "loss": loss_label(LossConfig(balance="start", rep_weight=0.0)), "wall_time_min": 55.0}
     md = curve_markdown(TEACHER, rows, targets, ahead, budget)
+    assert "lr 0.0002, seed 0" in md
+    lowest = {**budget, "layer_lr_decay": 0.7, "layer_lr_decay_embeddings": True}
+    assert "lr 0.0002 with a layer-wise decay of 0.7 (the embeddings at the lowest rate)" in \
+        curve_markdown(TEACHER, rows, targets, ahead, lowest)
     assert "Loss: 0.5·L_KD + 0.5·L_CL, balance start, KD T = 1 (paper), τ = 0.05, K = 4 mined + in-batch" in md
     assert "| step 0 |" in md and "| step 120 |" in md and "| teacher |" in md
     assert "* NOT met: held-out perplexity <= 4x the teacher's: 1,000 (goal 160.000)" in md

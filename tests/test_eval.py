@@ -283,6 +283,9 @@ def test_a_trained_student_below_the_untrained_one_is_reported_as_a_regression()
     assert "μ = 0.0." in md  # a report saved before the loss form was recorded still renders
     named = ablation_markdown(rows, {**budget, "rep_form": "similarity", "balance": "none"}, [])
     assert "μ = 0.0 (rep form similarity, balance none)." in named
+    assert "lr 0.0001, seed 0" in md  # saved before the layer decay was recorded: one rate
+    decayed = ablation_markdown(rows, {**budget, "layer_lr_decay": 0.5, "layer_lr_decay_embeddings": False}, [])
+    assert "lr 0.0001 with a layer-wise decay of 0.5 (embeddings and head at lr), seed 0" in decayed
 
 
 def _scored(lee_cosine, rt_correct, window_nll):

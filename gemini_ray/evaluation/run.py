@@ -491,6 +491,16 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def rate_label(budget: dict[str, Any]) -> str:
+    """The learning rate as a report states it: 'lr 0.0003', and the layer-wise decay where there is one
+    (reports saved before the decay was recorded trained at one rate)."""
+    decay = budget.get("layer_lr_decay", 1.0)
+    if decay == 1.0:
+        return f"lr {budget['lr']}"
+    where = "the embeddings at the lowest rate" if budget.get("layer_lr_decay_embeddings") else "embeddings and head at lr"
+    return f"lr {budget['lr']} with a layer-wise decay of {decay} ({where})"
+
+
 def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
     """One row per model: parameters, held-out perplexity, KL, agreement, Lee and RT (with their 95 %
     bootstrap intervals), tokens/s, memory."""
