@@ -2,7 +2,7 @@
 # make test  — install into .venv and run the test suite (all but the `long` tier; ~10 min here)
 # make test-long — the `long` tier: end-to-end fault, job-submit, cluster, Tune and ablation runs (~25 min)
 # make quality — one student at the quality budget, evaluated at every checkpoint against the targets: the
-#   teacher labels what the run reads, then the curve trains from that cache (42 min here; README)
+#   teacher labels what the run reads, then the curve trains from that cache (~37 min here; README)
 # make bench — the teacher-stage benchmark (Ray actor pool vs a plain loop), recorded in README
 PY ?= python3
 VENV ?= .venv
