@@ -367,8 +367,10 @@ class TrainConfig:
     embeddings at lr (the embeddings at lr x this^(N+1) with layer_lr_decay_embeddings). Keeps the lower,
     copied layers close to the teacher's. 1: one learning rate for all (the seed's). At the quality budget 0.7 with
     layer_lr_decay_embeddings=false lifted RT +0.010 and Lee +0.009 over one rate for 2.8x the perplexity (RT
-    at or above the untrained student in three data orders, within noise); 0.5 took RT above it beyond noise
-    (+0.008) for 9.6x the perplexity (README, "Layer-wise learning rates"), so the configs keep 1."""
+    at or above the untrained student in three data orders, within noise); 0.5 took RT above it in three data
+    orders (+0.007 to +0.009, beyond noise in two) for 9.6x the perplexity (README, "Layer-wise learning
+    rates"), so configs/quality.yaml uses 0.5 since 2026-12-05; the default keeps 1 (the demo budget was not
+    measured with a decay)."""
     layer_lr_decay_embeddings: bool = False
     """With train.layer_lr_decay < 1: false, the embeddings train at lr, as the head does; true, at the lowest
     rate (below layer 0, the ULMFiT placement for an untied head). False by default: with SmolLM2's head tied
