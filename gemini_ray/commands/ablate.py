@@ -27,7 +27,7 @@ from gemini_ray.config import Config, build_config
 from gemini_ray.distill_run import export, export_untrained, fit_student, prepare, summarize
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation.run import (evaluate_students, markdown_table, noise_verdict, paired_differences,
-                                       paired_perplexity, rate_label)
+                                       paired_perplexity, rate_budget, rate_label)
 from gemini_ray.labelling import make_cache
 from gemini_ray.paths import (absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, join,
                               run_dir)
@@ -196,8 +196,7 @@ def ablate(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     teacher, students_rows, protocol = evaluate_students(cfg, students)  # validate
     rows = {"teacher": teacher, **students_rows}
     t = cfg.train
-    budget = {"max_steps": t.max_steps, "batch_size": t.examples_per_step, "lr": t.lr,
-              "layer_lr_decay": t.layer_lr_decay, "layer_lr_decay_embeddings": t.layer_lr_decay_embeddings, "seed": t.seed,
+    budget = {"max_steps": t.max_steps, "batch_size": t.examples_per_step, **rate_budget(t), "seed": t.seed,
               "num_layers": cfg.student.num_layers, "lambda_kd": cfg.loss.lambda_kd,
               "cl_temperature": cfg.loss.cl_temperature, "num_negatives": cfg.loss.num_negatives,
               "rep_weight": cfg.loss.rep_weight, "rep_form": cfg.loss.rep_form, "balance": cfg.loss.balance}

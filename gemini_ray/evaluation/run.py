@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from gemini_ray.config import Config, EvalConfig
+from gemini_ray.config import Config, EvalConfig, TrainConfig
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation.metrics import (TokenStats, bootstrap_interval, causal_targets, linear_probe_correct, spearman,
                                           token_stats)
@@ -489,6 +489,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def rate_budget(train: TrainConfig) -> dict[str, Any]:
+    """The learning-rate keys a report's budget records, for `rate_label`."""
+    return {"lr": train.lr, "layer_lr_decay": train.layer_lr_decay,
+            "layer_lr_decay_embeddings": train.layer_lr_decay_embeddings}
 
 
 def rate_label(budget: dict[str, Any]) -> str:
