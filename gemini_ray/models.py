@@ -296,11 +296,12 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def layer_depths(model: nn.Module, embeddings_at_bottom: bool = True) -> dict[str, int]:
+def layer_depths(model: nn.Module, *, embeddings_at_bottom: bool) -> dict[str, int]:
     """Each parameter's depth below the output, for layer-wise learning rates: the top layer of N is 1, layer
-    i is N − i, the embeddings (names with a part starting 'embed', 'wte' or 'wpe') N + 1 (0 unless
-    `embeddings_at_bottom`), and the rest (the final norm, an untied head) 0. A head tied to the input
-    embeddings is one parameter: it counts as the embeddings."""
+    i is N − i, the embeddings (names with a part starting 'embed', 'wte' or 'wpe') N + 1 if
+    `embeddings_at_bottom` else 0, and the rest (the final norm, an untied head) 0. A head tied to the input
+    embeddings is one parameter: it counts as the embeddings. No default for `embeddings_at_bottom`: the
+    config's (`train.layer_lr_decay_embeddings`) is False, and a caller must say which it means."""
     layers_name, layers = _layer_list(model)
     n, depths = len(layers), {}
     for name, _ in model.named_parameters():

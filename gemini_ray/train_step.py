@@ -87,7 +87,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     """AdamW; no weight decay on biases and norms. With train.layer_lr_decay < 1 each depth below the top
     (models.layer_depths) is a group of its own whose 'lr_scale' is layer_lr_decay ** depth; set_lr
     multiplies the schedule by it. At 1 there are two groups, as in checkpoints written before the key."""
-    depth_of = layer_depths(model, cfg.layer_lr_decay_embeddings) if cfg.layer_lr_decay < 1 else {}
+    depth_of = layer_depths(model, embeddings_at_bottom=cfg.layer_lr_decay_embeddings) if cfg.layer_lr_decay < 1 else {}
     groups: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:

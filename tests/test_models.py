@@ -116,7 +116,7 @@ def test_layer_depths_count_down_from_the_output(request, fixture, layers, embed
     """The top of N layers is 1, the bottom N, the embeddings N + 1, the final norm / head 0."""
     teacher, kind = load_teacher(str(request.getfixturevalue(fixture)))
     student = build_student(teacher, kind, StudentConfig(num_layers=3))
-    depths = layer_depths(student)
+    depths = layer_depths(student, embeddings_at_bottom=True)
     assert set(depths) == {name for name, _ in student.named_parameters()}
     for name, depth in depths.items():
         if name.startswith(layers + "."):

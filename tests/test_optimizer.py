@@ -67,4 +67,4 @@ def test_the_layer_scales_survive_a_checkpoint(tmp_path, llama_dir):
     load_checkpoint(tmp_path, restored, again)
     assert [g["lr_scale"] for g in again.param_groups] == [g["lr_scale"] for g in optimizer.param_groups]
     assert len({g["lr_scale"] for g in again.param_groups}) == \
-        len(set(layer_depths(model, cfg.layer_lr_decay_embeddings).values()))
+        len(set(layer_depths(model, embeddings_at_bottom=cfg.layer_lr_decay_embeddings).values()))
