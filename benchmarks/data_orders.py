@@ -1,8 +1,7 @@
 """The training's own run-to-run variation: the KD + CL and KD-only students of the ablation, retrained in
 other data orders, side by side with the evaluation sets' bootstrap noise.
 
-    python benchmarks/data_orders.py [--seeds 1 2 3] [--in-order ablate] [--config FILE] [--set KEY=VALUE] \
-        [-- OVERRIDE ...]
+    python benchmarks/data_orders.py [--seeds 1 2 3] [--in-order ablate] [--config FILE] [--set KEY=VALUE] [OVERRIDE ...]
 
 With a causal teacher a run is deterministic whatever `train.seed` (README, "Seeds"): what varies between
 runs that a user would call the same is which rows a run reads and in which order. For each seed S this
@@ -116,9 +115,22 @@ def _distill(store: Path, name: str, variant: str, seed: int, config: str | None
     return str(student)
 
 
+def split_seeds(values: list[str], overrides: list[str], parser: argparse.ArgumentParser) -> tuple[list[int], list[str]]:
+    """`--seeds 1 2 train.lr=3e-4`: argparse gives --seeds every word up to the next option, so the words with
+    '=' are taken back as overrides (after those typed before --seeds); the rest must be integers."""
+    seeds = []
+    for value in values:
+        if "=" not in value and not value.lstrip("-").isdigit():
+            parser.error(f"--seeds: '{value}' is neither a seed (an integer) nor a key=value override")
+        if "=" not in value:
+            seeds.append(int(value))
+    return seeds, [*overrides, *(value for value in values if "=" in value)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--seeds", nargs="+", default=["1", "2", "3"],
+                        help="data-order seeds (default 1 2 3); key=value overrides may follow them")
     parser.add_argument("--in-order", default=None, metavar="NAME",
                         help="add the ablation's students runs/NAME-kd-cl and runs/NAME-kd-only as the order s0")
     parser.add_argument("--store", default=None, help="default: runs/data-orders[-<config name>]")
@@ -127,6 +139,7 @@ def main() -> int:
                         help="a config override for the evaluation only (repeatable)")
     parser.add_argument("overrides", nargs="*", help="key=value, for every distill and the evaluation")
     args = parser.parse_args()
+    args.seeds, args.overrides = split_seeds(args.seeds, args.overrides, parser)
     if len(set(args.seeds)) != len(args.seeds) or (0 in args.seeds and args.in_order):
         parser.error("--seeds: distinct seeds (0 is the name of the --in-order students when they are added)")
     if len(args.seeds) + bool(args.in_order) < 2:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from benchmark_scripts import benchmark_module
@@ -37,3 +39,14 @@ def test_the_spread_across_orders_and_each_orders_claims():
     assert summary["claims"]["s1"]["kd_cl_over_kd_only_perplexity"]["ratio"] == 3.0
     assert "| kd-cl | 6,000 ± 1,000 (5,000–7,000) | 0.520 ± 0.020 (0.500–0.540) |" in markdown
     assert "| s1 | +0.210 [+0.150, +0.250] | 3.00x [2.00, 4.00] |" in markdown
+
+
+def test_overrides_after_the_seeds_are_overrides_not_seeds():
+    """argparse hands --seeds every word up to the next option: `--seeds 1 2 train.lr=3e-4` must still work."""
+    module = benchmark_module("data_orders")
+    parser = argparse.ArgumentParser()
+    seeds, overrides = module.split_seeds(["1", "2", "train.lr=3e-4"], ["loss.lambda_kd=0.6"], parser)
+    assert seeds == [1, 2]
+    assert overrides == ["loss.lambda_kd=0.6", "train.lr=3e-4"]
+    with pytest.raises(SystemExit):
+        module.split_seeds(["1", "two"], [], parser)
