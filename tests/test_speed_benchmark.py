@@ -1,0 +1,50 @@
+"""benchmarks/speed.py: the speedup is taken within each round, the order alternates, bad shapes are refused."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from benchmark_scripts import benchmark_module
+
+
+class Recorder(torch.nn.Module):
+    def __init__(self, name: str, calls: list[str]):
+        super().__init__()
+        self.name, self.calls = name, calls
+
+    def forward(self, input_ids, attention_mask):
+        assert input_ids.shape == attention_mask.shape == (2, 5)
+        self.calls.append(self.name)
+        return input_ids
+
+
+def test_rounds_time_both_models_on_one_batch_in_alternating_order():
+    speed = benchmark_module("speed")
+    calls: list[str] = []
+    times = speed.paired_rounds(Recorder("t", calls), Recorder("s", calls), (2, 5), rounds=3, vocab_size=10)
+    assert calls == ["t", "s", "s", "t", "t", "s", "s", "t"]  # a warm-up round, then 3 timed, alternating
+    assert len(times["teacher"]) == len(times["student"]) == 3
+
+
+def test_the_speedup_is_the_median_of_per_round_ratios():
+    speed = benchmark_module("speed")
+    # the machine slows down in the second half: tokens/s medians would mix rounds, per-round ratios do not
+    times = {"teacher": [1.0, 1.0, 1.0, 3.0, 3.0], "student": [0.4, 0.4, 0.5, 1.2, 1.2]}
+    out = speed.summarise(times, (8, 128))
+    assert out["speedup"] == pytest.approx(2.5)
+    lo, hi = out["speedup_ci"]
+    assert 2.0 <= lo <= 2.5 <= hi <= 2.5 + 1e-9
+    assert out["speedup_range"] == pytest.approx([2.0, 2.5])
+    assert out["teacher_tokens_per_s"] == pytest.approx(1024 / 1.0)
+    assert out["student_tokens_per_s"] == pytest.approx(1024 / 0.5)
+
+
+@pytest.mark.parametrize("text", ["8", "8x", "x128", "0x128", "8x-1", "axb"])
+def test_a_batch_shape_must_be_two_positive_integers(text):
+    speed = benchmark_module("speed")
+    with pytest.raises(argparse.ArgumentTypeError, match="ROWSxTOKENS"):
+        speed.shape(text)
+    assert speed.shape("8x128") == (8, 128)
