@@ -2,11 +2,11 @@
 
     python benchmarks/speed.py runs/quality/student [--rounds 30] [--batch 8x128 --batch 1x128] [--out FILE]
 
-`gemini-ray eval` times each model three times (alternately, median of each) as one column of its report: on
+`gemini-ray eval` times each model alternately (median of 3 rounds until 2026-12-05, of 10 since) as one column of its report: on
 this 2-core machine that ratio has read 2.31x to 2.89x for one architecture across runs. This script settles
-it: per batch shape it runs `--rounds` rounds, each timing the teacher and the student back to back on the
-same random batch (the order alternating between rounds, so neither always runs on a warmer cache), and takes
-the ratio within each round (teacher seconds / student seconds: a slow moment of the machine slows both). It
+it: per batch shape it runs `--rounds` rounds of `evaluation.run.forward_times`, each timing the teacher and
+the student back to back on the same random batch (the order alternating between rounds, so neither always
+runs on a warmer cache), and takes the ratio within each round (teacher seconds / student seconds: a slow moment of the machine slows both). It
 reports the median ratio with a 95 % bootstrap interval over rounds, and each model's median tokens/s.
 
 The teacher is the one the student was distilled from (its `gemini_ray.json`), or `--teacher`. Training does
@@ -17,10 +17,8 @@ not change the speed: any student of an architecture times the same. Run it on a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gemini_ray.evaluation.metrics import bootstrap_interval  # noqa: E402
-from gemini_ray.evaluation.run import load_model, read_student_meta  # noqa: E402
+from gemini_ray.evaluation.run import forward_times, load_model, read_student_meta  # noqa: E402
 from gemini_ray.paths import atomic_write_json  # noqa: E402
 
 
@@ -41,25 +39,6 @@ def shape(text: str) -> tuple[int, int]:
     if not sep or not rows.isdigit() or not length.isdigit() or int(rows) < 1 or int(length) < 1:
         raise argparse.ArgumentTypeError(f"'{text}' is not ROWSxTOKENS with two positive integers (e.g. 8x128)")
     return int(rows), int(length)
-
-
-@torch.no_grad()
-def paired_rounds(teacher: torch.nn.Module, student: torch.nn.Module, batch: tuple[int, int], rounds: int,
-                  vocab_size: int, seed: int = 0) -> dict[str, list[float]]:
-    """Seconds per forward of each model in each of `rounds` rounds (after one warm-up round), the two timed
-    back to back on one random batch, teacher first in even rounds and student first in odd ones."""
-    gen = torch.Generator().manual_seed(seed)
-    times: dict[str, list[float]] = {"teacher": [], "student": []}
-    models = {"teacher": teacher, "student": student}
-    for r in range(rounds + 1):
-        ids = torch.randint(0, vocab_size, batch, generator=gen)
-        order = ("teacher", "student") if r % 2 == 0 else ("student", "teacher")
-        for name in order:
-            t0 = time.perf_counter()
-            models[name](input_ids=ids, attention_mask=torch.ones_like(ids))
-            if r:
-                times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def summarise(times: dict[str, list[float]], batch: tuple[int, int]) -> dict[str, object]:
@@ -92,10 +71,8 @@ def main() -> int:
     teacher = load_model("teacher", teacher_source)
     for m in (student, teacher):
         m.model.eval()
-    vocab = min(student.model.config.vocab_size, teacher.model.config.vocab_size)
-    results = []
-    for batch in args.batch or [(8, 128)]:
-        results.append(summarise(paired_rounds(teacher.model, student.model, batch, args.rounds, vocab), batch))
+    results = [summarise(forward_times([teacher, student], batch, args.rounds), batch)
+               for batch in args.batch or [(8, 128)]]
     report = {"student": str(args.student), "teacher": teacher_source, "torch_threads": torch.get_num_threads(),
               "cpu_count": os.cpu_count(), "results": results}
     out = args.out or str(Path(args.student).expanduser().resolve().parent / "speed.json")

@@ -1,19 +1,23 @@
-"""benchmarks/speed.py: the speedup is taken within each round, the order alternates, bad shapes are refused."""
+"""Forward timing (evaluation.run.forward_times, benchmarks/speed.py): the order alternates, the speedup is taken
+within each round, bad shapes are refused."""
 
 from __future__ import annotations
 
 import argparse
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from benchmark_scripts import benchmark_module
+from gemini_ray.evaluation.run import Model, forward_times, throughput
 
 
 class Recorder(torch.nn.Module):
     def __init__(self, name: str, calls: list[str]):
         super().__init__()
         self.name, self.calls = name, calls
+        self.config = SimpleNamespace(vocab_size=10)
 
     def forward(self, input_ids, attention_mask):
         assert input_ids.shape == attention_mask.shape == (2, 5)
@@ -22,11 +26,12 @@ class Recorder(torch.nn.Module):
 
 
 def test_rounds_time_both_models_on_one_batch_in_alternating_order():
-    speed = benchmark_module("speed")
     calls: list[str] = []
-    times = speed.paired_rounds(Recorder("t", calls), Recorder("s", calls), (2, 5), rounds=3, vocab_size=10)
+    models = [Model(name, "", Recorder(name[0], calls), None, "causal", "") for name in ("teacher", "student")]
+    times = forward_times(models, (2, 5), rounds=3)
     assert calls == ["t", "s", "s", "t", "t", "s", "s", "t"]  # a warm-up round, then 3 timed, alternating
     assert len(times["teacher"]) == len(times["student"]) == 3
+    assert set(throughput(models, (2, 5), repeats=2)) == {"teacher", "student"}
 
 
 def test_the_speedup_is_the_median_of_per_round_ratios():

@@ -204,18 +204,26 @@ def peak_memory_mib(m: Model, batch: tuple[int, int]) -> float:
 
 
 @torch.no_grad()
-def throughput(models: list[Model], batch: tuple[int, int], repeats: int = 3) -> dict[str, float]:
-    """Forward tokens/s per model, timed alternately on the same random batch (median of `repeats`)."""
-    gen = torch.Generator().manual_seed(0)
+def forward_times(models: list[Model], batch: tuple[int, int], rounds: int, seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per forward pass of each model in each of `rounds` rounds, after one warm-up round: per round
+    one random batch for all, the models back to back, in reverse order every other round (none always runs
+    first, on a cache the other warmed). A ratio within one round cancels the machine's slow moments."""
+    gen = torch.Generator().manual_seed(seed)
+    vocab = min(m.model.config.vocab_size for m in models)
     times: dict[str, list[float]] = {m.name: [] for m in models}
-    for r in range(repeats + 1):  # the first round warms up
-        for m in models:
-            ids = torch.randint(0, m.model.config.vocab_size, batch, generator=gen)
+    for r in range(rounds + 1):
+        ids = torch.randint(0, vocab, batch, generator=gen)
+        for m in models if r % 2 == 0 else models[::-1]:
             t0 = time.perf_counter()
             m.model(input_ids=ids, attention_mask=torch.ones_like(ids))
             if r:
                 times[m.name].append(time.perf_counter() - t0)
-    return {name: batch[0] * batch[1] / float(np.median(t)) for name, t in times.items()}
+    return times
+
+
+def throughput(models: list[Model], batch: tuple[int, int], repeats: int = 10) -> dict[str, float]:
+    """Forward tokens/s per model: the median over `repeats` rounds of `forward_times`."""
+    return {name: batch[0] * batch[1] / float(np.median(t)) for name, t in forward_times(models, batch, repeats).items()}
 
 
 # --------------------------------------------------------------------------- the protocol
