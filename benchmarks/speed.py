@@ -2,12 +2,13 @@
 
     python benchmarks/speed.py runs/quality/student [--rounds 30] [--batch 8x128 --batch 1x128] [--out FILE]
 
-`gemini-ray eval` times each model alternately (median of 3 rounds until 2026-12-05, of 10 since) as one column of its report: on
-this 2-core machine that ratio has read 2.31x to 2.89x for one architecture across runs. This script settles
-it: per batch shape it runs `--rounds` rounds of `evaluation.run.forward_times`, each timing the teacher and
-the student back to back on the same random batch (the order alternating between rounds, so neither always
-runs on a warmer cache), and takes the ratio within each round (teacher seconds / student seconds: a slow moment of the machine slows both). It
-reports the median ratio with a 95 % bootstrap interval over rounds, and each model's median tokens/s.
+`gemini-ray eval` times each model alternately as one column of its report (the median of 3 rounds until
+2026-12-05, of 10 since): on this 2-core machine that ratio read 2.31x to 2.89x for one architecture across
+runs. This script settles it: per batch shape it runs `--rounds` rounds of `evaluation.run.forward_times`,
+each timing the teacher and the student back to back on the same random batch (the order alternating
+between rounds, so neither always runs on a warmer cache), and takes the ratio within each round (teacher
+seconds / student seconds: a slow moment of the machine slows both). It reports the median ratio with a
+95 % bootstrap interval over rounds, and each model's median tokens/s.
 
 The teacher is the one the student was distilled from (its `gemini_ray.json`), or `--teacher`. Training does
 not change the speed: any student of an architecture times the same. Run it on a quiet machine. Writes
@@ -64,6 +65,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 2:
         parser.error(f"--rounds {args.rounds}: give at least 2 rounds for an interval (30 is the default)")
+    if not (Path(args.student).expanduser() / "config.json").is_file():
+        parser.error(f"{args.student} is not a model directory (no config.json): give a distilled student, "
+                     "e.g. runs/quality/student")
     teacher_source = args.teacher or read_student_meta(args.student).get("teacher")
     if not teacher_source:
         parser.error(f"{args.student} records no teacher (no gemini_ray.json): name one with --teacher")
