@@ -19,8 +19,8 @@ Runs already in the store are reused (their eval/report.json), so an interrupted
 store holds from another config is refused (`gemini_ray.run_record`), not reused. `--config`
 and the overrides (`key=value`, e.g. `train.lr=6e-4`) go to every label and distill command, e.g.
 `--config configs/quality.yaml --steps 60 120 240` for the quality budget's language model. Writes
-`<store>/lm_forecast.json` (the store: runs/lm-forecast, or runs/lm-forecast-<config name> with `--config`)
-and prints a table.
+`<store>/lm_forecast.json` and `lm_forecast.png` (the store: runs/lm-forecast, or
+runs/lm-forecast-<config name> with `--config`) and prints a table.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from gemini_ray.config import build_config  # noqa: E402
 from gemini_ray.evaluation.run import protocol_settings  # noqa: E402
 from gemini_ray.evaluation.targets import extrapolate_step  # noqa: E402
+from gemini_ray.paths import atomic_path, atomic_write_json  # noqa: E402
 from gemini_ray.run_record import check_resume  # noqa: E402
 
 GOALS = (  # (report key, title, goal, higher is better, log value)
@@ -96,6 +97,41 @@ def forecast_goals(steps: list[int], rows: dict[int, dict], teacher: dict) -> di
     return forecast
 
 
+def chart(result: dict, location: str | Path) -> None:
+    """One panel per goal: each length's value against its steps (log axes; top-1 on a linear one), the goal,
+    the teacher where it is drawable, and a dashed segment from the last run to the forecast step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [int(n) for n in result["steps"]]
+    runs = {int(n): row for n, row in result["runs"].items()}  # int keys, or str after a JSON round trip
+    fig, axes = plt.subplots(1, len(GOALS), figsize=(13, 4))
+    for ax, (key, title, _, _, log_value) in zip(axes, GOALS):
+        values = [runs[n][key] for n in steps]
+        ax.plot(steps, values, marker="o", label="measured (a run of each length)")
+        f = result["forecast"][key]
+        ax.axhline(f["goal"], color="tab:green", linestyle=":", label="goal")
+        if f["how"] == "extrapolated":
+            ax.plot([steps[-1], f["step"]], [values[-1], f["goal"]], color="tab:blue", linestyle="--",
+                    label=f"extrapolated: step {f['step']:,.0f}")
+        teacher = result["teacher"].get(key)
+        if teacher and key != "teacher_top1_agreement":
+            ax.axhline(teacher, color="tab:gray", linestyle="--", label="teacher")
+        ax.set_xscale("log")
+        if log_value:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training steps (x batch size)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(str(location)) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[30, 60, 120, 240])
@@ -118,7 +154,8 @@ def main() -> int:
     result = {"steps": args.steps, "config": config, "overrides": args.overrides,
               "teacher": {k: teacher.get(k) for k, *_ in GOALS},
               "runs": {n: {k: rows[n].get(k) for k, *_ in GOALS} for n in args.steps}, "forecast": forecast}
-    (store / "lm_forecast.json").write_text(json.dumps(result, indent=1))
+    atomic_write_json(str(store / "lm_forecast.json"), result)
+    chart(result, store / "lm_forecast.png")
     print("| steps | held-out ppl | KL | top-1 agreement |\n|---|---|---|---|")
     print(f"| teacher | {teacher['perplexity']:.1f} | 0 | 1 |")
     for n in args.steps:
@@ -128,7 +165,7 @@ def main() -> int:
     for f in forecast.values():
         where = f"step {f['step']:,.0f} ({f['how']})" if f["step"] else f["how"]
         print(f"* {f['title']} (goal {f['goal']:.3g}): {where}")
-    print(f"({store / 'lm_forecast.json'})")
+    print(f"({store / 'lm_forecast.json'}, {store / 'lm_forecast.png'})")
     return 0
 
 

@@ -58,7 +58,7 @@ def test_a_power_law_is_extrapolated_to_its_goal_and_a_flat_or_wrong_way_curve_i
     assert extrapolate_step([0, 100], [4e8, 900.0], 250.0, False, log_value=True) is None  # one trained point
 
 
-def test_the_lm_forecast_benchmark_says_measured_extrapolated_or_not_heading_there():
+def test_the_lm_forecast_benchmark_says_measured_extrapolated_or_not_heading_there(tmp_path):
     module = benchmark_module("lm_forecast")
     steps = [30, 60, 120]
     rows = {n: {"perplexity": 1e7 * n ** -2.0, "kl_to_teacher": 1.0, "teacher_top1_agreement": 0.3 - n / 1000}
@@ -69,6 +69,14 @@ def test_the_lm_forecast_benchmark_says_measured_extrapolated_or_not_heading_the
     assert found["kl_to_teacher"]["how"] == "measured" and found["kl_to_teacher"]["step"] == 30
     assert found["teacher_top1_agreement"] == {"title": "top-1 agreement >= 0.5", "goal": 0.5, "step": None,
                                                "how": "not heading there"}
+
+    # the chart draws all three cases, from the result as main() builds it and as lm_forecast.json reads back
+    result = {"steps": steps, "teacher": {"perplexity": 25.0, "kl_to_teacher": 0.0, "teacher_top1_agreement": 1.0},
+              "runs": rows, "forecast": found}
+    for n, form in enumerate((result, json.loads(json.dumps(result)))):
+        module.chart(form, tmp_path / f"forecast{n}.png")
+        assert (tmp_path / f"forecast{n}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["forecast0.png", "forecast1.png"]  # no temporaries left
 
 
 def test_the_lm_forecast_benchmark_reuses_a_report_only_from_the_same_protocol():
