@@ -1,7 +1,8 @@
 """The training's own run-to-run variation: the KD + CL and KD-only students of the ablation, retrained in
 other data orders, side by side with the evaluation sets' bootstrap noise.
 
-    python benchmarks/data_orders.py [--seeds 1 2 3] [--in-order ablate] [--config FILE] [--set KEY=VALUE] [OVERRIDE ...]
+    python benchmarks/data_orders.py [--seeds 1 2 3] [--in-order ablate] [--config FILE] [--set KEY=VALUE] \
+        [OVERRIDE ...]
 
 With a causal teacher a run is deterministic whatever `train.seed` (README, "Seeds"): what varies between
 runs that a user would call the same is which rows a run reads and in which order. For each seed S this
@@ -115,16 +116,15 @@ def _distill(store: Path, name: str, variant: str, seed: int, config: str | None
     return str(student)
 
 
-def split_seeds(values: list[str], overrides: list[str], parser: argparse.ArgumentParser) -> tuple[list[int], list[str]]:
+def split_seeds(values: list[str], overrides: list[str],
+                parser: argparse.ArgumentParser) -> tuple[list[int], list[str]]:
     """`--seeds 1 2 train.lr=3e-4`: argparse gives --seeds every word up to the next option, so the words with
     '=' are taken back as overrides (after those typed before --seeds); the rest must be integers."""
-    seeds = []
-    for value in values:
-        if "=" not in value and not value.lstrip("-").isdigit():
-            parser.error(f"--seeds: '{value}' is neither a seed (an integer) nor a key=value override")
-        if "=" not in value:
-            seeds.append(int(value))
-    return seeds, [*overrides, *(value for value in values if "=" in value)]
+    words = [value for value in values if "=" not in value]
+    bad = [word for word in words if not word.lstrip("-").isdigit()]
+    if bad:
+        parser.error(f"--seeds: '{bad[0]}' is neither a seed (an integer) nor a key=value override")
+    return [int(word) for word in words], [*overrides, *(value for value in values if "=" in value)]
 
 
 def main() -> int:

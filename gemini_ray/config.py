@@ -369,8 +369,8 @@ class TrainConfig:
     layer_lr_decay_embeddings=false lifted RT +0.010 and Lee +0.009 over one rate for 2.8x the perplexity (RT
     at or above the untrained student in three data orders, within noise); 0.5 took RT above it in three data
     orders (+0.007 to +0.009, beyond noise in two) for 9.6x the perplexity (README, "Layer-wise learning
-    rates"), so configs/quality.yaml uses 0.5 since 2026-12-05; the default keeps 1 (the demo budget was not
-    measured with a decay)."""
+    rates"), so configs/quality.yaml uses 0.5 since 2026-12-05. The default keeps 1: at the demo budget 0.5
+    cost 25x the perplexity for an embedding within noise of one rate's (README, the demo ablation)."""
     layer_lr_decay_embeddings: bool = False
     """With train.layer_lr_decay < 1: false, the embeddings train at lr, as the head does; true, at the lowest
     rate (below layer 0, the ULMFiT placement for an untied head). False by default: with SmolLM2's head tied

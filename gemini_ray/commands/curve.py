@@ -26,8 +26,8 @@ from typing import Any
 from gemini_ray.config import Config, LossConfig, TrainConfig, build_config
 from gemini_ray.distill_run import export, export_checkpoints, export_untrained, fit_student, prepare, summarize
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.evaluation.run import (evaluate_students, markdown_table, noise_verdict, paired_differences, rate_budget,
-                                       rate_label)
+from gemini_ray.evaluation.run import (evaluate_students, markdown_table, noise_verdict, paired_differences,
+                                       rate_budget, rate_label)
 from gemini_ray.evaluation.targets import TARGETS, check_targets, extrapolate_step, goal_of, metric_value
 from gemini_ray.metric_names import VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_TEACHER_AGREEMENT
 from gemini_ray.paths import absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, \
@@ -220,7 +220,8 @@ def curve(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     ahead = forecasts(rows, teacher)
     budget = {"max_steps": cfg.train.max_steps, "batch_size": cfg.train.examples_per_step,
               "span_length": cfg.data.span_length, "corpus": cfg.data.path, **rate_budget(cfg.train),
-              "seed": cfg.train.seed, "loss": loss_label(cfg.loss), "wall_time_min": (time.perf_counter() - t_start) / 60}
+              "seed": cfg.train.seed, "loss": loss_label(cfg.loss),
+              "wall_time_min": (time.perf_counter() - t_start) / 60}
     history = _held_out_history(state)
     report = {"budget": budget, "teacher": teacher, "steps": {str(s): rows[s] for s in sorted(rows)},
               "targets": targets, "forecast_steps": ahead, "held_out_during_training": history,

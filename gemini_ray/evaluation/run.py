@@ -223,7 +223,8 @@ def forward_times(models: list[Model], batch: tuple[int, int], rounds: int, seed
 
 def throughput(models: list[Model], batch: tuple[int, int], repeats: int = 10) -> dict[str, float]:
     """Forward tokens/s per model: the median over `repeats` rounds of `forward_times`."""
-    return {name: batch[0] * batch[1] / float(np.median(t)) for name, t in forward_times(models, batch, repeats).items()}
+    times = forward_times(models, batch, repeats)
+    return {name: batch[0] * batch[1] / float(np.median(t)) for name, t in times.items()}
 
 
 # --------------------------------------------------------------------------- the protocol
@@ -511,7 +512,8 @@ def rate_label(budget: dict[str, Any]) -> str:
     decay = budget.get("layer_lr_decay", 1.0)
     if decay == 1.0:
         return f"lr {budget['lr']}"
-    where = "the embeddings at the lowest rate" if budget.get("layer_lr_decay_embeddings") else "embeddings and head at lr"
+    lowest = budget.get("layer_lr_decay_embeddings")
+    where = "the embeddings at the lowest rate" if lowest else "embeddings and head at lr"
     return f"lr {budget['lr']} with a layer-wise decay of {decay} ({where})"
 
 
