@@ -43,6 +43,8 @@ __all__ = [
     "config_to_dict",
     "all_keys",
     "read_yaml",
+    "load_yaml_unique",
+    "check_overrides_once",
 ]
 
 EMBEDDED_TEACHER = "embedded:smollm2-135m-instruct"
@@ -78,6 +80,25 @@ def _check_resources(key: str, resources: dict[str, float]) -> None:
         _check(bool(name) and name not in _BUILTIN_RESOURCES, key,
                f"'{name}' is not a custom resource name (CPUs and GPUs have their own keys)")
         _check(amount > 0, key, f"amount of '{name}' must be > 0, got {amount}")
+
+
+_MAX_NAME_CHARS = 200
+"""Longest run.name / tune.name: a folder name (255 bytes on most filesystems), with room for the suffixes
+derived names add (ablate's '-no-teacher' and '-ablation', tune's '-trials')."""
+
+
+def _check_folder_name(key: str, name: str) -> None:
+    """Refuse a name that would not be one folder inside run.storage_path: a separator or NUL would climb
+    into (or out of) other folders, '.' and '..' name run.storage_path itself and its parent, where a run
+    would write over other runs' files."""
+    _check(bool(name) and all(c.isalnum() or c in "-_." for c in name), key,
+           f"names one folder inside run.storage_path: use letters, digits, '-', '_' or '.' (no '/', '\\', "
+           f"spaces or other characters), got {name!r}")
+    _check(not name.startswith("."), key,
+           f"names one folder inside run.storage_path and may not start with '.' ('.' and '..' would be "
+           f"run.storage_path itself or the folder above it, where other runs' files are), got {name!r}")
+    _check(len(name) <= _MAX_NAME_CHARS, key,
+           f"names one folder inside run.storage_path: at most {_MAX_NAME_CHARS} characters, got {len(name)}")
 
 
 @dataclass(frozen=True)
@@ -266,7 +287,8 @@ class TuneConfig:
     reduction_factor: int = 2
     """ASHA: keep 1/reduction_factor of the trials at each rung."""
     name: str = "tune"
-    """Tune experiment name; the same name and run.storage_path resume an interrupted search."""
+    """Tune experiment name (a folder inside run.storage_path, as run.name); the same name and run.storage_path
+    resume an interrupted search."""
     try_base_config: bool = True
     """The first trial runs the config's own values of the searched keys (the config you would run without a
     search), so a search never returns a config that scored worse on tune.metric than the one you had. It
@@ -285,6 +307,7 @@ class TuneConfig:
         _check(self.grace_period >= 1, "tune.grace_period", "must be >= 1")
         _check(self.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
         _check(self.max_failures >= 0, "tune.max_failures", f"must be >= 0, got {self.max_failures}")
+        _check_folder_name("tune.name", self.name)
         if self.max_val_loss_kd is not None:
             _check(self.max_val_loss_kd > 0, "tune.max_val_loss_kd",
                    f"must be > 0 (a held-out KD loss in nats) or null, got {self.max_val_loss_kd}")
@@ -464,11 +487,15 @@ class TrainConfig:
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "demo"
-    """Run name: the same name and storage path resume the run from its latest checkpoint."""
+    """Run name: the folder <storage_path>/<name> (letters, digits, '-', '_', '.'; not '.' or '..'). The same
+    name and storage path resume the run from its latest checkpoint."""
     storage_path: str = "runs"
     """Checkpoints and results: a local directory (default) or a shared URI (s3://, gs://, NFS) on clusters."""
     output_dir: Optional[str] = None
     """Where the exported student goes. Default: <storage_path>/<name>/student."""
+    overwrite_output: bool = False
+    """Replace an existing run.output_dir (or --out) only when it holds an earlier export of gemini_ray
+    (recognised by its marker file); never a folder of anything else."""
     ray_address: Optional[str] = None
     """Ray cluster to join ('auto', 'ray://...'); None starts a local instance (or joins RAY_ADDRESS)."""
     storage_shared: bool = False
@@ -486,8 +513,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check(self.peak_tflops is None or self.peak_tflops > 0, "run.peak_tflops",
                f"must be > 0 (or null: measured by a matmul probe), got {self.peak_tflops}")
-        ok = bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name)
-        _check(ok, "run.name", f"use letters, digits, '-', '_' or '.', got {self.name!r}")
+        _check_folder_name("run.name", self.name)
 
 
 @dataclass(frozen=True)
@@ -677,10 +703,25 @@ def _parse_override(item: str) -> tuple[str, Any]:
     dotted = dotted.strip().removeprefix("--")
     _check_key(dotted, "")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml_unique(text, f"override '{item}'") if text.strip() else None
     except yaml.YAMLError:
         value = text
     return dotted, value
+
+
+def check_overrides_once(overrides: list[str] | tuple[str, ...]) -> None:
+    """Refuse a dotted key given twice among command-line overrides (`loss.lambda_kd=0.3 loss.lambda_kd=0.5`),
+    even with equal values: one of them is a mistake, and which one the user meant is not ours to guess.
+    build_config itself applies overrides in order (the later wins), for callers that layer them on purpose."""
+    first: dict[str, str] = {}
+    for item in overrides:
+        if "=" not in item:
+            continue  # build_config refuses it with its own message
+        dotted = item.partition("=")[0].strip().removeprefix("--")
+        if dotted in first:
+            raise ConfigError(f"config key '{dotted}' is given twice on the command line ({first[dotted]}, then "
+                              f"{item.strip()}): only one can apply. Give it once, with the value you mean.")
+        first[dotted] = item.strip()
 
 
 def _merge_sections(raw: dict[str, Any], sections: dict[str, Any]) -> None:
@@ -730,12 +771,13 @@ def build_config(file: str | Path | None = None, overrides: list[str] | tuple[st
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
+    """Read a YAML mapping (a config file, a search space), with errors that name the file. A key repeated at
+    any level is refused (load_yaml_unique)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file '{path}' does not exist. Pass an existing YAML file to --config.")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = load_yaml_unique(p.read_text(encoding="utf-8"), f"config file '{path}'")
     except UnicodeDecodeError:
         raise ConfigError(f"config file '{path}' is not UTF-8 text (is it a YAML file?). Save it as UTF-8 "
                           "YAML and run again.") from None
@@ -758,3 +800,59 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     if context:
         what += f" ({' '.join(str(context).split())})"
     return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else what
+
+
+class _RepeatedKey(Exception):
+    """A mapping of a YAML document sets `key` (dotted from the top) twice, at 1-based lines `first`, `second`;
+    `sections`: both values are mappings (two `loss:` sections), which the user may want merged."""
+
+    def __init__(self, key: str, first: int, second: int, sections: bool) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second, self.sections = key, first, second, sections
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping repeating a key. PyYAML keeps the last of two equal keys without
+    a word, so a second `loss:` section would drop every key of the first. Keys a `<<: *anchor` merge brings
+    in may be overridden, as YAML intends."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._refuse_repeated_keys(node, "", set())
+        return super().construct_document(node)
+
+    def _refuse_repeated_keys(self, node: yaml.Node, where: str, visited: set[int]) -> None:
+        if id(node) in visited:  # an alias of a node already checked (or a recursive one)
+            return
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._refuse_repeated_keys(item, f"{where}[{i}]", visited)
+        if not isinstance(node, yaml.MappingNode):
+            return
+        first: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                self._refuse_repeated_keys(value_node, where, visited)  # a merge's keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)  # as the mapping will hold it: 1 and 1.0 are equal
+            dotted = f"{where}.{key_node.value}" if where else key_node.value
+            if key in first:
+                earlier_key, earlier_value = first[key]
+                both_mappings = isinstance(earlier_value, yaml.MappingNode) and isinstance(value_node, yaml.MappingNode)
+                raise _RepeatedKey(dotted, earlier_key.start_mark.line + 1, key_node.start_mark.line + 1, both_mappings)
+            first[key] = (key_node, value_node)
+            self._refuse_repeated_keys(value_node, dotted, visited)
+
+
+def load_yaml_unique(text: str, where: str) -> Any:
+    """yaml.safe_load that refuses a key repeated at any level of the document (ConfigError naming `where`,
+    e.g. "config file 'a.yaml'", the dotted key and the lines of both). Malformed YAML raises yaml.YAMLError,
+    as yaml.safe_load does."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except _RepeatedKey as exc:
+        lines = f", at lines {exc.first} and {exc.second}" if "\n" in text.strip() else ""
+        fix = (f"Merge the two '{exc.key}:' sections into one" if exc.sections
+               else "Keep one of them, with the value you mean")
+        raise ConfigError(f"{where} sets '{exc.key}' twice{lines}: YAML would keep only the last and silently ignore "
+                          f"the first. {fix}.") from None

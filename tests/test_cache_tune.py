@@ -161,11 +161,14 @@ def test_a_trial_reads_the_cache_in_order_as_distill_does():
 
 
 def tiny(teacher_dir, corpus, storage, *extra):
-    return [f"teacher.model={teacher_dir}", "teacher.top_k=8", "teacher.batch_size=16", f"data.path={corpus}",
+    """The tiny settings, `extra` overrides replacing them (the CLI refuses a key given twice)."""
+    base = [f"teacher.model={teacher_dir}", "teacher.top_k=8", "teacher.batch_size=16", f"data.path={corpus}",
             "data.text_column=body", "data.span_length=16", "data.val_fraction=0.2", "student.num_layers=2",
             "loss.num_negatives=2", "label.max_negatives=4", "mining.window=64", "label.shards_per_round=2",
             "train.batch_size=4", "train.log_every=2", "train.eval_every=2", "train.checkpoint_every=4",
-            "train.warmup_steps=1", f"run.storage_path={storage}", *extra]
+            "train.warmup_steps=1", f"run.storage_path={storage}"]
+    given = {e.split("=", 1)[0] for e in extra}
+    return [b for b in base if b.split("=", 1)[0] not in given] + list(extra)
 
 
 def read_rows(directory: Path) -> dict[str, np.ndarray]:

@@ -10,6 +10,8 @@ Text files are one document per line; jsonl files one JSON object per line. Anyw
 MiB is checked up front, `gemini_ray.data.filecheck`), a line that is not UTF-8, a jsonl line that is not a
 JSON object with the text field, and a csv row with the wrong number of fields are skipped and counted, not
 fatal: a corpus of gigabytes should not fail at its last shard.
+
+A local directory's files are listed by `unique_files`: each real file once, however many links reach it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import bz2
 import hashlib
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +31,7 @@ from gemini_ray.paths import is_uri, open_dir, package_file
 
 __all__ = ["gensim_test_data", "embedded_corpus", "embedded_files", "EMBEDDED_CORPORA", "infer_format", "split_lines",
            "parse_jsonl", "csv_read_options", "decode_column", "wikipedia_documents", "strip_wiki_markup",
-           "corpus_signature"]
+           "corpus_signature", "unique_files"]
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -228,10 +232,118 @@ def wikipedia_documents(path: Path, min_words: int = 50) -> list[str]:
     return docs
 
 
+_COMPRESSED = (".gz", ".bz2", ".zst")
+_REPORTED: set[tuple[str, str]] = set()
+"""(directory, line) of the notes unique_files printed: each once per process (the preflight check and the
+read both list the corpus)."""
+
+
+def _walk_unique(directory: Path, extensions: tuple[str, ...] | None,
+                 hidden: bool) -> tuple[list[tuple[str, Path, os.stat_result]], list[str], list[str]]:
+    """(relative posix path, path, stat) of each regular file below `directory` once, sorted, and the names
+    of the files and folders left out as reached a second time ('b.txt (= a.txt)')."""
+    def error(exc: OSError) -> None:
+        raise GeminiRayError(f"data.path: cannot list the folder '{exc.filename}' ({exc.strerror}). Make it "
+                             "readable, or move it out of data.path.")
+
+    def listed(rel: str) -> bool:  # Ray Data skips names whose path below data.path starts with '.' or '_'
+        return hidden or not rel.startswith((".", "_"))
+
+    root_stat = os.stat(directory)
+    folders = {(root_stat.st_dev, root_stat.st_ino): "data.path itself"}
+    reached: list[tuple[str, Path, os.stat_result]] = []
+    twice_folders: list[str] = []
+    for root, dirs, names in os.walk(directory, onerror=error, followlinks=True):
+        base = Path(root).relative_to(directory)
+        kept = []
+        for d in sorted(dirs):
+            rel = (base / d).as_posix()
+            if not listed(rel):
+                continue
+            try:
+                st = os.stat(Path(root, d))  # follows a link to the folder it names
+            except OSError:  # gone since os.walk listed it
+                continue
+            identity = (st.st_dev, st.st_ino)
+            if identity in folders:  # a link back up the tree, or a second way into a folder
+                twice_folders.append(f"{rel}/ (= {folders[identity]})")
+                continue
+            folders[identity] = f"{rel}/"
+            kept.append(d)
+        dirs[:] = kept  # os.walk enters only these, in this order
+        for name in names:
+            rel = (base / name).as_posix()
+            plain = name.lower()
+            for suffix in _COMPRESSED:
+                plain = plain.removesuffix(suffix)
+            if not listed(rel) or (extensions is not None and not plain.endswith(extensions)):
+                continue
+            try:
+                st = os.stat(Path(root, name))  # follows a link; a broken one is not a file
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):  # not a fifo or a device: reading one would block or never end
+                reached.append((rel, Path(root, name), st))
+    files: dict[tuple[int, int], str] = {}
+    kept_files, twice_files = [], []
+    for rel, path, st in sorted(reached, key=lambda r: r[0]):
+        identity = (st.st_dev, st.st_ino)
+        if identity in files:
+            twice_files.append(f"{rel} (= {files[identity]})")
+        else:
+            files[identity] = rel
+            kept_files.append((rel, path, st))
+    return kept_files, twice_files, twice_folders
+
+
+def unique_files(directory: str | Path, extensions: tuple[str, ...] | None = None, *, hidden: bool = False,
+                 report: bool = True) -> list[Path]:
+    """The files below a local directory that a corpus read reads, each real file once, sorted by their path
+    below it: Ray Data's own listing reads a file once per name it is reached by.
+
+    Symlinks are followed (a folder of links to files kept elsewhere is a corpus), but a file reached again,
+    through a symlink or a hard link to a file already listed, is left out (the one first in sorted order is
+    read), and so is a folder reached again: a link back up the tree would otherwise be walked 40 links deep
+    (until the system refuses the path), reading the same documents dozens of times, two such links millions.
+    Read twice, a document trains twice as often, and a held-out one counts twice. What was left out is
+    said in one line, once per process:
+    `[gemini-ray] data.path: 2 file(s) reached twice through links are read once: b.txt (= a.txt), ...`.
+
+    Args:
+        directory: a local directory (data.path), named as the user gave it (links in it are not resolved).
+        extensions: only names ending with one of these (before .gz/.bz2/.zst), e.g. ('.csv',); None: any.
+        hidden: also names whose path below `directory` starts with '.' or '_', which Ray Data skips.
+        report: print the line about files and folders left out.
+    """
+    directory = Path(directory).expanduser()
+    kept, twice_files, twice_folders = _walk_unique(directory, extensions, hidden)
+    parts = []
+    if twice_files:
+        parts.append(f"{len(twice_files)} file(s) reached twice through links are read once: "
+                     + _some(twice_files))
+    if twice_folders:
+        parts.append(f"{len(twice_folders)} folder(s) reached twice through links are walked once: "
+                     + _some(twice_folders))
+    line = f"[gemini-ray] data.path: {'; '.join(parts)}"
+    if parts and report and (str(directory), line) not in _REPORTED:
+        _REPORTED.add((str(directory), line))
+        print(line, flush=True)
+    return [path for _, path, _ in kept]
+
+
+def _some(names: list[str], shown: int = 10) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def _files(location: str) -> list[tuple[str, int, int]]:
-    """(path relative to `location`, size, mtime in ns) of every file at a path or URI, sorted."""
+    """(path relative to `location`, size, mtime in ns) of every file at a path or URI, sorted; a local
+    directory's files each once (unique_files: links are followed, loops walked once)."""
     import pyarrow.fs as pafs
 
+    if not is_uri(location) and Path(location).expanduser().is_dir():
+        kept, _, _ = _walk_unique(Path(location).expanduser(), None, hidden=True)
+        return [(rel, st.st_size, st.st_mtime_ns) for rel, _, st in kept]
     fs, path = open_dir(location) if is_uri(location) else (pafs.LocalFileSystem(), str(Path(location).expanduser()))
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
