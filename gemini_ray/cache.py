@@ -9,8 +9,9 @@ length, masking, top-k, K_max, the mining window and seeds. λ, τ and K ≤ K_m
 every Tune trial with the same inputs reads the same cache.
 
 Shards are written under a temporary name and renamed when complete; on resume a shard counts as done
-only if its parquet footer reads and its row count is the one the manifest expects, so a truncated or
-half-written shard is redone.
+only if its parquet footer reads, its row count is the one the manifest expects and its size the one
+recorded when it was written, so a truncated, half-written or overwritten shard is redone. A run that reads
+the cache checks the same of every shard it lists first (`check_shards`: one footer per shard, no data).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ __all__ = [
     "signal_bytes_per_token",
     "shard_name",
     "shard_is_complete",
+    "shard_problem",
+    "check_shards",
+    "recorded_bytes",
     "read_manifest",
     "column_bytes",
     "write_manifest",
@@ -94,16 +98,53 @@ def shard_number(path: str) -> int:
     return int(path.rsplit("/", 1)[-1][len("shard-"):-len(".parquet")])
 
 
-def shard_is_complete(fs: pafs.FileSystem, path: str, expected_rows: int) -> bool:
-    """A shard counts as done iff it exists, its parquet footer reads, and it holds the expected rows."""
+def shard_problem(fs: pafs.FileSystem, path: str, expected_rows: int, expected_bytes: int | None = None
+                  ) -> str | None:
+    """Why a shard file is not whole ('it is missing', 'its parquet footer does not read (...)', ...), or
+    None. expected_bytes: its size when it was written (caches made before sizes were recorded: None)."""
     info = fs.get_file_info(path)
     if info.type != pafs.FileType.File:
-        return False
+        return "it is missing"
+    if expected_bytes is not None and info.size != expected_bytes:
+        return f"it holds {info.size:,} bytes, {expected_bytes:,} when it was written"
     try:
         with fs.open_input_file(path) as f:
-            return pq.ParquetFile(f).metadata.num_rows == expected_rows
-    except Exception:  # noqa: BLE001 - truncated or corrupt: redo it
-        return False
+            rows = pq.ParquetFile(f).metadata.num_rows
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt: pyarrow raises several kinds
+        why = str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return f"its parquet footer does not read ({why})"
+    if rows != expected_rows:
+        return f"it holds {rows} rows, the manifest {expected_rows}"
+    return None
+
+
+def shard_is_complete(fs: pafs.FileSystem, path: str, expected_rows: int,
+                      expected_bytes: int | None = None) -> bool:
+    """A shard counts as done iff it exists, its parquet footer reads, it holds the expected rows (and, when
+    recorded, has the size it was written with)."""
+    return shard_problem(fs, path, expected_rows, expected_bytes) is None
+
+
+def recorded_bytes(manifest: dict[str, Any], shard: int) -> int | None:
+    """A shard's size on disk as the manifest recorded it when the shard was written (None if it did not)."""
+    record = manifest.get("shards", {}).get(str(shard)) or {}
+    return int(record["bytes"]) if "bytes" in record else None
+
+
+def check_shards(directory: str, manifest: dict[str, Any]) -> None:
+    """Refuse a complete cache with a shard that is missing, cut short or overwritten, before a run reads it
+    (Ray Data would retry the read, then fail with a stack trace mid-run). Reads one footer per shard."""
+    from gemini_ray.paths import open_dir
+
+    fs, path = open_dir(directory)
+    for shard in list(manifest.get("shards_train", [])) + list(manifest.get("shards_val", [])):
+        where = f"{path}/{shard_name(shard)}"
+        problem = shard_problem(fs, where, int(manifest["expected_rows"][str(shard)]), recorded_bytes(manifest, shard))
+        if problem:
+            raise GeminiRayError(
+                f"teacher-signal cache shard '{where}' is damaged: {problem}. Run 'gemini-ray label' with the same "
+                "config (and label.path, if it was set): it keeps the whole shards and labels this one again "
+                f"(deleting the file first is not needed); or delete the cache directory '{directory}' to start over.")
 
 
 def column_bytes(fs: pafs.FileSystem, files: list[str]) -> dict[str, int]:

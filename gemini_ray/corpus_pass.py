@@ -15,21 +15,24 @@ No torch here: the tokenize tasks and actors import this module in every Ray wor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 import ray
 import ray.data
 
 from gemini_ray.config import Config
 from gemini_ray.data.corpus import (csv_read_options, decode_column, embedded_corpus, infer_format, parse_jsonl,
                                     split_lines)
+from gemini_ray.data.filecheck import corpus_files
 from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_uri
@@ -37,7 +40,7 @@ from gemini_ray.positions import decode, encode, rows_of, trained_mask
 
 __all__ = ["CorpusStats", "read_documents", "corpus_stream", "CorpusStream", "build_examples", "held_out",
            "Probe", "probe_corpus", "online_rows", "StreamPlan", "split", "is_val_doc", "to_arrays",
-           "CorpusLedger", "drop_trained", "read_parquet_v1", "LIGHT_CPUS",
+           "CorpusLedger", "drop_trained", "read_parquet_v1", "read_errors", "LIGHT_CPUS",
            "STREAM_TOKENIZE_CPUS", "PASS_READ_CPUS", "PASS_TOKENIZE_CPUS", "CORPUS_BLOCK_BYTES",
            "STREAM_BLOCK_BYTES"]
 
@@ -135,6 +138,8 @@ def _read_documents(cfg: Config, num_cpus: float) -> ray.data.Dataset:
                 raise GeminiRayError(f"data.path '{path}' is empty. Give a corpus with at least two documents.")
             path = str(p.resolve())
         fmt = infer_format(path, d.format)
+        if not is_uri(path) and Path(path).is_dir():  # each real file once: Ray's listing follows every link
+            path = [str(f) for f in corpus_files(Path(path), fmt)]
     if fmt in ("text", "jsonl"):  # read as bytes and split here: a broken line is a counted skip, not a failure
         parse = split_lines if fmt == "text" else functools.partial(parse_jsonl, column=d.text_column)
         ds = ray.data.read_binary_files(path, num_cpus=num_cpus).map_batches(parse, batch_size=1,
@@ -157,6 +162,30 @@ def _read_documents(cfg: Config, num_cpus: float) -> ray.data.Dataset:
         ds = ds.map_batches(functools.partial(decode_column, column=d.text_column), batch_format="numpy",
                             num_cpus=num_cpus)  # the read's CPUs: one task with it (csv skips are counted there)
     return ds.limit(d.max_documents) if d.max_documents else ds
+
+
+@contextlib.contextmanager
+def read_errors(cfg: Config) -> Iterator[None]:
+    """Around code that runs a corpus read: a file that fails to read or decompress in a Ray task (a
+    compressed file or a parquet file cut short, a file changed since `filecheck` looked at it, a URI it
+    could not look at) becomes a GeminiRayError naming the file (local files are looked at again to find
+    it) or data.path, instead of Ray's stack trace. Ray Data has logged its own trace by then."""
+    try:
+        yield
+    except GeminiRayError:
+        raise
+    except (OSError, pa.ArrowException) as exc:  # Ray's RayTaskError(OSError) is an OSError too
+        from gemini_ray.data.filecheck import check_corpus
+
+        cause = getattr(exc, "cause", None) or exc
+        lines = [line for line in str(cause).splitlines() if line.strip()] or [type(cause).__name__]
+        if not (cfg.data.path.startswith("embedded:") or is_uri(cfg.data.path)):
+            check_corpus(cfg.data, 0)  # raises naming the damaged file when it can tell which
+        raise GeminiRayError(
+            f"reading data.path '{cfg.data.path}' failed: {lines[-1][:300]}. A compressed file or a parquet file "
+            "cut short (an interrupted download, copy or write), or a file changed while the run read it, fails "
+            "like this: test the files (e.g. 'gzip -t FILE'), copy them again, or point data.path at another "
+            "corpus.") from None
 
 
 def read_parquet_v1(paths: Any, **kwargs: Any) -> ray.data.Dataset:
@@ -421,9 +450,12 @@ def build_examples(cfg: Config, tokenizer_source: str, kind: str) -> tuple[ray.d
     data.max_val_examples, and the counts. The driver collects nothing proportional to the
     corpus (the ledger counts in Ray; the held-out cap brings at most data.max_val_examples ids here)."""
     stream = corpus_stream(cfg, tokenizer_source, kind)
-    examples = stream.examples.materialize()
-    stats = stream.stats()
-    ray.kill(stream.ledger)
+    try:
+        with read_errors(cfg):
+            examples = stream.examples.materialize()
+        stats = stream.stats()
+    finally:
+        ray.kill(stream.ledger)
     _check_corpus(cfg, stats)
     cap = cfg.data.max_val_examples
     if stats.val_examples <= cap:
@@ -459,6 +491,11 @@ def probe_corpus(cfg: Config, tokenizer_source: str, kind: str) -> Probe:
     for K negatives, fewer training examples than one step. A prefix that passes is enough; one that fails
     is read on to the corpus's end before the run is refused (a corpus that passes only as a whole is
     accepted). The held-out rows (at most data.max_val_examples, a few hundred KB) come to the driver."""
+    with read_errors(cfg):
+        return _probe_corpus(cfg, tokenizer_source, kind)
+
+
+def _probe_corpus(cfg: Config, tokenizer_source: str, kind: str) -> Probe:
     d, t = cfg.data, cfg.train
     cap = d.max_val_examples if d.val_fraction > 0 else 0
     stream = corpus_stream(cfg, tokenizer_source, kind, only="val" if cap else None)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from gemini_ray.cache import CACHE_VERSION
 from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.paths import absolute, join, open_dir
+from gemini_ray.paths import absolute, check_writable, join, open_dir
 from gemini_ray.session import Session, cache_dir_for
 from gemini_ray.watch import Progress
 
@@ -160,6 +160,9 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
     from gemini_ray.session import print_corpus
 
     t_start = t_start or time.perf_counter()
+    directory = absolute(cfg.label.path) if cfg.label.path else cache_dir_for(cfg, session.identity)
+    key = "label.path" if cfg.label.path else "label.cache_root" if cfg.label.cache_root else "run.storage_path"
+    check_writable(directory, key)  # before the corpus pass (`tune` reaches here without the CLI's preflight)
     if cfg.run.check_resources:  # a teacher actor no node can hold would wait forever
         check_fits(demands(cfg, cached=False, trainer=False), alive_nodes())
     t0 = time.perf_counter()
@@ -167,12 +170,11 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
     seconds = {**session.seconds, "tokenize_s": time.perf_counter() - t0}
     print_corpus(stats)
     _check_plan(cfg, stats)
-    directory = absolute(cfg.label.path) if cfg.label.path else cache_dir_for(cfg, session.identity)
     fs, path = open_dir(directory)
     try:
         fs.create_dir(path, recursive=True)
     except OSError as exc:
-        raise GeminiRayError(f"cannot write the cache at '{directory}': {exc}. Choose a writable label.cache_root.") from None
+        raise GeminiRayError(f"cannot write the cache at '{directory}': {exc}. Choose a writable {key}.") from None
 
     n_train = max(1, math.ceil(stats.train_examples / cfg.mining.window))
     n_val = math.ceil(stats.val_examples / cfg.mining.window) if stats.val_examples else 0
@@ -186,7 +188,8 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
     if old and old.get("identity") != session.identity:
         raise GeminiRayError(f"'{directory}' holds a cache made from other inputs. Choose another label.path.")
     records = {int(k): v for k, v in old.get("shards", {}).items()}
-    is_done = {i: i in records and shard_is_complete(fs, join(path, shard_name(i)), n) for i, n in expected.items()}
+    is_done = {i: i in records and shard_is_complete(fs, join(path, shard_name(i)), n, records[i].get("bytes"))
+               for i, n in expected.items()}  # a shard cut short or overwritten since is labelled again
     done = {i: records[i] for i, ok in is_done.items() if ok}
     if done:
         print(f"[gemini-ray] cache {directory}: {len(done)} of {len(expected)} shards already complete, kept")

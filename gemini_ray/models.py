@@ -19,7 +19,7 @@ from torch import nn
 
 from gemini_ray.config import EMBEDDED_TEACHER, StudentConfig, TeacherConfig
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.paths import atomic_dir, package_file, remove_tree, sha256_file
+from gemini_ray.paths import atomic_dir, check_writable, package_file, remove_tree, sha256_file
 
 __all__ = [
     "TeacherKind",
@@ -44,6 +44,11 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # --------------------------------------------------------------------------- resolve
 
 
+_CACHE_KEY = "teacher.cache_dir"
+"""The key named when the converted teacher cannot be written (its default: $GEMINI_RAY_CACHE/teachers or
+~/.cache/gemini_ray/teachers)."""
+
+
 def _default_cache_dir() -> Path:
     return Path(os.environ.get("GEMINI_RAY_CACHE", Path.home() / ".cache" / "gemini_ray")) / "teachers"
 
@@ -66,6 +71,7 @@ def _convert_gguf(gguf_path: Path, cache_dir: Path, trust_remote_code: bool) -> 
     target = cache_dir / f"{gguf_path.stem}-{sha256_file(gguf_path)[:16]}"
     if (target / "config.json").is_file():
         return target
+    check_writable(str(cache_dir), _CACHE_KEY)  # before the ~35 s de-quantisation, not after it
     remove_tree(target)  # a leftover without config.json (not written by this function) is converted again
     print(f"[gemini-ray] converting GGUF teacher {gguf_path.name} to safetensors once (~35 s) -> {target}")
     kwargs = dict(gguf_file=gguf_path.name, trust_remote_code=trust_remote_code)
@@ -75,7 +81,11 @@ def _convert_gguf(gguf_path: Path, cache_dir: Path, trust_remote_code: bool) -> 
         config = AutoConfig.from_pretrained(gguf_path.parent, **kwargs)
     except Exception as exc:  # noqa: BLE001 - a damaged file or an architecture transformers cannot read
         raise _hf_error("GGUF teacher", str(gguf_path), exc) from None
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # checked above; a directory that changed since
+        raise GeminiRayError(f"{_CACHE_KEY} '{cache_dir}' cannot be created: {exc.strerror or exc}. Set "
+                             f"{_CACHE_KEY} to a directory you can write to.") from None
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the fresh model holds plain fp32 weights
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
@@ -145,26 +155,29 @@ def teacher_kind(config, requested: str = "auto") -> TeacherKind:
 _CAUSAL_TYPES = {"llama", "gpt2", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt_neox", "opt"}
 
 
-def _hf_error(what: str, source: str, exc: Exception) -> GeminiRayError:
-    return GeminiRayError(
-        f"could not load the {what} '{source}': {type(exc).__name__}: {str(exc).splitlines()[0][:300]}. "
-        "Check teacher.model (a local directory, a .gguf file, or a hub name reachable from here)."
-    )
+_FIX_TEACHER = "Check teacher.model (a local directory, a .gguf file, or a hub name reachable from here)."
 
 
-def load_tokenizer(source: str, trust_remote_code: bool = False):
+def _hf_error(what: str, source: str, exc: Exception, fix: str = _FIX_TEACHER) -> GeminiRayError:
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return GeminiRayError(f"could not load the {what} '{source}': {type(exc).__name__}: {first}. {fix}")
+
+
+def load_tokenizer(source: str, trust_remote_code: bool = False, fix: str = _FIX_TEACHER):
+    """A model's tokenizer; fix: what the error message tells the user to do (default: check teacher.model)."""
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds
-        raise _hf_error("tokenizer", source, exc) from None
+        raise _hf_error("tokenizer", source, exc, fix) from None
 
 
 def load_teacher(source: str, kind: str = "auto", trust_remote_code: bool = False,
-                 dtype: torch.dtype = torch.float32) -> tuple[nn.Module, TeacherKind]:
+                 dtype: torch.dtype = torch.float32, fix: str = _FIX_TEACHER) -> tuple[nn.Module, TeacherKind]:
     """Load a resolved teacher in eval mode, in `dtype`, with PyTorch's scaled-dot-product attention where
-    the architecture has it (else its own); returns (model, kind)."""
+    the architecture has it (else its own); returns (model, kind). fix: what an error message tells the
+    user to do (the evaluation loads students through here too)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     if trust_remote_code:
@@ -181,7 +194,7 @@ def load_teacher(source: str, kind: str = "auto", trust_remote_code: bool = Fals
                 raise
             model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001
-        raise _hf_error("teacher", source, exc) from None
+        raise _hf_error("teacher" if fix == _FIX_TEACHER else "model", source, exc, fix) from None
     return model.eval(), resolved
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pyarrow as pa
 import ray
 import ray.data
 from ray.data import ActorPoolStrategy
@@ -17,6 +18,7 @@ from gemini_ray.config import Config
 from gemini_ray.corpus_pass import LIGHT_CPUS, drop_trained, to_arrays
 from gemini_ray.data.mining import HardNegativeMiner
 from gemini_ray.data.teacher_stage import TeacherLabeler
+from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import atomic_path, join, open_dir
 from gemini_ray.positions import encode
 
@@ -227,7 +229,13 @@ def read_cache(directory: str, shards: list[int], num_negatives: int, plan=None,
         order = [s for s in shard_order(shards, seed, epoch, shuffle_first) if s not in consumed]
         parts = []
         for slot in batch["slot"].tolist():
-            table = pq.read_table(f"{path}/{shard_name(order[slot])}", filesystem=fs, columns=TRAIN_COLUMNS + ["row"])
+            where = f"{path}/{shard_name(order[slot])}"
+            try:
+                table = pq.read_table(where, filesystem=fs, columns=TRAIN_COLUMNS + ["row"])
+            except (OSError, pa.ArrowException) as exc:  # damaged after check_shards looked, or in its data pages
+                raise GeminiRayError(
+                    f"teacher-signal cache shard '{where}' does not read ({str(exc).strip()[:200]}). Delete it and "
+                    "run 'gemini-ray label' with the same config: it labels the missing shard again.") from None
             part = BlockAccessor.for_block(table).to_batch_format("numpy")
             for key in ("neg_input_ids", "neg_attention_mask", "neg_mask"):
                 part[key] = np.ascontiguousarray(part[key][:, :num_negatives])
@@ -246,6 +254,9 @@ def read_cached_signal(directory: str, manifest: dict, num_negatives: int, plan=
     """(training stream, held-out rows as one dict of arrays or None) from a complete cache. The held-out
     rows are small: read once, before a trainer holds its CPUs. consumed: training shards left unread;
     seed: of the shard order of passes after the first, and of the first with shuffle_first (`shard_order`)."""
+    from gemini_ray.cache import check_shards
+
+    check_shards(directory, manifest)  # a damaged shard: refused now, not by a Ray Data retry mid-run
     stream = read_cache(directory, manifest["shards_train"], num_negatives, plan, consumed, seed, shuffle_first)
     val = to_arrays(read_cache(directory, manifest["shards_val"], num_negatives)) if manifest["shards_val"] else None
     return stream, val

@@ -61,7 +61,57 @@ def _check_model_dir(path: str, what: str) -> Path:
         raise GeminiRayError(f"{what} '{path}' holds no config.json: not a Hugging Face model directory.")
     if not any(p.glob("*.safetensors")) and not any(p.glob("pytorch_model*.bin")):
         raise GeminiRayError(f"{what} '{path}' holds no weights (*.safetensors). Export the model again.")
+    if not any((p / name).is_file() for name in _TOKENIZER_FILES):
+        raise GeminiRayError(
+            f"{what} '{path}' holds no tokenizer ({', '.join(_TOKENIZER_FILES[:3])}, ...): the evaluation tokenizes "
+            "its texts with the model's own. Save it beside the model (tokenizer.save_pretrained(dir), as "
+            "'gemini-ray distill' does), or copy the tokenizer files of the model it was made from.")
     return p.resolve()
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                    "spiece.model", "sentencepiece.bpe.model")
+"""Files of which a model directory holds at least one when AutoTokenizer can load a tokenizer from it."""
+
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+"""config.json keys that hold the most positions a model reads (the first one present counts)."""
+
+_LOAD_FIX = ("Check the model directory: it needs the config.json, weights and tokenizer files that save_pretrained "
+             "writes (an export of 'gemini-ray distill' has them).")
+
+
+def position_limit(model_dir: Path) -> tuple[str, int] | None:
+    """(config key, the most tokens the model reads in one sequence) from its config.json, or None when it
+    names no limit. RoBERTa-style models number positions after the padding index: they read two fewer."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # loading the model reports it
+    for key in _POSITION_KEYS:
+        if isinstance(config.get(key), int) and config[key] > 0:
+            offset = (config.get("pad_token_id") or 0) + 1 if config.get("model_type") in _OFFSET_TYPES else 0
+            return key, config[key] - offset
+    return None
+
+
+_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert"}
+
+
+def check_positions(model_dir: Path, e: EvalConfig, what: str) -> None:
+    """Refuse an evaluation whose windows are longer than the model reads: a model with learned positions
+    (BERT, GPT-2) fails on the first longer window with an index error, one with rotary positions (Llama)
+    scores positions it never learned. Checked from config.json, before the corpus is read."""
+    found = position_limit(model_dir)
+    if found is None:
+        return
+    key, limit = found
+    for setting, value, role in (("eval.lm_window", e.lm_window, "the held-out language-modelling window"),
+                                 ("eval.max_length", e.max_length, "the tokens kept per embedded text")):
+        if value > limit:
+            raise GeminiRayError(
+                f"{setting}={value}, {role}, is longer than {what} '{model_dir}' reads: {limit} positions "
+                f"({key} in its config.json). Set {setting}={limit} (or lower) on the command line or in the "
+                "--config file's eval section.")
 
 
 def read_student_meta(model_dir: str) -> dict[str, Any]:
@@ -76,8 +126,9 @@ def load_model(name: str, source: str, kind: str = "auto") -> Model:
     from gemini_ray.cache import vocab_hash
     from gemini_ray.models import load_teacher, load_tokenizer
 
-    model, resolved = load_teacher(source, kind)
-    tok = load_tokenizer(source)
+    fix = None if name == "teacher" else _LOAD_FIX  # None: the teacher's own advice (check teacher.model)
+    model, resolved = load_teacher(source, kind, **({"fix": fix} if fix else {}))
+    tok = load_tokenizer(source, **({"fix": fix} if fix else {}))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return Model(name, source, model, tok, resolved, vocab_hash(tok))
@@ -239,14 +290,15 @@ def _corpus(cfg: Config, eval_sets: dict[str, list[str]], max_held_out: int) -> 
     import ray
 
     from gemini_ray.data.spans import text_hash
-    from gemini_ray.corpus_pass import LIGHT_CPUS, read_documents
+    from gemini_ray.corpus_pass import LIGHT_CPUS, read_documents, read_errors
     from gemini_ray.session import init_ray
 
     init_ray(cfg)
     hashes = ray.put([np.array(sorted({text_hash(t) for t in texts}), dtype=np.int64) for texts in eval_sets.values()])
-    docs = read_documents(cfg).map_batches(
-        functools.partial(_mark_documents, eval_hashes=hashes, val_fraction=cfg.data.val_fraction),
-        batch_format="numpy", num_cpus=LIGHT_CPUS).materialize()  # read once; the two results below share it
+    with read_errors(cfg):  # a damaged corpus file: the user's error, not Ray's trace
+        docs = read_documents(cfg).map_batches(
+            functools.partial(_mark_documents, eval_hashes=hashes, val_fraction=cfg.data.val_fraction),
+            batch_format="numpy", num_cpus=LIGHT_CPUS).materialize()  # read once; the two results below share it
     hits = dict.fromkeys(eval_sets, 0)
     for b in docs.select_columns(["in_eval"]).iter_batches(batch_format="numpy"):
         for name, n in zip(eval_sets, np.asarray(b["in_eval"]).reshape(len(b["in_eval"]), -1).sum(axis=0)):
@@ -301,6 +353,9 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
         teacher_source = meta.get("teacher") or resolve_teacher(cfg.teacher)
     if Path(teacher_source).expanduser().exists():
         teacher_source = str(_check_model_dir(teacher_source, "the teacher directory"))
+    check_positions(student_path, e, "the model")  # before the corpus is read and any model loads
+    if with_teacher and Path(teacher_source).is_dir():
+        check_positions(Path(teacher_source), e, "the teacher")
 
     # evaluation sets first: an overlap with the training corpus refuses before any model loads
     lee_docs, lee_pairs = lee_similarity()
@@ -313,10 +368,13 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
                                  "without them, or evaluate with data.path set to the corpus the model was trained on.")
 
     student = load_model(name, str(student_path), meta.get("kind", "auto"))
-    teacher = load_model("teacher", teacher_source, student.kind) if teacher_source else None
+    teacher = load_model("teacher", teacher_source) if teacher_source else None  # its own kind, from its config
     notes: list[str] = []
-    same_vocab = teacher is not None and teacher.vocab == student.vocab
-    if teacher is not None and not same_vocab:
+    same_vocab = teacher is not None and teacher.vocab == student.vocab and teacher.kind == student.kind
+    if teacher is not None and teacher.kind != student.kind:
+        notes.append(f"{name} is a {student.kind} LM, the teacher a {teacher.kind} one: KL to the teacher and top-1 "
+                     "agreement are not measured (they compare predictions of the same task); the other metrics are.")
+    elif teacher is not None and not same_vocab:
         notes.append(f"{name}'s tokenizer differs from the teacher's: KL to the teacher and top-1 agreement are not "
                      "measured (they compare distributions over the same tokens); the other metrics are.")
     if not held_out:
