@@ -3,9 +3,13 @@
 A checkpoint directory holds:
     model.safetensors      student weights (safetensors; tied weights stored once)
     optimizer.safetensors  optimizer tensors (AdamW moments, step), their structure in the file's metadata
-    state.json             step, epoch, loss history, counters, and the student's HF config (written last)
+    state.json             step, epoch, loss history, counters, the student's HF config, and the size and
+                           SHA-256 of the two files above (written last)
 
-Nothing is pickled: weights and optimizer state are safetensors, the rest is JSON.
+Nothing is pickled: weights and optimizer state are safetensors, the rest is JSON. A checkpoint is verified
+against the sizes and hashes its state.json records before it is resumed (`verify_checkpoint`): a copy cut
+short, a file overwritten in place or a missing file is found, named, and passed over for the newest intact
+checkpoint (`trainer.resume_point`).
 The export is a plain Hugging Face directory (config, safetensors weights, tokenizer) that
 `AutoModelForCausalLM.from_pretrained(dir)` (or AutoModelForMaskedLM) loads without gemini_ray.
 Every file and directory is written under a temporary name and renamed when complete.
@@ -21,10 +25,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from gemini_ray.paths import atomic_dir, atomic_path, atomic_write_json, remove_tree
+from gemini_ray.paths import (atomic_dir, atomic_path, atomic_write_json, check_output_dir, is_our_output, mark_output,
+                              sha256_file)
 
 __all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_is_whole", "latest_whole_checkpoint",
-           "remove_partial_checkpoints", "student_from_hf_config", "export_student", "save_student", "STUDENT_META"]
+           "verify_checkpoint", "checkpoint_step", "student_from_hf_config", "export_student", "save_student",
+           "STUDENT_META", "WEIGHT_FILES"]
+
+WEIGHT_FILES = ("model.safetensors", "optimizer.safetensors")
+"""The files of a checkpoint whose size and SHA-256 its state.json records."""
 
 
 def student_from_hf_config(hf_config: dict[str, Any], kind: str) -> torch.nn.Module:
@@ -71,13 +80,16 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any]) -> None:
     """Write model.safetensors, optimizer.safetensors and, last, state.json into `directory`, each under a
-    temporary name renamed when complete: a directory without state.json is not a checkpoint."""
+    temporary name renamed when complete: a directory without state.json is not a checkpoint. state.json
+    records each file's size and SHA-256 ('files'), checked before a resume loads it (`verify_checkpoint`)."""
     directory = Path(directory)
     with atomic_path(directory / "model.safetensors") as tmp:
         save_model(model, str(tmp))
     with atomic_path(directory / "optimizer.safetensors") as tmp:
         _save_optimizer(optimizer, tmp)
-    atomic_write_json(directory / "state.json", state)
+    files = {name: {"bytes": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
+             for name in WEIGHT_FILES}
+    atomic_write_json(directory / "state.json", {**state, "files": files})
 
 
 def load_checkpoint(directory: str | Path, model: torch.nn.Module,
@@ -102,47 +114,74 @@ def _safetensors_is_whole(path: Path) -> bool:
         return False
 
 
-def checkpoint_is_whole(directory: str | Path) -> bool:
-    """True when a checkpoint directory holds every file, complete (a copy cut short by a kill is not)."""
-    directory = Path(directory)
+def _read_state(directory: Path) -> dict[str, Any] | None:
     try:
         state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("step"), int) else None
+
+
+def checkpoint_step(directory: str | Path) -> int | None:
+    """The step a checkpoint's state.json records, or None when it cannot be read."""
+    state = _read_state(Path(directory))
+    return None if state is None else state["step"]
+
+
+def _problem(directory: Path, deep: bool) -> str | None:
+    """What is wrong with a checkpoint directory, or None when it is intact. Cheap checks (state.json, the
+    files' sizes against the record or, for a checkpoint from before records, against their headers); with
+    `deep`, also each file's SHA-256 against the record and the weights' values (all finite)."""
+    state = _read_state(directory)
+    if state is None:
+        return "state.json is missing or unreadable"
+    recorded = state.get("files") or {}
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if name in recorded and size != recorded[name]["bytes"]:
+            return f"{name} has {size:,} bytes where {recorded[name]['bytes']:,} were written"
+        if not _safetensors_is_whole(path):
+            return f"{name} is cut short or its header is damaged"
+        if deep and name in recorded and sha256_file(path) != recorded[name]["sha256"]:
+            return f"{name} does not hold the bytes that were written (its SHA-256 differs from the record)"
+    if deep and not _weights_finite(directory / "model.safetensors"):
+        return "model.safetensors holds NaN or infinite weights"
+    return None
+
+
+def _weights_finite(path: Path) -> bool:
+    try:
+        tensors = load_file(str(path))
+    except Exception:  # noqa: BLE001  safetensors raises its own error types for a damaged file
         return False
-    return ("step" in state and _safetensors_is_whole(directory / "model.safetensors")
-            and _safetensors_is_whole(directory / "optimizer.safetensors"))
+    return all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())
+
+
+def verify_checkpoint(directory: str | Path, deep: bool = True) -> str | None:
+    """None when a checkpoint directory is intact, else what is wrong with it (a sentence fragment naming the
+    file). deep=True reads every byte (SHA-256 against state.json's record, weights finite): ~1 s per GB."""
+    return _problem(Path(directory), deep)
+
+
+def checkpoint_is_whole(directory: str | Path) -> bool:
+    """True when a checkpoint directory holds every file at the size it was written (cheap: no hashing)."""
+    return _problem(Path(directory), deep=False) is None
 
 
 def latest_whole_checkpoint(run_directory: str | Path) -> tuple[Path, int] | None:
     """(directory, step) of the whole checkpoint with the highest step under a run directory, or None."""
-    best = None
-    for d in Path(run_directory).glob("checkpoint_*"):
-        if d.is_dir() and checkpoint_is_whole(d):
-            step = json.loads((d / "state.json").read_text(encoding="utf-8"))["step"]
-            if best is None or step > best[1]:
-                best = (d, step)
-    return best
+    found = [(d, checkpoint_step(d)) for d in Path(run_directory).glob("checkpoint_*")
+             if d.is_dir() and checkpoint_is_whole(d)]
+    return max(found, key=lambda f: f[1], default=None)
 
 
 def whole_checkpoint_steps(run_directory: str | Path) -> list[int]:
     """The steps of the whole checkpoints under a local run directory (none for a URI or a new run)."""
-    found = []
-    for d in Path(run_directory).glob("checkpoint_*"):
-        if d.is_dir() and checkpoint_is_whole(d):
-            found.append(json.loads((d / "state.json").read_text(encoding="utf-8"))["step"])
-    return sorted(found)
-
-
-def remove_partial_checkpoints(run_directory: str | Path) -> list[str]:
-    """Delete the checkpoint_* directories under a run directory that are not whole (a copy cut short by a
-    kill: Ray Train never recorded them, and nothing will). Call only while no run writes there.
-    Returns the names removed."""
-    removed = []
-    for d in sorted(Path(run_directory).glob("checkpoint_*")):
-        if d.is_dir() and not checkpoint_is_whole(d):
-            remove_tree(d)
-            removed.append(d.name)
-    return removed
+    return sorted(checkpoint_step(d) for d in Path(run_directory).glob("checkpoint_*")
+                  if d.is_dir() and checkpoint_is_whole(d))
 
 
 STUDENT_META = "gemini_ray.json"
@@ -161,10 +200,14 @@ def export_student(checkpoint_dir: str | Path, output_dir: str, tokenizer_source
 
 def save_student(model: Any, output_dir: str, tokenizer_source: str, meta: dict[str, Any] | None = None) -> str:
     """A student model -> plain HF directory (config + safetensors + tokenizer [+ gemini_ray.json]) at a local
-    path (renamed into place) or a URI (uploaded)."""
+    path (renamed into place) or a URI (uploaded). It replaces only an earlier output of ours
+    (paths.OUTPUT_MARKER, written into it): a folder of anything else is refused, never replaced."""
     from gemini_ray.models import load_tokenizer
 
-    with atomic_dir(output_dir) as tmp:
+    check_output_dir(output_dir, "the student's folder", replace_ours=True)  # checked again at the rename
+    ours = lambda target: not any(target.iterdir()) or is_our_output(target)  # noqa: E731
+    with atomic_dir(output_dir, replace_if=ours) as tmp:
+        mark_output(tmp, "student export")
         model.save_pretrained(tmp)
         load_tokenizer(tokenizer_source).save_pretrained(tmp)
         if meta is not None:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from gemini_ray.corpus_pass import Probe
 
-__all__ = ["Run", "prepare", "fit_student", "export", "export_untrained", "export_checkpoints", "summarize"]
+__all__ = ["Run", "check_output", "prepare", "fit_student", "export", "export_untrained", "export_checkpoints", "summarize"]
 
 
 @dataclass
@@ -65,9 +65,12 @@ class Run:
     started_at: float
     """time.time() at the command's start (a resumed driver measures its restart cost from it)."""
     seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time per phase, written to summary.json."""
     peak_tflops: float | None = None
     """What MFU was reported against (run.peak_tflops or the driver's matmul probe); set by fit_student."""
-    """Wall time per phase, written to summary.json."""
+    resume_from: str | None = None
+    """The intact checkpoint the workers start from when Ray Train's own record was set aside
+    (`trainer.resume_point`, run before the stream is planned), else None."""
 
 
 def _make_student(cfg: Config, session: Session) -> nn.Module:
@@ -93,6 +96,21 @@ def _make_student(cfg: Config, session: Session) -> nn.Module:
     print(f"[gemini-ray] teacher {session.teacher_source} ({session.kind}, {n_teacher / 1e6:.1f} M params); "
           f"student {n_student / 1e6:.1f} M params ({n_student / n_teacher:.0%} of the teacher)")
     return student
+
+
+def check_output(cfg: Config) -> None:
+    """Refuse a run.output_dir the export would replace: a file, a folder of anything else, or an earlier
+    export of ours without run.overwrite_output=true (the default <run folder>/student is the run's own)."""
+    from gemini_ray.paths import check_output_dir
+
+    if cfg.run.output_dir:
+        if not is_uri(cfg.run.output_dir):
+            check_writable(cfg.run.output_dir, "run.output_dir")
+        check_output_dir(cfg.run.output_dir, "run.output_dir", replace_ours=cfg.run.overwrite_output,
+                         override="run.overwrite_output")
+    else:
+        check_output_dir(join(run_dir(cfg.run.storage_path, cfg.run.name), "student"), "the run's student folder",
+                         replace_ours=True)
 
 
 def _check_steps(cfg: Config, train_examples: int, where: str) -> None:
@@ -180,13 +198,14 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
     from gemini_ray.pipeline import teacher_token_counter
     from gemini_ray.placement import alive_nodes, check_fits, demands, with_worker_cpus
 
+    from gemini_ray.trainer import resume_point
+
     out_dir = run_dir(cfg.run.storage_path, cfg.run.name)
     if not is_uri(out_dir):  # tried by writing a probe file (permission bits say nothing for root or read-only mounts)
         check_writable(cfg.run.storage_path, "run.storage_path")
-        if cfg.run.output_dir:
-            check_writable(cfg.run.output_dir, "run.output_dir")
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    check_output(cfg)
     check_resume(cfg, out_dir)  # a resume must train what the run started to: refused when a key differs
+    resume_from = resume_point(out_dir)  # damaged checkpoints set aside before the stream skips what they trained
     seconds = dict(session.seconds) if own_session else {}
     student = _make_student(cfg, session)
     tokens_before = ray.get(teacher_token_counter().total.remote())
@@ -200,17 +219,18 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
         check_fits(demands(cfg, cached=cache is not None), alive_nodes())
     record_start(user_cfg, out_dir)  # every check passed: the run's config, for a later resume to match
     return Run(cfg=cfg, session=session, out_dir=out_dir, student=student, stream=stream, val=val, cache=cache,
-               probe=probe, ledger=ledger, plan=plan, teacher_tokens_before=tokens_before, started_at=started_at or time.time(), seconds=seconds)
+               probe=probe, ledger=ledger, plan=plan, teacher_tokens_before=tokens_before,
+               started_at=started_at or time.time(), seconds=seconds, resume_from=resume_from)
 
 
 def fit_student(run: Run) -> ray.train.Result:
     """Train the student with Ray Train; the same run.name and storage path resume from the latest checkpoint."""
     from gemini_ray.throughput import config_matmul_params
-    from gemini_ray.trainer import build_trainer, fit, resume_point, run_spec
+    from gemini_ray.trainer import build_trainer, fit, run_spec
 
     spec = run_spec(run.cfg, run.student.config.to_dict(), run.session.kind, run.student.state_dict(), run.val,
                     join(run.out_dir, "progress.json"), started_at=run.started_at, plan=run.plan,
-                    resume_from=resume_point(run.out_dir), tensorboard_dir=join(run.out_dir, "tensorboard"),
+                    resume_from=run.resume_from, tensorboard_dir=join(run.out_dir, "tensorboard"),
                     teacher_params=None if run.cache else config_matmul_params(run.session.teacher_config.to_dict(),
                                                                                run.session.kind))
     run.peak_tflops = spec.costs.peak_tflops

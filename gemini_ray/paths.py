@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow.fs as pafs
 
@@ -32,7 +32,8 @@ from gemini_ray.errors import GeminiRayError
 
 __all__ = ["is_uri", "is_remote", "absolute", "local_path", "join", "run_dir", "open_dir", "read_json", "atomic_path",
            "atomic_dir", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "upload", "sha256_file",
-           "check_writable", "remove_tree", "package_file"]
+           "check_writable", "remove_tree", "package_file", "OUTPUT_MARKER", "mark_output", "make_output_dir",
+           "is_our_output", "check_output_dir"]
 
 
 def is_uri(location: str | Path) -> bool:
@@ -159,11 +160,13 @@ def remove_tree(path: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(location: str | Path, replace: bool = True) -> Iterator[Path]:
+def atomic_dir(location: str | Path, replace: bool = True,
+               replace_if: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary local directory; when the block ends without error it becomes `location`.
 
     Local: made beside the target and renamed into place; an existing target is replaced (replace=True) or
-    kept, the new one discarded (replace=False: another process finished the same work first). URI: the
+    kept, the new one discarded (replace=False: another process finished the same work first). replace_if:
+    asked at the moment of replacing; False raises GeminiRayError and leaves the target as it is. URI: the
     directory is uploaded file by file over what is there (an object store has no directories to rename;
     each object appears whole)."""
     if is_uri(location):
@@ -186,6 +189,9 @@ def atomic_dir(location: str | Path, replace: bool = True) -> Iterator[Path]:
                 if replace or not target.is_dir():
                     raise
         elif replace:
+            if replace_if is not None and not replace_if(target):
+                raise GeminiRayError(f"'{target}' changed while the command ran: it now holds files gemini_ray "
+                                     f"did not write, and is left as it is. Move them away and run again.")
             old = target.with_name(f".{target.name}.old")
             remove_tree(old)
             os.replace(target, old)
@@ -262,3 +268,95 @@ def check_writable(location: str, key: str) -> None:
         ) from None
     os.close(fd)
     os.unlink(probe)
+
+
+# --------------------------------------------------------------------------- folders we may replace
+
+OUTPUT_MARKER = ".gemini-ray-output"
+"""The file gemini_ray writes into every folder it exports or reports into (a student, an eval report, an
+ablation or a curve): a later command may replace such a folder, and no other."""
+
+_LEGACY_MARKER = "gemini_ray.json"
+"""What marked an exported student before OUTPUT_MARKER existed (its teacher, kind and data settings)."""
+_LEGACY_REPORTS = ({"report.json", "report.md"}, {"curve.json", "curve.md", "curve.png", "students"},
+                   {"ablation.json", "ablation.md", "ablation.png"})
+"""What an eval, curve or ablation folder written before OUTPUT_MARKER existed held: a folder of only these
+names is one of ours."""
+
+
+def _marker_text(what: str) -> str:
+    import datetime
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return json.dumps({"written_by": "gemini_ray", "what": what, "at": stamp}) + "\n"
+
+
+def mark_output(directory: str | Path, what: str) -> None:
+    """Write OUTPUT_MARKER into a local folder gemini_ray is writing (what: e.g. 'student export')."""
+    (Path(directory) / OUTPUT_MARKER).write_text(_marker_text(what), encoding="utf-8")
+
+
+def make_output_dir(location: str | Path, what: str) -> None:
+    """Create an output folder (path or URI) and mark it as ours (OUTPUT_MARKER), after `check_output_dir`
+    allowed it: a later command may then replace what this one writes there."""
+    if not is_uri(location):
+        try:
+            Path(location).expanduser().mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GeminiRayError(f"cannot create the output folder '{location}': {exc.strerror or exc}. Choose "
+                                 "another folder you can write to.") from None
+    atomic_write_text(join(str(location), OUTPUT_MARKER), _marker_text(what))
+
+
+def _entries(location: str | Path) -> list[str] | None:
+    """The names in a folder (path or URI); None when nothing is there, ['<file>'] for a file."""
+    fs, path = open_dir(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return None
+    if info.type != pafs.FileType.Directory:
+        return ["<file>"]
+    return [i.base_name for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))]
+
+
+def is_our_output(location: str | Path) -> bool:
+    """True when a folder holds OUTPUT_MARKER (or an export of ours from before the marker existed)."""
+    names = _entries(location)
+    if not names or names == ["<file>"]:
+        return False
+    if OUTPUT_MARKER in names or any(set(names) <= report for report in _LEGACY_REPORTS):
+        return True
+    legacy = read_json(join(str(location), _LEGACY_MARKER)) if _LEGACY_MARKER in names else None
+    return isinstance(legacy, dict) and {"teacher", "kind"} <= set(legacy)
+
+
+def check_output_dir(location: str | Path, key: str, replace_ours: bool, override: str | None = None) -> None:
+    """Refuse an output folder a command would delete or overwrite files of. Writes nothing.
+
+    Allowed: a folder that does not exist yet, an empty one, and, when `replace_ours`, a folder gemini_ray
+    wrote before (OUTPUT_MARKER). A file in its place, or a folder of anything else, is refused always: no
+    setting makes gemini_ray replace a folder it did not write.
+
+    Args:
+        location: the output folder (path or URI).
+        key: what the user set, named in the message: 'run.output_dir', '--out'.
+        replace_ours: an earlier output of ours may be replaced (run.overwrite_output=true, or a default
+            location inside the run's own folder).
+        override: the setting that allows replacing one of ours, named in the fix (None: there is none).
+    """
+    names = _entries(location)
+    if names is None or not names:
+        return
+    if names == ["<file>"]:
+        raise GeminiRayError(f"{key} '{location}' is a file, not a folder: the command would write a folder "
+                             f"there. Choose another {key}, or move the file away.")
+    if is_our_output(location):
+        if replace_ours:
+            return
+        how = f" or set {override}=true to replace that earlier output" if override else ""
+        raise GeminiRayError(f"{key} '{location}' already holds an earlier output of gemini_ray. Choose another "
+                             f"{key}{how}.")
+    shown = ", ".join(sorted(names)[:5]) + (f", ... ({len(names)} entries)" if len(names) > 5 else "")
+    raise GeminiRayError(f"{key} '{location}' is a folder that holds files gemini_ray did not write ({shown}); "
+                         f"they would be replaced. Choose an empty or new folder for {key}: gemini_ray never "
+                         "replaces a folder it did not write.")

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gemini_ray.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config
+from gemini_ray.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config, verify_checkpoint
 from gemini_ray.config import Config, LossConfig
 from gemini_ray.evaluation.metrics import composite_objective, positive_mrr, teacher_agreement
 from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, LOSS_REP, LOSS_TOTAL,
@@ -192,6 +192,10 @@ def _restore(spec: RunSpec, model: torch.nn.Module, optimizer: torch.optim.Optim
                  "resumed_from_steps": [], "resumes": [], "trained": []}
     else:
         with resume_from.as_directory() as d:
+            problem = verify_checkpoint(d)  # the bytes this worker is about to load, as they were written
+            if problem is not None:
+                raise RuntimeError(f"the checkpoint to resume from ({d}) is damaged: {problem}. Run the same command "
+                                   "again: it sets the damaged checkpoint aside and resumes from the one before.")
             state = load_checkpoint(d, model, optimizer)
         state.setdefault("trained", [])  # a checkpoint from before positions: the pass starts over
         event = _resume_event(state, spec, read_progress(spec.progress_path))
@@ -206,17 +210,24 @@ def _restore(spec: RunSpec, model: torch.nn.Module, optimizer: torch.optim.Optim
 
 
 def _stop_nonfinite(spec: RunSpec, state: dict[str, Any], part: str, value: float, last_good: int,
-                    rank: int) -> None:
-    """Record a non-finite loss in progress.json (rank 0) for the driver or Tune trial to turn into an error."""
+                    rank: int, loaded_step: int | None = None) -> None:
+    """Record a non-finite loss in progress.json (rank 0) for the driver or Tune trial to turn into an error.
+    loaded_step: the step of the checkpoint this fit resumed from, when no step has been trained since it was
+    loaded: that checkpoint gave the non-finite loss itself, and is not called good."""
     step = state["step"] + 1
     if rank != 0:
         return
-    _log(f"step {step}: {part} is not finite ({value}); stopping without a checkpoint "
-         f"(the last good one is step {last_good})")
+    if loaded_step is not None:
+        last_good = 0
+        _log(f"step {step}: {part} is not finite ({value}) straight after loading the checkpoint of step "
+             f"{loaded_step}; stopping: that checkpoint is not a good one")
+    else:
+        _log(f"step {step}: {part} is not finite ({value}); stopping without a checkpoint "
+             f"(the last good one is step {last_good})")
     if spec.progress_path:
         _write_progress(spec.progress_path, spec.fit_id, state["step"],
                         nonfinite={"step": step, "part": part, "value": str(value),
-                                   "last_good_checkpoint_step": last_good})
+                                   "last_good_checkpoint_step": last_good, "bad_checkpoint_step": loaded_step})
 
 
 # --------------------------------------------------------------------------- held-out loss
@@ -541,6 +552,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if me.rank == 0 and val_metrics:
         _log(_start_line(state["step"], tc.max_steps, val_metrics))
     window, last_checkpoint_step, checkpointed = MetricsWindow(_throughput_of(spec, model, me)), state["step"], False
+    loaded_at = state["step"]  # a non-finite loss before any step past it is the loaded checkpoint's own
     events = EventLog(spec.tensorboard_dir if me.rank == 0 else None)
     pending: list[np.ndarray] = []  # positions trained since the last checkpoint
     micro = 0  # micro-batches accumulated into the coming step (a step may span the end of a pass)
@@ -556,7 +568,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 set_lr(optimizer, state["step"], tc)
             values, bad = _accumulate(student, batch, spec, state, precision, me, micro == tc.grad_accum_steps)
             if bad is not None:
-                _stop_nonfinite(spec, state, bad, values[bad], last_checkpoint_step, me.rank)
+                _stop_nonfinite(spec, state, bad, values[bad], last_checkpoint_step, me.rank,
+                                loaded_step=state["step"] if resume_from is not None and state["step"] == loaded_at
+                                else None)
                 return  # no report: a result without the searched metric would stop a whole Tune run
             window.add(values, batch)
             _note_positions(batch, pending, state["step"] + 1, spec, me.rank)

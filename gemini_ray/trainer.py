@@ -87,6 +87,13 @@ def nonfinite_error(progress: dict[str, Any] | None, fit_id: str,
         return None
     error = progress["nonfinite"]
     what = LOSS_PART_NAMES.get(error["part"], error["part"])
+    if error.get("bad_checkpoint_step") is not None:
+        return GeminiRayError(
+            f"the {what} is {error['value']} at the first step after resuming from the checkpoint of step "
+            f"{error['bad_checkpoint_step']}" + (f" ({checkpoint_path})" if checkpoint_path else "") + ": that "
+            "checkpoint is damaged or was saved from a run that had diverged, so it is not a good one. Nothing was "
+            "exported. Move that checkpoint folder out of the run folder and run the same command to resume from "
+            "the one before it, or start over with a new run.name.")
     kept = (f"the last good checkpoint (step {error['last_good_checkpoint_step']}) is kept"
             + (f" at {checkpoint_path}" if checkpoint_path else "")) if error["last_good_checkpoint_step"] else \
         "no checkpoint had been written yet"
@@ -119,36 +126,81 @@ def fit(trainer: TorchTrainer, cfg: Config, spec: RunSpec, where: str) -> ray.tr
     return result
 
 
+DAMAGED = "damaged"
+"""Where resume_point moves a damaged checkpoint: <run dir>/damaged/<checkpoint name>, kept for a look."""
+
+
+def _newest_first(out_dir: Path) -> list[tuple[Path, int | None]]:
+    """The run's checkpoint directories with their steps, newest first (an unreadable step sorts by the
+    directory's name, which Ray Train stamps with the time it was written)."""
+    from gemini_ray.checkpoint import checkpoint_step
+
+    found = [(d, checkpoint_step(d)) for d in out_dir.glob("checkpoint_*") if d.is_dir()]
+    return sorted(found, key=lambda f: (f[1] if f[1] is not None else -1, f[0].name), reverse=True)
+
+
+def _check_checkpoints(out_dir: Path) -> tuple[tuple[Path, int] | None, list[tuple[Path, int | None, str]]]:
+    """(the newest intact checkpoint or None, the damaged ones with their step and what is wrong). The
+    checkpoints from the newest down to the first intact one are read whole (size, SHA-256 against the
+    record written with them, finite weights); the older ones get the cheap checks (sizes)."""
+    from gemini_ray.checkpoint import verify_checkpoint
+
+    latest, damaged = None, []
+    for directory, step in _newest_first(out_dir):
+        problem = verify_checkpoint(directory, deep=latest is None)
+        if problem is not None:
+            damaged.append((directory, step, problem))
+        elif latest is None:
+            latest = (directory, step)
+    return latest, damaged
+
+
 def resume_point(out_dir: str) -> str | None:
     """Where Ray Train should resume a local run from when its own record cannot say (None: let it decide).
 
-    Ray Train resumes from checkpoint_manager_snapshot.json, which it writes in place: a driver killed
-    during that write leaves it cut short, and a driver killed before the first write leaves checkpoints
-    it never recorded. A killed driver's Train workers can also go on (and checkpoint) for a few steps until
-    Ray reclaims them: the record misses those checkpoints. Then: set the record aside and name the newest
-    whole checkpoint. Checkpoint directories a kill cut short during their upload are never recorded by Ray
-    Train: they are deleted. Returns that checkpoint's directory, which the workers load themselves when Ray
-    Train hands back none (RunSpec.resume_from)."""
-    from gemini_ray.checkpoint import latest_whole_checkpoint, remove_partial_checkpoints
-
+    Every checkpoint is verified first (`checkpoint.verify_checkpoint`): one cut short by a kill, overwritten
+    in place or missing a file is moved to <run dir>/damaged/ with a line naming its step and what is wrong,
+    and the run goes on from the newest intact one, whose step is said too. Ray Train resumes from
+    checkpoint_manager_snapshot.json and refuses to start when a checkpoint it records is gone, so a record
+    that names a damaged checkpoint is set aside with it. The record is set aside too when it is cut short
+    (a driver killed while writing it) or ends before the newest intact checkpoint (a killed driver's Train
+    workers can go on and checkpoint for a few steps until Ray reclaims them). Returns the checkpoint the
+    workers load themselves when Ray Train hands back none (RunSpec.resume_from); call it while no run
+    writes in `out_dir` (the run folder's lock is held)."""
     if is_uri(out_dir) or not Path(out_dir).is_dir():
         return None
-    removed = remove_partial_checkpoints(out_dir)  # no run writes here yet: this driver has not started one
-    if removed:
-        print(f"[gemini-ray] removed {len(removed)} checkpoint(s) cut short by an earlier kill: {', '.join(removed)}")
-    latest = latest_whole_checkpoint(out_dir)
-    snapshot = Path(out_dir) / "checkpoint_manager_snapshot.json"
-    if snapshot.is_file():
+    run = Path(out_dir)
+    latest, damaged = _check_checkpoints(run)
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    record = snapshot.read_text(encoding="utf-8", errors="replace") if snapshot.is_file() else ""
+    set_aside = None
+    for directory, step, problem in damaged:
+        aside = run / DAMAGED / directory.name
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(directory, aside)
+        at = f"step {step}" if step is not None else "step unknown"
+        print(f"[gemini-ray] checkpoint {directory.name} ({at}) is damaged: {problem}; moved to "
+              f"{DAMAGED}/{directory.name} (delete it once you have looked)")
+        if directory.name in record:
+            set_aside = "names a damaged checkpoint"
+    if snapshot.is_file() and set_aside is None:
         recorded = _recorded_step(snapshot)
         if recorded is not None and (latest is None or latest[1] <= recorded):
-            return None  # readable and up to date: Ray Train resumes from it
+            return None  # readable, intact and up to date: Ray Train resumes from it
+        set_aside = "was cut short" if recorded is None else f"ends at step {recorded}, before a newer intact checkpoint"
+    if set_aside is not None and snapshot.is_file():
         aside = snapshot.with_name(f".{snapshot.name}.set-aside-{int(time.time())}")
         os.replace(snapshot, aside)
-        why = "was cut short" if recorded is None else f"ends at step {recorded}, before a newer whole checkpoint"
-        print(f"[gemini-ray] Ray Train's checkpoint record {why}; set aside as {aside.name}")
+        print(f"[gemini-ray] Ray Train's checkpoint record {set_aside}; set aside as {aside.name}")
+    lost = [step for _, step, _ in damaged if step is not None and (latest is None or step > latest[1])]
     if latest is None:
+        if damaged:
+            print("[gemini-ray] no intact checkpoint is left: the run starts again from step 0")
         return None
-    print(f"[gemini-ray] resuming from the newest whole checkpoint {latest[0].name} (step {latest[1]})")
+    if lost:
+        print(f"[gemini-ray] the checkpoint of step {max(lost)} is lost: resuming from step {latest[1]}, the newest "
+              f"intact one; the steps after it are trained again")
+    print(f"[gemini-ray] resuming from the newest intact checkpoint {latest[0].name} (step {latest[1]})")
     return str(latest[0])
 
 

@@ -136,9 +136,9 @@ def test_the_check_catches_a_naive_writer(llama_dir, tmp_path):
     assert all(p == "naive.json is cut short" for p in problems)
 
 
-def test_a_resume_deletes_checkpoints_cut_short_and_keeps_whole_ones(llama_dir, tmp_path):
+def test_a_resume_sets_checkpoints_cut_short_aside_and_keeps_whole_ones(llama_dir, tmp_path):
     """A kill during Ray's copy of a checkpoint into the run directory leaves a partial checkpoint_* that
-    Ray Train never records; the next driver deletes it before resuming from the newest whole one."""
+    Ray Train never records; the next driver moves it to damaged/ before resuming from the newest whole one."""
     from transformers import AutoConfig
 
     from gemini_ray.config import TrainConfig
@@ -154,7 +154,7 @@ def test_a_resume_deletes_checkpoints_cut_short_and_keeps_whole_ones(llama_dir, 
     data = (cut / "model.safetensors").read_bytes()
     (cut / "model.safetensors").write_bytes(data[: len(data) // 2])  # the copy stopped halfway
     checkpoint = resume_point(str(tmp_path))
-    assert not cut.exists() and whole.is_dir()
+    assert not cut.exists() and whole.is_dir() and (tmp_path / "damaged" / cut.name).is_dir()
     assert checkpoint == str(whole)
 
 

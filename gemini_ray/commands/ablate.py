@@ -19,8 +19,8 @@ by a paired bootstrap interval. Writes ablation.json, ablation.md and ablation.p
 
 from __future__ import annotations
 
+import contextlib
 import time
-from pathlib import Path
 from typing import Any
 
 from gemini_ray.config import Config, build_config
@@ -29,8 +29,9 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation.run import (evaluate_students, markdown_table, noise_verdict, paired_differences,
                                        paired_perplexity, rate_budget, rate_label)
 from gemini_ray.labelling import make_cache
-from gemini_ray.paths import (absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, join,
-                              run_dir)
+from gemini_ray.paths import (absolute, atomic_path, atomic_write_json, atomic_write_text, check_output_dir,
+                              check_writable, is_uri, join, make_output_dir, run_dir)
+from gemini_ray.run_lock import hold_run_folder
 from gemini_ray.run_record import check_resume
 from gemini_ray.session import Session, start_session
 
@@ -186,7 +187,16 @@ def ablate(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     out = absolute(out_dir or run_dir(cfg.run.storage_path, cfg.run.name) + "-ablation")
     if not is_uri(out):  # found unwritable now, not after four students have trained
         check_writable(out, "--out")
-        Path(out).mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, "--out", replace_ours=out_dir is None or cfg.run.overwrite_output,
+                     override="run.overwrite_output")
+    names = [f"{cfg.run.name}-{UNTRAINED}", *(c.run.name for c in _variant_configs(cfg).values())]
+    with contextlib.ExitStack() as held:  # every run folder the ablation writes, for the whole command
+        for name in names:
+            held.enter_context(hold_run_folder(run_dir(cfg.run.storage_path, name)))
+        return _ablate(cfg, out)
+
+
+def _ablate(cfg: Config, out: str) -> dict[str, Any]:
     for variant_cfg in _variant_configs(cfg).values():  # a finished row of another config is refused now, not
         check_resume(variant_cfg, run_dir(cfg.run.storage_path, variant_cfg.run.name))  # after 3 rows trained
     t_start = time.perf_counter()
@@ -205,6 +215,7 @@ def ablate(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
               "cache": {"teacher_tokens": manifest["teacher_tokens"]}, "protocol": protocol,
               "wall_time_s": time.perf_counter() - t_start}
     md = ablation_markdown(rows, budget, found, judged)
+    make_output_dir(out, "ablation")
     atomic_write_json(join(out, "ablation.json"), result)
     atomic_write_text(join(out, "ablation.md"), md)
     _chart(rows, join(out, "ablation.png"))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 from gemini_ray.config import Config, LossConfig, TrainConfig, build_config
@@ -30,8 +29,9 @@ from gemini_ray.evaluation.run import (evaluate_students, markdown_table, noise_
                                        rate_budget, rate_label)
 from gemini_ray.evaluation.targets import TARGETS, check_targets, extrapolate_step, goal_of, metric_value
 from gemini_ray.metric_names import VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_TEACHER_AGREEMENT
-from gemini_ray.paths import absolute, atomic_path, atomic_write_json, atomic_write_text, check_writable, is_uri, \
-    join, run_dir
+from gemini_ray.paths import (absolute, atomic_path, atomic_write_json, atomic_write_text, check_output_dir,
+                              check_writable, is_uri, join, make_output_dir, run_dir)
+from gemini_ray.run_lock import hold_run_folder
 from gemini_ray.run_record import check_resume
 from gemini_ray.session import start_session
 
@@ -200,36 +200,39 @@ def curve(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     out = absolute(out_dir or run_dir(cfg.run.storage_path, cfg.run.name) + "-curve")
     if not is_uri(out):  # found unwritable now, not after the run has trained
         check_writable(out, "--out")
-        Path(out).mkdir(parents=True, exist_ok=True)
-    check_resume(cfg, run_dir(cfg.run.storage_path, cfg.run.name))  # before the teacher loads, not after
-    t_start, started_at = time.perf_counter(), time.time()
-    session = start_session(cfg, with_teacher=True)
-    untrained = export_untrained(cfg, session, join(out, "students", "step-000000"))
-    run = prepare(cfg, session, started_at=started_at)
-    session.teacher = None  # the student is derived and the held-out rows labelled: the driver needs it no more
-    result = fit_student(run)
-    student_dir, state = export(run, result)
-    summary = summarize(run, state, student_dir, t_start=t_start)
-    students = {0: untrained, **export_checkpoints(run, result, join(out, "students"),
-                                                   exported={state["step"]: student_dir})}
-    teacher, by_name, _ = evaluate_students(cfg, {step_name(s): path for s, path in students.items()})
-    rows = {s: by_name[step_name(s)] for s in students}
-    last = max(rows)
-    paired = paired_differences(rows[last], rows[0])
-    targets = check_targets(rows[last], teacher, rows[0], paired)
-    ahead = forecasts(rows, teacher)
-    budget = {"max_steps": cfg.train.max_steps, "batch_size": cfg.train.examples_per_step,
-              "span_length": cfg.data.span_length, "corpus": cfg.data.path, **rate_budget(cfg.train),
-              "seed": cfg.train.seed, "loss": loss_label(cfg.loss),
-              "wall_time_min": (time.perf_counter() - t_start) / 60}
-    history = _held_out_history(state)
-    report = {"budget": budget, "teacher": teacher, "steps": {str(s): rows[s] for s in sorted(rows)},
-              "targets": targets, "forecast_steps": ahead, "held_out_during_training": history,
-              "training_wall_time_s": summary["wall_time_s"], "wall_time_s": time.perf_counter() - t_start}
-    md = curve_markdown(teacher, rows, targets, ahead, budget)
-    atomic_write_json(join(out, "curve.json"), report)
-    atomic_write_text(join(out, "curve.md"), md)
-    _chart(teacher, rows, history, join(out, "curve.png"))
-    print(md, end="")
-    print(f"[gemini-ray] curve: {out}/curve.md, curve.json, curve.png")
+    check_output_dir(out, "--out", replace_ours=out_dir is None or cfg.run.overwrite_output,
+                     override="run.overwrite_output")
+    with hold_run_folder(run_dir(cfg.run.storage_path, cfg.run.name)):
+        check_resume(cfg, run_dir(cfg.run.storage_path, cfg.run.name))  # before the teacher loads, not after
+        t_start, started_at = time.perf_counter(), time.time()
+        session = start_session(cfg, with_teacher=True)
+        run = prepare(cfg, session, started_at=started_at)
+        make_output_dir(out, "learning curve")  # every check passed: the folder is ours from here
+        untrained = export_untrained(cfg, session, join(out, "students", "step-000000"))
+        session.teacher = None  # the student is derived and the held-out rows labelled: the driver needs it no more
+        result = fit_student(run)
+        student_dir, state = export(run, result)
+        summary = summarize(run, state, student_dir, t_start=t_start)
+        students = {0: untrained, **export_checkpoints(run, result, join(out, "students"),
+                                                       exported={state["step"]: student_dir})}
+        teacher, by_name, _ = evaluate_students(cfg, {step_name(s): path for s, path in students.items()})
+        rows = {s: by_name[step_name(s)] for s in students}
+        last = max(rows)
+        paired = paired_differences(rows[last], rows[0])
+        targets = check_targets(rows[last], teacher, rows[0], paired)
+        ahead = forecasts(rows, teacher)
+        budget = {"max_steps": cfg.train.max_steps, "batch_size": cfg.train.examples_per_step,
+                  "span_length": cfg.data.span_length, "corpus": cfg.data.path, **rate_budget(cfg.train),
+                  "seed": cfg.train.seed, "loss": loss_label(cfg.loss),
+                  "wall_time_min": (time.perf_counter() - t_start) / 60}
+        history = _held_out_history(state)
+        report = {"budget": budget, "teacher": teacher, "steps": {str(s): rows[s] for s in sorted(rows)},
+                  "targets": targets, "forecast_steps": ahead, "held_out_during_training": history,
+                  "training_wall_time_s": summary["wall_time_s"], "wall_time_s": time.perf_counter() - t_start}
+        md = curve_markdown(teacher, rows, targets, ahead, budget)
+        atomic_write_json(join(out, "curve.json"), report)
+        atomic_write_text(join(out, "curve.md"), md)
+        _chart(teacher, rows, history, join(out, "curve.png"))
+        print(md, end="")
+        print(f"[gemini-ray] curve: {out}/curve.md, curve.json, curve.png")
     return report

@@ -15,15 +15,22 @@ from typing import Any
 
 from gemini_ray.config import Config
 from gemini_ray.evaluation.run import evaluate, write_report
+from gemini_ray.paths import check_output_dir, make_output_dir
 
 __all__ = ["evaluate_model"]
 
 
 def evaluate_model(model_dir: str, cfg: Config, teacher: str | None = None, with_teacher: bool = True,
                    out: str | None = None) -> dict[str, Any]:
-    """Evaluate, write report.json + report.md (default <model_dir>/../eval), print the table; returns the report."""
-    report = evaluate(model_dir, cfg, teacher_source=teacher, with_teacher=with_teacher)  # validate
+    """Evaluate, write report.json + report.md (default <model_dir>/../eval), print the table; returns the report.
+    The report folder is checked first: a folder of anything but an earlier report of ours is refused (an
+    explicit --out holding one is replaced only with run.overwrite_output=true)."""
+    default = out is None
     out = out or str(Path(model_dir).expanduser().resolve().parent / "eval")
+    check_output_dir(out, "--out" if not default else "the report folder (--out)",
+                     replace_ours=default or cfg.run.overwrite_output, override="run.overwrite_output")
+    report = evaluate(model_dir, cfg, teacher_source=teacher, with_teacher=with_teacher)  # validate
+    make_output_dir(out, "evaluation report")
     json_path, md_path = write_report(report, out)  # export
     print(md_path.read_text(encoding="utf-8"), end="")
     print(f"[gemini-ray] report: {json_path}")
