@@ -497,7 +497,8 @@ class RunConfig:
     """Replace an existing run.output_dir (or --out) only when it holds an earlier export of gemini_ray
     (recognised by its marker file); never a folder of anything else."""
     ray_address: Optional[str] = None
-    """Ray cluster to join ('auto', 'ray://...'); None starts a local instance (or joins RAY_ADDRESS)."""
+    """Ray cluster to join: HOST:PORT, 'ray://...', or 'auto' (the instance running on this machine, e.g. from
+    `ray start`); None starts a Ray instance of this command's own (or joins RAY_ADDRESS)."""
     storage_shared: bool = False
     """Declare that a local run.storage_path (and label.cache_root) is one filesystem every node sees. A
     multi-node run refuses a local path unless it is on a network filesystem (NFS, CIFS, Lustre, CephFS,

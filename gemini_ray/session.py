@@ -50,19 +50,31 @@ class FoundCache(NamedTuple):
 
 
 def init_ray(cfg: Config) -> None:
-    """Join run.ray_address (or RAY_ADDRESS), else start a local instance; quiet Ray Data's progress bars;
-    patch Ray Data's idle scheduling loop here and in every worker of the job (`ray_patches`)."""
+    """Join run.ray_address (or RAY_ADDRESS), else start a local instance of this command's own, even when
+    another Ray instance runs on this machine (run.ray_address=auto joins that one on purpose); quiet Ray
+    Data's progress bars; apply `ray_patches`: Ray Data's idle scheduling loop here and in every worker of
+    the job, Ctrl-C during a Ray Train fit as KeyboardInterrupt, and RAY_ADDRESS pinned to this job's
+    cluster in its processes (Ray Train's placement-group cleaner otherwise looks for a cluster itself)."""
     import ray
     import ray.data
 
     from gemini_ray import ray_patches
 
     if not ray.is_initialized():
-        address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
-        # a local head binds to 127.0.0.1, token auth on
-        ray.init(address=address, log_to_driver=True, runtime_env=ray_patches.runtime_env())
+        # "local": a new instance, not the last `ray start` head of the machine that Ray joins by default
+        address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        try:  # a local head binds to 127.0.0.1, token auth on
+            ray.init(address=address, log_to_driver=True, runtime_env=ray_patches.runtime_env())
+        except ConnectionError as exc:
+            if address != "auto":
+                raise
+            raise GeminiRayError(f"run.ray_address=auto found no Ray instance to join ({exc}). Start one "
+                                 "(`ray start --head`), name it (run.ray_address=HOST:PORT), or leave "
+                                 "run.ray_address unset to start a local instance.") from None
+        ray_patches.pin_address()  # this process's child processes and Ray's own lookups find this cluster
     if ray_patches.enabled():
         ray_patches.setup_process()
+    ray_patches.setup_driver()
     configure_data_context()
 
 
@@ -149,7 +161,7 @@ def find_cache(cfg: Config, session: Session, rows: int | None = None) -> FoundC
     training rows the run reads (default: this config's run; a search passes its longest trial's): a cache
     labelled for a shorter run (label.scope=run) is refused under label.use=require or label.path, and
     passed over (the teacher runs online) under auto."""
-    from gemini_ray.cache import cached_train_rows, check_compatible, read_manifest, rows_a_run_reads
+    from gemini_ray.cache import cached_train_rows, check_compatible, check_shards, read_manifest, rows_a_run_reads
 
     if cfg.label.use == "never":
         return None
@@ -163,6 +175,7 @@ def find_cache(cfg: Config, session: Session, rows: int | None = None) -> FoundC
             )
         return None
     check_compatible(manifest, session.identity, directory)
+    check_shards(directory, manifest)  # a damaged shard: refused in the driver, before any trial or worker reads it
     k_max = manifest["identity"]["max_negatives"]
     if cfg.loss.num_negatives > k_max:
         raise GeminiRayError(
