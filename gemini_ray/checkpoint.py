@@ -131,7 +131,7 @@ def checkpoint_step(directory: str | Path) -> int | None:
 def _problem(directory: Path, deep: bool) -> str | None:
     """What is wrong with a checkpoint directory, or None when it is intact. Cheap checks (state.json, the
     files' sizes against the record or, for a checkpoint from before records, against their headers); with
-    `deep`, also each file's SHA-256 against the record and the weights' values (all finite)."""
+    `deep`, also each file's SHA-256 against the record and every value of both files (all finite)."""
     state = _read_state(directory)
     if state is None:
         return "state.json is missing or unreadable"
@@ -147,12 +147,14 @@ def _problem(directory: Path, deep: bool) -> str | None:
             return f"{name} is cut short or its header is damaged"
         if deep and name in recorded and sha256_file(path) != recorded[name]["sha256"]:
             return f"{name} does not hold the bytes that were written (its SHA-256 differs from the record)"
-    if deep and not _weights_finite(directory / "model.safetensors"):
+    if deep and not _all_finite(directory / "model.safetensors"):
         return "model.safetensors holds NaN or infinite weights"
+    if deep and not _all_finite(directory / "optimizer.safetensors"):
+        return "optimizer.safetensors holds NaN or infinite values (the run had diverged when it was saved)"
     return None
 
 
-def _weights_finite(path: Path) -> bool:
+def _all_finite(path: Path) -> bool:
     try:
         tensors = load_file(str(path))
     except Exception:  # noqa: BLE001  safetensors raises its own error types for a damaged file
@@ -162,7 +164,7 @@ def _weights_finite(path: Path) -> bool:
 
 def verify_checkpoint(directory: str | Path, deep: bool = True) -> str | None:
     """None when a checkpoint directory is intact, else what is wrong with it (a sentence fragment naming the
-    file). deep=True reads every byte (SHA-256 against state.json's record, weights finite): ~1 s per GB."""
+    file). deep=True reads every byte (SHA-256 against state.json's record, all values finite): ~1 s per GB."""
     return _problem(Path(directory), deep)
 
 

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
     from gemini_ray.corpus_pass import Probe
 
-__all__ = ["Run", "check_output", "prepare", "fit_student", "export", "export_untrained", "export_checkpoints", "summarize"]
+__all__ = ["Run", "check_output", "prepare", "fit_student", "export", "export_untrained", "export_checkpoints",
+           "summarize"]
 
 
 @dataclass

@@ -187,7 +187,8 @@ def resume_point(out_dir: str) -> str | None:
         recorded = _recorded_step(snapshot)
         if recorded is not None and (latest is None or latest[1] <= recorded):
             return None  # readable, intact and up to date: Ray Train resumes from it
-        set_aside = "was cut short" if recorded is None else f"ends at step {recorded}, before a newer intact checkpoint"
+        set_aside = ("was cut short" if recorded is None
+                     else f"ends at step {recorded}, before a newer intact checkpoint")
     if set_aside is not None and snapshot.is_file():
         aside = snapshot.with_name(f".{snapshot.name}.set-aside-{int(time.time())}")
         os.replace(snapshot, aside)

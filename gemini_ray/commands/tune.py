@@ -260,7 +260,16 @@ def _write_results(cfg: Config, space: SearchSpace, grid: ResultGrid, out: str, 
 
 
 def tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
-    """Label once (if needed), then search. Returns a summary (also written as tune_summary.json)."""
+    """Label once (if needed), then search. Returns a summary (also written as tune_summary.json). The
+    search's trial folder is held for the whole command: a second search of the same tune.name and storage
+    path is refused at once (`run_lock`)."""
+    from gemini_ray.run_lock import hold_run_folder
+
+    with hold_run_folder(join(absolute(cfg.run.storage_path), f"{cfg.tune.name}-trials")):
+        return _tune(cfg, space)
+
+
+def _tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
     import ray
     from ray import tune as ray_tune
 
