@@ -105,10 +105,10 @@ def check_output(cfg: Config) -> None:
     from gemini_ray.paths import check_output_dir
 
     if cfg.run.output_dir:
-        if not is_uri(cfg.run.output_dir):
-            check_writable(cfg.run.output_dir, "run.output_dir")
         check_output_dir(cfg.run.output_dir, "run.output_dir", replace_ours=cfg.run.overwrite_output,
                          override="run.overwrite_output")
+        if not is_uri(cfg.run.output_dir):
+            check_writable(cfg.run.output_dir, "run.output_dir")
     else:
         check_output_dir(join(run_dir(cfg.run.storage_path, cfg.run.name), "student"), "the run's student folder",
                          replace_ours=True)

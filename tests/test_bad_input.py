@@ -66,12 +66,15 @@ class Ctx:
 
     def distill(self, *extra: str, corpus: Path | None = None, teacher: Path | None = None,
                 storage: Path | str | None = None) -> list[str]:
-        """`gemini-ray distill` with the tiny settings of test_distill_e2e, then `extra` overrides."""
-        return ["distill", f"teacher.model={teacher or self.teacher}", "teacher.top_k=8", "teacher.batch_size=8",
+        """`gemini-ray distill` with the tiny settings of test_distill_e2e, `extra` overrides replacing them (a
+        key given twice on the command line is refused)."""
+        base = [f"teacher.model={teacher or self.teacher}", "teacher.top_k=8", "teacher.batch_size=8",
                 f"teacher.cache_dir={self.tmp / 'teacher-cache'}", f"data.path={corpus or self.corpus}",
                 "data.text_column=body", "data.span_length=16", "student.num_layers=2", "loss.num_negatives=3",
                 "mining.window=16", "train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1",
-                f"run.storage_path={storage or self.storage}", f"run.name={RUN}", *extra]
+                f"run.storage_path={storage or self.storage}", f"run.name={RUN}"]
+        given = {e.split("=", 1)[0] for e in extra}
+        return ["distill", *(b for b in base if b.split("=", 1)[0] not in given), *extra]
 
     def config(self, *extra: str, yaml: str | None = None) -> list[str]:
         """`gemini-ray config` with a YAML file holding `yaml` (when given) and `extra` overrides."""
@@ -120,6 +123,33 @@ def _run_trained_at_half(ctx: Ctx) -> Path:
     model = torch.nn.Linear(2, 2)
     save_checkpoint(ctx.storage / RUN / "checkpoint_000002", model, torch.optim.SGD(model.parameters(), lr=0.1),
                     {"step": 2})
+    return ctx.storage
+
+
+def _users_folder(ctx: Ctx) -> Path:
+    """A folder of the user's: a file and a subfolder gemini_ray did not write."""
+    folder = ctx.folder("mine")
+    (folder / "thesis.pdf").write_bytes(b"%PDF-1.7")
+    (folder / "models").mkdir()
+    return folder
+
+
+def _earlier_export(ctx: Ctx) -> Path:
+    from gemini_ray.paths import make_output_dir
+
+    make_output_dir(ctx.tmp / "exported", "student export")
+    (ctx.tmp / "exported" / "model.safetensors").write_bytes(b"weights")
+    return ctx.tmp / "exported"
+
+
+def _held_run_folder(ctx: Ctx) -> Path:
+    """The storage path whose run RUN is held by another command (a lock taken here, left held)."""
+    import contextlib
+
+    from gemini_ray.run_lock import hold_run_folder
+
+    ctx.held = contextlib.ExitStack()
+    ctx.held.enter_context(hold_run_folder(str(ctx.storage / RUN)))
     return ctx.storage
 
 
@@ -287,6 +317,46 @@ CASES: list[Case] = [
          "checkpoint was trained at the default 0.5", lambda c: c.distill("loss.lambda_kd=0.9",
                                                                           storage=_run_trained_at_half(c)),
          "loss.lambda_kd: 0.5 then, 0.9 now", "start a new run with another run.name"),
+    # --- where results go: never a folder of anything else, one command per run folder -----------------
+    Case("run-name-parent", "A run name that climbs out of run.storage_path", "`run.name=..`",
+         lambda c: c.distill("run.name=.."), "config key 'run.name': names one folder inside run.storage_path",
+         "e.g. run.name=demo"),
+    Case("run-name-separator", "A run name that climbs out of run.storage_path", "`run.name=../other/run`",
+         lambda c: c.distill("run.name=../other/run"), "no '/'", "e.g. run.name=demo"),
+    Case("yaml-repeated-key", "A YAML file that sets a key twice", "`lambda_kd` twice in the `loss:` section",
+         lambda c: c.config(yaml="loss:\n  lambda_kd: 0.3\n  lambda_kd: 0.9\n"),
+         "sets 'loss.lambda_kd' twice, at lines 2 and 3", "Keep one of them"),
+    Case("override-twice", "An override given twice", "`loss.lambda_kd=0.3 loss.lambda_kd=0.9`",
+         lambda c: c.config("loss.lambda_kd=0.3", "loss.lambda_kd=0.9"), "is given twice on the command line",
+         "Give it once"),
+    Case("output-dir-user-files", "An output folder that holds the user's files",
+         "`run.output_dir` = a folder holding `thesis.pdf` and `models/`",
+         lambda c: c.distill(f"run.output_dir={_users_folder(c)}"), "is a folder that holds files gemini_ray did not "
+         "write (models, thesis.pdf)", "Choose an empty or new folder for run.output_dir"),
+    Case("output-dir-user-files-overwrite", "An output folder that holds the user's files",
+         "the same with `run.overwrite_output=true`",
+         lambda c: c.distill(f"run.output_dir={_users_folder(c)}", "run.overwrite_output=true"),
+         "is a folder that holds files gemini_ray did not write", "gemini_ray never replaces a folder it did not "
+         "write"),
+    Case("output-dir-ours", "An output folder holding an earlier export",
+         "`run.output_dir` = a folder an earlier `distill` exported to, without `run.overwrite_output=true`",
+         lambda c: c.distill(f"run.output_dir={_earlier_export(c)}"), "already holds an earlier output of gemini_ray",
+         "or set run.overwrite_output=true to replace that earlier output"),
+    Case("output-dir-file", "An output path that is a file", "`run.output_dir` = a file of the user's",
+         lambda c: c.distill(f"run.output_dir={c.file('student.bin', 'weights')}"), "is a file, not a folder",
+         "Choose another run.output_dir, or move the file away"),
+    Case("eval-out-user-files", "An output folder that holds the user's files",
+         "`gemini-ray eval <teacher> --out` a folder holding the user's files",
+         lambda c: ["eval", str(c.teacher), "--no-teacher", "--out", str(_users_folder(c))],
+         "is a folder that holds files gemini_ray did not write", "Choose an empty or new folder for --out"),
+    Case("label-path-user-files", "An output folder that holds the user's files",
+         "`gemini-ray label` with `label.path` = a folder holding the user's files (not a cache)",
+         lambda c: ["label", *c.distill(f"label.path={_users_folder(c)}")[1:]],
+         "is a folder that holds files gemini_ray did not write", "Choose an empty or new folder for label.path"),
+    Case("run-folder-in-use", "A run folder another command is using",
+         "a second `distill` with the run.name and run.storage_path of one that is running",
+         lambda c: c.distill(storage=_held_run_folder(c)), "is in use by another gemini-ray command (pid <pid> on "
+         "host <host>", "Wait for it to finish or stop it, or give this command another run.name"),
     # --- known only once the corpus is tokenized: Ray has started, training has not ----------------------
     Case("corpus-too-short", "All documents shorter than two spans", "six different lines of four words",
          lambda c: c.distill(corpus=c.file("short.txt", "".join(f"a few words {i}\n" for i in range(6)))),
@@ -318,6 +388,7 @@ def _normalise(text: str, ctx: Ctx) -> str:
     """The message with this run's paths and hashes replaced by stable names."""
     for path, name in ((ctx.teacher, "<teacher>"), (ctx.corpus, "<corpus>"), (ctx.tmp, "<tmp>")):
         text = text.replace(str(path), name)
+    text = re.sub(r"pid \d+ on host \S+ since [^)]*\)", "pid <pid> on host <host> since <time>: <command>)", text)
     return re.sub(r"\b[0-9a-f]{12}\b", "<hash>", text)
 
 
@@ -352,12 +423,16 @@ the real command line entry point with a tiny teacher. Each one:
 * prints one paragraph on stderr, `gemini-ray: error: ` followed by the text in the third column, that names
   the problem (the config key or the file) and says how to fix it;
 * prints no stack trace (add `--debug`, e.g. `gemini-ray --debug distill …`, to see one);
-* writes nothing: no `<run.storage_path>/<run.name>/student`, no `summary.json`, no temporary files, no
-  converted teacher.
+* writes nothing: no new file or folder at all (not even an empty `<run.storage_path>/<run.name>`), no
+  temporary files, no converted teacher;
+* deletes and overwrites nothing: a folder of the user's named as an output is refused, whatever the settings
+  (`run.overwrite_output=true` replaces only an earlier output of gemini_ray, which carries a
+  `.gemini-ray-output` marker file).
 
-Config mistakes fail while the config is read; corpus files, the storage path and the teacher are checked before
-Ray starts (the corpus check reads a text corpus once, about 0.3 s per 100 MB); the rows at the end are only
-known once the corpus is tokenized, so Ray has started but training has not. Paths are shown as `<tmp>`
+Config mistakes fail while the config is read; corpus files (a text corpus read once, about 0.3 s per 100 MB, a
+compressed one decompressed to its end), output folders, the storage path, a run folder another command holds
+and the teacher are checked before Ray starts; the rows at the end are only known once the corpus is tokenized,
+so Ray has started but training has not. Paths are shown as `<tmp>`
 (the test's directory), `<teacher>` and `<corpus>`; long messages are cut at … . The table is rewritten from
 real runs by `GEMINI_RAY_WRITE_BAD_INPUTS=1 python -m pytest tests/test_bad_input.py`, and the test fails when a
 message no longer matches its row.
@@ -404,9 +479,11 @@ def test_bad_input(case: Case, request, tmp_path, llama_dir, corpus_file, capsys
     # nothing half-written: no export, no summary, no temporary file, no converted teacher, no new file at all
     run_dir = ctx.storage / RUN
     assert not (run_dir / "student").exists() and not (run_dir / "summary.json").exists()
-    new_files = [p for p in tmp_path.rglob("*") if p not in before and p.is_file()]
-    assert new_files == [], new_files
+    new = [p for p in tmp_path.rglob("*") if p not in before]  # files and folders: not even an empty run folder
+    assert new == [], new
     assert not list(tmp_path.rglob("*tmp*")) and not (tmp_path / "teacher-cache").exists()
+    if getattr(ctx, "held", None) is not None:
+        ctx.held.close()
     seen[case.id] = (code, message)
     if not WRITE_DOC:
         shown = _doc_rows().get(case.id)
