@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -254,21 +253,32 @@ def cases(drill: Drill) -> None:
     drill.case("Ctrl-C during distill, then the same command", ctrl_c)
 
     def second_instance() -> dict:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        ray = str(Path(sys.executable).with_name("ray"))
-        temp = tempfile.mkdtemp(prefix="drill-ray-")
-        subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp}",
-                        "--include-dashboard=false"], env=ENV, capture_output=True, timeout=180, check=True)
+        # another driver's instance on the machine, as a `gemini-ray tune` running beside would hold
+        code = ("import time, ray; ray.init(address='local', num_cpus=1, include_dashboard=False); "
+                "print('up', flush=True); time.sleep(3600)")
+        other = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True, start_new_session=True)
         try:
+            assert other.stdout.readline().strip() == "up", "the other Ray instance did not start"
             code, out = drill.gemini("distill", *drill.args(runs, "beside", 5))
         finally:
-            subprocess.run([ray, "stop", "--force"], env={**ENV, "RAY_TMPDIR": temp}, capture_output=True,
-                           timeout=120)
+            os.killpg(other.pid, signal.SIGINT)  # its ray.shutdown stops the instance it started
+            try:
+                other.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(other.pid, signal.SIGKILL)
         bad = out.count("Traceback") + out.count("Found multiple active Ray instances")
         return {"exit": code, "tracebacks": bad, "handled": code == 0}
     drill.case("a second Ray instance on the machine", second_instance)
+
+    def label_beside_distill() -> dict:
+        labeller = _start(drill, ["label", *drill.args(w / "beside-label", "l")])
+        code, out = drill.gemini("distill", *drill.args(runs, "beside-label", 5))
+        out1 = labeller.communicate(timeout=900)[0]
+        bad = (out + out1).count("Traceback") + (out + out1).count("Found multiple active Ray instances")
+        return {"exit": [labeller.returncode, code], "tracebacks": bad,
+                "handled": labeller.returncode == 0 and code == 0}
+    drill.case("label and distill at once, each with its own Ray", label_beside_distill)
 
     # --- environment errors: one paragraph, exit 2 -----------------------------------------------------------
     def cache_unwritable() -> dict:

@@ -272,7 +272,7 @@ def check_writable(location: str, key: str) -> None:
 
 # --------------------------------------------------------------------------- folders we may replace
 
-OUTPUT_MARKER = ".gemini-ray-output"
+OUTPUT_MARKER = ".gemini-ray-output.json"
 """The file gemini_ray writes into every folder it exports or reports into (a student, an eval report, an
 ablation or a curve): a later command may replace such a folder, and no other."""
 

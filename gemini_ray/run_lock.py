@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.paths import atomic_write_json, is_uri, join, open_dir, read_json
+from gemini_ray.paths import atomic_write_json, is_remote, join, local_path, open_dir, read_json
 
 __all__ = ["LOCK_FILE", "LEASE_FILE", "LEASE_S", "hold_run_folder", "holder_text"]
 
@@ -179,10 +179,9 @@ def hold_run_folder(folder: str) -> Iterator[None]:
     """Hold `folder` (a local path or a URI) for this command: GeminiRayError naming the holder when another
     live gemini-ray command holds it; a holder that died is taken over with a line saying whose it was."""
     token = uuid.uuid4().hex
-    if is_uri(folder) and not folder.startswith("file://"):
+    if is_remote(folder):
         with _lease(folder, token):
             yield
         return
-    local = Path(folder.removeprefix("file://")).expanduser().absolute()
-    with _local_lock(local, token):
+    with _local_lock(Path(local_path(folder)), token):
         yield

@@ -210,13 +210,14 @@ def _restore(spec: RunSpec, model: torch.nn.Module, optimizer: torch.optim.Optim
 
 
 def _stop_nonfinite(spec: RunSpec, state: dict[str, Any], part: str, value: float, last_good: int,
-                    rank: int, loaded_step: int | None = None) -> None:
+                    rank: int, resumed: bool = False) -> None:
     """Record a non-finite loss in progress.json (rank 0) for the driver or Tune trial to turn into an error.
-    loaded_step: the step of the checkpoint this fit resumed from, when no step has been trained since it was
-    loaded: that checkpoint gave the non-finite loss itself, and is not called good."""
+    resumed: this fit loaded a checkpoint; when no step has been trained since, that checkpoint gave the
+    non-finite loss itself, and is not called good."""
     step = state["step"] + 1
     if rank != 0:
         return
+    loaded_step = state["step"] if resumed and state["resumed_from_steps"][-1:] == [state["step"]] else None
     if loaded_step is not None:
         last_good = 0
         _log(f"step {step}: {part} is not finite ({value}) straight after loading the checkpoint of step "
@@ -552,7 +553,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if me.rank == 0 and val_metrics:
         _log(_start_line(state["step"], tc.max_steps, val_metrics))
     window, last_checkpoint_step, checkpointed = MetricsWindow(_throughput_of(spec, model, me)), state["step"], False
-    loaded_at = state["step"]  # a non-finite loss before any step past it is the loaded checkpoint's own
     events = EventLog(spec.tensorboard_dir if me.rank == 0 else None)
     pending: list[np.ndarray] = []  # positions trained since the last checkpoint
     micro = 0  # micro-batches accumulated into the coming step (a step may span the end of a pass)
@@ -568,9 +568,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 set_lr(optimizer, state["step"], tc)
             values, bad = _accumulate(student, batch, spec, state, precision, me, micro == tc.grad_accum_steps)
             if bad is not None:
-                _stop_nonfinite(spec, state, bad, values[bad], last_checkpoint_step, me.rank,
-                                loaded_step=state["step"] if resume_from is not None and state["step"] == loaded_at
-                                else None)
+                _stop_nonfinite(spec, state, bad, values[bad], last_checkpoint_step, me.rank, resume_from is not None)
                 return  # no report: a result without the searched metric would stop a whole Tune run
             window.add(values, batch)
             _note_positions(batch, pending, state["step"] + 1, spec, me.rank)

@@ -427,7 +427,7 @@ the real command line entry point with a tiny teacher. Each one:
   temporary files, no converted teacher;
 * deletes and overwrites nothing: a folder of the user's named as an output is refused, whatever the settings
   (`run.overwrite_output=true` replaces only an earlier output of gemini_ray, which carries a
-  `.gemini-ray-output` marker file).
+  `.gemini-ray-output.json` marker file).
 
 Config mistakes fail while the config is read; corpus files (a text corpus read once, about 0.3 s per 100 MB, a
 compressed one decompressed to its end), output folders, the storage path, a run folder another command holds

@@ -393,6 +393,7 @@ def test_nan_teacher_signal_stops_training_and_exports_nothing(uninterrupted, ll
     from gemini_ray.cli import main
 
     _, directory, manifest = uninterrupted
+    manifest = json.loads(json.dumps(manifest))  # a copy: the fixture's is shared
     bad = tmp_path / "nan-cache"
     shutil.copytree(directory, bad)
     for shard in manifest["shards_train"]:  # the last quarter of every training shard: NaN teacher logits
@@ -407,6 +408,8 @@ def test_nan_teacher_signal_stops_training_and_exports_nothing(uninterrupted, ll
         table = table.set_column(index, table.schema.field(index),
                                  pa.ExtensionArray.from_storage(column.type, nan_storage))
         pq.write_table(table, path)
+        manifest["shards"][str(shard)]["bytes"] = path.stat().st_size  # as a diverged teacher would have written it
+    (bad / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     args = tiny(llama_dir, corpus_file, tmp_path, f"label.path={bad}", "run.name=nan", "train.max_steps=200",
                 "train.log_every=4", "train.eval_every=1000", "train.checkpoint_every=4")
     import io
