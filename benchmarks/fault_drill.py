@@ -54,14 +54,18 @@ class Drill:
         tok = word_tokenizer(self.texts, masked=False)
         self.teacher = save(tiny_llama(tok), tok, work / "teacher")
         self.results: list[dict] = []
+        self.only: str | None = None
 
     def args(self, storage: Path | str, name: str = "run", steps: int = 10, *extra: str) -> list[str]:
-        return [f"teacher.model={self.teacher}", "teacher.top_k=8", "teacher.batch_size=8",
+        """The tiny settings, `extra` overrides replacing them (a key given twice is refused)."""
+        base = [f"teacher.model={self.teacher}", "teacher.top_k=8", "teacher.batch_size=8",
                 f"teacher.cache_dir={self.work / 'teacher-cache'}", f"data.path={self.corpus}",
                 "data.text_column=body", "data.span_length=16", "student.num_layers=2", "loss.num_negatives=3",
                 "mining.window=16", "train.batch_size=4", "train.log_every=1", "train.eval_every=5",
                 "train.checkpoint_every=5", "train.warmup_steps=1", f"train.max_steps={steps}",
-                f"run.storage_path={storage}", f"run.name={name}", *extra]
+                f"run.storage_path={storage}", f"run.name={name}"]
+        given = {e.split("=", 1)[0] for e in extra}
+        return [b for b in base if b.split("=", 1)[0] not in given] + list(extra)
 
     def gemini(self, *argv: str, timeout: float = 900) -> tuple[int, str]:
         """Run `gemini-ray ARGV` as a user would; (exit code, stdout + stderr)."""
@@ -70,6 +74,8 @@ class Drill:
         return done.returncode, done.stdout + done.stderr
 
     def case(self, name: str, body: Callable[[], dict]) -> None:
+        if self.only and self.only not in name:
+            return
         t0 = time.time()
         try:
             found = body()
@@ -110,7 +116,7 @@ def _refusal(drill: Drill, argv: list[str], user: Path | None, storage: Path, pr
     written = [str(p) for p in (set(storage.rglob("*")) if storage.exists() else set()) - before_storage]
     return {"exit": code, "said": _said(out), "tracebacks": out.count("Traceback"),
             "files_lost": _lost(before_user, user) if user else 0, "written_by_refusal": written,
-            "handled": code == 2 and problem in out and not written}
+            "handled": code == 2 and problem in _said(out) and not written}
 
 
 def _users_folder(drill: Drill, name: str) -> Path:
@@ -215,7 +221,8 @@ def cases(drill: Drill) -> None:
         drill.case(f"newest checkpoint damaged: {kind}", body)
 
     # --- one command per run folder --------------------------------------------------------------------------
-    drill.case("run.name=..", lambda: _refusal(drill, ["distill", *drill.args(runs, "..")], None, runs, "run.name"))
+    drill.case("run.name=..", lambda: _refusal(drill, ["distill", *drill.args(runs, "..")], None, runs,
+                                              "config key 'run.name'"))
 
     def two_at_once() -> dict:
         first = _start(drill, ["distill", *drill.args(runs, "twice", 15)])
@@ -282,15 +289,18 @@ def cases(drill: Drill) -> None:
 
     # --- environment errors: one paragraph, exit 2 -----------------------------------------------------------
     def cache_unwritable() -> dict:
-        return _refusal(drill, ["distill", *drill.args(runs, "x"), "teacher.cache_dir=/proc/gemini-ray-cache"], None,
-                        runs, "teacher.cache_dir")
+        # the embedded GGUF teacher: teacher.cache_dir is where its conversion is kept (a directory teacher needs none)
+        return _refusal(drill, ["distill", *drill.args(runs, "x", 10, "teacher.model=embedded:smollm2-135m-instruct",
+                                                       "teacher.cache_dir=/proc/gemini-ray-cache")],
+                        None, runs, "teacher.cache_dir '/proc/gemini-ray-cache' is not writable")
     drill.case("teacher.cache_dir not writable", cache_unwritable)
 
     def cut_gz() -> dict:
         data = gzip.compress(drill.corpus.read_bytes())
         cut = w / "cut.jsonl.gz"
         cut.write_bytes(data[: len(data) // 2])
-        return _refusal(drill, ["distill", *drill.args(runs, "x"), f"data.path={cut}"], None, runs, "cut.jsonl.gz")
+        return _refusal(drill, ["distill", *drill.args(runs, "x", 10, f"data.path={cut}")], None, runs,
+                        f"data.path file '{cut}' is cut short")
     drill.case("a gzip corpus cut short", cut_gz)
 
     def eval_short_positions() -> dict:
@@ -321,22 +331,25 @@ def cases(drill: Drill) -> None:
     def duplicate_yaml() -> dict:
         cfg = w / "dup.yaml"
         cfg.write_text("loss:\n  lambda_kd: 0.3\n  lambda_kd: 0.9\n")
-        return _refusal(drill, ["distill", "--config", str(cfg), *drill.args(runs, "x")], None, runs, "lambda_kd")
+        return _refusal(drill, ["distill", "--config", str(cfg), *drill.args(runs, "x")], None, runs,
+                        "sets 'loss.lambda_kd' twice")
     drill.case("a YAML file with a repeated key", duplicate_yaml)
     drill.case("an override given twice", lambda: _refusal(
         drill, ["distill", *drill.args(runs, "x"), "loss.lambda_kd=0.3", "loss.lambda_kd=0.9"], None, runs,
-        "loss.lambda_kd"))
+        "'loss.lambda_kd' is given twice"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=None, help="work folder (default: a new one under runs/)")
     parser.add_argument("--out", default=str(ROOT / "runs" / "fault-drill.json"))
+    parser.add_argument("--only", default=None, help="run only the cases whose name contains this text")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="fault-drill-", dir=ROOT / "runs" if (ROOT / "runs").is_dir()
                                               else None))
     work.mkdir(parents=True, exist_ok=True)
     drill = Drill(work)
+    drill.only = args.only
     t0 = time.time()
     cases(drill)
     totals = {"cases": len(drill.results), "cases_handled": sum(r["handled"] for r in drill.results),
