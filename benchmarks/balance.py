@@ -31,7 +31,7 @@ PAIRS = {
 def matmul_params(config, layers: int) -> tuple[int, int]:
     """(body, head) matmul parameters of a causal LM with `layers` of the config's layers (the library's
     count, on the meta device: the trainer's MFU uses the same)."""
-    from gemini_ray.throughput import config_matmul_params
+    from gemini_ray.training.throughput import config_matmul_params
 
     return config_matmul_params({**config.to_dict(), "num_hidden_layers": layers}, "causal")
 
@@ -41,7 +41,7 @@ def teacher_config(spec):
 
     if spec == "embedded":
         from gemini_ray.config import TeacherConfig
-        from gemini_ray.models import resolve_teacher
+        from gemini_ray.models.build import resolve_teacher
 
         return AutoConfig.from_pretrained(resolve_teacher(TeacherConfig()))
     return LlamaConfig(**spec)

@@ -25,7 +25,7 @@ import sys
 from os.path import join
 
 from gemini_ray.config import build_config
-from gemini_ray.evaluation.run import compare_pair, evaluate_students, markdown_table
+from gemini_ray.jobs.evaluate import compare_pair, evaluate_students, markdown_table
 from gemini_ray.paths import atomic_write_json
 
 UNTRAINED = "untrained"
@@ -68,8 +68,8 @@ def main() -> int:
     pairs = _pairs(args.pair, students)
     cfg = build_config(args.config, args.overrides)
 
-    from gemini_ray.distill_run import export_untrained
-    from gemini_ray.session import start_session
+    from gemini_ray.cluster.session import start_session
+    from gemini_ray.jobs.distill_run import export_untrained
 
     untrained = export_untrained(cfg, start_session(cfg, with_teacher=True), join(args.out, UNTRAINED, "student"))
     teacher, rows, _ = evaluate_students(cfg, {UNTRAINED: untrained, **students})

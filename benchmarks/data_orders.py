@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from gemini_ray.commands.ablate import VARIANTS  # noqa: E402
 from gemini_ray.config import build_config  # noqa: E402
 from gemini_ray.paths import absolute, atomic_write_json, atomic_write_text, join, run_dir  # noqa: E402
-from gemini_ray.run_record import check_resume  # noqa: E402
+from gemini_ray.training.run_record import check_resume  # noqa: E402
 
 STUDENTS = {"kd-cl": "kd+cl", "kd-only": "kd-only"}
 """Name in the store -> the ablation's variant (its settings: `ablate.VARIANTS`)."""

@@ -50,8 +50,8 @@ def main() -> int:
                    "--store", "runs/gpu-train-stage")
     result: dict = {"gpu": gpu, "peak_tflops": args.peak_tflops}
     from gemini_ray.config import TeacherConfig
-    from gemini_ray.models import resolve_teacher
-    from gemini_ray.throughput import config_matmul_params, teacher_flops
+    from gemini_ray.models.build import resolve_teacher
+    from gemini_ray.training.throughput import config_matmul_params, teacher_flops
     from transformers import AutoConfig
 
     body, head = config_matmul_params(AutoConfig.from_pretrained(resolve_teacher(TeacherConfig())).to_dict(), "causal")

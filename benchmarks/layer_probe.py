@@ -22,9 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> int:
     from gemini_ray.config import Config
     from gemini_ray.evaluation.metrics import linear_probe_accuracy, spearman
-    from gemini_ray.evaluation.run import _pad, load_model
     from gemini_ray.evaluation.sets import lee_similarity, rotten_tomatoes
-    from gemini_ray.models import mean_pool, resolve_teacher
+    from gemini_ray.jobs.evaluate import _pad, load_model
+    from gemini_ray.models.build import mean_pool, resolve_teacher
 
     cfg = Config()
     e = cfg.eval

@@ -16,7 +16,7 @@ its own (warm-up and cosine decay stretched to it), as a longer budget would be 
    measured it.
 
 Runs already in the store are reused (their eval/report.json), so an interrupted forecast resumes; a run the
-store holds from another config is refused (`gemini_ray.run_record`), not reused. `--config`
+store holds from another config is refused (`gemini_ray.training.run_record`), not reused. `--config`
 and the overrides (`key=value`, e.g. `train.lr=6e-4`) go to every label and distill command, e.g.
 `--config configs/quality.yaml --steps 60 120 240` for the quality budget's language model. Writes
 `<store>/lm_forecast.json` and `lm_forecast.png` (the store: runs/lm-forecast, or
@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gemini_ray.config import build_config  # noqa: E402
-from gemini_ray.evaluation.run import protocol_settings  # noqa: E402
 from gemini_ray.evaluation.targets import extrapolate_step  # noqa: E402
+from gemini_ray.jobs.evaluate import protocol_settings  # noqa: E402
 from gemini_ray.paths import atomic_path, atomic_write_json  # noqa: E402
-from gemini_ray.run_record import check_resume  # noqa: E402
+from gemini_ray.training.run_record import check_resume  # noqa: E402
 
 GOALS = (  # (report key, title, goal, higher is better, log value)
     ("perplexity", "held-out perplexity <= 4x the teacher's", None, False, True),

@@ -45,10 +45,10 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
 
-    from gemini_ray.checkpoint import save_student
     from gemini_ray.config import build_config, config_to_dict
-    from gemini_ray.models import DistillStudent, build_student, load_teacher, resolve_teacher
-    from gemini_ray.train_step import compute_loss, make_optimizer, set_lr
+    from gemini_ray.models.build import DistillStudent, build_student, load_teacher, resolve_teacher
+    from gemini_ray.models.checkpoint import save_student
+    from gemini_ray.training.train_step import compute_loss, make_optimizer, set_lr
 
     store = (ROOT / args.store).resolve()
     cfg = build_config(None, [f"run.storage_path={store}", *args.overrides])

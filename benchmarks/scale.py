@@ -211,10 +211,10 @@ def tokenize_throughput(corpus: Path, processes: int, rounds: int = 3) -> dict:
 
     import ray
 
+    from gemini_ray.cluster.session import init_ray
     from gemini_ray.config import build_config
-    from gemini_ray.models import resolve_teacher
-    from gemini_ray.corpus_pass import corpus_stream
-    from gemini_ray.session import init_ray
+    from gemini_ray.data.corpus_pass import corpus_stream
+    from gemini_ray.models.build import resolve_teacher
 
     cfg = build_config(None, [f"data.path={corpus}", "data.format=jsonl"])
     source = resolve_teacher(cfg.teacher)

@@ -10,7 +10,7 @@ the main module by its path (a script read from stdin has none)."""
 import sys
 
 from gemini_ray.config import build_config
-from gemini_ray.evaluation.run import compare_pair, evaluate_students, markdown_table
+from gemini_ray.jobs.evaluate import compare_pair, evaluate_students, markdown_table
 from gemini_ray.paths import atomic_write_json
 
 

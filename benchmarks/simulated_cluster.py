@@ -49,8 +49,8 @@ def run(out: Path, overrides: list[str]) -> dict:
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
-    from gemini_ray.config import build_config
     from gemini_ray.commands.distill import distill
+    from gemini_ray.config import build_config
 
     t0 = time.perf_counter()
     cluster = Cluster(initialize_head=True, head_node_args={**NODES["head"], "include_dashboard": True,

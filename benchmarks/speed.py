@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from gemini_ray.evaluation.metrics import bootstrap_interval  # noqa: E402
-from gemini_ray.evaluation.run import forward_times, load_model, read_student_meta  # noqa: E402
+from gemini_ray.jobs.evaluate import forward_times, load_model, read_student_meta  # noqa: E402
 from gemini_ray.paths import atomic_write_json  # noqa: E402
 
 

@@ -56,10 +56,10 @@ def main() -> None:
     import torch
 
     from gemini_ray.config import Config
+    from gemini_ray.data.cache import signal_bytes_per_token
     from gemini_ray.data.corpus import gensim_test_data
     from gemini_ray.data.spans import STATUS_OK, SpanPairer
-    from gemini_ray.cache import signal_bytes_per_token
-    from gemini_ray.models import resolve_teacher
+    from gemini_ray.models.build import resolve_teacher
 
     cfg = Config()
     tcfg = dataclasses.replace(cfg.teacher, torch_threads=args.threads, num_cpus=1.0, dtype=args.dtype,

@@ -48,8 +48,8 @@ def cached_batches(cache: Path, batch_size: int, steps: int, num_negatives: int)
     import torch
     from ray.data.block import BlockAccessor
 
-    from gemini_ray.cache import shard_name
-    from gemini_ray.pipeline import TRAIN_COLUMNS
+    from gemini_ray.data.cache import shard_name
+    from gemini_ray.data.pipeline import TRAIN_COLUMNS
 
     manifest = json.loads((cache / "manifest.json").read_text())
     parts = [BlockAccessor.for_block(pq.read_table(cache / shard_name(s), columns=TRAIN_COLUMNS)).to_batch_format("numpy")
@@ -68,9 +68,9 @@ def plain_loop(store: Path, steps: int, threads: int, overrides: list[str]) -> d
     import torch
 
     from gemini_ray.config import build_config
-    from gemini_ray.models import DistillStudent, build_student, load_teacher, resolve_teacher
-    from gemini_ray.numerics import Precision
-    from gemini_ray.train_step import compute_loss, make_optimizer, set_lr
+    from gemini_ray.models.build import DistillStudent, build_student, load_teacher, resolve_teacher
+    from gemini_ray.models.numerics import Precision
+    from gemini_ray.training.train_step import compute_loss, make_optimizer, set_lr
 
     cfg = build_config(None, [f"run.storage_path={store}", *overrides])
     device = torch.device("cuda" if cfg.train.use_gpu else "cpu")

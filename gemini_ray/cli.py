@@ -87,7 +87,7 @@ def preflight(cfg: Config, command: str, out: str | None = None) -> None:
     """Checks that need neither Ray nor the teacher, so that bad input fails in a second and writes nothing:
     the local corpus files (gemini_ray.data.filecheck) and the directories results go to (`out`: --out): a
     folder the command would replace is refused unless it is empty or an earlier output of ours."""
-    from gemini_ray.cache import read_manifest
+    from gemini_ray.data.cache import read_manifest
     from gemini_ray.data.filecheck import check_corpus
     from gemini_ray.paths import check_output_dir, check_writable
 
@@ -104,7 +104,7 @@ def preflight(cfg: Config, command: str, out: str | None = None) -> None:
         check_corpus(cfg.data, cfg.label.max_negatives + 1, "label.max_negatives")
     else:
         if command == "distill":
-            from gemini_ray.distill_run import check_output
+            from gemini_ray.jobs.distill_run import check_output
 
             check_output(cfg)  # an existing run.output_dir that the export would replace: refused now
         check_corpus(cfg.data, cfg.loss.num_negatives + 1, "loss.num_negatives")
@@ -116,12 +116,12 @@ def _run(args: argparse.Namespace) -> None:
 
     if args.command == "eval":
         from gemini_ray.commands.eval import evaluate_model
-        from gemini_ray.evaluation.run import recorded_settings
+        from gemini_ray.jobs.evaluate import recorded_settings
 
         cfg = build_config(args.config, args.overrides, base=recorded_settings(args.model_dir))
         evaluate_model(args.model_dir, cfg, teacher=args.teacher, with_teacher=not args.no_teacher, out=args.out)
     elif args.command == "tune":
-        from gemini_ray.search import search_config
+        from gemini_ray.jobs.search import search_config
 
         cfg, space = search_config(args.config, args.overrides)  # the space's fixed values are checked too
         preflight(cfg, args.command)
@@ -235,7 +235,7 @@ def _checkpoint_steps(run: str) -> list[int]:
     """The steps of the checkpoints under a local run directory: whole ones (`checkpoint.whole_checkpoint_steps`)
     when torch is loaded already, else those whose state.json (written last) reads."""
     if "torch" in sys.modules:
-        from gemini_ray.checkpoint import whole_checkpoint_steps
+        from gemini_ray.models.checkpoint import whole_checkpoint_steps
 
         return whole_checkpoint_steps(run)
     import json

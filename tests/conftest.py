@@ -52,7 +52,7 @@ def ray_start_2_cpus():
     """The one Ray instance of the test session (Ray is slow to start on 2 cores)."""
     import ray
 
-    from gemini_ray import ray_patches
+    from gemini_ray.ray_compat import patches as ray_patches
 
     # address="local": a new instance even when another one runs on this machine (a user's, another suite's)
     # the dashboard serves the state API Train V2 polls; the runtime environment is the one init_ray passes

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 
 from gemini_ray.config import LossConfig
-from gemini_ray.models import mean_pool
+from gemini_ray.models.build import mean_pool
 
 V, H, L, K = 50, 16, 6, 2
 
@@ -43,7 +43,7 @@ def toy_batch(rows: int, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def loss_and_grads(batch: dict[str, torch.Tensor], cfg: LossConfig) -> tuple[float, float, list[torch.Tensor]]:
-    from gemini_ray.train_step import compute_loss
+    from gemini_ray.training.train_step import compute_loss
 
     model = ToyStudent()
     parts = compute_loss(model, batch, cfg)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from gemini_ray.cache import write_manifest
-from gemini_ray.checkpoint import (checkpoint_is_whole, export_student, latest_whole_checkpoint, load_checkpoint,
+from gemini_ray.data.cache import write_manifest
+from gemini_ray.models.checkpoint import (checkpoint_is_whole, export_student, latest_whole_checkpoint, load_checkpoint,
                                    save_checkpoint, student_from_hf_config)
 from gemini_ray.paths import atomic_write_text, read_json
 
@@ -29,7 +29,7 @@ def _writer_loop(out: Path, teacher_dir: str, naive: bool) -> None:
     import torch
     from transformers import AutoConfig
 
-    from gemini_ray.train_step import make_optimizer
+    from gemini_ray.training.train_step import make_optimizer
 
     config = AutoConfig.from_pretrained(teacher_dir).to_dict()
     model = student_from_hf_config(config, "causal")
@@ -101,7 +101,7 @@ def _whole_json_config(path: Path) -> bool:
 
 
 def checkpoint_is_whole_weights(path: Path) -> bool:
-    from gemini_ray.checkpoint import _safetensors_is_whole
+    from gemini_ray.models.checkpoint import _safetensors_is_whole
 
     return _safetensors_is_whole(path)
 
@@ -142,8 +142,8 @@ def test_a_resume_sets_checkpoints_cut_short_aside_and_keeps_whole_ones(llama_di
     from transformers import AutoConfig
 
     from gemini_ray.config import TrainConfig
-    from gemini_ray.train_step import make_optimizer
-    from gemini_ray.trainer import resume_point
+    from gemini_ray.training.train_step import make_optimizer
+    from gemini_ray.training.trainer import resume_point
 
     config = AutoConfig.from_pretrained(llama_dir).to_dict()
     model = student_from_hf_config(config, "causal")
@@ -167,8 +167,8 @@ def test_a_resume_prefers_a_whole_checkpoint_newer_than_ray_trains_record(llama_
     from transformers import AutoConfig
 
     from gemini_ray.config import TrainConfig
-    from gemini_ray.train_step import make_optimizer
-    from gemini_ray.trainer import resume_point
+    from gemini_ray.training.train_step import make_optimizer
+    from gemini_ray.training.trainer import resume_point
 
     config = AutoConfig.from_pretrained(llama_dir).to_dict()
     model = student_from_hf_config(config, "causal")

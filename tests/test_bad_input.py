@@ -30,9 +30,9 @@ import ray.data  # noqa: F401  stderr keep writing to its closed stream in later
 import ray.train  # noqa: F401
 import transformers  # noqa: F401
 
-from gemini_ray.cache import CACHE_VERSION
 from gemini_ray.cli import main
 from gemini_ray.config import ConfigError
+from gemini_ray.data.cache import CACHE_VERSION
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
 WRITE_DOC = os.environ.get("GEMINI_RAY_WRITE_BAD_INPUTS") == "1"
@@ -114,9 +114,9 @@ def _run_trained_at_half(ctx: Ctx) -> Path:
     """The storage path holding run RUN as `ctx.distill()` starts it (its record) with a whole checkpoint."""
     import torch
 
-    from gemini_ray.checkpoint import save_checkpoint
     from gemini_ray.config import build_config
-    from gemini_ray.run_record import record_start
+    from gemini_ray.models.checkpoint import save_checkpoint
+    from gemini_ray.training.run_record import record_start
 
     cfg = build_config(None, ctx.distill()[1:])
     record_start(cfg, str(ctx.storage / RUN))
@@ -146,7 +146,7 @@ def _held_run_folder(ctx: Ctx) -> Path:
     """The storage path whose run RUN is held by another command (a lock taken here, left held)."""
     import contextlib
 
-    from gemini_ray.run_lock import hold_run_folder
+    from gemini_ray.cluster.run_lock import hold_run_folder
 
     ctx.held = contextlib.ExitStack()
     ctx.held.enter_context(hold_run_folder(str(ctx.storage / RUN)))

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gemini_ray.cache import CACHE_VERSION, cache_key, check_compatible
 from gemini_ray.config import build_config
+from gemini_ray.data.cache import CACHE_VERSION, cache_key, check_compatible
 from gemini_ray.errors import ConfigError, GeminiRayError
-from gemini_ray.search import load_space, search_config, validate_space
+from gemini_ray.jobs.search import load_space, search_config, validate_space
 from faults import Killer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def test_cache_from_another_teacher_or_corpus_or_format_is_refused():
 
 
 def test_a_run_scoped_cache_takes_the_first_shards_that_hold_the_run():
-    from gemini_ray.cache import cached_train_rows, first_shards, rows_a_run_reads
+    from gemini_ray.data.cache import cached_train_rows, first_shards, rows_a_run_reads
 
     rows = {0: 10, 1: 12, 2: 9, 3: 11}
     assert rows_a_run_reads(3, 4) == 16  # three steps of 4 and a step of slack
@@ -55,7 +55,7 @@ def test_a_run_scoped_cache_takes_the_first_shards_that_hold_the_run():
 
 
 def test_a_search_labels_for_its_longest_trial(tmp_path):
-    from gemini_ray.search import rows_longest_trial
+    from gemini_ray.jobs.search import rows_longest_trial
 
     space = tmp_path / "space.yaml"
     space.write_text("loss.lambda_kd: {uniform: [0.2, 0.8]}\ntrain.max_steps: {choice: [10, 30]}\n"
@@ -109,7 +109,7 @@ def test_a_seeded_search_draws_the_same_trials_and_can_try_the_base_config_first
     from ray.tune.experiment import Experiment
 
     from gemini_ray.commands.tune import sampler
-    from gemini_ray.search import tune_distributions
+    from gemini_ray.jobs.search import tune_distributions
 
     space = load_space(Path(__file__).resolve().parents[1] / "tune_spaces" / "demo_search.yaml")
 
@@ -142,8 +142,8 @@ def test_a_trial_reads_the_cache_in_order_as_distill_does():
 
     import ray.data
 
+    from gemini_ray.cluster.session import configure_data_context
     from gemini_ray.commands import tune
-    from gemini_ray.session import configure_data_context
 
     previous = ray.data.DataContext.get_current()
     try:
@@ -200,8 +200,8 @@ def uninterrupted(ray_start_2_cpus, llama_dir, corpus_file, tmp_path_factory):
 
 @pytest.mark.ray
 def test_label_writes_one_teacher_pass(uninterrupted, llama_dir, lee_texts):
+    from gemini_ray.data.corpus_pass import is_val_doc
     from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
-    from gemini_ray.corpus_pass import is_val_doc
 
     _, directory, manifest = uninterrupted
     assert manifest["complete"] and (directory / "manifest.json").is_file()
@@ -226,10 +226,10 @@ def test_a_cache_labelled_for_one_run_reads_as_the_whole_one_and_grows_for_a_lon
     them) that hold the run: the run's stream is the whole cache's first rows, row for row. A longer run is
     refused under label.use=require and passed over under auto; labelling for it adds the shards it lacks
     and keeps those done."""
-    from gemini_ray.cache import first_shards, rows_a_run_reads
+    from gemini_ray.cluster.session import configure_data_context, find_cache, start_session
     from gemini_ray.commands.label import label
-    from gemini_ray.pipeline import read_cache
-    from gemini_ray.session import configure_data_context, find_cache, start_session
+    from gemini_ray.data.cache import first_shards, rows_a_run_reads
+    from gemini_ray.data.pipeline import read_cache
 
     _, whole_dir, whole = uninterrupted
     rows = {int(k): v for k, v in whole["expected_rows"].items()}
@@ -274,7 +274,7 @@ def test_a_cache_labelled_for_one_run_reads_as_the_whole_one_and_grows_for_a_lon
 @pytest.mark.long
 def test_interrupted_label_resumes_and_redoes_truncated_shards(uninterrupted, llama_dir, corpus_file, tmp_path,
                                                                 monkeypatch):
-    import gemini_ray.pipeline as pipeline
+    import gemini_ray.data.pipeline as pipeline
     from gemini_ray.commands.label import label
 
     real = pipeline.label_shards
@@ -389,8 +389,8 @@ def test_nan_teacher_signal_stops_training_and_exports_nothing(uninterrupted, ll
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gemini_ray.checkpoint import latest_whole_checkpoint
     from gemini_ray.cli import main
+    from gemini_ray.models.checkpoint import latest_whole_checkpoint
 
     _, directory, manifest = uninterrupted
     manifest = json.loads(json.dumps(manifest))  # a copy: the fixture's is shared
@@ -438,7 +438,7 @@ def test_a_resume_with_more_workers_goes_on_with_the_first_rows_not_trained(unin
     trains the rows that come next in the pass, none of the first run's again (counted from the traces),
     also when Ray Train's record of the run is unreadable. A resume with another loss is refused."""
     from gemini_ray.cli import main
-    from gemini_ray.pipeline import read_cache
+    from gemini_ray.data.pipeline import read_cache
 
     _, directory, manifest = uninterrupted
     trace = tmp_path / "trace"
@@ -478,7 +478,7 @@ def test_a_resume_with_more_workers_goes_on_with_the_first_rows_not_trained(unin
 def test_a_cache_shard_left_unread_does_not_move_the_other_rows(uninterrupted):
     """Cache positions are (shard, row in its file): leaving a consumed shard out of the stream (a resumed run
     that ends within its pass) leaves every other row's position as it was."""
-    from gemini_ray.pipeline import read_cache
+    from gemini_ray.data.pipeline import read_cache
 
     _, directory, manifest = uninterrupted
     shards = manifest["shards_train"]
@@ -501,8 +501,8 @@ def test_each_pass_reads_the_cache_shards_in_its_own_seeded_order(uninterrupted)
     sees the order it had), every row once per pass; a consumed shard left out keeps the others' order."""
     import ray
 
-    from gemini_ray.corpus_pass import StreamPlan
-    from gemini_ray.pipeline import read_cache, shard_order
+    from gemini_ray.data.corpus_pass import StreamPlan
+    from gemini_ray.data.pipeline import read_cache, shard_order
 
     _, directory, manifest = uninterrupted
     shards = manifest["shards_train"]
@@ -542,7 +542,7 @@ def test_each_pass_reads_the_cache_shards_in_its_own_seeded_order(uninterrupted)
 
 
 def test_shard_order_is_a_seeded_permutation_per_pass():
-    from gemini_ray.pipeline import shard_order
+    from gemini_ray.data.pipeline import shard_order
 
     shards = [7, 3, 11, 5, 2, 9]
     assert shard_order(shards, 0, 0) == sorted(shards)
@@ -558,7 +558,7 @@ def test_shard_order_is_a_seeded_permutation_per_pass():
 
 def test_the_local_shuffle_covers_the_first_pass_only_when_asked():
     from gemini_ray.config import build_config
-    from gemini_ray.train_worker import _pass_shuffle
+    from gemini_ray.training.train_worker import _pass_shuffle
 
     plain = build_config(overrides=["train.seed=3"]).train
     shuffled = build_config(overrides=["train.seed=3", "train.shuffle_first_pass=true"]).train
@@ -576,11 +576,11 @@ def test_a_resume_that_ends_within_its_pass_leaves_consumed_shards_unread(llama_
     when the rest of the run fits in the rows left: a run that needs another pass reads them all."""
     from transformers import AutoConfig
 
-    from gemini_ray.checkpoint import save_checkpoint, student_from_hf_config
     from gemini_ray.config import TrainConfig
-    from gemini_ray.distill_run import _consumed_shards
-    from gemini_ray.positions import add, encode
-    from gemini_ray.train_step import make_optimizer
+    from gemini_ray.data.positions import add, encode
+    from gemini_ray.jobs.distill_run import _consumed_shards
+    from gemini_ray.models.checkpoint import save_checkpoint, student_from_hf_config
+    from gemini_ray.training.train_step import make_optimizer
 
     config = AutoConfig.from_pretrained(llama_dir).to_dict()
     model = student_from_hf_config(config, "causal")

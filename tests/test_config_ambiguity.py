@@ -43,7 +43,7 @@ def test_a_key_given_twice_inside_a_section_is_refused(tmp_path):
 
 
 def test_a_search_space_with_a_repeated_key_is_refused(tmp_path):
-    from gemini_ray.search import load_space
+    from gemini_ray.jobs.search import load_space
 
     path = _yaml(tmp_path, "loss.lambda_kd: {uniform: [0.2, 0.8]}\nloss.lambda_kd: {uniform: [0.1, 0.9]}\n")
     with pytest.raises(ConfigError, match=r"'loss\.lambda_kd' twice, at lines 1 and 2"):

@@ -30,7 +30,7 @@ def config(path, **data):
 
 @pytest.fixture
 def ordered(ray_start_2_cpus):
-    from gemini_ray.session import init_ray
+    from gemini_ray.cluster.session import init_ray
 
     init_ray(config_from_dict({}))  # what every command does: the corpus's order is kept
 
@@ -39,8 +39,8 @@ def test_the_whole_pass_collects_nothing_in_the_driver_and_splits_into_parallel_
                                                                           tmp_path, monkeypatch):
     import ray.data
 
-    import gemini_ray.corpus_pass as pipeline
-    from gemini_ray.corpus_pass import build_examples
+    import gemini_ray.data.corpus_pass as pipeline
+    from gemini_ray.data.corpus_pass import build_examples
 
     texts = [lee_texts[0]] + lee_texts + lee_texts  # 40 documents: a repeat in the first block, 40 in later ones
     shuffled = random.Random(0).sample(texts, len(texts))
@@ -71,7 +71,7 @@ def test_the_whole_pass_collects_nothing_in_the_driver_and_splits_into_parallel_
 
 
 def test_held_out_rows_are_the_first_of_the_held_out_documents_capped(ordered, llama_dir, lee_texts, tmp_path):
-    from gemini_ray.corpus_pass import build_examples, split
+    from gemini_ray.data.corpus_pass import build_examples, split
 
     path = corpus(tmp_path / "a.jsonl", lee_texts)
     full, all_stats = build_examples(config(path), str(llama_dir), "causal")
@@ -94,7 +94,7 @@ def test_corpora_that_break_after_their_first_mib_are_read_with_counted_skips(or
     """What the up-front file check cannot see (it reads the first MiB) is skipped and counted by the pass."""
     import pandas as pd
 
-    from gemini_ray.corpus_pass import build_examples
+    from gemini_ray.data.corpus_pass import build_examples
 
     good = [t for t in lee_texts if len(t) < 1000]
     head = (good * (1_300_000 // sum(map(len, good)) + 1))[: 1_300_000 // 500]  # past 1 MiB
@@ -126,7 +126,7 @@ def test_the_fingerprint_is_the_count_sum_and_xor_of_the_unique_hashes_and_the_l
 
     import ray
 
-    from gemini_ray.corpus_pass import LEDGER_MERGE_BLOCKS, CorpusLedger, fingerprint_of
+    from gemini_ray.data.corpus_pass import LEDGER_MERGE_BLOCKS, CorpusLedger, fingerprint_of
 
     rng = np.random.default_rng(0)
     blocks = [rng.integers(-2**63, 2**63 - 1, size=50, dtype=np.int64) for _ in range(LEDGER_MERGE_BLOCKS + 6)]
@@ -157,7 +157,7 @@ def test_a_round_without_the_filters_empty_blocks_groups_by_shard(ordered):
     was different"): the round is read without them."""
     import ray.data
 
-    from gemini_ray.pipeline import _without_empty_blocks
+    from gemini_ray.data.pipeline import _without_empty_blocks
 
     ds = ray.data.from_items([{"shard": i % 5, "x": i} for i in range(60)], override_num_blocks=30)
     kept = _without_empty_blocks(ds.filter(lambda r: r["shard"] in {3, 4}))

@@ -3,8 +3,8 @@ faults and export with a causal teacher: test_faults.py; bad input: test_bad_inp
 
 import pytest
 
-from gemini_ray.config import build_config
 from gemini_ray.commands.distill import distill
+from gemini_ray.config import build_config
 
 pytestmark = pytest.mark.ray
 

@@ -125,7 +125,7 @@ def test_a_read_that_fails_in_ray_names_the_file_or_data_path(tmp_path, lee_text
     """What the corpus read turns a Ray task's read error into (a file damaged after the check, a URI the
     check cannot look at): the file when the files say which, else data.path. No Ray: the error is raised here
     as Ray hands it on (an OSError)."""
-    from gemini_ray.corpus_pass import read_errors
+    from gemini_ray.data.corpus_pass import read_errors
 
     corpus = tmp_path / "docs.txt.gz"
     whole = gzip.compress("\n".join(lee_texts).encode())
@@ -205,7 +205,7 @@ def _small_cache(directory: Path) -> dict:
 def test_a_damaged_cache_shard_is_refused_before_a_run_reads_it(damage, tmp_path, no_ray):
     """Every listed shard's size and footer are checked before the stream is built: a shard cut short, with
     other bytes, or missing is named with the command that rebuilds it (no Ray: refused before it is needed)."""
-    from gemini_ray.pipeline import read_cached_signal
+    from gemini_ray.data.pipeline import read_cached_signal
 
     cache = tmp_path / "cache"
     manifest = _small_cache(cache)
@@ -232,7 +232,7 @@ def test_distill_refuses_a_cache_with_a_damaged_shard_and_label_repairs_it(ray_s
                                                                           corpus_file, capsys):
     """The real cache of `gemini-ray label`, one shard cut short: distill exits 2 naming it before training;
     `gemini-ray label` with the same config labels that shard again."""
-    from gemini_ray.cache import check_shards, read_manifest
+    from gemini_ray.data.cache import check_shards, read_manifest
 
     cache = tmp_path / "cache"
     args = _distill(tmp_path, llama_dir, corpus_file, f"label.path={cache}", "label.max_negatives=3")[1:]

@@ -11,13 +11,13 @@ import torch
 
 from gemini_ray.cli import main
 from gemini_ray.config import StudentConfig
+from gemini_ray.config import build_config
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation import sets
 from gemini_ray.evaluation.metrics import causal_targets, linear_probe_accuracy, spearman, token_stats
-from gemini_ray.config import build_config
-from gemini_ray.evaluation.run import compare_pair, evaluate, paired_differences, paired_perplexity, recorded_settings
 from gemini_ray.evaluation.sets import lee_similarity
-from gemini_ray.models import build_student, load_teacher
+from gemini_ray.jobs.evaluate import compare_pair, evaluate, paired_differences, paired_perplexity, recorded_settings
+from gemini_ray.models.build import build_student, load_teacher
 from tiny import save, tiny_llama, word_tokenizer
 
 # --------------------------------------------------------------------------- metrics
@@ -158,8 +158,8 @@ def test_the_teachers_quality_scores_are_kept_and_reused_only_for_the_same_files
     it afresh. No Ray: the held-out documents are passed in."""
     import shutil
 
-    from gemini_ray.evaluation import run as eval_run
     from gemini_ray.evaluation.teacher_row import TIMED_KEYS
+    from gemini_ray.jobs import evaluate as eval_run
 
     teacher = tmp_path / "teacher"
     shutil.copytree(llama_dir, teacher)
@@ -237,8 +237,8 @@ def test_ablate_trains_four_variants_from_one_teacher_pass(ray_start_2_cpus, lla
 
 
 def _session(llama_dir):
-    from gemini_ray.models import count_parameters, load_teacher, load_tokenizer
-    from gemini_ray.session import Session
+    from gemini_ray.cluster.session import Session
+    from gemini_ray.models.build import count_parameters, load_teacher, load_tokenizer
 
     teacher, kind = load_teacher(str(llama_dir))
     return Session(teacher_source=str(llama_dir), kind=kind, tokenizer=load_tokenizer(str(llama_dir)),
@@ -248,8 +248,8 @@ def _session(llama_dir):
 
 def test_the_untrained_row_is_the_teachers_copied_prefix_as_an_exported_student(llama_dir, tmp_path):
     """The ablation's untrained row: the student `prepare` derives, saved with no step taken, loadable by eval."""
-    from gemini_ray.distill_run import export_untrained
-    from gemini_ray.evaluation.run import load_model, read_student_meta
+    from gemini_ray.jobs.distill_run import export_untrained
+    from gemini_ray.jobs.evaluate import load_model, read_student_meta
 
     session = _session(llama_dir)
     cfg = build_config(None, ["student.num_layers=1"])
@@ -344,7 +344,7 @@ def test_the_methods_claims_are_judged_by_paired_intervals():
 
 
 def test_the_cosine_representation_term_refuses_a_student_narrower_than_its_teacher(llama_dir):
-    from gemini_ray.distill_run import _make_student
+    from gemini_ray.jobs.distill_run import _make_student
 
     session = _session(llama_dir)
     narrow = session.teacher_config.hidden_size // 2
@@ -414,7 +414,7 @@ def test_a_ceiling_on_the_held_out_kd_loss_ranks_every_student_under_it_first():
 def test_held_out_metrics_carry_retrieval_and_an_objective_against_the_runs_start():
     from ddp_toy import ToyStudent, toy_batch
     from gemini_ray.config import LossConfig
-    from gemini_ray.train_worker import held_out_metrics, with_objective
+    from gemini_ray.training.train_worker import held_out_metrics, with_objective
 
     rows = {k: v.numpy() for k, v in toy_batch(8).items()}
     model, cfg = ToyStudent(), LossConfig(num_negatives=2)
@@ -438,7 +438,7 @@ def test_held_out_metrics_carry_retrieval_and_an_objective_against_the_runs_star
 def test_the_objective_can_take_its_embedding_half_from_the_teacher_agreement():
     from ddp_toy import ToyStudent, toy_batch
     from gemini_ray.config import LossConfig
-    from gemini_ray.train_worker import held_out_metrics, with_objective
+    from gemini_ray.training.train_worker import held_out_metrics, with_objective
 
     rows = {k: v.numpy() for k, v in toy_batch(8).items()}
     model, cfg, state = ToyStudent(), LossConfig(num_negatives=2), {"val_start": {}}
@@ -459,7 +459,7 @@ def test_the_loss_reference_is_the_first_batch_and_later_batches_do_not_move_it(
     """loss.balance='start' divides by the loss parts of the run's first training batch (averaged over the
     ranks), kept in the training state (so in every checkpoint): a later batch, or one after a resume (the
     state restored from a checkpoint), does not move them."""
-    from gemini_ray.train_worker import _mean_across_ranks, note_loss_reference
+    from gemini_ray.training.train_worker import _mean_across_ranks, note_loss_reference
 
     first = {"loss/kd": 14.3, "loss/cl": 2.2, "loss/rep": 0.9, "loss/total": 8.25}
     state: dict = {}
@@ -484,8 +484,8 @@ def test_bootstrap_interval_of_an_accuracy_has_the_binomial_width():
 
 
 def test_paired_differences_separate_noise_from_a_real_gap():
-    from gemini_ray.evaluation.run import embedding_scores, paired_differences
     from gemini_ray.evaluation.sets import lee_similarity
+    from gemini_ray.jobs.evaluate import embedding_scores, paired_differences
 
     human = lee_similarity()[1]["human"].to_numpy()
     rng = np.random.default_rng(1)

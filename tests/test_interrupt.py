@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from gemini_ray import cli, ray_patches
+from gemini_ray import cli
+from gemini_ray.ray_compat import patches as ray_patches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,7 +129,7 @@ def test_another_ray_release_keeps_rays_handler(monkeypatch):
 
 
 def test_the_installed_ray_train_gets_the_patch():
-    code = ("from gemini_ray import ray_patches as p; p.setup_driver(); import ray.train.torch; "
+    code = ("from gemini_ray.ray_compat import patches as p; p.setup_driver(); import ray.train.torch; "
             "print(p.train_sigint_patched())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "True"
@@ -153,7 +154,7 @@ def _env() -> dict[str, str]:
 
 
 def _whole_checkpoint(run: Path) -> bool:
-    from gemini_ray.checkpoint import whole_checkpoint_steps
+    from gemini_ray.models.checkpoint import whole_checkpoint_steps
 
     return bool(run.is_dir() and whole_checkpoint_steps(run))
 

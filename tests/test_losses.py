@@ -249,7 +249,7 @@ def test_representation_term_with_zero_weight_is_the_seeds_loss_and_reaches_only
     rep_weight μ: total = that + μ·L_rep, and the gradient reaches the student but not the teacher's targets."""
     from ddp_toy import ToyStudent, toy_batch
     from gemini_ray.config import LossConfig
-    from gemini_ray.train_step import compute_loss
+    from gemini_ray.training.train_step import compute_loss
 
     def run(batch, **loss):
         model = ToyStudent()
@@ -283,7 +283,7 @@ def test_the_representation_term_pulls_the_student_toward_the_teacher(form):
     the teacher's."""
     from ddp_toy import ToyStudent, toy_batch
     from gemini_ray.config import LossConfig
-    from gemini_ray.train_step import compute_loss
+    from gemini_ray.training.train_step import compute_loss
 
     model, batch = ToyStudent(), toy_batch(8)
     cfg = LossConfig(num_negatives=2, rep_weight=1.0, rep_form=form)
@@ -355,7 +355,7 @@ def test_a_student_narrower_than_its_teacher_logs_the_similarity_form():
     similarity form's value (the width check of distill refuses μ > 0 with the cosine form)."""
     from ddp_toy import ToyStudent, toy_batch
     from gemini_ray.config import LossConfig
-    from gemini_ray.train_step import compute_loss
+    from gemini_ray.training.train_step import compute_loss
 
     batch = toy_batch(8)
     wide = torch.cat([batch["teacher_embedding"], batch["teacher_embedding"][..., :3]], dim=-1)

@@ -5,7 +5,7 @@ import torch
 
 from gemini_ray.config import StudentConfig, TeacherConfig
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.models import (
+from gemini_ray.models.build import (
     DistillStudent, build_student, count_parameters, layer_depths, load_student, load_teacher, load_tokenizer, mean_pool,
     resolve_teacher, student_layer_ids,
 )

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from gemini_ray.config import ConfigError, LossConfig, build_config
-from gemini_ray.models import DistillStudent, load_teacher
-from gemini_ray.numerics import Precision, teacher_dtype
-from gemini_ray.train_step import compute_loss, make_optimizer
+from gemini_ray.models.build import DistillStudent, load_teacher
+from gemini_ray.models.numerics import Precision, teacher_dtype
+from gemini_ray.training.train_step import compute_loss, make_optimizer
 
 
 def _batch(rows: int = 8, hidden: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -145,7 +145,7 @@ def test_two_accumulated_micro_batches_give_the_gradient_of_one_batch_twice_as_l
     every loss term is a mean over rows, so the mean of two micro-batches'
     gradients (train.grad_accum_steps=2, what the train loop's _accumulate adds up) is the gradient of the
     batch made of both."""
-    from gemini_ray.train_worker import _Rank, _accumulate
+    from gemini_ray.training.train_worker import _Rank, _accumulate
 
     me, precision = _Rank(0, 1, torch.device("cpu")), Precision("fp32", torch.device("cpu"))
     whole = _batch(8)
@@ -168,7 +168,7 @@ def test_two_accumulated_micro_batches_give_the_gradient_of_one_batch_twice_as_l
 
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(llama_dir):
-    from gemini_ray.numerics import enable_activation_checkpointing
+    from gemini_ray.models.numerics import enable_activation_checkpointing
 
     batch, cfg = _batch(), LossConfig(num_negatives=2)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gemini_ray.checkpoint import load_checkpoint, save_checkpoint
 from gemini_ray.config import TrainConfig
-from gemini_ray.models import layer_depths, load_teacher
-from gemini_ray.train_step import lr_at, make_optimizer, set_lr
+from gemini_ray.models.build import layer_depths, load_teacher
+from gemini_ray.models.checkpoint import load_checkpoint, save_checkpoint
+from gemini_ray.training.train_step import lr_at, make_optimizer, set_lr
 
 
 def _model(llama_dir) -> torch.nn.Module:

@@ -1,4 +1,4 @@
-"""The scheduling-loop patch (`gemini_ray.ray_patches`): what it does to a loop step, when it is installed,
+"""The scheduling-loop patch (`gemini_ray.ray_compat.patches`): what it does to a loop step, when it is installed,
 and that every process of the test session's Ray has it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from gemini_ray import ray_patches
+from gemini_ray.ray_compat import patches as ray_patches
 
 
 class _Op:
@@ -43,7 +43,7 @@ def test_patching_twice_wraps_once_and_a_moved_function_is_left_alone(caplog):
 
 
 def test_the_patch_lands_when_ray_data_is_first_imported_and_only_then():
-    code = ("import sys; from gemini_ray import ray_patches as p; p.setup_process(); p.setup_process(); "
+    code = ("import sys; from gemini_ray.ray_compat import patches as p; p.setup_process(); p.setup_process(); "
             "assert sum(isinstance(f, p._PatchOnImport) for f in sys.meta_path) == 1; "
             "assert p._MODULE not in sys.modules; import ray.data; "
             "assert p._MODULE not in sys.modules; print(p.patched())")
@@ -52,7 +52,7 @@ def test_the_patch_lands_when_ray_data_is_first_imported_and_only_then():
 
 
 def test_the_switch_turns_the_hook_off(monkeypatch):
-    assert ray_patches.runtime_env() == {"worker_process_setup_hook": "gemini_ray.ray_patches.setup_process"}
+    assert ray_patches.runtime_env() == {"worker_process_setup_hook": "gemini_ray.ray_compat.patches.setup_process"}
     monkeypatch.setenv("GEMINI_RAY_PATCH_RAY_DATA", "0")
     assert ray_patches.runtime_env() == {}
 
@@ -60,8 +60,8 @@ def test_the_switch_turns_the_hook_off(monkeypatch):
 def test_init_ray_passes_the_hook_and_patches_the_driver(monkeypatch, tmp_path):
     import ray
 
+    from gemini_ray.cluster.session import init_ray
     from gemini_ray.config import build_config
-    from gemini_ray.session import init_ray
 
     seen = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

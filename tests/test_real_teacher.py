@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from gemini_ray.config import TeacherConfig
+from gemini_ray.data.cache import signal_bytes_per_token
 from gemini_ray.data.spans import STATUS_OK, SpanPairer
 from gemini_ray.data.teacher_stage import TeacherLabeler
-from gemini_ray.cache import signal_bytes_per_token
-from gemini_ray.models import load_teacher, load_tokenizer, resolve_teacher
+from gemini_ray.models.build import load_teacher, load_tokenizer, resolve_teacher
 
 pytestmark = pytest.mark.slow
 

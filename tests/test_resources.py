@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from gemini_ray.cluster.placement import (GroupRecord, PlacementGroupSweeper, check_fits, check_shared_storage, demands,
+                                  on_network_filesystem, orphans, plan_totals)
 from gemini_ray.config import config_from_dict
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.placement import (GroupRecord, PlacementGroupSweeper, check_fits, check_shared_storage, demands,
-                                  on_network_filesystem, orphans, plan_totals)
 
 ONE_LAPTOP = [{"CPU": 2.0}]
 
@@ -152,7 +152,7 @@ def test_sweeper_frees_the_group_of_a_killed_actor_and_keeps_the_others(ray_star
 
 
 def test_worker_cpus_use_the_node_when_training_from_a_cache_alone():
-    from gemini_ray.placement import with_worker_cpus
+    from gemini_ray.cluster.placement import with_worker_cpus
 
     cfg = config_from_dict({})
     assert cfg.train.cpus_per_worker is None  # auto

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemini_ray.checkpoint import save_checkpoint
 from gemini_ray.config import Config, all_keys, build_config, config_to_dict
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.run_record import MAY_CHANGE, RECORD, check_resume, differences, record_start
+from gemini_ray.models.checkpoint import save_checkpoint
+from gemini_ray.training.run_record import MAY_CHANGE, RECORD, check_resume, differences, record_start
 
 
 def _checkpoint(run: Path, step: int = 4) -> None:

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemini_ray.checkpoint import (checkpoint_is_whole, save_checkpoint, save_student, student_from_hf_config,
-                                   verify_checkpoint)
+from gemini_ray.cluster.run_lock import LEASE_FILE, LOCK_FILE, hold_run_folder
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.models.checkpoint import (checkpoint_is_whole, save_checkpoint, save_student, student_from_hf_config,
+                                   verify_checkpoint)
 from gemini_ray.paths import OUTPUT_MARKER, check_output_dir, is_our_output, make_output_dir
-from gemini_ray.run_lock import LEASE_FILE, LOCK_FILE, hold_run_folder
 
 
 # --------------------------------------------------------------------------- output folders
@@ -84,7 +84,7 @@ def _checkpoint(tmp_path: Path, llama_dir: Path, name: str, step: int) -> Path:
     from transformers import AutoConfig
 
     from gemini_ray.config import TrainConfig
-    from gemini_ray.train_step import make_optimizer
+    from gemini_ray.training.train_step import make_optimizer
 
     config = AutoConfig.from_pretrained(llama_dir).to_dict()
     model = student_from_hf_config(config, "causal")
@@ -147,7 +147,7 @@ def test_nan_weights_are_not_an_intact_checkpoint(tmp_path, llama_dir):
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_resume_passes_over_a_damaged_newest_checkpoint_and_repairs_ray_trains_record(damage, tmp_path, llama_dir,
                                                                                         capsys):
-    from gemini_ray.trainer import resume_point
+    from gemini_ray.training.trainer import resume_point
 
     old = _checkpoint(tmp_path, llama_dir, "checkpoint_2026-12-07_10-00-00.000000", 5)
     new = _checkpoint(tmp_path, llama_dir, "checkpoint_2026-12-07_10-05-00.000000", 10)
@@ -167,7 +167,7 @@ def test_a_resume_passes_over_a_damaged_newest_checkpoint_and_repairs_ray_trains
 
 
 def test_a_damaged_older_checkpoint_outside_the_record_leaves_the_record_alone(tmp_path, llama_dir, capsys):
-    from gemini_ray.trainer import resume_point
+    from gemini_ray.training.trainer import resume_point
 
     old = _checkpoint(tmp_path, llama_dir, "checkpoint_2026-12-07_10-00-00.000000", 5)
     new = _checkpoint(tmp_path, llama_dir, "checkpoint_2026-12-07_10-05-00.000000", 10)
@@ -184,7 +184,7 @@ def test_a_damaged_older_checkpoint_outside_the_record_leaves_the_record_alone(t
 
 HOLD = """
 import sys, time
-from gemini_ray.run_lock import hold_run_folder
+from gemini_ray.cluster.run_lock import hold_run_folder
 with hold_run_folder(sys.argv[1]):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -239,7 +239,7 @@ def test_a_refused_command_leaves_no_run_folder_behind(tmp_path):
 
 
 def test_an_object_store_lease_refuses_a_live_holder_and_takes_over_an_expired_one(tmp_path, monkeypatch, capsys):
-    from gemini_ray import run_lock
+    from gemini_ray.cluster import run_lock
 
     monkeypatch.setattr(run_lock, "LEASE_S", 6.0)
     folder = f"file://{tmp_path}/run"  # the lease's code path, on a local filesystem through pyarrow

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gemini_ray.checkpoint import export_student, save_checkpoint, student_from_hf_config
 from gemini_ray.config import Config
+from gemini_ray.models.checkpoint import export_student, save_checkpoint, student_from_hf_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "gemini_ray").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")])
@@ -42,7 +42,7 @@ def test_checkpoints_and_exports_hold_only_safetensors_and_json(llama_dir, tmp_p
 
 
 def test_remote_code_is_off_by_default_and_announced_when_on(llama_dir, capsys):
-    from gemini_ray.models import load_teacher
+    from gemini_ray.models.build import load_teacher
 
     assert Config().teacher.trust_remote_code is False
     load_teacher(str(llama_dir), "auto", trust_remote_code=False)

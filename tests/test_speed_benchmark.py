@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmark_scripts import benchmark_module
-from gemini_ray.evaluation.run import Model, forward_times, throughput
+from gemini_ray.jobs.evaluate import Model, forward_times, throughput
 
 
 class Recorder(torch.nn.Module):

@@ -7,12 +7,12 @@ import time
 import pytest
 import torch
 
-from gemini_ray.throughput import (config_matmul_params, matmul_params, matmul_tflops, student_flops,
+from gemini_ray.training.throughput import (config_matmul_params, matmul_params, matmul_tflops, student_flops,
                                    teacher_flops)
 
 
 def test_matmul_parameters_are_the_linear_weights_and_the_head(llama_dir):
-    from gemini_ray.models import load_teacher
+    from gemini_ray.models.build import load_teacher
 
     model, _ = load_teacher(str(llama_dir))
     body, head = matmul_params(model)
@@ -38,7 +38,7 @@ def test_the_matmul_probe_measures_a_plausible_peak():
 def test_a_window_reports_tokens_per_second_and_mfu_from_the_tokens_it_saw(monkeypatch):
     from ddp_toy import toy_batch
 
-    from gemini_ray.train_worker import Costs, MetricsWindow
+    from gemini_ray.training.train_worker import Costs, MetricsWindow
 
     batch = toy_batch(4)
     batch.update(teacher_tokens=torch.full((4,), 12), topk_mass=torch.ones(4, 2, 6), random_negatives=torch.zeros(4),
@@ -65,7 +65,7 @@ def test_a_window_reports_tokens_per_second_and_mfu_from_the_tokens_it_saw(monke
 
 
 def test_the_steady_state_summary_leaves_the_first_report_out():
-    from gemini_ray.distill_run import throughput_line, throughput_summary
+    from gemini_ray.jobs.distill_run import throughput_line, throughput_summary
 
     history = [{"train_tokens_per_s": 10.0, "examples_per_s": 1.0}, {"train_tokens_per_s": 100.0, "examples_per_s": 2.0},
                {"train_tokens_per_s": 200.0, "examples_per_s": 4.0}]
@@ -77,7 +77,7 @@ def test_the_steady_state_summary_leaves_the_first_report_out():
 
 
 def test_the_eta_is_the_steps_left_at_the_windows_pace():
-    from gemini_ray.train_worker import eta_text
+    from gemini_ray.training.train_worker import eta_text
 
     assert eta_text(100, 8, 0.5) == " | ETA 27 min"  # 100 steps x 8 examples / 0.5 examples/s = 1,600 s
     assert eta_text(2, 8, 0.5) == " | ETA 32 s"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from gemini_ray import ray_patches
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.ray_compat import patches as ray_patches
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _init_ray_sees(monkeypatch, tmp_path, *overrides: str, fail: Exception | None = None) -> dict:
     import ray
 
+    from gemini_ray.cluster.session import init_ray
     from gemini_ray.config import build_config
-    from gemini_ray.session import init_ray
 
     seen: dict = {}
 

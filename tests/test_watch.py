@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gemini_ray.watch import EventLog, loss_chart
+from gemini_ray.training.watch import EventLog, loss_chart
 
 
 def read_scalars(directory) -> dict[str, list[tuple[int, float]]]:
@@ -49,7 +49,7 @@ def test_events_for_a_uri_are_uploaded_at_each_flush(tmp_path):
 def test_progress_in_a_log_is_one_plain_line_per_update_with_an_eta():
     import io
 
-    from gemini_ray.watch import Progress
+    from gemini_ray.training.watch import Progress
 
     log = io.StringIO()  # not a terminal, as in a `ray job submit` log
     progress = Progress(4, "labelling", "shard", stream=log)

@@ -22,18 +22,18 @@ import math
 import time
 from typing import Any
 
+from gemini_ray.cluster.run_lock import hold_run_folder
+from gemini_ray.cluster.session import start_session
 from gemini_ray.config import Config, LossConfig, TrainConfig, build_config
-from gemini_ray.distill_run import export, export_checkpoints, export_untrained, fit_student, prepare, summarize
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.evaluation.run import (evaluate_students, markdown_table, noise_verdict, paired_differences,
-                                       rate_budget, rate_label)
 from gemini_ray.evaluation.targets import TARGETS, check_targets, extrapolate_step, goal_of, metric_value
+from gemini_ray.jobs.distill_run import export, export_checkpoints, export_untrained, fit_student, prepare, summarize
+from gemini_ray.jobs.evaluate import (evaluate_students, markdown_table, noise_verdict, paired_differences,
+                                       rate_budget, rate_label)
 from gemini_ray.metric_names import VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_TEACHER_AGREEMENT
 from gemini_ray.paths import (absolute, atomic_path, atomic_write_json, atomic_write_text, check_output_dir,
                               check_writable, is_uri, join, make_output_dir, run_dir)
-from gemini_ray.run_lock import hold_run_folder
-from gemini_ray.run_record import check_resume
-from gemini_ray.session import start_session
+from gemini_ray.training.run_record import check_resume
 
 __all__ = ["curve", "curve_markdown", "checkpoint_steps", "forecasts", "step_name"]
 

@@ -5,7 +5,7 @@
 
 Running the same command again with the same run.name and run.storage_path resumes from the latest
 checkpoint; a resume whose config differs from the run's start in what it trains is refused
-(gemini_ray/run_record.py: raising train.max_steps, the resources and the reporting may change).
+(gemini_ray/training/run_record.py: raising train.max_steps, the resources and the reporting may change).
 Outputs: <storage_path>/<name>/student (a plain HF directory) and <...>/summary.json. An existing
 run.output_dir is refused unless it is empty, or an earlier export of ours and run.overwrite_output=true.
 
@@ -20,12 +20,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gemini_ray.cluster.run_lock import hold_run_folder
+from gemini_ray.cluster.session import start_session
 from gemini_ray.config import Config
-from gemini_ray.distill_run import export, fit_student, prepare, summarize
+from gemini_ray.jobs.distill_run import export, fit_student, prepare, summarize
 from gemini_ray.paths import run_dir
-from gemini_ray.run_lock import hold_run_folder
-from gemini_ray.run_record import check_resume
-from gemini_ray.session import start_session
+from gemini_ray.training.run_record import check_resume
 
 __all__ = ["distill"]
 

@@ -1,5 +1,5 @@
 """`gemini-ray eval MODEL_DIR`: a student (and its teacher, for reference) on the fixed protocol of
-`gemini_ray.evaluation.run`: held-out language modelling, Lee similarity, Rotten Tomatoes, cost.
+`gemini_ray.jobs.evaluate`: held-out language modelling, Lee similarity, Rotten Tomatoes, cost.
 
     gemini-ray eval runs/demo/student                    # report.json + report.md in runs/demo/eval
     gemini-ray eval runs/demo/student --no-teacher --out /tmp/report eval.rt_train=500
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gemini_ray.config import Config
-from gemini_ray.evaluation.run import evaluate, write_report
+from gemini_ray.jobs.evaluate import evaluate, write_report
 from gemini_ray.paths import check_output_dir, make_output_dir
 
 __all__ = ["evaluate_model"]

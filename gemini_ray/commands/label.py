@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gemini_ray.cluster.session import start_session
 from gemini_ray.config import Config
-from gemini_ray.labelling import make_cache
-from gemini_ray.session import start_session
+from gemini_ray.jobs.labelling import make_cache
 
 __all__ = ["label"]
 

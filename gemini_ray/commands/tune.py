@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from gemini_ray.cluster.session import FoundCache, Session, configure_data_context, find_cache, start_session
 from gemini_ray.config import Config, build_config, config_to_dict
+from gemini_ray.data.budgets import CACHE_READ_CPUS
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.jobs.search import SearchSpace, rows_longest_trial, tune_distributions, validate_space
 from gemini_ray.metric_names import NONFINITE, OBJECTIVE_EMBEDDING, VAL_OBJECTIVE, VAL_TEACHER_AGREEMENT
 from gemini_ray.paths import absolute, atomic_path, atomic_write_json, atomic_write_text, join, read_json
-from gemini_ray.search import SearchSpace, rows_longest_trial, tune_distributions, validate_space
-from gemini_ray.session import FoundCache, Session, configure_data_context, find_cache, start_session
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,10 +51,10 @@ def _trial(params: dict[str, Any], cfg: Config, cache: FoundCache, hf_config: di
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gemini_ray.corpus_pass import StreamPlan
-    from gemini_ray.pipeline import read_cached_signal
-    from gemini_ray.trainer import build_trainer, nonfinite_error, run_spec
-    from gemini_ray.train_worker import read_progress
+    from gemini_ray.data.corpus_pass import StreamPlan
+    from gemini_ray.data.pipeline import read_cached_signal
+    from gemini_ray.training.train_worker import read_progress
+    from gemini_ray.training.trainer import build_trainer, nonfinite_error, run_spec
 
     trial_id = ray.tune.get_context().get_trial_id()
     configure_data_context()  # as distill's driver: the cache's rows in the same order, so a trial and
@@ -85,7 +86,7 @@ def _check_space(cfg: Config, space: SearchSpace) -> None:
 
 def _search_cache(cfg: Config, space: SearchSpace, session: Session) -> FoundCache:
     """The cache every trial reads: found, or labelled now (the teacher's one pass)."""
-    from gemini_ray.labelling import make_cache
+    from gemini_ray.jobs.labelling import make_cache
 
     rows = rows_longest_trial(cfg, space)  # a cache labelled with label.scope=run must hold the longest trial
     cache = find_cache(cfg, session, rows)
@@ -125,8 +126,7 @@ def _floors(cfg: Config) -> str:
 def _max_concurrent(cfg: Config) -> int:
     import ray
 
-    from gemini_ray.pipeline import CACHE_READ_CPUS
-    from gemini_ray.placement import demands, plan_totals
+    from gemini_ray.cluster.placement import demands, plan_totals
 
     if cfg.tune.max_concurrent_trials:
         return cfg.tune.max_concurrent_trials
@@ -142,7 +142,7 @@ def _tuner(cfg: Config, space: SearchSpace, trainable: Any, storage: str):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from gemini_ray.placement import alive_nodes, check_fits, demands
+    from gemini_ray.cluster.placement import alive_nodes, check_fits, demands
 
     if cfg.run.check_resources:  # one trial must fit, else every trial waits on Ray Data for a free CPU
         check_fits(demands(cfg, cached=True), alive_nodes())
@@ -263,7 +263,7 @@ def tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
     """Label once (if needed), then search. Returns a summary (also written as tune_summary.json). The
     search's trial folder is held for the whole command: a second search of the same tune.name and storage
     path is refused at once (`run_lock`)."""
-    from gemini_ray.run_lock import hold_run_folder
+    from gemini_ray.cluster.run_lock import hold_run_folder
 
     with hold_run_folder(join(absolute(cfg.run.storage_path), f"{cfg.tune.name}-trials")):
         return _tune(cfg, space)
@@ -273,9 +273,9 @@ def _tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
     import ray
     from ray import tune as ray_tune
 
-    from gemini_ray.models import build_student, count_parameters
-    from gemini_ray.pipeline import teacher_token_counter
-    from gemini_ray.placement import PlacementGroupSweeper, with_worker_cpus
+    from gemini_ray.cluster.placement import PlacementGroupSweeper, with_worker_cpus
+    from gemini_ray.data.pipeline import teacher_token_counter
+    from gemini_ray.models.build import build_student, count_parameters
 
     t_start = time.perf_counter()
     cfg = with_worker_cpus(cfg, cached=True, nodes=[], searching=True)  # trials share the CPUs

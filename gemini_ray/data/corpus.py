@@ -1,4 +1,4 @@
-"""Where the corpus lives and how its files are read. No Ray here (see `gemini_ray.corpus_pass`).
+"""Where the corpus lives and how its files are read. No Ray here (see `gemini_ray.data.corpus_pass`).
 
 Embedded corpora ship inside the `gensim==4.4.0` wheel (its test data), found without importing gensim:
 * `embedded:lee_background` — 300 news articles, one per line (the default);

@@ -1,7 +1,7 @@
 """Tokenize documents, cut them into spans and pair an anchor with a positive of the same document.
 
 A small callable (load the tokenizer in `__init__`, map a numpy batch dict in `__call__`), testable
-without Ray; `gemini_ray.corpus_pass` runs it with `map_batches`.
+without Ray; `gemini_ray.data.corpus_pass` runs it with `map_batches`.
 
 Policy:
 * A document is cut into consecutive spans of `span_length` tokens; a last partial span is kept when
@@ -61,7 +61,7 @@ class SpanPairer:
 
     def __init__(self, tokenizer_source: str, kind: str, span_length: int, mlm_probability: float = 0.15,
                  seed: int = 0, trust_remote_code: bool = False, tokenizer: Any = None):
-        from gemini_ray.models import load_tokenizer
+        from gemini_ray.models.build import load_tokenizer
 
         # one thread: a pairer is one CPU's worth of work (a Ray task holding a CPU, one process of a pool);
         # the tokenizer's own thread pool would compete with its neighbours for the same cores

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gemini_ray.models import lm_head, mean_pool
+from gemini_ray.models.build import lm_head, mean_pool
 
 __all__ = ["TeacherLabeler", "teacher_forward"]
 
@@ -57,8 +57,8 @@ class TeacherLabeler:
 
     def __init__(self, teacher_cfg: dict[str, Any], model: torch.nn.Module | None = None, device: str | None = None):
         from gemini_ray.config import TeacherConfig
-        from gemini_ray.models import load_teacher, resolve_teacher
-        from gemini_ray.numerics import allow_tf32, teacher_dtype
+        from gemini_ray.models.build import load_teacher, resolve_teacher
+        from gemini_ray.models.numerics import allow_tf32, teacher_dtype
 
         self.cfg = TeacherConfig(**teacher_cfg)
         if self.cfg.num_gpus == 0:

@@ -1,6 +1,6 @@
 """The quality targets a distilled student is held to, and where a curve of checkpoints is heading.
 
-Pure functions of evaluation rows (`gemini_ray.evaluation.run.evaluate`), no Ray:
+Pure functions of evaluation rows (`gemini_ray.jobs.evaluate.evaluate`), no Ray:
 
     met = check_targets(final, teacher, untrained, paired)   # one entry per target: value, goal, met
     step = extrapolate_step([60, 120, 180], [900.0, 600.0, 450.0], goal=153.0, higher_is_better=False,

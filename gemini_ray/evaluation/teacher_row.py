@@ -11,7 +11,7 @@ are the same:
 * the model kind it is loaded as (causal or masked);
 * the protocol: every `eval.*` setting, the corpus and its held-out share, the held-out documents
   themselves (by content);
-* the evaluation code (the `gemini_ray.evaluation` sources, and `gemini_ray.models` and
+* the evaluation code (the `gemini_ray.evaluation` sources, and `gemini_ray.models.build` and
   `gemini_ray.data.spans`, which load, pool and hash for it) and the versions of the packages that compute
   or ship the scores (torch, transformers, tokenizers, safetensors, numpy, pandas, gensim, scattertext).
 
@@ -58,7 +58,7 @@ def _version(package: str) -> str | None:
 
 
 def _teacher_files(directory: Path) -> dict[str, str]:
-    from gemini_ray.cache import weights_hash
+    from gemini_ray.data.cache import weights_hash
 
     small = {p.name: _sha256(p.read_bytes()) for p in sorted(directory.iterdir())
              if p.is_file() and not p.name.startswith(".") and p.suffix not in _WEIGHT_SUFFIXES}

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gemini_ray.metric_names import LOSS_CL, LOSS_KD, LOSS_REP, LOSS_TOTAL
 from gemini_ray.losses.contrastive import info_nce_loss
 from gemini_ray.losses.distillation import dense_kd_loss, topk_kd_loss
 from gemini_ray.losses.language_model import next_token_loss
 from gemini_ray.losses.representation import cosine_embedding_loss, similarity_loss
+from gemini_ray.metric_names import LOSS_CL, LOSS_KD, LOSS_REP, LOSS_TOTAL
 
 __all__ = ["LossParts", "combine", "info_nce_loss", "topk_kd_loss", "dense_kd_loss", "next_token_loss",
            "cosine_embedding_loss", "similarity_loss"]

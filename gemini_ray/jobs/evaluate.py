@@ -28,9 +28,9 @@ import torch
 
 from gemini_ray.config import Config, EvalConfig, TrainConfig
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.evaluation import teacher_row
 from gemini_ray.evaluation.metrics import (TokenStats, bootstrap_interval, causal_targets, linear_probe_correct, spearman,
                                           token_stats)
-from gemini_ray.evaluation import teacher_row
 from gemini_ray.evaluation.sets import LEE_PAIRS, lee_similarity, rotten_tomatoes
 
 if TYPE_CHECKING:
@@ -116,15 +116,15 @@ def check_positions(model_dir: Path, e: EvalConfig, what: str) -> None:
 
 def read_student_meta(model_dir: str) -> dict[str, Any]:
     """What `distill` recorded next to an exported student ({} for other models)."""
-    from gemini_ray.checkpoint import STUDENT_META
+    from gemini_ray.models.checkpoint import STUDENT_META
 
     path = Path(model_dir).expanduser() / STUDENT_META
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def load_model(name: str, source: str, kind: str = "auto") -> Model:
-    from gemini_ray.cache import vocab_hash
-    from gemini_ray.models import load_teacher, load_tokenizer
+    from gemini_ray.data.cache import vocab_hash
+    from gemini_ray.models.build import load_teacher, load_tokenizer
 
     fix = None if name == "teacher" else _LOAD_FIX  # None: the teacher's own advice (check teacher.model)
     model, resolved = load_teacher(source, kind, **({"fix": fix} if fix else {}))
@@ -150,7 +150,7 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
 @torch.no_grad()
 def embed_texts(m: Model, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
     """(n, H) float32 embeddings; texts are batched by length (less padding), returned in input order."""
-    from gemini_ray.models import embed
+    from gemini_ray.models.build import embed
 
     ids = m.tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
     order = np.argsort([len(x) for x in ids], kind="stable")
@@ -230,7 +230,7 @@ def _vm_hwm_mib() -> float:
 
 
 def _peak_rss_child(source: str, kind: str, batch: tuple[int, int], conn) -> None:  # pragma: no cover (child)
-    from gemini_ray.models import load_teacher
+    from gemini_ray.models.build import load_teacher
 
     torch.set_num_threads(1)
     model, _ = load_teacher(source, kind)
@@ -289,9 +289,10 @@ def _corpus(cfg: Config, eval_sets: dict[str, list[str]], max_held_out: int) -> 
 
     import ray
 
+    from gemini_ray.cluster.session import init_ray
+    from gemini_ray.data.budgets import LIGHT_CPUS
+    from gemini_ray.data.corpus_pass import read_documents, read_errors
     from gemini_ray.data.spans import text_hash
-    from gemini_ray.corpus_pass import LIGHT_CPUS, read_documents, read_errors
-    from gemini_ray.session import init_ray
 
     init_ray(cfg)
     hashes = ray.put([np.array(sorted({text_hash(t) for t in texts}), dtype=np.int64) for texts in eval_sets.values()])
@@ -313,8 +314,8 @@ def _mark_documents(batch: dict[str, np.ndarray], eval_hashes, val_fraction: flo
     is held out."""
     import ray
 
+    from gemini_ray.data.corpus_pass import is_val_doc
     from gemini_ray.data.spans import text_hash
-    from gemini_ray.corpus_pass import is_val_doc
 
     readable = ~(np.asarray(batch["bad_utf8"], dtype=bool) | np.asarray(batch["bad_record"], dtype=bool))
     hashes = np.array([text_hash(str(t)) for t in batch["text"]], dtype=np.int64)
@@ -343,7 +344,7 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
              name: str = "student", corpus: tuple[list[str], dict[str, int]] | None = None) -> dict[str, Any]:
     """Run the protocol on the model (and the teacher); returns the report. corpus: `corpus_against_sets(cfg)`
     when already computed (it reads the whole training corpus)."""
-    from gemini_ray.models import resolve_teacher
+    from gemini_ray.models.build import resolve_teacher
 
     e = cfg.eval
     t_start = time.perf_counter()
@@ -420,7 +421,7 @@ def protocol_settings(e: EvalConfig) -> dict[str, Any]:
 
 def _quality_row(m: Model, e: EvalConfig, held_out: list[str], ref: Model | None, lee, rt) -> dict[str, Any]:
     """The model's parameters, held-out LM metrics (against `ref`) and embedding scores on Lee and RT."""
-    from gemini_ray.models import count_parameters
+    from gemini_ray.models.build import count_parameters
 
     (lee_docs, lee_pairs), (rt_train, rt_test) = lee, rt
     row: dict[str, Any] = {"source": m.source, "kind": m.kind, "parameters": count_parameters(m.model)}

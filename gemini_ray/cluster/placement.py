@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemini_ray.config import Config
+from gemini_ray.data.budgets import CACHE_READ_CPUS, LIGHT_CPUS, STREAM_TOKENIZE_CPUS
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_remote, local_path
 
@@ -52,8 +53,6 @@ def demands(cfg: Config, cached: bool, trainer: bool = True) -> list[Demand]:
     """The units a run holds at once: Train workers (when `trainer`) plus the data stage beside them — the
     teacher pool, the miner, one light task and the corpus's read and tokenize tasks when labelling online;
     one fractional read from a cache."""
-    from gemini_ray.corpus_pass import LIGHT_CPUS, STREAM_TOKENIZE_CPUS
-    from gemini_ray.pipeline import CACHE_READ_CPUS
 
     out = []
     if trainer:
@@ -77,7 +76,6 @@ def with_worker_cpus(cfg: Config, cached: bool, nodes: list[dict[str, float]], s
     """cfg with train.cpus_per_worker decided when it is None: 1 CPU a worker beside an online teacher, in a
     search (trials share the nodes) or on a cluster of several nodes; on one node, a run from a cache shares
     the node's CPUs less one cache read among its workers (each worker's torch threads follow)."""
-    from gemini_ray.pipeline import CACHE_READ_CPUS
 
     t = cfg.train
     if t.cpus_per_worker is not None:

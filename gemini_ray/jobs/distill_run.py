@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gemini_ray.cluster.session import FoundCache, Session, find_cache
 from gemini_ray.config import Config, config_to_dict
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_REP, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL,
                                      VAL_TEACHER_AGREEMENT)
 from gemini_ray.paths import atomic_write_json, check_writable, is_uri, join, run_dir
-from gemini_ray.run_record import check_resume, record_start
-from gemini_ray.session import FoundCache, Session, find_cache
-from gemini_ray.watch import loss_chart
+from gemini_ray.training.run_record import check_resume, record_start
+from gemini_ray.training.watch import loss_chart
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import ray.train
     from torch import nn
 
-    from gemini_ray.corpus_pass import Probe
+    from gemini_ray.data.corpus_pass import Probe
 
 __all__ = ["Run", "check_output", "prepare", "fit_student", "export", "export_untrained", "export_checkpoints",
            "summarize"]
@@ -75,7 +75,7 @@ class Run:
 
 
 def _make_student(cfg: Config, session: Session) -> nn.Module:
-    from gemini_ray.models import build_student, count_parameters, load_student
+    from gemini_ray.models.build import build_student, count_parameters, load_student
 
     if cfg.loss.objective == "lm" and session.kind != "causal":
         raise GeminiRayError("loss.objective=lm (next-token cross-entropy) needs a causal teacher's tokenizer and "
@@ -133,9 +133,9 @@ def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None, pla
     stream from the files through the teacher into the trainer, which starts on the first of them. The
     teacher labels only the rows the run uses, max_steps batches (a run longer than the corpus makes further
     passes, each labelled again; 'gemini-ray label' labels once)."""
-    from gemini_ray.corpus_pass import online_rows, probe_corpus
-    from gemini_ray.pipeline import label_and_mine, label_rows, read_cached_signal
-    from gemini_ray.session import print_corpus
+    from gemini_ray.cluster.session import print_corpus
+    from gemini_ray.data.corpus_pass import online_rows, probe_corpus
+    from gemini_ray.data.pipeline import label_and_mine, label_rows, read_cached_signal
 
     if cache is not None:
         print(f"[gemini-ray] reading the teacher signal from the cache {cache.directory}")
@@ -158,8 +158,8 @@ def _consumed_shards(cfg: Config, manifest: dict) -> frozenset[int]:
     """The cache's training shards whose every row the run had trained in its current pass at its newest
     checkpoint (the one it resumes from), when the rest of the run ends within that pass: left unread. A run
     that will make another pass reads them all (the stream is the same for every pass of a fit)."""
-    from gemini_ray.checkpoint import latest_whole_checkpoint
-    from gemini_ray.positions import count, rows_of
+    from gemini_ray.data.positions import count, rows_of
+    from gemini_ray.models.checkpoint import latest_whole_checkpoint
 
     out_dir = run_dir(cfg.run.storage_path, cfg.run.name)
     latest = None if is_uri(out_dir) else latest_whole_checkpoint(out_dir)
@@ -182,7 +182,7 @@ def _earliest_resume_step(cfg: Config) -> int:
     """The step a resumed run can go on from at the earliest (the oldest whole checkpoint Ray Train keeps;
     0 for a new run or a run whose checkpoints are behind a URI): the stream's row limit counts from it, so
     that a resumed run does not send rows to the teacher past the ones it still needs."""
-    from gemini_ray.checkpoint import whole_checkpoint_steps
+    from gemini_ray.models.checkpoint import whole_checkpoint_steps
 
     out_dir = run_dir(cfg.run.storage_path, cfg.run.name)
     return 0 if is_uri(out_dir) else min(whole_checkpoint_steps(out_dir), default=0)
@@ -195,11 +195,11 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
     session serves several runs (the ablation)."""
     import ray
 
-    from gemini_ray.corpus_pass import StreamPlan
-    from gemini_ray.pipeline import teacher_token_counter
-    from gemini_ray.placement import alive_nodes, check_fits, demands, with_worker_cpus
+    from gemini_ray.cluster.placement import alive_nodes, check_fits, demands, with_worker_cpus
+    from gemini_ray.data.corpus_pass import StreamPlan
+    from gemini_ray.data.pipeline import teacher_token_counter
 
-    from gemini_ray.trainer import resume_point
+    from gemini_ray.training.trainer import resume_point
 
     out_dir = run_dir(cfg.run.storage_path, cfg.run.name)
     if not is_uri(out_dir):  # tried by writing a probe file (permission bits say nothing for root or read-only mounts)
@@ -226,8 +226,8 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
 
 def fit_student(run: Run) -> ray.train.Result:
     """Train the student with Ray Train; the same run.name and storage path resume from the latest checkpoint."""
-    from gemini_ray.throughput import config_matmul_params
-    from gemini_ray.trainer import build_trainer, fit, run_spec
+    from gemini_ray.training.throughput import config_matmul_params
+    from gemini_ray.training.trainer import build_trainer, fit, run_spec
 
     spec = run_spec(run.cfg, run.student.config.to_dict(), run.session.kind, run.student.state_dict(), run.val,
                     join(run.out_dir, "progress.json"), started_at=run.started_at, plan=run.plan,
@@ -254,7 +254,7 @@ def _student_meta(cfg: Config, session: Session) -> dict[str, Any]:
 def export_untrained(cfg: Config, session: Session, student_dir: str) -> str:
     """The student as `prepare` derives it (the teacher's copied layers, or student.from_pretrained), saved
     untrained as an exported student: the baseline every trained student must beat."""
-    from gemini_ray.checkpoint import save_student
+    from gemini_ray.models.checkpoint import save_student
 
     return save_student(_make_student(cfg, session), student_dir, session.teacher_source,
                         {**_student_meta(cfg, session), "untrained": True})
@@ -266,7 +266,7 @@ def export(run: Run, result: ray.train.Result) -> tuple[str, dict[str, Any]]:
     Returns (student directory, the checkpoint's training state)."""
     import json
 
-    from gemini_ray.checkpoint import export_student
+    from gemini_ray.models.checkpoint import export_student
 
     t0 = time.perf_counter()
     cfg, session = run.cfg, run.session
@@ -283,7 +283,7 @@ def export_checkpoints(run: Run, result: ray.train.Result, directory: str,
     """Every checkpoint Ray Train kept (train.keep_checkpoints) as an exported student at
     <directory>/step-<N>: {step: student directory}, by step. `exported`: steps already exported (the final
     student), used as they are."""
-    from gemini_ray.checkpoint import export_student
+    from gemini_ray.models.checkpoint import export_student
 
     students = dict(exported or {})
     for checkpoint, _ in result.best_checkpoints:
@@ -349,9 +349,9 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
     and print the headline; returns the summary. t_start: perf_counter() when the command started."""
     import ray
 
-    from gemini_ray.cache import signal_bytes_per_token
-    from gemini_ray.models import count_parameters
-    from gemini_ray.pipeline import teacher_token_counter
+    from gemini_ray.data.cache import signal_bytes_per_token
+    from gemini_ray.data.pipeline import teacher_token_counter
+    from gemini_ray.models.build import count_parameters
 
     cfg, session = run.cfg, run.session
     if t_start is not None:

@@ -1,4 +1,4 @@
-"""Ray Data assembly after the corpus pass (`gemini_ray.corpus_pass`): teacher (actor pool) → hard-negative
+"""Ray Data assembly after the corpus pass (`gemini_ray.data.corpus_pass`): teacher (actor pool) → hard-negative
 mining, and the teacher-signal cache (written by `gemini-ray label`, streamed by distill and tune).
 
 The stages themselves are plain callables in `gemini_ray.data`; this module only wires them onto Ray.
@@ -15,19 +15,17 @@ import ray.data
 from ray.data import ActorPoolStrategy
 
 from gemini_ray.config import Config
-from gemini_ray.corpus_pass import LIGHT_CPUS, drop_trained, to_arrays
+from gemini_ray.data.budgets import CACHE_READ_CPUS, LIGHT_CPUS
+from gemini_ray.data.corpus_pass import drop_trained, to_arrays
 from gemini_ray.data.mining import HardNegativeMiner
+from gemini_ray.data.positions import encode
 from gemini_ray.data.teacher_stage import TeacherLabeler
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import atomic_path, join, open_dir
-from gemini_ray.positions import encode
 
 __all__ = ["label_rows", "label_and_mine", "teacher_token_counter", "label_shards", "read_cache",
-           "read_cached_signal", "assign_shards", "CACHE_READ_CPUS", "TRAIN_COLUMNS", "STREAM_COLUMNS"]
+           "read_cached_signal", "assign_shards", "TRAIN_COLUMNS", "STREAM_COLUMNS"]
 
-
-CACHE_READ_CPUS = 0.25
-"""CPUs per cache-read task: a Tune trial's driver and trainer hold the rest."""
 
 
 TRAIN_COLUMNS = ["input_ids", "attention_mask", "label_mask", "topk_ids", "topk_logits", "topk_mass",
@@ -148,7 +146,7 @@ class ShardWriter:
         import pyarrow.parquet as pq
         from ray.data.block import BlockAccessor
 
-        from gemini_ray.cache import shard_name
+        from gemini_ray.data.cache import shard_name
 
         ids = np.asarray(batch["example_id"])
         order = np.argsort(ids, kind="stable")
@@ -219,7 +217,7 @@ def read_cache(directory: str, shards: list[int], num_negatives: int, plan=None,
     import pyarrow.parquet as pq
     from ray.data.block import BlockAccessor
 
-    from gemini_ray.cache import shard_name
+    from gemini_ray.data.cache import shard_name
 
     fs, path = open_dir(directory)
     slots = len([s for s in shards if s not in consumed])
@@ -254,7 +252,7 @@ def read_cached_signal(directory: str, manifest: dict, num_negatives: int, plan=
     """(training stream, held-out rows as one dict of arrays or None) from a complete cache. The held-out
     rows are small: read once, before a trainer holds its CPUs. consumed: training shards left unread;
     seed: of the shard order of passes after the first, and of the first with shuffle_first (`shard_order`)."""
-    from gemini_ray.cache import check_shards
+    from gemini_ray.data.cache import check_shards
 
     check_shards(directory, manifest)  # a damaged shard: refused now, not by a Ray Data retry mid-run
     stream = read_cache(directory, manifest["shards_train"], num_negatives, plan, consumed, seed, shuffle_first)

@@ -68,7 +68,7 @@ ABORT_TIMEOUT_S = 5.0
 the placement-group cleaner, which can take up to 12 s (Ray 2.60: a state-API query of up to 10 s in flight);
 a driver that goes on sooner ends its job's actors as it exits, workers included, all the same."""
 
-SETUP_HOOK = "gemini_ray.ray_patches.setup_process"
+SETUP_HOOK = "gemini_ray.ray_compat.patches.setup_process"
 _MODULE = "ray.data._internal.execution.streaming_executor"
 _TRAINER_MODULE = "ray.train.v2.api.data_parallel_trainer"
 _ENV_SWITCH = "GEMINI_RAY_PATCH_RAY_DATA"

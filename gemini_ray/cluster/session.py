@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-    from gemini_ray.corpus_pass import CorpusStats
+    from gemini_ray.data.corpus_pass import CorpusStats
 
 __all__ = ["Session", "FoundCache", "init_ray", "start_session", "print_corpus", "cache_dir_for", "find_cache"]
 
@@ -58,7 +58,7 @@ def init_ray(cfg: Config) -> None:
     import ray
     import ray.data
 
-    from gemini_ray import ray_patches
+    from gemini_ray.ray_compat import patches as ray_patches
 
     if not ray.is_initialized():
         # "local": a new instance, not the last `ray start` head of the machine that Ray joins by default
@@ -90,7 +90,7 @@ def configure_data_context() -> None:
 
 
 def _identity(cfg: Config, source: str, tokenizer: Any, kind: str) -> dict[str, Any]:
-    from gemini_ray.cache import vocab_hash, weights_hash
+    from gemini_ray.data.cache import vocab_hash, weights_hash
     from gemini_ray.data.corpus import corpus_signature
 
     d = cfg.data
@@ -116,8 +116,8 @@ def start_session(cfg: Config, with_teacher: bool = False) -> Session:
     command streams it (`corpus_pass.corpus_stream`) or makes one whole pass (`corpus_pass.build_examples`).
 
     with_teacher keeps the loaded teacher in the Session (to derive a student from); otherwise it is freed."""
-    from gemini_ray.models import count_parameters, load_teacher, load_tokenizer, resolve_teacher
-    from gemini_ray.placement import alive_nodes, check_shared_storage
+    from gemini_ray.cluster.placement import alive_nodes, check_shared_storage
+    from gemini_ray.models.build import count_parameters, load_teacher, load_tokenizer, resolve_teacher
 
     seconds = {}
     t0 = time.perf_counter()
@@ -150,7 +150,7 @@ def print_corpus(stats: CorpusStats, read: str = "") -> None:
 
 def cache_dir_for(cfg: Config, identity: dict[str, Any]) -> str:
     """Where the cache of these inputs lives: <label.cache_root or <storage_path>/signal_cache>/<key>."""
-    from gemini_ray.cache import cache_key
+    from gemini_ray.data.cache import cache_key
 
     root = cfg.label.cache_root or join(cfg.run.storage_path, "signal_cache")
     return join(absolute(root), cache_key(identity))
@@ -161,7 +161,7 @@ def find_cache(cfg: Config, session: Session, rows: int | None = None) -> FoundC
     training rows the run reads (default: this config's run; a search passes its longest trial's): a cache
     labelled for a shorter run (label.scope=run) is refused under label.use=require or label.path, and
     passed over (the teacher runs online) under auto."""
-    from gemini_ray.cache import cached_train_rows, check_compatible, check_shards, read_manifest, rows_a_run_reads
+    from gemini_ray.data.cache import cached_train_rows, check_compatible, check_shards, read_manifest, rows_a_run_reads
 
     if cfg.label.use == "never":
         return None

@@ -19,15 +19,15 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from gemini_ray.cache import CACHE_VERSION
+from gemini_ray.cluster.session import Session, cache_dir_for
 from gemini_ray.config import Config
+from gemini_ray.data.cache import CACHE_VERSION
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import absolute, check_writable, join, open_dir
-from gemini_ray.session import Session, cache_dir_for
-from gemini_ray.watch import Progress
+from gemini_ray.training.watch import Progress
 
 if TYPE_CHECKING:
-    from gemini_ray.corpus_pass import CorpusStats
+    from gemini_ray.data.corpus_pass import CorpusStats
 
 __all__ = ["make_cache"]
 
@@ -37,7 +37,7 @@ def _check_rows(directory: str, shards: list[int], examples) -> tuple[int, int]:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from gemini_ray.cache import shard_name
+    from gemini_ray.data.cache import shard_name
 
     fs, path = open_dir(directory)
     ids = [pq.read_table(f"{path}/{shard_name(i)}", columns=["example_id"], filesystem=fs).column(0).to_numpy()
@@ -86,8 +86,8 @@ def _new_manifest(cfg: Config, session: Session, stats: CorpusStats, train: list
 def _label_rounds(cfg: Config, examples, directory: str, todo: list[int], manifest: dict[str, Any],
                   expected: dict[int, int]) -> None:
     """Label the shards still to do, a round at a time; the manifest records each finished round."""
-    from gemini_ray.cache import write_manifest
-    from gemini_ray.pipeline import label_shards
+    from gemini_ray.data.cache import write_manifest
+    from gemini_ray.data.pipeline import label_shards
 
     per_round = max(cfg.label.shards_per_round, cfg.teacher.num_actors)
     progress = Progress(len(todo), "labelling", "shard")
@@ -103,7 +103,7 @@ def _label_rounds(cfg: Config, examples, directory: str, todo: list[int], manife
 def _sizes(directory: str, shards: list[int], records: dict[str, dict[str, int]]) -> dict[str, Any]:
     """Rows, teacher tokens and bytes on disk per token position: in all, the teacher's top-k signal alone,
     and the K_max negatives' token ids + masks each row carries for the student (parquet, compressed)."""
-    from gemini_ray.cache import column_bytes, shard_name
+    from gemini_ray.data.cache import column_bytes, shard_name
 
     fs, path = open_dir(directory)
     total_bytes = sum(v["bytes"] for v in records.values())
@@ -122,7 +122,7 @@ def _train_shards(cfg: Config, expected: dict[int, int], n_train: int, rows: int
                   ) -> list[int]:
     """The training shards to label: all (label.scope=corpus), or the first that hold `rows` (default: what
     this config's run reads)."""
-    from gemini_ray.cache import first_shards, rows_a_run_reads
+    from gemini_ray.data.cache import first_shards, rows_a_run_reads
 
     every = list(range(n_train))
     if cfg.label.scope == "corpus":
@@ -153,11 +153,11 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
     the training rows to label (default: what this config's run reads; a search passes its longest trial's)."""
     import ray
 
-    from gemini_ray.cache import read_manifest, shard_is_complete, shard_name, write_manifest
-    from gemini_ray.corpus_pass import build_examples
-    from gemini_ray.pipeline import assign_shards, teacher_token_counter
-    from gemini_ray.placement import alive_nodes, check_fits, demands
-    from gemini_ray.session import print_corpus
+    from gemini_ray.cluster.placement import alive_nodes, check_fits, demands
+    from gemini_ray.cluster.session import print_corpus
+    from gemini_ray.data.cache import read_manifest, shard_is_complete, shard_name, write_manifest
+    from gemini_ray.data.corpus_pass import build_examples
+    from gemini_ray.data.pipeline import assign_shards, teacher_token_counter
 
     t_start = t_start or time.perf_counter()
     directory = absolute(cfg.label.path) if cfg.label.path else cache_dir_for(cfg, session.identity)

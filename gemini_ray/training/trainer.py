@@ -19,7 +19,7 @@ from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.metric_names import LOSS_PART_NAMES
 from gemini_ray.paths import is_uri
-from gemini_ray.train_worker import Costs, RunSpec, read_progress, train_loop_per_worker
+from gemini_ray.training.train_worker import Costs, RunSpec, read_progress, train_loop_per_worker
 
 if TYPE_CHECKING:
     import ray.data
@@ -51,7 +51,7 @@ def run_spec(cfg: Config, hf_config: dict[str, Any], kind: str, init_weights: An
 
 
 def _costs(cfg: Config, teacher_params: tuple[int, int] | None) -> Costs:
-    from gemini_ray.throughput import matmul_tflops
+    from gemini_ray.training.throughput import matmul_tflops
 
     peak = cfg.run.peak_tflops or (None if cfg.train.use_gpu else matmul_tflops())
     devices = max(1, round(cfg.teacher.num_actors * cfg.teacher.num_gpus)) if cfg.teacher.num_gpus else 1
@@ -133,7 +133,7 @@ DAMAGED = "damaged"
 def _newest_first(out_dir: Path) -> list[tuple[Path, int | None]]:
     """The run's checkpoint directories with their steps, newest first (an unreadable step sorts by the
     directory's name, which Ray Train stamps with the time it was written)."""
-    from gemini_ray.checkpoint import checkpoint_step
+    from gemini_ray.models.checkpoint import checkpoint_step
 
     found = [(d, checkpoint_step(d)) for d in out_dir.glob("checkpoint_*") if d.is_dir()]
     return sorted(found, key=lambda f: (f[1] if f[1] is not None else -1, f[0].name), reverse=True)
@@ -143,7 +143,7 @@ def _check_checkpoints(out_dir: Path) -> tuple[tuple[Path, int] | None, list[tup
     """(the newest intact checkpoint or None, the damaged ones with their step and what is wrong). The
     checkpoints from the newest down to the first intact one are read whole (size, SHA-256 against the
     record written with them, finite weights); the older ones get the cheap checks (sizes)."""
-    from gemini_ray.checkpoint import verify_checkpoint
+    from gemini_ray.models.checkpoint import verify_checkpoint
 
     latest, damaged = None, []
     for directory, step in _newest_first(out_dir):

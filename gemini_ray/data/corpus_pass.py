@@ -7,7 +7,7 @@ corpus fingerprint are kept by a ledger actor, so the driver holds nothing propo
 
 An online distillation streams: `probe_corpus` reads only the prefix that holds the held-out rows (and
 checks the corpus on it), then `online_rows` streams the training rows from the files (through the teacher
-stage of `gemini_ray.pipeline`) into the trainer, which starts on the first rows while the rest are still
+stage of `gemini_ray.data.pipeline`) into the trainer, which starts on the first rows while the rest are still
 being read. `gemini-ray label` makes one whole pass (`build_examples`).
 
 No torch here: the tokenize tasks and actors import this module in every Ray worker that runs them.
@@ -30,19 +30,19 @@ import ray
 import ray.data
 
 from gemini_ray.config import Config
+from gemini_ray.data.budgets import (CORPUS_BLOCK_BYTES, LIGHT_CPUS, PASS_READ_CPUS, PASS_TOKENIZE_CPUS,
+                                     STREAM_BLOCK_BYTES, STREAM_TOKENIZE_CPUS)
 from gemini_ray.data.corpus import (csv_read_options, decode_column, embedded_corpus, infer_format, parse_jsonl,
                                     split_lines)
 from gemini_ray.data.filecheck import corpus_files
+from gemini_ray.data.positions import decode, encode, rows_of, trained_mask
 from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_uri
-from gemini_ray.positions import decode, encode, rows_of, trained_mask
 
 __all__ = ["CorpusStats", "read_documents", "corpus_stream", "CorpusStream", "build_examples", "held_out",
            "Probe", "probe_corpus", "online_rows", "StreamPlan", "split", "is_val_doc", "to_arrays",
-           "CorpusLedger", "drop_trained", "read_parquet_v1", "read_errors", "LIGHT_CPUS",
-           "STREAM_TOKENIZE_CPUS", "PASS_READ_CPUS", "PASS_TOKENIZE_CPUS", "CORPUS_BLOCK_BYTES",
-           "STREAM_BLOCK_BYTES"]
+           "CorpusLedger", "drop_trained", "read_parquet_v1", "read_errors"]
 
 
 @dataclass
@@ -71,40 +71,6 @@ class CorpusStats:
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
-
-
-LIGHT_CPUS = 0.1
-"""CPUs per task of the cheap row operations (filter, column selection) in datasets that stream beside the
-trainer: on a small machine the Train workers and the teacher pool hold almost every CPU, and an
-operation that asks for a whole one would wait forever (Ray Data's no-progress error after 30 minutes)."""
-
-STREAM_TOKENIZE_CPUS = 0.2
-"""CPUs per tokenize-and-pair task of a corpus that streams beside the trainer (its reads take LIGHT_CPUS):
-the default plan on 2 CPUs leaves 0.3 beside one Train worker, the teacher actor and the miner."""
-
-PASS_READ_CPUS = 0.1
-"""CPUs per read task of a corpus pass that runs alone (before a trainer starts, or `gemini-ray label`): the
-tokenize actors leave this much of every CPU free, so reads run beside them."""
-
-PASS_TOKENIZE_CPUS = 0.9
-"""CPUs per tokenize-and-pair actor of a corpus pass that runs alone: one actor per CPU of the cluster.
-An actor pool, not tasks: each actor keeps its next blocks queued, where a task pool leases a worker and
-fetches a block after every task. On the 200 MB corpus of benchmarks/scale.py (2 CPUs, three alternated
-rounds) a pass took 65 s in two actors against 69-71 s in 1-CPU tasks (a pool of two processes: 51 s);
-each pass starts its actors, about a second more than tasks on a tiny corpus."""
-
-CORPUS_BLOCK_BYTES = 4 * 1024 * 1024
-"""Target block size of the corpus dataset (documents, then examples): a block is the unit of parallelism of
-the tokenize tasks and of streaming, so a one-file corpus is cut into many as it is read. Each task costs
-Ray a fixed ~0.15-0.3 s beside its work. Measured on the 200 MB corpus of benchmarks/scale.py (2 CPUs), a
-whole pass took 152 s with 1 MiB blocks (about half a second of tokenizing each), 113 s with 4 MiB and 114 s
-with 8 MiB, against 93 s for a process pool; a 4 MiB block still tokenizes in about two seconds."""
-
-STREAM_BLOCK_BYTES = 1024 * 1024
-"""Target block size of a corpus that streams beside the trainer through the online teacher: its blocks
-(and those of the teacher stage after it, which fills an output block before passing it on) are what the
-trainer waits for. With 4 MiB the demo's first five steps waited 86 % of their time for data (68 % with
-1 MiB) and the whole demo took 820 s against 715 s."""
 
 
 def read_documents(cfg: Config, num_cpus: float = 1.0, block_bytes: int | None = None) -> ray.data.Dataset:
@@ -265,7 +231,7 @@ class CorpusLedger:
 
 @ray.remote(num_cpus=0)
 class StreamPlan:
-    """Which rows of the current pass the trainer has trained already (positions, `gemini_ray.positions`),
+    """Which rows of the current pass the trainer has trained already (positions, `gemini_ray.data.positions`),
     so that a resumed run's stream drops them before the teacher (or, from a cache, before the trainer).
 
     Rank 0 of the Train workers sets it when it starts a pass (after restoring a checkpoint: the pass's
