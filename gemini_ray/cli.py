@@ -1,4 +1,4 @@
-"""Command line: `gemini-ray {distill,label,tune,config} [--config FILE] [section.key=value ...]`.
+"""Command line: `gemini-ray {distill,label,tune,eval,ablate,curve,config} [--config FILE] [section.key=value ...]`.
 
     gemini-ray distill                          # embedded demo
     gemini-ray label                            # teacher once -> parquet cache (distill/tune reuse it)

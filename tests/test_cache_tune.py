@@ -226,9 +226,9 @@ def test_a_cache_labelled_for_one_run_reads_as_the_whole_one_and_grows_for_a_lon
     them) that hold the run: the run's stream is the whole cache's first rows, row for row. A longer run is
     refused under label.use=require and passed over under auto; labelling for it adds the shards it lacks
     and keeps those done."""
-    from gemini_ray.cluster.session import configure_data_context, find_cache, start_session
+    from gemini_ray.cluster.session import configure_data_context, start_session
     from gemini_ray.commands.label import label
-    from gemini_ray.data.cache import first_shards, rows_a_run_reads
+    from gemini_ray.data.cache import find_cache, first_shards, rows_a_run_reads
     from gemini_ray.data.pipeline import read_cache
 
     _, whole_dir, whole = uninterrupted
@@ -258,16 +258,16 @@ def test_a_cache_labelled_for_one_run_reads_as_the_whole_one_and_grows_for_a_lon
     session = start_session(build_config(None, longer))
     with pytest.raises(GeminiRayError, match=r"holds the first \d+ of the corpus's \d+ training examples .*this "
                                              r"run reads 164.*Run 'gemini-ray label' with this config"):
-        find_cache(build_config(None, [*longer, "label.use=require"]), session)
-    assert find_cache(build_config(None, longer), session) is None  # auto: the teacher runs online
-    assert find_cache(short, session) is not None
+        find_cache(build_config(None, [*longer, "label.use=require"]), session.identity)
+    assert find_cache(build_config(None, longer), session.identity) is None  # auto: the teacher runs online
+    assert find_cache(short, session.identity) is not None
     before = {s: (directory / f"shard-{s:05d}.parquet").stat().st_mtime_ns for s in first}
     grown = label(build_config(None, longer))
     added = [s for s in grown["shards_train"] if s not in first]
     assert grown["shards_train"] == first_shards(rows, whole["shards_train"], 164) and added
     assert grown["teacher_tokens_this_run"] == sum(whole["shards"][str(s)]["teacher_tokens"] for s in added)
     assert all((directory / f"shard-{s:05d}.parquet").stat().st_mtime_ns == t for s, t in before.items())
-    assert find_cache(build_config(None, [*longer, "label.use=require"]), session) is not None
+    assert find_cache(build_config(None, [*longer, "label.use=require"]), session.identity) is not None
 
 
 @pytest.mark.ray

@@ -1,9 +1,9 @@
-"""What every command does first: join (or start) Ray, resolve the teacher, read and pair the corpus, and
-find the teacher-signal cache that matches the config. Shared by `distill`, `label`, `tune`, `eval` and
-`ablate`.
+"""What every command does first: resolve the teacher and join (or start) Ray. Shared by `distill`, `label`,
+`tune`, `eval` and `ablate`; the teacher-signal cache that matches the session is found by
+`data.cache.find_cache`.
 
-    session = start_session(cfg, with_teacher=True)   # Session: teacher, tokenizer, cache key
-    cache = find_cache(cfg, session)                  # FoundCache(directory, manifest) or None
+    session = start_session(cfg, with_teacher=True)   # Session: teacher, tokenizer, cache identity
+    cache = find_cache(cfg, session.identity)         # FoundCache(directory, manifest) or None
 """
 
 from __future__ import annotations
@@ -11,19 +11,17 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.paths import absolute, join
 
 if TYPE_CHECKING:
     from torch import nn
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-    from gemini_ray.data.corpus_pass import CorpusStats
 
-__all__ = ["Session", "FoundCache", "init_ray", "start_session", "print_corpus", "cache_dir_for", "find_cache"]
+__all__ = ["Session", "init_ray", "configure_data_context", "start_session"]
 
 
 @dataclass
@@ -42,11 +40,6 @@ class Session:
     seconds: dict[str, float] = field(default_factory=dict)
     teacher: nn.Module | None = None
     """The loaded teacher, when start_session was asked to keep it (a student is derived from it)."""
-
-
-class FoundCache(NamedTuple):
-    directory: str
-    manifest: dict[str, Any]
 
 
 def init_ray(cfg: Config) -> None:
@@ -89,34 +82,13 @@ def configure_data_context() -> None:
     ctx.execution_options.preserve_order = True  # the corpus's order: the same rows first on every run
 
 
-def _identity(cfg: Config, source: str, tokenizer: Any, kind: str) -> dict[str, Any]:
-    from gemini_ray.data.cache import vocab_hash, weights_hash
-    from gemini_ray.data.corpus import corpus_signature
-
-    d = cfg.data
-    return {
-        "teacher_weights": weights_hash(source),
-        "tokenizer_vocab": vocab_hash(tokenizer),
-        "corpus": corpus_signature(d.path, d.format, d.text_column, d.max_documents),
-        "max_val_examples": d.max_val_examples,
-        "span_length": cfg.data.span_length,
-        "masked": kind == "masked",
-        "mlm_probability": cfg.data.mlm_probability if kind == "masked" else None,
-        "data_seed": cfg.data.seed,
-        "val_fraction": cfg.data.val_fraction,
-        "top_k": cfg.teacher.top_k,
-        "max_negatives": cfg.label.max_negatives,
-        "mining_window": cfg.mining.window,
-        "mining_seed": cfg.mining.seed,
-    }
-
-
 def start_session(cfg: Config, with_teacher: bool = False) -> Session:
     """Resolve the teacher, start Ray, and compute the cache identity. The corpus is not read here: a
     command streams it (`corpus_pass.corpus_stream`) or makes one whole pass (`corpus_pass.build_examples`).
 
     with_teacher keeps the loaded teacher in the Session (to derive a student from); otherwise it is freed."""
     from gemini_ray.cluster.placement import alive_nodes, check_shared_storage
+    from gemini_ray.data.cache import cache_identity
     from gemini_ray.models.build import count_parameters, load_teacher, load_tokenizer, resolve_teacher
 
     seconds = {}
@@ -133,66 +105,5 @@ def start_session(cfg: Config, with_teacher: bool = False) -> Session:
     init_ray(cfg)
     check_shared_storage(cfg, len(alive_nodes()))
     return Session(teacher_source=source, kind=kind, tokenizer=tokenizer, teacher_config=teacher.config,
-                   teacher_params=count_parameters(teacher), identity=_identity(cfg, source, tokenizer, kind),
+                   teacher_params=count_parameters(teacher), identity=cache_identity(cfg, source, tokenizer, kind),
                    seconds=seconds, teacher=teacher if with_teacher else None)
-
-
-def print_corpus(stats: CorpusStats, read: str = "") -> None:
-    """One line of corpus counts."""
-    dropped = f", {stats.val_examples_dropped} more beyond data.max_val_examples" if stats.val_examples_dropped else ""
-    print(f"[gemini-ray] corpus{read}: {stats.documents} documents -> {stats.examples} examples "
-          f"({stats.train_examples} train, {stats.val_examples} held out{dropped}; "
-          f"skipped: {stats.skipped_too_short} too short, {stats.skipped_empty} empty, "
-          f"{stats.skipped_non_utf8} not UTF-8, {stats.skipped_bad_records} unreadable records, "
-          f"{stats.skipped_too_long} too long; {stats.duplicate_documents} duplicates; "
-          f"tokenized by {stats.tokenize_processes} processes)", flush=True)
-
-
-def cache_dir_for(cfg: Config, identity: dict[str, Any]) -> str:
-    """Where the cache of these inputs lives: <label.cache_root or <storage_path>/signal_cache>/<key>."""
-    from gemini_ray.data.cache import cache_key
-
-    root = cfg.label.cache_root or join(cfg.run.storage_path, "signal_cache")
-    return join(absolute(root), cache_key(identity))
-
-
-def find_cache(cfg: Config, session: Session, rows: int | None = None) -> FoundCache | None:
-    """A complete cache matching the config (label.path, or the derived location), or None. rows: the
-    training rows the run reads (default: this config's run; a search passes its longest trial's): a cache
-    labelled for a shorter run (label.scope=run) is refused under label.use=require or label.path, and
-    passed over (the teacher runs online) under auto."""
-    from gemini_ray.data.cache import cached_train_rows, check_compatible, check_shards, read_manifest, rows_a_run_reads
-
-    if cfg.label.use == "never":
-        return None
-    directory = cfg.label.path or cache_dir_for(cfg, session.identity)
-    manifest = read_manifest(directory)
-    if manifest is None or not manifest.get("complete"):
-        if cfg.label.path or cfg.label.use == "require":
-            raise GeminiRayError(
-                f"no complete teacher-signal cache at '{directory}'. Run 'gemini-ray label' with this config first"
-                + (" (or set label.use=auto to run the teacher online)." if cfg.label.use == "require" else ".")
-            )
-        return None
-    check_compatible(manifest, session.identity, directory)
-    check_shards(directory, manifest)  # a damaged shard: refused in the driver, before any trial or worker reads it
-    k_max = manifest["identity"]["max_negatives"]
-    if cfg.loss.num_negatives > k_max:
-        raise GeminiRayError(
-            f"loss.num_negatives={cfg.loss.num_negatives} exceeds the {k_max} negatives mined into the cache at "
-            f"'{directory}'. Use loss.num_negatives <= {k_max}, or label again with label.max_negatives >= "
-            f"{cfg.loss.num_negatives}."
-        )
-    held, whole = cached_train_rows(manifest)
-    need = rows if rows is not None else rows_a_run_reads(cfg.train.max_steps, cfg.train.examples_per_step)
-    if not whole and need > held:
-        text = (f"the teacher-signal cache at '{directory}' holds the first {held} of the corpus's "
-                f"{manifest['corpus']['train_examples']} training examples (labelled with label.scope=run for a "
-                f"shorter run); this run reads {need} (train.max_steps x examples per step, and a step of slack)")
-        fix = ("Run 'gemini-ray label' with this config to add the shards it lacks (those done are kept), or "
-               "label with label.scope=corpus.")
-        if cfg.label.path or cfg.label.use == "require":
-            raise GeminiRayError(f"{text}. {fix}")
-        print(f"[gemini-ray] {text}: not used (distill runs the teacher online instead). {fix}")
-        return None
-    return FoundCache(directory, manifest)

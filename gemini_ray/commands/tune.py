@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from gemini_ray.cluster.session import FoundCache, Session, configure_data_context, find_cache, start_session
+from gemini_ray.cluster.session import Session, configure_data_context, start_session
 from gemini_ray.config import Config, build_config, config_to_dict
 from gemini_ray.data.budgets import CACHE_READ_CPUS
+from gemini_ray.data.cache import FoundCache, find_cache
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.jobs.search import SearchSpace, rows_longest_trial, tune_distributions, validate_space
 from gemini_ray.metric_names import NONFINITE, OBJECTIVE_EMBEDDING, VAL_OBJECTIVE, VAL_TEACHER_AGREEMENT
@@ -89,11 +90,11 @@ def _search_cache(cfg: Config, space: SearchSpace, session: Session) -> FoundCac
     from gemini_ray.jobs.labelling import make_cache
 
     rows = rows_longest_trial(cfg, space)  # a cache labelled with label.scope=run must hold the longest trial
-    cache = find_cache(cfg, session, rows)
+    cache = find_cache(cfg, session.identity, rows)
     if cache is None:
         print("[gemini-ray] no teacher-signal cache matches this config: labelling once before the search")
         make_cache(cfg, session, rows=rows)
-        cache = find_cache(cfg, session, rows)
+        cache = find_cache(cfg, session.identity, rows)
     validate_space(cfg, space, cache.manifest["identity"]["max_negatives"])
     if not cache.manifest["shards_val"] and cfg.tune.metric.startswith("val/"):
         raise GeminiRayError(f"the cache at '{cache.directory}' holds no held-out rows; "

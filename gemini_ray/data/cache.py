@@ -19,16 +19,23 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.paths import atomic_write_json, atomic_write_text, join, read_json, sha256_file
+from gemini_ray.paths import absolute, atomic_write_json, atomic_write_text, join, read_json, sha256_file
+
+if TYPE_CHECKING:
+    from gemini_ray.config import Config
 
 __all__ = [
     "CACHE_VERSION",
+    "FoundCache",
+    "cache_identity",
+    "cache_dir_for",
+    "find_cache",
     "cache_key",
     "weights_hash",
     "vocab_hash",
@@ -229,3 +236,78 @@ def check_compatible(manifest: dict[str, Any], identity: dict[str, Any], where: 
                 f"the teacher-signal cache at '{where}' was made with {key}={made.get(key)}, the config says "
                 f"{identity.get(key)}. Use matching settings or run 'gemini-ray label' again."
             )
+
+
+class FoundCache(NamedTuple):
+    """A complete cache that matches a config: its directory and manifest."""
+
+    directory: str
+    manifest: dict[str, Any]
+
+
+def cache_identity(cfg: Config, source: str, tokenizer: Any, kind: str) -> dict[str, Any]:
+    """What the cache key is made of: everything that changes what the teacher says or which rows exist."""
+    from gemini_ray.data.corpus import corpus_signature
+
+    d = cfg.data
+    return {
+        "teacher_weights": weights_hash(source),
+        "tokenizer_vocab": vocab_hash(tokenizer),
+        "corpus": corpus_signature(d.path, d.format, d.text_column, d.max_documents),
+        "max_val_examples": d.max_val_examples,
+        "span_length": cfg.data.span_length,
+        "masked": kind == "masked",
+        "mlm_probability": cfg.data.mlm_probability if kind == "masked" else None,
+        "data_seed": cfg.data.seed,
+        "val_fraction": cfg.data.val_fraction,
+        "top_k": cfg.teacher.top_k,
+        "max_negatives": cfg.label.max_negatives,
+        "mining_window": cfg.mining.window,
+        "mining_seed": cfg.mining.seed,
+    }
+
+
+def cache_dir_for(cfg: Config, identity: dict[str, Any]) -> str:
+    """Where the cache of these inputs lives: <label.cache_root or <storage_path>/signal_cache>/<key>."""
+    root = cfg.label.cache_root or join(cfg.run.storage_path, "signal_cache")
+    return join(absolute(root), cache_key(identity))
+
+
+def find_cache(cfg: Config, identity: dict[str, Any], rows: int | None = None) -> FoundCache | None:
+    """A complete cache matching the config (label.path, or the derived location), or None. rows: the
+    training rows the run reads (default: this config's run; a search passes its longest trial's): a cache
+    labelled for a shorter run (label.scope=run) is refused under label.use=require or label.path, and
+    passed over (the teacher runs online) under auto."""
+    if cfg.label.use == "never":
+        return None
+    directory = cfg.label.path or cache_dir_for(cfg, identity)
+    manifest = read_manifest(directory)
+    if manifest is None or not manifest.get("complete"):
+        if cfg.label.path or cfg.label.use == "require":
+            raise GeminiRayError(
+                f"no complete teacher-signal cache at '{directory}'. Run 'gemini-ray label' with this config first"
+                + (" (or set label.use=auto to run the teacher online)." if cfg.label.use == "require" else ".")
+            )
+        return None
+    check_compatible(manifest, identity, directory)
+    check_shards(directory, manifest)  # a damaged shard: refused in the driver, before any trial or worker reads it
+    k_max = manifest["identity"]["max_negatives"]
+    if cfg.loss.num_negatives > k_max:
+        raise GeminiRayError(
+            f"loss.num_negatives={cfg.loss.num_negatives} exceeds the {k_max} negatives mined into the cache at "
+            f"'{directory}'. Use loss.num_negatives <= {k_max}, or label again with label.max_negatives >= "
+            f"{cfg.loss.num_negatives}."
+        )
+    held, whole = cached_train_rows(manifest)
+    need = rows if rows is not None else rows_a_run_reads(cfg.train.max_steps, cfg.train.examples_per_step)
+    if not whole and need > held:
+        text = (f"the teacher-signal cache at '{directory}' holds the first {held} of the corpus's "
+                f"{manifest['corpus']['train_examples']} training examples (labelled with label.scope=run for a "
+                f"shorter run); this run reads {need} (train.max_steps x examples per step, and a step of slack)")
+        fix = ("Run 'gemini-ray label' with this config to add the shards it lacks (those done are kept), or "
+               "label with label.scope=corpus.")
+        if cfg.label.path or cfg.label.use == "require":
+            raise GeminiRayError(f"{text}. {fix}")
+        print(f"[gemini-ray] {text}: not used (distill runs the teacher online instead). {fix}")
+        return None
+    return FoundCache(directory, manifest)

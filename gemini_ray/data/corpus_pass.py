@@ -72,6 +72,16 @@ class CorpusStats:
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
 
+    def line(self, read: str = "") -> str:
+        """One line of corpus counts, as the commands print it."""
+        dropped = f", {self.val_examples_dropped} more beyond data.max_val_examples" if self.val_examples_dropped else ""
+        return (f"[gemini-ray] corpus{read}: {self.documents} documents -> {self.examples} examples "
+                f"({self.train_examples} train, {self.val_examples} held out{dropped}; "
+                f"skipped: {self.skipped_too_short} too short, {self.skipped_empty} empty, "
+                f"{self.skipped_non_utf8} not UTF-8, {self.skipped_bad_records} unreadable records, "
+                f"{self.skipped_too_long} too long; {self.duplicate_documents} duplicates; "
+                f"tokenized by {self.tokenize_processes} processes)")
+
 
 def read_documents(cfg: Config, num_cpus: float = 1.0, block_bytes: int | None = None) -> ray.data.Dataset:
     """A dataset with columns text (str), bad_utf8 and bad_record (bool), one row per document (or per line or

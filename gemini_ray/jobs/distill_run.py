@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gemini_ray.cluster.session import FoundCache, Session, find_cache
+from gemini_ray.cluster.session import Session
 from gemini_ray.config import Config, config_to_dict
+from gemini_ray.data.cache import FoundCache, find_cache
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_REP, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL,
                                      VAL_TEACHER_AGREEMENT)
@@ -54,6 +55,7 @@ class Run:
     val: dict[str, np.ndarray] | None
     """The held-out rows with their teacher signal (small: one object every Train worker reads)."""
     cache: FoundCache | None
+    """The teacher-signal cache the run reads, or None when the teacher labels online as the rows stream."""
     probe: Probe | None
     """What an online run read of the corpus before training (None when reading a cache: its manifest has
     the counts of the whole corpus)."""
@@ -133,7 +135,6 @@ def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None, pla
     stream from the files through the teacher into the trainer, which starts on the first of them. The
     teacher labels only the rows the run uses, max_steps batches (a run longer than the corpus makes further
     passes, each labelled again; 'gemini-ray label' labels once)."""
-    from gemini_ray.cluster.session import print_corpus
     from gemini_ray.data.corpus_pass import online_rows, probe_corpus
     from gemini_ray.data.pipeline import label_and_mine, label_rows, read_cached_signal
 
@@ -144,7 +145,7 @@ def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None, pla
         return (*read_cached_signal(cache.directory, cache.manifest, cfg.loss.num_negatives, plan, consumed,
                                     cfg.train.seed, cfg.train.shuffle_first_pass), None, None)
     probe = probe_corpus(cfg, session.teacher_source, session.kind)
-    print_corpus(probe.stats, read="" if probe.whole else " (the start read before training)")
+    print(probe.stats.line(read="" if probe.whole else " (the start read before training)"), flush=True)
     _check_steps(cfg, probe.stats.train_examples, "the corpus")
     val = label_rows(cfg, probe.val) if probe.val is not None else None
     t = cfg.train
@@ -189,7 +190,9 @@ def _earliest_resume_step(cfg: Config) -> int:
 
 
 def prepare(cfg: Config, session: Session, started_at: float | None = None, own_session: bool = True) -> Run:
-    """Check where results go, derive the student, and line up the teacher signal for `fit_student`.
+    """Check where results go, derive the student, and line up the teacher signal for `fit_student`. The
+    Run's config is the user's with the placement decided (`with_worker_cpus`); run_config.json records the
+    user's, which a resume must match.
 
     own_session: the session was started for this run alone (its setup time is the run's); False when a
     session serves several runs (the ablation)."""
@@ -211,15 +214,16 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
     student = _make_student(cfg, session)
     tokens_before = ray.get(teacher_token_counter().total.remote())
     t0 = time.perf_counter()
-    cache = find_cache(cfg, session)
-    user_cfg, cfg = cfg, with_worker_cpus(cfg, cached=cache is not None, nodes=alive_nodes())
+    cache = find_cache(cfg, session.identity)
+    # what runs: the user's config with train.cpus_per_worker decided from the nodes when it is unset
+    placed = with_worker_cpus(cfg, cached=cache is not None, nodes=alive_nodes())
     plan = StreamPlan.remote()
-    stream, val, probe, ledger = _teacher_signal(cfg, session, cache, plan)
+    stream, val, probe, ledger = _teacher_signal(placed, session, cache, plan)
     seconds["probe_and_val_label_s"] = time.perf_counter() - t0
     if cfg.run.check_resources:
-        check_fits(demands(cfg, cached=cache is not None), alive_nodes())
-    record_start(user_cfg, out_dir)  # every check passed: the run's config, for a later resume to match
-    return Run(cfg=cfg, session=session, out_dir=out_dir, student=student, stream=stream, val=val, cache=cache,
+        check_fits(demands(placed, cached=cache is not None), alive_nodes())
+    record_start(cfg, out_dir)  # every check passed: the user's config, for a later resume to match
+    return Run(cfg=placed, session=session, out_dir=out_dir, student=student, stream=stream, val=val, cache=cache,
                probe=probe, ledger=ledger, plan=plan, teacher_tokens_before=tokens_before,
                started_at=started_at or time.time(), seconds=seconds, resume_from=resume_from)
 

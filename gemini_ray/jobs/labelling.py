@@ -19,9 +19,9 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from gemini_ray.cluster.session import Session, cache_dir_for
+from gemini_ray.cluster.session import Session
 from gemini_ray.config import Config
-from gemini_ray.data.cache import CACHE_VERSION
+from gemini_ray.data.cache import CACHE_VERSION, cache_dir_for
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import absolute, check_writable, join, open_dir
 from gemini_ray.training.watch import Progress
@@ -153,46 +153,24 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
     the training rows to label (default: what this config's run reads; a search passes its longest trial's)."""
     import ray
 
-    from gemini_ray.cluster.placement import alive_nodes, check_fits, demands
-    from gemini_ray.cluster.session import print_corpus
-    from gemini_ray.data.cache import read_manifest, shard_is_complete, shard_name, write_manifest
+    from gemini_ray.data.cache import write_manifest
     from gemini_ray.data.corpus_pass import build_examples
     from gemini_ray.data.pipeline import assign_shards, teacher_token_counter
 
     t_start = t_start or time.perf_counter()
-    directory = absolute(cfg.label.path) if cfg.label.path else cache_dir_for(cfg, session.identity)
-    key = "label.path" if cfg.label.path else "label.cache_root" if cfg.label.cache_root else "run.storage_path"
-    check_writable(directory, key)  # before the corpus pass (`tune` reaches here without the CLI's preflight)
-    if cfg.run.check_resources:  # a teacher actor no node can hold would wait forever
-        check_fits(demands(cfg, cached=False, trainer=False), alive_nodes())
+    directory, fs, path = _cache_location(cfg, session)
     t0 = time.perf_counter()
     examples, stats = build_examples(cfg, session.teacher_source, session.kind)  # the one whole pass
     seconds = {**session.seconds, "tokenize_s": time.perf_counter() - t0}
-    print_corpus(stats)
+    print(stats.line(), flush=True)
     _check_plan(cfg, stats)
-    fs, path = open_dir(directory)
-    try:
-        fs.create_dir(path, recursive=True)
-    except OSError as exc:
-        raise GeminiRayError(f"cannot write the cache at '{directory}': {exc}. Choose a writable {key}.") from None
-
     n_train = max(1, math.ceil(stats.train_examples / cfg.mining.window))
     n_val = math.ceil(stats.val_examples / cfg.mining.window) if stats.val_examples else 0
     examples = assign_shards(examples, n_train, n_val).materialize()
     expected = _unique_rows_per_shard(examples)
     train = _train_shards(cfg, expected, n_train, rows, stats.train_examples)
-    chosen = set(train)
-    wanted = {s for s in expected if s in chosen or s >= n_train}  # the chosen training shards, every held-out one
-
-    old = read_manifest(directory) or {}
-    if old and old.get("identity") != session.identity:
-        raise GeminiRayError(f"'{directory}' holds a cache made from other inputs. Choose another label.path.")
-    records = {int(k): v for k, v in old.get("shards", {}).items()}
-    is_done = {i: i in records and shard_is_complete(fs, join(path, shard_name(i)), n, records[i].get("bytes"))
-               for i, n in expected.items()}  # a shard cut short or overwritten since is labelled again
-    done = {i: records[i] for i, ok in is_done.items() if ok}
-    if done:
-        print(f"[gemini-ray] cache {directory}: {len(done)} of {len(expected)} shards already complete, kept")
+    wanted = {s for s in expected if s in set(train) or s >= n_train}  # the chosen training shards, every held-out one
+    done = _shards_kept(directory, fs, path, session, expected)
     counter = teacher_token_counter()
     tokens_before = ray.get(counter.total.remote())
     train = _complete_prefix(train, n_train, set(done))
@@ -200,15 +178,8 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
     write_manifest(directory, manifest)
     t_label = time.perf_counter()
     _label_rounds(cfg, examples, directory, sorted(wanted - set(done)), manifest, expected)
-
     listed = [s for s in train + manifest["shards_val"] if s in expected]
-    bad = [i for i in listed if not shard_is_complete(fs, join(path, shard_name(i)), expected[i])]
-    if bad:
-        raise GeminiRayError(f"cache shards {bad} at '{directory}' are incomplete after labelling; run label again.")
-    lost, duplicated = _check_rows(directory, listed, examples)
-    if lost or duplicated:  # a retried teacher batch must replace, never add to or drop from, a shard
-        raise GeminiRayError(f"the cache at '{directory}' lost {lost} and duplicated {duplicated} examples; "
-                             "delete it and run 'gemini-ray label' again.")
+    lost, duplicated = _check_labelled(directory, fs, path, listed, examples, expected)
     manifest.update(
         complete=True, rows_lost=lost, rows_duplicated=duplicated,
         **_sizes(directory, listed, {str(s): manifest["shards"][str(s)] for s in listed}),
@@ -221,3 +192,52 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
           f"{manifest['bytes_per_token']:.0f} bytes/token on disk: {manifest['signal_bytes_per_token']:.0f} teacher "
           f"top-k signal, {manifest['negative_bytes_per_token']:.0f} negatives' token ids)")
     return manifest
+
+
+def _cache_location(cfg: Config, session: Session) -> tuple[str, Any, str]:
+    """Where the cache goes (label.path, else the config's place under label.cache_root or the storage path),
+    checked writable and created, and checked to fit the nodes before the corpus pass starts."""
+    from gemini_ray.cluster.placement import alive_nodes, check_fits, demands
+
+    directory = absolute(cfg.label.path) if cfg.label.path else cache_dir_for(cfg, session.identity)
+    key = "label.path" if cfg.label.path else "label.cache_root" if cfg.label.cache_root else "run.storage_path"
+    check_writable(directory, key)  # before the corpus pass (`tune` reaches here without the CLI's preflight)
+    if cfg.run.check_resources:  # a teacher actor no node can hold would wait forever
+        check_fits(demands(cfg, cached=False, trainer=False), alive_nodes())
+    fs, path = open_dir(directory)
+    try:
+        fs.create_dir(path, recursive=True)
+    except OSError as exc:
+        raise GeminiRayError(f"cannot write the cache at '{directory}': {exc}. Choose a writable {key}.") from None
+    return directory, fs, path
+
+
+def _shards_kept(directory: str, fs: Any, path: str, session: Session, expected: dict[int, int]) -> dict[int, Any]:
+    """The shards an earlier `label` of the same inputs completed, by number: their manifest records. A shard
+    cut short or overwritten since is labelled again; a cache of other inputs is refused."""
+    from gemini_ray.data.cache import read_manifest, shard_is_complete, shard_name
+
+    old = read_manifest(directory) or {}
+    if old and old.get("identity") != session.identity:
+        raise GeminiRayError(f"'{directory}' holds a cache made from other inputs. Choose another label.path.")
+    records = {int(k): v for k, v in old.get("shards", {}).items()}
+    done = {i: records[i] for i, n in expected.items()
+            if i in records and shard_is_complete(fs, join(path, shard_name(i)), n, records[i].get("bytes"))}
+    if done:
+        print(f"[gemini-ray] cache {directory}: {len(done)} of {len(expected)} shards already complete, kept")
+    return done
+
+
+def _check_labelled(directory: str, fs: Any, path: str, listed: list[int], examples: Any,
+                    expected: dict[int, int]) -> tuple[int, int]:
+    """Every listed shard is whole and holds each of its examples once: (rows lost, rows duplicated), both 0."""
+    from gemini_ray.data.cache import shard_is_complete, shard_name
+
+    bad = [i for i in listed if not shard_is_complete(fs, join(path, shard_name(i)), expected[i])]
+    if bad:
+        raise GeminiRayError(f"cache shards {bad} at '{directory}' are incomplete after labelling; run label again.")
+    lost, duplicated = _check_rows(directory, listed, examples)
+    if lost or duplicated:  # a retried teacher batch must replace, never add to or drop from, a shard
+        raise GeminiRayError(f"the cache at '{directory}' lost {lost} and duplicated {duplicated} examples; "
+                             "delete it and run 'gemini-ray label' again.")
+    return lost, duplicated
