@@ -241,9 +241,9 @@ class LabelConfig:
     cache); 'run', only the training shards this config's run reads (train.max_steps x examples per step
     and a step of slack; a search: its longest trial), the first shards in the order a first pass reads
     them, so the run trains exactly as on the whole cache (with train.shuffle_first_pass, on a seeded
-    order of the shards it holds). A run that would read past such a cache is
-    refused (label.use=require) or runs the teacher online (auto); labelling again with its config adds
-    the shards it lacks and keeps those done. The held-out shards are always labelled whole."""
+    order of the shards it holds). A run that would read past such a cache is refused (label.use=require)
+    or runs the teacher online (auto); labelling again with its config adds the shards it lacks and keeps
+    those done. The held-out shards are always labelled whole."""
 
     def __post_init__(self) -> None:
         _check(self.max_negatives >= 1, "label.max_negatives", f"must be >= 1, got {self.max_negatives}")
@@ -266,9 +266,8 @@ class TuneConfig:
     """The embedding half of val/objective. 'retrieval': val/retrieval_mrr, each held-out anchor's own
     positive ranked among other documents' (what the contrastive loss trains). 'teacher_agreement':
     val/teacher_agreement, the held-out span pairs ordered by similarity as the teacher orders them (what
-    loss.rep_form=similarity trains; on the demo it ranked the seed's loss and a similarity-term student as
-    Lee Spearman did, where retrieval ranked them the other way; around the 2026-12-04 default it rose where Lee
-    fell, so neither half tracks Lee everywhere: README, "Does a search beat the default?")."""
+    loss.rep_form=similarity trains). Neither tracks Lee Spearman everywhere (docs/log.md, 2026-12-04), so
+    the default stays 'retrieval'."""
     mode: Literal["min", "max"] = "min"
     """Whether the metric is minimised or maximised."""
     max_val_loss_kd: Optional[float] = None
@@ -348,9 +347,8 @@ class LossConfig:
     rep_weight: float = 10.0
     """μ: weight of a representation term added to the seed's loss, L = λ·L_KD + (1 − λ)·L_CL + μ·L_rep, on the
     anchor and positive spans (an extension beyond the seed; loss.rep_form says what L_rep compares). 0: the
-    seed's exact loss (L_rep is still logged as loss/rep). 10 with the similarity form (the default since
-    2026-12-04): the term starts near 0.04 and falls to ~0.02, so 10 gives it a share of the loss; at the
-    demo budget it beat the seed's loss on perplexity and Lee Spearman, beyond noise (README)."""
+    seed's exact loss (L_rep is still logged as loss/rep). 10: the similarity term is small (~0.04 falling to
+    ~0.02), so 10 gives it a share of the loss (docs/log.md, 2026-12-04)."""
     rep_form: Literal["cosine", "similarity"] = "similarity"
     """The representation term L_rep. 'cosine': 1 − cos(student's pooled span embedding, teacher's), after
     DistilBERT; it pulls each embedding toward the teacher's vector and needs a student as wide as the
@@ -380,25 +378,21 @@ class TrainConfig:
     batch_size: int = 8
     """Examples per worker per step."""
     lr: float = 3e-4
-    """Peak AdamW learning rate (2e-4 until 2026-12-04: with the similarity term it left the demo's language
-    model 1.8x worse than the seed's loss at 2e-4; 3e-4 gives 0.69x)."""
+    """Peak AdamW learning rate. 3e-4: with the similarity term, a lower rate leaves the demo's language model
+    behind the seed's loss (docs/log.md, 2026-12-04)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     layer_lr_decay: float = 1.0
     """Layer-wise learning rates (discriminative fine-tuning, as in ULMFiT and ELECTRA): the top copied layer
     trains at lr x this, each layer below at this times the one above; the final norm, the head and the
     embeddings at lr (the embeddings at lr x this^(N+1) with layer_lr_decay_embeddings). Keeps the lower,
-    copied layers close to the teacher's. 1: one learning rate for all (the seed's). At the quality budget 0.7 with
-    layer_lr_decay_embeddings=false lifted RT +0.010 and Lee +0.009 over one rate for 2.8x the perplexity (RT
-    at or above the untrained student in three data orders, within noise); 0.5 took RT above it in three data
-    orders (+0.007 to +0.009, beyond noise in two) for 9.6x the perplexity (README, "Layer-wise learning
-    rates"), so configs/quality.yaml uses 0.5 since 2026-12-05. The default keeps 1: at the demo budget 0.5
-    cost 25x the perplexity for an embedding within noise of one rate's (README, the demo ablation)."""
+    copied layers close to the teacher's. In (0, 1]; 1: one learning rate for all (the seed's), kept by default
+    because at the demo budget a decay costs the language model far more than it gives the embedding;
+    configs/quality.yaml uses 0.5 (docs/log.md, 2026-12-05)."""
     layer_lr_decay_embeddings: bool = False
     """With train.layer_lr_decay < 1: false, the embeddings train at lr, as the head does; true, at the lowest
     rate (below layer 0, the ULMFiT placement for an untied head). False by default: with SmolLM2's head tied
-    to its embeddings, decaying them slows the head, and at the quality budget (decay 0.7) true was worse on
-    every metric (perplexity 2.4x, Lee −0.017, RT −0.002: README, "Layer-wise learning rates")."""
+    to its embeddings, decaying them slows the head too (worse on every metric: docs/log.md, 2026-12-05)."""
     warmup_steps: int = 5
     """Linear warm-up steps, then cosine decay to 10 % of lr."""
     grad_clip: float = 1.0
@@ -449,9 +443,8 @@ class TrainConfig:
     """Shuffle the first pass as the later ones are: from a cache, a seeded order of its shards (so a run
     shorter than the cache reads another subset of its rows; a label.scope=run cache holds little more than
     one run reads, so there seeds mostly reorder the same rows); from a cache or online, the local shuffle
-    buffer. With it, runs at different
-    train.seed measure the training's run-to-run variation (which rows, in which order); without it a run
-    with a causal teacher is deterministic end to end, whatever the seed."""
+    buffer. With it, runs at different train.seed measure the training's run-to-run variation (which rows,
+    in which order); without it a run with a causal teacher is deterministic end to end, whatever the seed."""
     trace_positions: Optional[str] = None
     """A local directory: each Train worker appends the positions of the rows it trained, one line per step,
     to rank<r>.txt (to check that a resumed run trains each example once). Off by default."""
@@ -526,9 +519,9 @@ class EvalConfig:
     max_length: int = 256
     """Tokens kept per text when embedding (Lee documents, Rotten Tomatoes snippets)."""
     rt_train: int = 2000
-    """Rotten Tomatoes snippets sampled from the training films for the linear probe (0: all 8,672).
-    configs/quality.yaml uses all of both sides: each model's evaluation takes ~3x as long (the teacher's
-    7.5–10 min on 2 cores), and the paired RT interval is half as wide as with 2,000 / 1,000."""
+    """Rotten Tomatoes snippets sampled from the training films for the linear probe (0: all 8,672). The
+    default keeps an evaluation short; configs/quality.yaml uses all of both sides, for half as wide a paired
+    RT interval at several times the evaluation time (docs/log.md, 2026-12-04)."""
     rt_test: int = 1000
     """Rotten Tomatoes snippets sampled from the held-out films (0: all 4,136): the 1,000 default gives RT a
     standard error of ~1.4 points."""
@@ -545,8 +538,8 @@ class EvalConfig:
     reuse_teacher: bool = True
     """Read the teacher's quality scores back from <run.storage_path>/eval_cache when its files, the protocol,
     the held-out documents and the evaluation code are those of an earlier evaluation (the teacher's row is
-    the slowest: 142 s on the demo protocol, 10 min on the whole RT set). Its speed and memory are timed
-    again beside the student every time. false: evaluate the teacher afresh (and keep nothing)."""
+    the slowest: docs/log.md, 2026-12-04). Its speed and memory are timed again beside the student every
+    time. false: evaluate the teacher afresh (and keep nothing)."""
 
     def __post_init__(self) -> None:
         for key in ("lm_window", "lm_max_tokens", "max_length", "batch_size"):
