@@ -1,9 +1,9 @@
-"""Fault drill: a careless user and a hostile machine, through the real command line (README, Reliability).
+"""Fault drill: a careless user and a hostile machine, through the real command line (docs/reliability.md).
 
     python benchmarks/fault_drill.py                 # ~15 min on 2 cores; writes runs/fault-drill.json
 
 Every case runs `python -m gemini_ray.cli ...` in a subprocess, as a user would, with a tiny random Llama
-teacher (tests/tiny.py: the drill is about what the tool does with files, processes and bad input, not about
+teacher (tests/helpers.py: the drill is about what the tool does with files, processes and bad input, not about
 the teacher) on the first 40 real articles of the Lee corpus. For each case the drill records:
 
 * handled: the exit code is the one promised (0, 2 for a refusal, 130 for Ctrl-C) and nothing below went
@@ -42,7 +42,7 @@ class Drill:
     """The work folder, the tiny teacher and corpus, and the results of the cases run so far."""
 
     def __init__(self, work: Path) -> None:
-        from tiny import save, tiny_llama, word_tokenizer
+        from helpers import save, tiny_llama, word_tokenizer
 
         from gemini_ray.data.corpus import gensim_test_data
 
@@ -304,7 +304,7 @@ def cases(drill: Drill) -> None:
     drill.case("a gzip corpus cut short", cut_gz)
 
     def eval_short_positions() -> dict:
-        from tiny import save, word_tokenizer
+        from helpers import save, word_tokenizer
         from transformers import LlamaConfig, LlamaForCausalLM
 
         tok = word_tokenizer(drill.texts, masked=False)

@@ -156,7 +156,7 @@ def tiny_teacher(directory: Path, pool: list[str]) -> Path:
     is the data path's and Ray's."""
     if not (directory / "config.json").is_file():
         sys.path.insert(0, str(ROOT / "tests"))
-        from tiny import save, tiny_llama, word_tokenizer
+        from helpers import save, tiny_llama, word_tokenizer
 
         tokenizer = word_tokenizer(pool, masked=False, vocab_size=4000)
         save(tiny_llama(tokenizer, layers=4, hidden=64), tokenizer, directory)

@@ -28,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import gemini_ray  # noqa: E402,F401  (sets Ray Data's resource-request expiry before any node starts)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from ports import free_port  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 NODES = {
     "head": {"num_cpus": 1},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # a Ray Data stream that cannot get a CPU fails in 5 minutes, not Ray's default 30 (read by ray.init's processes)
 os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "300")
 import gemini_ray  # noqa: E402,F401  (sets Ray Data's resource-request expiry before Ray starts)
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny import save, tiny_bert, tiny_llama, word_tokenizer  # noqa: E402
+from helpers import save, tiny_bert, tiny_llama, word_tokenizer  # noqa: E402  (tests/: pytest's pythonpath)
 
 
 @pytest.fixture(scope="session")
@@ -52,10 +49,10 @@ def ray_start_2_cpus():
     """The one Ray instance of the test session (Ray is slow to start on 2 cores)."""
     import ray
 
-    from gemini_ray.ray_compat import patches as ray_patches
+    from gemini_ray import ray_compat
 
     # address="local": a new instance even when another one runs on this machine (a user's, another suite's)
     # the dashboard serves the state API Train V2 polls; the runtime environment is the one init_ray passes
-    ray.init(address="local", num_cpus=2, log_to_driver=True, runtime_env=ray_patches.runtime_env())
+    ray.init(address="local", num_cpus=2, log_to_driver=True, runtime_env=ray_compat.runtime_env())
     yield
     ray.shutdown()

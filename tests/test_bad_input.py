@@ -103,8 +103,7 @@ def _one_line(ctx: Ctx, mib: int = 48) -> Path:
 
 
 def _student_other_vocab(ctx: Ctx) -> Path:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from tiny import save, tiny_llama, word_tokenizer
+    from helpers import save, tiny_llama, word_tokenizer
 
     tok = word_tokenizer(ctx.texts(), masked=False, vocab_size=200)
     return save(tiny_llama(tok, layers=2), tok, ctx.tmp / "student-200")

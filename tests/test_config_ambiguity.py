@@ -56,8 +56,9 @@ def test_unique_keys_and_yaml_merges_still_load(tmp_path):
     assert load_yaml_unique("", "test") is None
     with pytest.raises(ConfigError, match=r"test sets 'a\[0\]\.p' twice"):
         load_yaml_unique("a: [{p: 1, p: 2}]", "test")
-    for path in sorted((ROOT / "configs").glob("*.yaml")) + sorted((ROOT / "tune_spaces").glob("*.yaml")):
-        assert isinstance(read_yaml(path), dict), path
+    for path in sorted([*(ROOT / "configs").glob("*.yaml"), *(ROOT / "tune_spaces").glob("*.yaml"),
+                         *(ROOT / "experiments" / "tune_spaces").glob("*.yaml")]):
+        assert read_yaml(path), f"{path} sets no key"  # read whole: no key repeated, a mapping of keys
 
 
 def test_an_override_value_with_a_repeated_key_is_refused():

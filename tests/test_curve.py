@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from benchmark_scripts import benchmark_module
+from helpers import benchmark_module
 
 from gemini_ray.config import build_config
 from gemini_ray.errors import ConfigError, GeminiRayError
@@ -59,7 +59,7 @@ def test_a_power_law_is_extrapolated_to_its_goal_and_a_flat_or_wrong_way_curve_i
 
 
 def test_the_lm_forecast_benchmark_says_measured_extrapolated_or_not_heading_there(tmp_path):
-    module = benchmark_module("lm_forecast")
+    module = benchmark_module("lm_forecast", "experiments")
     steps = [30, 60, 120]
     rows = {n: {"perplexity": 1e7 * n ** -2.0, "kl_to_teacher": 1.0, "teacher_top1_agreement": 0.3 - n / 1000}
             for n in steps}  # perplexity a power law, KL already met, agreement falling
@@ -82,7 +82,7 @@ def test_the_lm_forecast_benchmark_says_measured_extrapolated_or_not_heading_the
 def test_the_lm_forecast_benchmark_reuses_a_report_only_from_the_same_protocol():
     from gemini_ray.config import build_config
 
-    reusable = benchmark_module("lm_forecast")._reusable
+    reusable = benchmark_module("lm_forecast", "experiments")._reusable
     cfg = build_config(None, [])
     report = {"protocol": {f"eval.{k}": v for k, v in vars(cfg.eval).items()}, "models": {"student": {}}}
     assert reusable(report, cfg, with_teacher=False)
@@ -187,7 +187,7 @@ def test_the_embedded_news_and_wikipedia_corpus_is_both_and_has_its_own_cache_ke
 @pytest.mark.ray
 @pytest.mark.long
 def test_curve_evaluates_the_untrained_student_and_every_checkpoint(ray_start_2_cpus, llama_dir, corpus_file, tmp_path):
-    from test_distill_e2e import tiny_overrides
+    from helpers import tiny_overrides
 
     from gemini_ray.commands.curve import curve
 

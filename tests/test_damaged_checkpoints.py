@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_run_safety import DAMAGE
+from helpers import DAMAGE
 
 from gemini_ray.cli import main
 

@@ -1,4 +1,4 @@
-"""benchmarks/data_orders.py: the spread across data orders and the per-order claims, from a compare.json."""
+"""experiments/data_orders.py: the spread across data orders and the per-order claims, from a compare.json."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from benchmark_scripts import benchmark_module
+from helpers import benchmark_module
 
 
 def _interval(d, low, high):
@@ -14,7 +14,7 @@ def _interval(d, low, high):
 
 
 def test_the_spread_across_orders_and_each_orders_claims():
-    module = benchmark_module("data_orders")
+    module = benchmark_module("data_orders", "experiments")
     orders = ["s0", "s1", "s2"]
     lee = {"kd-cl": [0.50, 0.52, 0.54], "kd-only": [0.30, 0.31, 0.32]}
     ppl = {"kd-cl": [5000.0, 6000.0, 7000.0], "kd-only": [2000.0, 2000.0, 2000.0]}
@@ -43,7 +43,7 @@ def test_the_spread_across_orders_and_each_orders_claims():
 
 def test_overrides_after_the_seeds_are_overrides_not_seeds():
     """argparse hands --seeds every word up to the next option: `--seeds 1 2 train.lr=3e-4` must still work."""
-    module = benchmark_module("data_orders")
+    module = benchmark_module("data_orders", "experiments")
     parser = argparse.ArgumentParser()
     seeds, overrides = module.split_seeds(["1", "2", "train.lr=3e-4"], ["loss.lambda_kd=0.6"], parser)
     assert seeds == [1, 2]

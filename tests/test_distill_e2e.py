@@ -5,22 +5,13 @@ import pytest
 
 from gemini_ray.commands.distill import distill
 from gemini_ray.config import build_config
+from helpers import read_scalars, tiny_overrides
 
 pytestmark = pytest.mark.ray
 
 
-def tiny_overrides(teacher_dir, corpus, storage, name, steps):
-    return [f"teacher.model={teacher_dir}", "teacher.top_k=8", "teacher.batch_size=8",
-            f"data.path={corpus}", "data.text_column=body", "data.span_length=16",
-            "student.num_layers=2", "loss.num_negatives=3", "mining.window=16",
-            f"train.max_steps={steps}", "train.batch_size=4", "train.log_every=2", "train.checkpoint_every=2",
-            "train.warmup_steps=1", f"run.storage_path={storage}", f"run.name={name}"]
-
-
 def test_distill_masked_teacher(ray_start_2_cpus, bert_dir, corpus_file, tmp_path):
     """Also through Ray Train: bf16 autocast and two micro-batches a step, TensorBoard events and loss.png."""
-    from test_watch import read_scalars
-
     cfg = build_config(None, tiny_overrides(bert_dir, corpus_file, tmp_path, "bert", 2)
                        + ["train.precision=bf16-mixed", "train.grad_accum_steps=2"])
     summary = distill(cfg)

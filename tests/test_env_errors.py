@@ -15,7 +15,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -29,9 +28,7 @@ import transformers  # noqa: F401
 from gemini_ray.cli import main
 from gemini_ray.config import build_config
 from gemini_ray.errors import GeminiRayError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import save, tiny_llama, word_tokenizer  # noqa: E402
+from helpers import save, tiny_llama, word_tokenizer
 
 RUN = "env"
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from faults import Killer, alive_pids, wait_for
+from helpers import Killer, alive_pids, wait_for
 
 from gemini_ray.cli import main
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ports import free_port
+from helpers import free_port
 
 pytestmark = pytest.mark.ray
 BIN = Path(sys.executable).parent

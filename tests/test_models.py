@@ -68,7 +68,7 @@ def test_random_init_and_narrower_student(llama_dir):
 
 
 def test_student_with_another_vocabulary_is_refused(tmp_path, llama_dir, lee_texts):
-    from tiny import save, tiny_llama, word_tokenizer
+    from helpers import save, tiny_llama, word_tokenizer
 
     other_tok = word_tokenizer(lee_texts[:5], masked=False, vocab_size=120)
     other = save(tiny_llama(other_tok), other_tok, tmp_path / "other")

@@ -12,7 +12,7 @@ from gemini_ray.training.train_step import compute_loss, make_optimizer
 
 
 def _batch(rows: int = 8, hidden: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
-    from ddp_toy import toy_batch
+    from helpers import toy_batch
 
     batch = toy_batch(rows, seed)
     batch["teacher_embedding"] = torch.randn(rows, 2, hidden, generator=torch.Generator().manual_seed(seed))
@@ -31,7 +31,9 @@ def test_the_dtype_and_precision_keys_refuse_other_values(key, value, allowed):
         build_config(None, [f"{key}={value}"])
     message = str(err.value)
     assert key in message and all(a in message for a in allowed.split(", "))
-    assert build_config(None, [f"{key}={allowed.split(', ')[-1]}"])  # each allowed value loads
+    section, field = key.split(".")
+    for good in allowed.split(", "):  # each allowed value loads, and is the value the config holds
+        assert getattr(getattr(build_config(None, [f"{key}={good}"]), section), field) == good
 
 
 def test_auto_is_fp32_on_cpu_and_explicit_names_are_taken_as_given():
@@ -72,9 +74,8 @@ def test_mixed_precision_first_step_losses_are_within_2_percent_of_fp32_and_trai
     fp32 = compute_loss(student, batch, cfg, across_ranks=False)
     precision = Precision(name, torch.device("cpu"))
     mixed = compute_loss(student, batch, cfg, across_ranks=False, autocast=precision.autocast)
-    for part in ("kd", "cl", "rep", "total"):
-        ref, got = float(getattr(fp32, part)), float(getattr(mixed, part))
-        assert got == pytest.approx(ref, rel=0.02), part
+    for part, ref in fp32.as_floats().items():  # loss/total and every term
+        assert mixed.as_floats()[part] == pytest.approx(ref, rel=0.02), part
     assert mixed.total.dtype == torch.float32  # the losses are computed outside autocast
     optimizer = make_optimizer(student, build_config(None, ["train.lr=1e-3"]).train)
     first = None

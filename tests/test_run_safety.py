@@ -5,7 +5,6 @@ per run folder. No Ray here (the end-to-end resumes from a damaged checkpoint ar
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.models.checkpoint import (checkpoint_is_whole, save_checkpoint, save_student, student_from_hf_config,
                                    verify_checkpoint)
 from gemini_ray.paths import OUTPUT_MARKER, check_output_dir, is_our_output, make_output_dir
+from helpers import DAMAGE, truncate
 
 
 # --------------------------------------------------------------------------- output folders
@@ -96,24 +96,6 @@ def _checkpoint(tmp_path: Path, llama_dir: Path, name: str, step: int) -> Path:
     return directory
 
 
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def _overwrite_in_place(path: Path) -> None:
-    """1 KiB of the weights overwritten inside the file: its size and header stay as written."""
-    size = path.stat().st_size
-    with open(path, "r+b") as f:
-        f.seek(size - 4096)
-        f.write(os.urandom(1024))
-
-
-DAMAGE = {"truncated": (lambda d: _truncate(d / "model.safetensors"), "model.safetensors has"),
-          "same-size": (lambda d: _overwrite_in_place(d / "model.safetensors"), "SHA-256 differs"),
-          "missing": (lambda d: (d / "optimizer.safetensors").unlink(), "optimizer.safetensors is missing")}
-
-
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_damaged_checkpoint_is_found_and_named(damage, tmp_path, llama_dir):
     directory = _checkpoint(tmp_path, llama_dir, "checkpoint_a", 5)
@@ -174,7 +156,7 @@ def test_a_damaged_older_checkpoint_outside_the_record_leaves_the_record_alone(t
     snapshot = tmp_path / "checkpoint_manager_snapshot.json"
     snapshot.write_text(json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": new.name,
                                                                  "metrics": {"step": 10}}}))
-    _truncate(old / "model.safetensors")
+    truncate(old / "model.safetensors")
     assert resume_point(str(tmp_path)) is None  # Ray Train resumes from step 10 through its record
     assert snapshot.is_file() and new.is_dir() and not old.exists()
     assert "(step 5) is damaged" in capsys.readouterr().out

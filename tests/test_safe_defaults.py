@@ -13,7 +13,8 @@ from gemini_ray.config import Config
 from gemini_ray.models.checkpoint import export_student, save_checkpoint, student_from_hf_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = sorted([*(ROOT / "gemini_ray").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")])
+SOURCES = sorted([*(ROOT / "gemini_ray").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py"),
+                  *(ROOT / "experiments").rglob("*.py")])
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=[str(p.relative_to(ROOT)) for p in SOURCES])

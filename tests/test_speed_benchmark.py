@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmark_scripts import benchmark_module
+from helpers import benchmark_module
 from gemini_ray.jobs.evaluate import Model, forward_times, throughput
 
 

@@ -19,7 +19,7 @@ SUBMIT = ROOT / "clusters" / "submit.py"
 def test_submit_runs_a_distill_on_the_tiny_model(ray_start_2_cpus, llama_dir, corpus_file, tmp_path):
     import ray
 
-    from test_distill_e2e import tiny_overrides
+    from helpers import tiny_overrides
 
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     done = subprocess.run([sys.executable, str(SUBMIT), "distill",

@@ -36,7 +36,7 @@ def test_the_matmul_probe_measures_a_plausible_peak():
 
 
 def test_a_window_reports_tokens_per_second_and_mfu_from_the_tokens_it_saw(monkeypatch):
-    from ddp_toy import toy_batch
+    from helpers import toy_batch
 
     from gemini_ray.training.train_worker import Costs, MetricsWindow
 

@@ -5,15 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gemini_ray.training.watch import EventLog, loss_chart
-
-
-def read_scalars(directory) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value)]} of every events file under `directory`, as TensorBoard reads them."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(directory))
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+from helpers import read_scalars
 
 
 def test_the_event_log_holds_every_logged_number_under_its_summary_name(tmp_path):
