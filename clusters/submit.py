@@ -9,7 +9,7 @@ the CLI's own (a subcommand, options, overrides). On the head the project sits a
 launcher's file_mounts) and is installed; relative paths such as configs/... are read from there. The
 command joins the cluster that `ray start` started on the head (no address needed), with the token the
 launcher copied. It runs in the foreground of the ssh session: add --tmux (or --screen) to `ray submit`
-to keep it running when you disconnect, or use `ray job submit` (README, "On a cluster") for a job that
+to keep it running when you disconnect, or use `ray job submit` (docs/cluster.md) for a job that
 outlives the session and has its logs in the dashboard.
 
 Locally, `python clusters/submit.py distill ...` runs the same code path on this machine.

@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
 # Does a search find a better config than the default, without giving up the language model? Label the
-# demo corpus once, train the default config from the cache, search tune_spaces/demo_search.yaml on the same
+# demo corpus once, train the default config from the cache, search experiments/tune_spaces/demo_search.yaml on the same
 # cache with the default's held-out KD loss at each evaluation as a floor on the language model
 # (tune.max_val_loss_kd_by_step: a trial above it at an evaluation's step ranks behind every trial under it
 # there, so ASHA's early rungs compare both halves too), train the best trial's config, and evaluate both
 # side by side: the paired bootstraps of best minus default on Lee and RT, and of their perplexity ratio,
 # say whether each difference is beyond the evaluation sets' noise.
-#   bash benchmarks/search_vs_default.sh          (uses .venv; about 55 minutes on 2 cores, 2026-12-03)
-#   FLOOR=none bash benchmarks/search_vs_default.sh   (the search without the floor)
-#   SPACE=tune_spaces/demo_refine.yaml bash benchmarks/search_vs_default.sh   (another space, in a store of its
+#   bash experiments/search_vs_default.sh          (uses .venv; about 55 minutes on 2 cores, 2026-12-03)
+#   FLOOR=none bash experiments/search_vs_default.sh   (the search without the floor)
+#   SPACE=experiments/tune_spaces/demo_refine.yaml bash experiments/search_vs_default.sh   (another space, in a store of its
 #   own: runs/search-vs-default-demo_refine; in one store `tune` would resume the other space's search)
-#   CONFIG=configs/seed_loss.yaml ... bash benchmarks/search_vs_default.sh   (another default: the base config of
+#   CONFIG=configs/seed_loss.yaml ... bash experiments/search_vs_default.sh   (another default: the base config of
 #   the label, the default run and the search, in a store named after it too, e.g.
 #   runs/search-vs-default-seed_loss; the searches before 2026-12-04 ran against configs/seed_loss.yaml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-SPACE=${SPACE:-tune_spaces/demo_search.yaml}
+SPACE=${SPACE:-experiments/tune_spaces/demo_search.yaml}
 SPACE_NAME=$(basename "$SPACE" .yaml)
 if [ "$SPACE_NAME" = demo_search ]; then SUFFIX=; else SUFFIX=-$SPACE_NAME; fi
 BASE=()
@@ -43,4 +43,4 @@ $BIN/gemini-ray tune "${BASE[@]}" run.storage_path=$STORE tune.space=$SPACE tune
     "${FLOOR_KEY[@]}"
 $BIN/gemini-ray distill --config $STORE/search/best_config.yaml run.storage_path=$STORE run.name=search-best \
     label.use=require
-$BIN/python benchmarks/search_vs_default.py "$STORE"
+$BIN/python experiments/search_vs_default.py "$STORE"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Label once, then train from the cache and run the quick search; prints the numbers the README records.
-#   bash benchmarks/cache_and_tune.sh            (uses .venv; about 15 minutes on 2 cores)
+# Label once, then train from the cache and run the quick search; prints the cache's size, the data wait from
+# the cache and the search's teacher tokens (docs/cache-and-tune.md).
+#   bash experiments/cache_and_tune.sh            (uses .venv; about 15 minutes on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}

@@ -1,6 +1,6 @@
 """Does a projected representation term move Rotten Tomatoes? A plain-loop experiment, not a library feature.
 
-    python benchmarks/projected_term.py --store runs NAME WEIGHT FORM [KEY=VALUE ...]
+    python experiments/projected_term.py --store runs NAME WEIGHT FORM [KEY=VALUE ...]
     python benchmarks/compare_students.py --out runs/projected/compare --set eval.rt_train=0 --set eval.rt_test=0 \
         base=runs/projected/base/student cos1=runs/projected/cos1/student
 
@@ -13,7 +13,7 @@ first-pass order (the library's compute_loss, optimizer and schedule: with WEIGH
 distill label.use=require` to the digit) plus WEIGHT x the term, with W (H_S x H_T, identity-initialised, its
 own AdamW at 1e-3) discarded after training. FORM 'cos': 1 − cos(W z_S, z_T); 'mse': ‖W z_S − z_T‖² over the
 teacher embeddings' variance. Writes <store>/projected/NAME/student (an exported student that `eval` and
-compare_students read). Measured 2026-12-04 on the demo: no RT gain (README, "Rotten Tomatoes on the whole set").
+compare_students read). Measured 2026-12-04 on the demo: no RT gain (docs/log.md, 2026-12-04).
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from train_stage import ROOT, cached_batches
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # train_stage stays a benchmark
+from train_stage import ROOT, cached_batches  # noqa: E402
 
 
 def projected_loss(student: torch.Tensor, teacher: torch.Tensor, proj: torch.nn.Linear, form: str) -> torch.Tensor:
@@ -89,8 +91,8 @@ def main() -> int:
         optimizer.step()
         proj_optimizer.step()
         if step % 10 == 0 or step == cfg.train.max_steps - 1:
-            print(f"step {step}: total {parts.total.item():.3f}, kd {parts.kd.item():.3f}, cl {parts.cl.item():.3f}, "
-                  f"rep {parts.rep.item():.4f}, projected {term.item():.4f} ({time.perf_counter() - t0:.0f} s)",
+            print(f"step {step}: total {parts.total.item():.3f}, kd {parts['kd'].item():.3f}, cl {parts['cl'].item():.3f}, "
+                  f"rep {parts['rep'].item():.4f}, projected {term.item():.4f} ({time.perf_counter() - t0:.0f} s)",
                   flush=True)
     out = store / "projected" / args.name / "student"
     as_dict = config_to_dict(cfg)

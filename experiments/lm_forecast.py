@@ -1,6 +1,6 @@
 """Where the student's language model is heading: runs of several lengths, each with its own schedule.
 
-    python benchmarks/lm_forecast.py [--steps 30 60 120 240] [--config FILE] [--store DIR] [OVERRIDE ...]
+    python experiments/lm_forecast.py [--steps 30 60 120 240] [--config FILE] [--store DIR] [OVERRIDE ...]
 
 A line through the checkpoints of one run (what `gemini-ray curve` extrapolates) is bent by that run's
 learning-rate decay: its last checkpoints are taken at a tenth of the peak rate. Here each length is a run of

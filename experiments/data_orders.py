@@ -1,10 +1,10 @@
 """The training's own run-to-run variation: the KD + CL and KD-only students of the ablation, retrained in
 other data orders, side by side with the evaluation sets' bootstrap noise.
 
-    python benchmarks/data_orders.py [--seeds 1 2 3] [--in-order ablate] [--config FILE] [--set KEY=VALUE] \
+    python experiments/data_orders.py [--seeds 1 2 3] [--in-order ablate] [--config FILE] [--set KEY=VALUE] \
         [OVERRIDE ...]
 
-With a causal teacher a run is deterministic whatever `train.seed` (README, "Seeds"): what varies between
+With a causal teacher a run is deterministic whatever `train.seed` (docs/evaluation.md, "Seeds"): what varies between
 runs that a user would call the same is which rows a run reads and in which order. For each seed S this
 trains both students with `train.shuffle_first_pass=true train.seed=S` from the teacher-signal cache
 (`label.use=require`: run `gemini-ray label` or `gemini-ray ablate` with the same config first; the cache

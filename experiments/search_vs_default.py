@@ -1,8 +1,8 @@
-"""The last step of benchmarks/search_vs_default.sh: evaluate the search's best config and the default
+"""The last step of experiments/search_vs_default.sh: evaluate the search's best config and the default
 config side by side, with the paired bootstraps of best minus default on Lee and RT and of the perplexity
 ratio best / default.
 
-    python benchmarks/search_vs_default.py STORE
+    python experiments/search_vs_default.py STORE
 
 A file, not a here-document: the evaluation measures peak memory in spawned processes, which re-import
 the main module by its path (a script read from stdin has none)."""

@@ -1,6 +1,6 @@
 """The evaluation protocol's embedding metrics on every layer of the teacher.
 
-    python benchmarks/layer_probe.py
+    python experiments/layer_probe.py
 
 For each layer l = 0 (the embedding table) ... L of the embedded teacher: the masked mean of the hidden
 states after layer l, passed through the final norm (as a student made of the bottom l layers would
@@ -22,7 +22,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main() -> int:
     from gemini_ray.config import Config
     from gemini_ray.evaluation.metrics import linear_probe_accuracy, spearman
-    from gemini_ray.evaluation.sets import lee_similarity, rotten_tomatoes
+    from gemini_ray.evaluation.tasks.lee import lee_similarity
+    from gemini_ray.evaluation.tasks.rotten_tomatoes import rotten_tomatoes
     from gemini_ray.jobs.evaluate import _pad, load_model
     from gemini_ray.models.build import mean_pool, resolve_teacher
 
