@@ -1,32 +1,35 @@
 """Every logged metric's name, defined once: the trainer's log lines, summary.json, Tune's results.csv,
 the ablation and `tune.metric` all use these strings.
 
-    loss/total, loss/kd, loss/cl, loss/rep    the training loss and its parts (mean over a logging window)
-    val/loss_total, val/loss_kd, ...          the same parts on the held-out rows
+    loss/total, loss/<term>                   the training loss and each of its terms, e.g. loss/kd, loss/cl,
+                                              loss/rep (mean over a logging window)
+    val/loss_total, val/loss_<term>           the same on the held-out rows: val/loss_kd, ...
     val/retrieval_mrr, val/objective          held-out retrieval of positives; the composite Tune ranks by
     val/teacher_agreement                     held-out span similarities ordered as the teacher orders them
 """
 
 from __future__ import annotations
 
-__all__ = ["LOSS_TOTAL", "LOSS_KD", "LOSS_CL", "LOSS_REP", "LOSS_NAMES", "LOSS_PARTS", "LOSS_PART_NAMES", "held_out", "VAL_LOSS_TOTAL",
-           "VAL_LOSS_KD", "VAL_LOSS_CL", "VAL_RETRIEVAL", "VAL_TEACHER_AGREEMENT", "OBJECTIVE_EMBEDDING", "VAL_OBJECTIVE", "VAL_STEP", "VAL_EXAMPLES", "NONFINITE"]
+__all__ = ["LOSS_TOTAL", "loss_metric", "term_of", "LOSS_KD", "LOSS_CL", "LOSS_REP", "held_out", "VAL_LOSS_TOTAL",
+           "VAL_LOSS_KD", "VAL_LOSS_CL", "VAL_RETRIEVAL", "VAL_TEACHER_AGREEMENT", "OBJECTIVE_EMBEDDING", "VAL_OBJECTIVE",
+           "VAL_STEP", "VAL_EXAMPLES", "NONFINITE"]
 
 LOSS_TOTAL = "loss/total"
-LOSS_KD = "loss/kd"
-LOSS_CL = "loss/cl"
-LOSS_REP = "loss/rep"
-"""The representation term in loss.rep_form (in the gradient when loss.rep_weight > 0): 'cosine', 1 − cosine of
-the student's and the teacher's pooled span embeddings; 'similarity', the mean squared difference of their centred
-cosine matrices (also what is logged for a student narrower than its teacher, whose cosine cannot be computed)."""
-LOSS_NAMES = (LOSS_TOTAL, LOSS_KD, LOSS_CL, LOSS_REP)
-"""In the order they are logged."""
-LOSS_PARTS = (LOSS_KD, LOSS_CL, LOSS_REP, LOSS_TOTAL)
-"""In the order a non-finite value is blamed on: the distillation part, the contrastive part, the total."""
 
-LOSS_PART_NAMES = {LOSS_KD: "distillation loss (loss/kd)", LOSS_CL: "contrastive loss (loss/cl)",
-                   LOSS_REP: "representation loss (loss/rep)", LOSS_TOTAL: "total loss (loss/total)"}
-"""How an error message names each part."""
+
+def loss_metric(term: str) -> str:
+    """The logged name of a loss term (gemini_ray.losses.terms): 'kd' -> 'loss/kd'."""
+    return "loss/" + term
+
+
+def term_of(metric: str) -> str | None:
+    """The loss term a logged name is of: 'loss/kd' -> 'kd'; None for loss/total and every other metric."""
+    return metric[len("loss/"):] if metric.startswith("loss/") and metric != LOSS_TOTAL else None
+
+
+LOSS_KD, LOSS_CL, LOSS_REP = loss_metric("kd"), loss_metric("cl"), loss_metric("rep")
+"""The terms that a consumer names on purpose: val/objective's KD half, the loss chart, the end-of-run line.
+Everything else iterates the terms."""
 
 
 def held_out(name: str) -> str:

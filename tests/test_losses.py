@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gemini_ray.losses import (combine, cosine_embedding_loss, dense_kd_loss, info_nce_loss, similarity_loss,
-                               topk_kd_loss)
+from gemini_ray.losses import (Term, combine, cosine_embedding_loss, dense_kd_loss, info_nce_loss, register,
+                               similarity_loss, topk_kd_loss)
+from gemini_ray.losses.terms import TERMS
 
 B, L, V = 3, 5, 11
 
@@ -150,12 +151,82 @@ def test_info_nce_negative_mask_drops_slots():
     assert loss.item() == 0.0 and torch.isfinite(a.grad).all()
 
 
+def _mix(kd, cl, lambda_kd, rep=None, rep_weight=None):
+    """The terms as compute_loss weighs them: kd λ, cl 1 − λ, rep μ (None: logged, not in the loss)."""
+    return {"kd": (lambda_kd, kd), "cl": (1.0 - lambda_kd, cl), **({"rep": (rep_weight, rep)} if rep is not None else {})}
+
+
 def test_combine_weights_the_parts():
     kd, cl = torch.tensor(2.0), torch.tensor(4.0)
-    parts = combine(kd, cl, 0.25)
+    parts = combine(_mix(kd, cl, 0.25))
     assert parts.total.item() == pytest.approx(0.25 * 2 + 0.75 * 4)
-    assert set(parts.as_floats()) == {"loss/total", "loss/kd", "loss/cl", "loss/rep"}
-    assert combine(kd, cl, 1.0).total.item() == 2.0 and combine(kd, cl, 0.0).total.item() == 4.0
+    assert parts.as_floats() == {"loss/total": pytest.approx(3.5), "loss/kd": 2.0, "loss/cl": 4.0}
+    assert combine(_mix(kd, cl, 1.0)).total.item() == 2.0 and combine(_mix(kd, cl, 0.0)).total.item() == 4.0
+    # a term without a weight is logged under its name, detached, and left out of the total
+    x = torch.tensor(3.0, requires_grad=True)
+    logged = combine(_mix(kd, cl, 0.25, rep=x * 2))
+    assert logged.total.item() == pytest.approx(3.5) and logged["rep"].item() == 6.0 and not logged["rep"].requires_grad
+    assert list(logged.as_floats()) == ["loss/total", "loss/kd", "loss/cl", "loss/rep"]
+
+
+def test_compute_loss_logs_every_registered_term_under_its_stable_name():
+    """summary.json, results.csv, TensorBoard and tune.metric read these names: they must not move."""
+    from helpers import ToyStudent, toy_batch
+    from gemini_ray.config import LossConfig
+    from gemini_ray.training.train_step import compute_loss
+
+    parts = compute_loss(ToyStudent(), toy_batch(8), LossConfig(num_negatives=2), across_ranks=False)
+    assert list(parts.as_floats()) == ["loss/total", "loss/kd", "loss/cl", "loss/rep"]
+    assert [w for w, _ in parts.terms.values()] == [0.5, 0.5, 10.0]  # λ, 1 − λ, μ: the config's defaults
+
+
+@pytest.fixture
+def toy_term():
+    """A term registered for one test only, as a loss module would register it: the mean squared norm of the
+    anchors' pooled embeddings, weight 0.25 (a constant here; a real term reads its config key)."""
+    term = register(Term("toy", "toy loss", weight=lambda cfg: 0.25,
+                         compute=lambda out, cfg: out.spans()[0].pow(2).sum(-1).mean()))
+    yield term
+    del TERMS["toy"]
+
+
+def test_a_registered_term_flows_through_the_combined_loss_under_its_own_name(toy_term):
+    """The seam: registering a term is the whole change. compute_loss computes it, the total weighs it in (its
+    gradient reaches the student), and every consumer names it from its entry: loss/toy in the parts,
+    val/loss_toy on the held-out rows, 'toy' in the step line, the non-finite check and its error message."""
+    from helpers import ToyStudent, toy_batch
+    from gemini_ray.config import LossConfig
+    from gemini_ray.losses import describe
+    from gemini_ray.training.train_step import compute_loss
+    from gemini_ray.training.train_worker import _step_line, held_out_metrics, nonfinite_part, note_loss_reference
+
+    batch, cfg = toy_batch(8), LossConfig(lambda_kd=0.3, num_negatives=2, rep_weight=0.0)
+    model = ToyStudent()
+    parts = compute_loss(model, batch, cfg, across_ranks=False)
+    assert list(parts.terms) == ["kd", "cl", "rep", "toy"]
+    weight, value = parts.terms["toy"]
+    assert weight == 0.25 and value.item() > 0
+    assert parts.total.item() == pytest.approx(0.3 * parts["kd"].item() + 0.7 * parts["cl"].item() + 0.25 * value.item(),
+                                               rel=1e-6)
+    grads = torch.autograd.grad(parts.total - parts.total.detach() - 0.25 * value, list(model.parameters()),
+                                allow_unused=True, retain_graph=True)
+    without = torch.autograd.grad(0.3 * parts["kd"] + 0.7 * parts["cl"], list(model.parameters()), allow_unused=True,
+                                  retain_graph=True)
+    for got, want in zip(grads, without):  # the total's gradient is the two seed terms' plus the toy term's
+        assert (got is None and want is None) or torch.allclose(got, want, atol=1e-6)
+
+    values = parts.as_floats()
+    assert values["loss/toy"] == pytest.approx(value.item())
+    assert nonfinite_part({**values, "loss/toy": float("nan")}, world=1) == "loss/toy"
+    assert describe("loss/toy") == "toy loss (loss/toy)"
+    state: dict = {}
+    note_loss_reference(state, values, world=1)
+    assert set(state["loss_reference"]) == {"loss/kd", "loss/cl", "loss/rep", "loss/toy"}
+    rows = {k: v.numpy() for k, v in batch.items()}
+    held = held_out_metrics(model, rows, cfg, batch_size=4, device=torch.device("cpu"), step=0)
+    assert held["val/loss_toy"] > 0 and {"val/loss_total", "val/loss_kd", "val/loss_cl", "val/loss_rep"} <= set(held)
+    line = _step_line(10, 20, {**values, "examples_per_s": 1.0, "train_tokens_per_s": 1.0, "data_wait_fraction": 0.0})
+    assert f"| rep {values['loss/rep']:.4f} | toy {values['loss/toy']:.4f} |" in line
 
 
 def test_info_nce_shared_candidates_match_hand_computation():
@@ -193,7 +264,8 @@ def test_negatives_gathered_across_two_ranks_equal_one_process_on_the_whole_batc
     The similarity term compares every span with every other, so it is gathered too."""
     import torch.multiprocessing as mp
 
-    from ddp_toy import loss_and_grads, toy_batch, worker
+    from ddp_toy import loss_and_grads, worker
+    from helpers import toy_batch
     from gemini_ray.config import LossConfig
 
     rows, out = 8, str(tmp_path / "ranks.pt")
@@ -247,7 +319,7 @@ def test_similarity_loss_matches_a_pairwise_reference_at_any_width():
 def test_representation_term_with_zero_weight_is_the_seeds_loss_and_reaches_only_the_student(form):
     """rep_weight 0: total and gradients are λ·L_KD + (1 − λ)·L_CL's, whatever the teacher embeddings say;
     rep_weight μ: total = that + μ·L_rep, and the gradient reaches the student but not the teacher's targets."""
-    from ddp_toy import ToyStudent, toy_batch
+    from helpers import ToyStudent, toy_batch
     from gemini_ray.config import LossConfig
     from gemini_ray.training.train_step import compute_loss
 
@@ -260,19 +332,19 @@ def test_representation_term_with_zero_weight_is_the_seeds_loss_and_reaches_only
 
     batch = toy_batch(8)
     seed, seed_grads = run(batch)
-    assert seed.total.item() == pytest.approx(0.3 * seed.kd.item() + 0.7 * seed.cl.item(), rel=1e-6)
-    assert 0 < seed.rep.item() < 2 and not seed.rep.requires_grad  # logged, not trained on
+    assert seed.total.item() == pytest.approx(0.3 * seed["kd"].item() + 0.7 * seed["cl"].item(), rel=1e-6)
+    assert 0 < seed["rep"].item() < 2 and not seed["rep"].requires_grad  # logged, not trained on
     flipped = batch["teacher_embedding"].clone()
     flipped[:, 0] = -flipped[:, 0]  # (negating all would leave the similarity form's cosines as they are)
     other = {**batch, "teacher_embedding": flipped}
     moved, moved_grads = run(other)
-    assert moved.total.item() == seed.total.item() and moved.rep.item() != pytest.approx(seed.rep.item())
+    assert moved.total.item() == seed.total.item() and moved["rep"].item() != pytest.approx(seed["rep"].item())
     assert all(torch.equal(a, b) for a, b in zip(seed_grads, moved_grads))
 
     target = batch["teacher_embedding"].clone().requires_grad_(True)
     with_rep, rep_grads = run({**batch, "teacher_embedding": target}, rep_weight=2.0)
-    assert with_rep.total.item() == pytest.approx(seed.total.item() + 2.0 * with_rep.rep.item(), rel=1e-6)
-    assert with_rep.rep.item() == pytest.approx(seed.rep.item(), rel=1e-6)
+    assert with_rep.total.item() == pytest.approx(seed.total.item() + 2.0 * with_rep["rep"].item(), rel=1e-6)
+    assert with_rep["rep"].item() == pytest.approx(seed["rep"].item(), rel=1e-6)
     assert target.grad is None  # the teacher's embeddings are targets
     assert any(not torch.allclose(a, b) for a, b in zip(seed_grads, rep_grads))
 
@@ -281,20 +353,20 @@ def test_representation_term_with_zero_weight_is_the_seeds_loss_and_reaches_only
 def test_the_representation_term_pulls_the_student_toward_the_teacher(form):
     """A few SGD steps on L_rep alone bring the student's pooled spans (or their similarities) closer to
     the teacher's."""
-    from ddp_toy import ToyStudent, toy_batch
+    from helpers import ToyStudent, toy_batch
     from gemini_ray.config import LossConfig
     from gemini_ray.training.train_step import compute_loss
 
     model, batch = ToyStudent(), toy_batch(8)
     cfg = LossConfig(num_negatives=2, rep_weight=1.0, rep_form=form)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    first = compute_loss(model, batch, cfg, across_ranks=False).rep.item()
+    first = compute_loss(model, batch, cfg, across_ranks=False)["rep"].item()
     for _ in range(30):
         opt.zero_grad()
         parts = compute_loss(model, batch, cfg, across_ranks=False)
-        parts.rep.backward()
+        parts["rep"].backward()
         opt.step()
-    assert compute_loss(model, batch, cfg, across_ranks=False).rep.item() < 0.8 * first
+    assert compute_loss(model, batch, cfg, across_ranks=False)["rep"].item() < 0.8 * first
 
 
 def test_magnitude_balance_keeps_the_total_and_divides_each_terms_gradient_by_its_value():
@@ -307,8 +379,8 @@ def test_magnitude_balance_keeps_the_total_and_divides_each_terms_gradient_by_it
         (g,) = torch.autograd.grad(parts.total, x, retain_graph=True)
         return g
 
-    plain = combine(kd, cl, 0.3, rep, 0.5)
-    balanced = combine(kd, cl, 0.3, rep, 0.5, balance="magnitude")
+    plain = combine(_mix(kd, cl, 0.3, rep, 0.5))
+    balanced = combine(_mix(kd, cl, 0.3, rep, 0.5), balance="magnitude")
     assert balanced.total.item() == pytest.approx(plain.total.item())
     assert plain.total.item() == pytest.approx(0.3 * kd.item() + 0.7 * cl.item() + 0.5 * rep.item())
     parts = [torch.autograd.grad(t, x, retain_graph=True)[0] / t.item() for t in (kd, cl, rep)]
@@ -316,7 +388,7 @@ def test_magnitude_balance_keeps_the_total_and_divides_each_terms_gradient_by_it
     assert torch.allclose(grad(plain), 0.3 * parts[0] * kd.item() + 0.7 * parts[1] * cl.item()
                           + 0.5 * parts[2] * rep.item())
     # scaling a term (its units) does not change the balanced gradient
-    assert torch.allclose(grad(combine(kd * 100, cl, 0.3, rep, 0.5, balance="magnitude")), grad(balanced))
+    assert torch.allclose(grad(combine(_mix(kd * 100, cl, 0.3, rep, 0.5), balance="magnitude")), grad(balanced))
 
 
 def test_start_balance_divides_each_terms_gradient_by_its_starting_value_and_keeps_the_split_fixed():
@@ -331,29 +403,29 @@ def test_start_balance_divides_each_terms_gradient_by_its_starting_value_and_kee
         (g,) = torch.autograd.grad(parts.total, x, retain_graph=True)
         return g
 
-    started = combine(kd, cl, 0.3, rep, 0.5, balance="start", reference=reference)
-    assert started.total.item() == pytest.approx(combine(kd, cl, 0.3, rep, 0.5).total.item())
+    started = combine(_mix(kd, cl, 0.3, rep, 0.5), balance="start", reference=reference)
+    assert started.total.item() == pytest.approx(combine(_mix(kd, cl, 0.3, rep, 0.5)).total.item())
     parts = [torch.autograd.grad(t, x, retain_graph=True)[0] for t in (kd, cl, rep)]
     assert torch.allclose(grad(started), 0.3 * parts[0] / 20.0 + 0.7 * parts[1] / 2.5 + 0.5 * parts[2] / 0.9)
-    assert torch.allclose(grad(combine(kd, cl, 0.3, rep, 0.5, balance="start")),
-                          grad(combine(kd, cl, 0.3, rep, 0.5, balance="magnitude")))
+    assert torch.allclose(grad(combine(_mix(kd, cl, 0.3, rep, 0.5), balance="start")),
+                          grad(combine(_mix(kd, cl, 0.3, rep, 0.5), balance="magnitude")))
     # μ = 0: the reference's rep entry is unused, as the term is
-    assert torch.allclose(grad(combine(kd, cl, 0.3, rep, 0.0, balance="start", reference=reference)),
+    assert torch.allclose(grad(combine(_mix(kd, cl, 0.3, rep, None), balance="start", reference=reference)),
                           0.3 * parts[0] / 20.0 + 0.7 * parts[1] / 2.5)
     # the contrastive term 100x smaller (its pairs separated): its pull shrinks with it under 'start',
     # while 'magnitude' keeps its pull as large as when it started
     small = cl / 100
     g_cl = parts[1] / 100
-    assert torch.allclose(grad(combine(kd, small, 0.3, balance="start", reference=reference)),
+    assert torch.allclose(grad(combine(_mix(kd, small, 0.3), balance="start", reference=reference)),
                           0.3 * parts[0] / 20.0 + 0.7 * g_cl / 2.5)
-    assert torch.allclose(grad(combine(kd, small, 0.3, balance="magnitude")),
+    assert torch.allclose(grad(combine(_mix(kd, small, 0.3), balance="magnitude")),
                           0.3 * parts[0] / kd.item() + 0.7 * g_cl / small.item())
 
 
 def test_a_student_narrower_than_its_teacher_logs_the_similarity_form():
     """The cosine form cannot compare widths that differ; with μ = 0 training still runs and loss/rep is the
     similarity form's value (the width check of distill refuses μ > 0 with the cosine form)."""
-    from ddp_toy import ToyStudent, toy_batch
+    from helpers import ToyStudent, toy_batch
     from gemini_ray.config import LossConfig
     from gemini_ray.training.train_step import compute_loss
 
@@ -363,4 +435,4 @@ def test_a_student_narrower_than_its_teacher_logs_the_similarity_form():
                          across_ranks=False)
     similar = compute_loss(ToyStudent(), {**batch, "teacher_embedding": wide},
                            LossConfig(num_negatives=2, rep_form="similarity"), across_ranks=False)
-    assert parts.rep.item() == pytest.approx(similar.rep.item()) and parts.total.item() == pytest.approx(similar.total.item())
+    assert parts["rep"].item() == pytest.approx(similar["rep"].item()) and parts.total.item() == pytest.approx(similar.total.item())

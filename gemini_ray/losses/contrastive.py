@@ -4,7 +4,8 @@
 
 sim is the cosine; k runs over the anchor's mined hard negatives, j over the positives of the other rows
 of the (global) batch that are usable as negatives (not the same document, not the same text).
-With W data-parallel workers the in-batch candidates are gathered from every rank (`all_gather_with_grad`),
+With W data-parallel workers the in-batch candidates are gathered from every rank
+(`gemini_ray.losses.distributed.all_gather_with_grad`),
 so the negatives per anchor grow with W and the loss equals the single-process loss on the concatenated
 batch.
 
@@ -14,11 +15,15 @@ Gao et al. 2021 (SimCSE, in-batch + hard negatives).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["info_nce_loss", "in_batch_mask", "all_gather_with_grad", "all_gather_constant"]
+from gemini_ray.losses.distributed import all_gather_constant, all_gather_with_grad
+from gemini_ray.losses.terms import StudentOutput, Term, register
+
+__all__ = ["info_nce_loss", "in_batch_mask", "contrastive_term"]
 
 
 def info_nce_loss(
@@ -81,40 +86,23 @@ def in_batch_mask(doc_id: torch.Tensor, span_hash: torch.Tensor, all_doc_id: tor
     return other_doc & not_dup
 
 
-class _AllGather(torch.autograd.Function):
-    """all_gather whose backward returns each rank the summed gradient of its own slice."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        world, rank = dist.get_world_size(), dist.get_rank()
-        parts = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(parts, x.contiguous())
-        ctx.rank, ctx.rows = rank, x.shape[0]
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad)  # every rank's loss depends on every slice: sum their gradients
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
-
-
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate `x` (same shape on every rank) from all ranks in rank order; gradients flow back to
-    the rank that owns each slice, summed over the ranks that used it. Identity outside torch.distributed.
-
-    DDP averages gradients over the W ranks, so a loss that is the mean of the ranks' losses gets exactly
-    the gradient of the single-process loss on the concatenated batch.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    return _AllGather.apply(x)
+def contrastive_term(out: StudentOutput, cfg: Any) -> torch.Tensor:
+    """L_CL of a forward pass: each anchor against its positive, its loss.num_negatives mined negatives and, with
+    loss.in_batch_negatives, the other rows' positives (every rank's when out.across_ranks)."""
+    z, z_pos = out.spans()  # (B, H) each
+    K = cfg.num_negatives
+    shared = shared_mask = None
+    if cfg.in_batch_negatives:
+        gather = all_gather_with_grad if out.across_ranks else (lambda x: x)
+        gather_ids = all_gather_constant if out.across_ranks else (lambda x: x)
+        shared = gather(z_pos)  # (W·B, H): this rank's slice keeps its gradient
+        doc_id, span_hash = out.batch["doc_id"].long(), out.batch["span_hash"].long()  # (B,), (B, 2)
+        shared_mask = in_batch_mask(doc_id, span_hash, gather_ids(doc_id),
+                                    gather_ids(span_hash[:, 1].contiguous()))  # (B, W·B)
+    return info_nce_loss(z, z_pos, out.negatives(), cfg.cl_temperature, out.batch["neg_mask"][:, :K].bool(),
+                         shared, shared_mask)
 
 
-def all_gather_constant(x: torch.Tensor) -> torch.Tensor:
-    """all_gather for tensors without gradient (ids, hashes). Identity outside torch.distributed."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+CONTRASTIVE = register(Term("cl", "contrastive loss", weight=lambda cfg: 1.0 - cfg.lambda_kd,
+                            compute=contrastive_term))
+"""Weight 1 − λ (loss.lambda_kd)."""

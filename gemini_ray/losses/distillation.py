@@ -17,12 +17,14 @@ size both forms equal their dense references exactly (tests check it).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["topk_kd_loss", "dense_kd_loss"]
+from gemini_ray.losses.terms import StudentOutput, Term, register
+
+__all__ = ["topk_kd_loss", "dense_kd_loss", "distillation_term"]
 
 
 def topk_kd_loss(
@@ -80,3 +82,17 @@ def dense_kd_loss(
     per_pos = -(t_probs * F.log_softmax(s_scaled, dim=-1)).sum(-1)  # (B, L)
     loss = (per_pos * mask).sum() / mask.sum().clamp(min=1.0)
     return loss * temperature**2 if form == "hinton" else loss
+
+
+def distillation_term(out: StudentOutput, cfg: Any) -> torch.Tensor:
+    """L_KD of a forward pass over the anchor and positive spans, against the teacher's top-k soft labels
+    (loss.kd_temperature, loss.kd_form)."""
+    b = out.batch
+    t_ids = torch.cat([b["topk_ids"][:, 0], b["topk_ids"][:, 1]]).long()  # (2B, L, k), ordered like the logits
+    t_val = torch.cat([b["topk_logits"][:, 0], b["topk_logits"][:, 1]])  # (2B, L, k)
+    labelled = torch.cat([b["label_mask"][:, 0], b["label_mask"][:, 1]])  # (2B, L)
+    return topk_kd_loss(out.logits, t_ids, t_val, labelled, cfg.kd_temperature, cfg.kd_form)
+
+
+DISTILLATION = register(Term("kd", "distillation loss", weight=lambda cfg: cfg.lambda_kd, compute=distillation_term))
+"""Weight λ (loss.lambda_kd)."""

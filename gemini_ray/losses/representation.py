@@ -19,10 +19,15 @@ constant here):
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cosine_embedding_loss", "similarity_loss"]
+from gemini_ray.losses.distributed import all_gather_constant, all_gather_with_grad
+from gemini_ray.losses.terms import StudentOutput, Term, register
+
+__all__ = ["cosine_embedding_loss", "similarity_loss", "representation_term"]
 
 
 def cosine_embedding_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -56,3 +61,23 @@ def similarity_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
     off = ~torch.eye(n, dtype=torch.bool, device=student.device)
     diff = _centred_cosines(student) - _centred_cosines(teacher.detach())
     return diff[off].pow(2).mean()
+
+
+def representation_term(out: StudentOutput, cfg: Any) -> torch.Tensor:
+    """L_rep of a forward pass over the anchor and positive spans, in loss.rep_form. The similarity form is also
+    what a student narrower than its teacher logs (its cosine has no meaning); it compares every span with
+    every other, so with out.across_ranks it is one matrix over every rank's spans: the single-process loss on
+    the whole batch."""
+    s_span = torch.cat(out.spans())  # (2B, H_S)
+    t_emb = out.batch["teacher_embedding"]  # (B, 2, H_T)
+    t_span = torch.cat([t_emb[:, 0], t_emb[:, 1]])  # (2B, H_T)
+    if cfg.rep_form == "similarity" or s_span.shape[-1] != t_span.shape[-1]:
+        if out.across_ranks:
+            s_span, t_span = all_gather_with_grad(s_span), all_gather_constant(t_span.float())
+        return similarity_loss(s_span, t_span)
+    return cosine_embedding_loss(s_span, t_span)
+
+
+REPRESENTATION = register(Term("rep", "representation loss", weight=lambda cfg: cfg.rep_weight or None,
+                               compute=representation_term))
+"""Weight μ (loss.rep_weight); at 0 the term is logged, not trained on: the loss is the seed's exactly."""

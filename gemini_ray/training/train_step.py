@@ -17,22 +17,20 @@ from typing import Any, Callable, ContextManager
 import torch
 
 from gemini_ray.config import LossConfig, TrainConfig
-from gemini_ray.losses import (LossParts, combine, cosine_embedding_loss, info_nce_loss, next_token_loss,
-                               similarity_loss, topk_kd_loss)
-from gemini_ray.losses.contrastive import all_gather_constant, all_gather_with_grad, in_batch_mask
+from gemini_ray.losses import LossParts, StudentOutput, Weighted, combine, measure, next_token_loss
 from gemini_ray.models.build import layer_depths
 
 __all__ = ["compute_loss", "make_optimizer", "lr_at", "set_lr"]
 
 
-
 def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: LossConfig,
                  across_ranks: bool = True, reference: dict[str, float] | None = None,
                  autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> LossParts:
-    """λ·L_KD + (1 − λ)·L_CL (+ μ·L_rep) for a batch (or next-token CE with loss.objective='lm');
-    `student` is a (possibly DDP-wrapped) DistillStudent.
+    """The combined loss of a batch over the registered terms (gemini_ray.losses: λ·L_KD + (1 − λ)·L_CL
+    (+ μ·L_rep)), or next-token CE with loss.objective='lm'; `student` is a (possibly DDP-wrapped)
+    DistillStudent.
 
-    With loss.in_batch_negatives the other rows' positives are negatives too; `across_ranks` gathers them
+    `across_ranks`: the terms that compare rows (in-batch negatives, the similarity form of L_rep) gather them
     from every torch.distributed rank (a collective: every rank must call it with the same batch size).
     Off for evaluation, where every rank scores the same rows. `reference`: the loss parts where training
     started, for loss.balance='start'. `autocast`: the context the student's forward runs in (train.precision);
@@ -46,39 +44,16 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
     all_att = torch.cat([att[:, 0], att[:, 1], batch["neg_attention_mask"][:, :K].long().reshape(B * K, L)])
     with autocast():
         logits, pooled = student(all_ids, all_att, 2 * B)  # (2B, L, V), (2B + BK, H)
-
-    # KD on anchor and positive spans: rows ordered [anchors; positives] like the logits
-    t_ids = torch.cat([batch["topk_ids"][:, 0], batch["topk_ids"][:, 1]]).long()  # (2B, L, k)
-    t_val = torch.cat([batch["topk_logits"][:, 0], batch["topk_logits"][:, 1]])  # (2B, L, k)
-    lab = torch.cat([batch["label_mask"][:, 0], batch["label_mask"][:, 1]])  # (2B, L)
-    kd = topk_kd_loss(logits, t_ids, t_val, lab, cfg.kd_temperature, cfg.kd_form)
-
-    z, z_pos = pooled[:B], pooled[B : 2 * B]  # (B, H)
-    z_neg = pooled[2 * B :].reshape(B, K, -1)  # (B, K, H)
-    shared = shared_mask = None
-    if cfg.in_batch_negatives:
-        gather = all_gather_with_grad if across_ranks else (lambda x: x)
-        gather_ids = all_gather_constant if across_ranks else (lambda x: x)
-        shared = gather(z_pos)  # (W·B, H): this rank's slice keeps its gradient
-        span_hash = batch["span_hash"].long()  # (B, 2)
-        shared_mask = in_batch_mask(batch["doc_id"].long(), span_hash, gather_ids(batch["doc_id"].long()),
-                                    gather_ids(span_hash[:, 1].contiguous()))  # (B, W·B)
-    cl = info_nce_loss(z, z_pos, z_neg, cfg.cl_temperature, batch["neg_mask"][:, :K].bool(), shared, shared_mask)
-    t_emb = batch["teacher_embedding"]  # (B, 2, H)
-    s_span, t_span = pooled[: 2 * B], torch.cat([t_emb[:, 0], t_emb[:, 1]])  # (2B, H_S), (2B, H_T)
-    if cfg.rep_form == "similarity" or s_span.shape[-1] != t_span.shape[-1]:
-        if across_ranks:  # one matrix over every rank's spans: the single-process loss on the whole batch
-            s_span, t_span = all_gather_with_grad(s_span), all_gather_constant(t_span.float())
-        rep = similarity_loss(s_span, t_span)  # also logged for a narrower student, whose cosine has no meaning
-    else:
-        rep = cosine_embedding_loss(s_span, t_span)
-    if cfg.objective == "lm":  # no-teacher baseline: KD, CL and rep are logged, the gradient is plain CE
+    out = StudentOutput(batch=batch, logits=logits, pooled=pooled, across_ranks=across_ranks)
+    terms = measure(out, cfg)  # name -> (weight, value)
+    if cfg.objective == "lm":  # no-teacher baseline: every term is logged, the gradient is plain CE
         span_ids = torch.cat([ids[:, 0], ids[:, 1]])  # (2B, L), ordered like the logits
         span_att = torch.cat([att[:, 0], att[:, 1]])
         ce = next_token_loss(logits, span_ids, span_att)
-        parts = LossParts(total=ce, kd=kd.detach(), cl=cl.detach(), rep=rep.detach())
+        parts = LossParts(total=ce, terms={name: Weighted(None, t.value.detach()) for name, t in terms.items()})
     else:
-        parts = combine(kd, cl, cfg.lambda_kd, rep, cfg.rep_weight, cfg.balance, reference)
+        parts = combine(terms, cfg.balance, reference)
+    z, z_pos = out.spans()  # (B, H) each
     parts.spans = (z.detach(), z_pos.detach())
     return parts
 

@@ -18,7 +18,6 @@ progress.json names the step and the part; no checkpoint is written.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import sys
 import tempfile
@@ -38,9 +37,8 @@ from gemini_ray.config import Config, LossConfig
 from gemini_ray.data.positions import add as add_positions
 from gemini_ray.data.positions import count as count_positions
 from gemini_ray.evaluation.metrics import composite_objective, positive_mrr, teacher_agreement
-from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_NAMES, LOSS_PARTS, LOSS_REP, LOSS_TOTAL,
-                                     OBJECTIVE_EMBEDDING, VAL_EXAMPLES, VAL_LOSS_CL, VAL_LOSS_KD, VAL_OBJECTIVE,
-                                     VAL_RETRIEVAL, VAL_STEP, VAL_TEACHER_AGREEMENT, held_out)
+from gemini_ray.metric_names import (LOSS_TOTAL, OBJECTIVE_EMBEDDING, VAL_EXAMPLES, VAL_LOSS_CL, VAL_LOSS_KD,
+                                     VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_STEP, VAL_TEACHER_AGREEMENT, held_out, term_of)
 from gemini_ray.models.build import DistillStudent
 from gemini_ray.models.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config, verify_checkpoint
 from gemini_ray.models.numerics import Precision, allow_tf32, enable_activation_checkpointing
@@ -125,29 +123,25 @@ def _sum_across_ranks(values: dict[str, float], world: int) -> dict[str, float]:
 
 
 def nonfinite_part(values: dict[str, float], world: int) -> str | None:
-    """The first loss part that is NaN or infinite on *any* rank, else None. A collective when world > 1:
-    every rank calls it at every step, before backward, so that all stop together (DDP's gradient
-    all-reduce would hang if one rank stopped alone)."""
-    flags = [float(not math.isfinite(values[k])) for k in LOSS_PARTS]
+    """The first loss part that is NaN or infinite on *any* rank, else None: the terms in their order, then
+    the total. A collective when world > 1: every rank calls it at every step, before backward, so that all
+    stop together (DDP's gradient all-reduce would hang if one rank stopped alone)."""
+    order = [k for k in values if k != LOSS_TOTAL] + [LOSS_TOTAL]
+    flags = [float(not math.isfinite(values[k])) for k in order]
     if world > 1:
         t = torch.tensor(flags, dtype=torch.float32)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         flags = t.tolist()
-    return next((k for k, f in zip(LOSS_PARTS, flags) if f > 0), None)
-
-
-LOSS_PART_REFERENCE = (LOSS_KD, LOSS_CL, LOSS_REP)
-"""The loss parts that loss.balance='start' divides by their starting values."""
+    return next((k for k, f in zip(order, flags) if f > 0), None)
 
 
 def note_loss_reference(state: dict[str, Any], values: dict[str, float], world: int) -> None:
-    """Keep the loss parts of the run's first batch, averaged over the ranks, as state["loss_reference"]
+    """Keep the loss terms of the run's first batch, averaged over the ranks, as state["loss_reference"]
     (loss.balance='start' divides by them). Kept in checkpoints, so a resumed run divides by the same values.
-    The training batch, not the held-out rows: the balance is of the training gradient, and on the quality
-    run the held-out contrastive loss at the start (1.40) was well below the training one (2.2), which
-    gave that term more weight than λ meant."""
+    The training batch, not the held-out rows: the balance is of the training gradient, and the held-out
+    terms at the start can differ from the training ones enough to give a term more weight than λ meant."""
     if "loss_reference" not in state:
-        state["loss_reference"] = _mean_across_ranks({k: values[k] for k in LOSS_PART_REFERENCE}, world)
+        state["loss_reference"] = _mean_across_ranks({k: v for k, v in values.items() if k != LOSS_TOTAL}, world)
 
 
 # --------------------------------------------------------------------------- progress.json and resumes
@@ -241,7 +235,8 @@ def held_out_metrics(student: torch.nn.Module, rows: dict[str, Any] | None, loss
     similarities with the teacher's (every rank scores all of them; no collective). {} without rows."""
     if rows is None:
         return {}
-    sums, n, spans = dict.fromkeys(LOSS_NAMES, 0.0), 0, []
+    sums: dict[str, float] = {}
+    n, spans = 0, []
     student.eval()
     with torch.no_grad():
         for start in range(0, len(rows["input_ids"]), batch_size):
@@ -249,7 +244,7 @@ def held_out_metrics(student: torch.nn.Module, rows: dict[str, Any] | None, loss
             b = int(batch["input_ids"].shape[0])
             parts = compute_loss(student, batch, loss_cfg, across_ranks=False, autocast=autocast)
             for key, value in parts.as_floats().items():
-                sums[key] += value * b
+                sums[key] = sums.get(key, 0.0) + value * b
             spans.append((*parts.spans, batch["doc_id"], batch["teacher_embedding"]))
             n += b
     student.train()
@@ -295,7 +290,8 @@ class MetricsWindow:
         self.restart_clock()
 
     def _reset_losses(self) -> None:
-        self.losses, self.steps = dict.fromkeys(LOSS_NAMES, 0.0), 0
+        self.losses: dict[str, float] = {}  # loss/total and loss/<term>: sums over the window's steps
+        self.steps = 0
         self.mass, self.positions = 0.0, 0.0
         self.tokens = {"labelled": 0.0, "encoded": 0.0, "teacher": 0.0}
 
@@ -317,7 +313,7 @@ class MetricsWindow:
         """Count a finished step (its compute time runs from the batch's arrival until now)."""
         self.compute += time.perf_counter() - self._arrived
         for key, value in values.items():
-            self.losses[key] += value
+            self.losses[key] = self.losses.get(key, 0.0) + value
         self.steps += 1
         self.counters["examples"] += int(batch["input_ids"].shape[0])
         for key in ("teacher_tokens", "random_negatives", "missing_negatives"):
@@ -454,8 +450,8 @@ def eta_text(steps_left: int, examples_per_step: int, examples_per_s: float) -> 
 
 
 def _step_line(step: int, max_steps: int, metrics: dict[str, Any], examples_per_step: int = 0) -> str:
-    line = (f"step {step:>5}/{max_steps} | loss {metrics[LOSS_TOTAL]:.4f} | kd {metrics[LOSS_KD]:.4f} "
-            f"| cl {metrics[LOSS_CL]:.4f} | rep {metrics[LOSS_REP]:.4f} | {metrics['examples_per_s']:.2f} ex/s "
+    terms = "".join(f" | {term} {value:.4f}" for key, value in metrics.items() if (term := term_of(key)))
+    line = (f"step {step:>5}/{max_steps} | loss {metrics[LOSS_TOTAL]:.4f}{terms} | {metrics['examples_per_s']:.2f} ex/s "
             f"| {metrics['train_tokens_per_s']:.0f} tok/s" + (f" (MFU {metrics['train_mfu']:.1%})" if "train_mfu" in metrics else "")
             + (f" | teacher {metrics['teacher_tokens_per_s']:.0f} tok/s" if "teacher_tokens_per_s" in metrics else "")
             + (f" (MFU {metrics['teacher_mfu']:.1%})" if "teacher_mfu" in metrics else "")
@@ -542,6 +538,49 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     resume_from = _resume_checkpoint(spec)
     # -------------------------------------------------------------------------------------------
     _quiet_ray_train_logs()
+    fit = _setup(spec, me, val_rows, resume_from)
+    while fit.state["step"] < spec.cfg.train.max_steps:
+        _start_pass(spec, fit.state, me)
+        if not _train_pass(fit, shard):
+            return  # no report: a result without the searched metric would stop a whole Tune run
+        _end_pass(fit)
+    fit.events.close()
+    if not fit.checkpointed:  # resumed at (or past) max_steps: record the resume in a final checkpoint
+        _report({"step": fit.state["step"], **fit.val_metrics}, fit.model, fit.optimizer, fit.state, me.rank)
+
+
+@dataclass
+class _Fit:
+    """What one worker's fit carries from step to step."""
+
+    spec: RunSpec
+    me: _Rank
+    model: torch.nn.Module
+    student: torch.nn.Module
+    """The model as trained: DDP-wrapped when world > 1."""
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    state: dict[str, Any]
+    """What a checkpoint keeps besides the weights (step, epoch, history, totals, resumes, trained positions)."""
+    evaluate: Callable[[int], dict[str, float]]
+    """step -> the held-out metrics with val/objective ({} without held-out rows)."""
+    resumed: bool
+    """This fit loaded a checkpoint."""
+    val_metrics: dict[str, float]
+    """The latest held-out metrics: every report carries them."""
+    window: MetricsWindow
+    events: EventLog
+    last_checkpoint_step: int
+    checkpointed: bool = False
+    pending: list[np.ndarray] = dataclasses.field(default_factory=list)
+    """The positions trained since the last checkpoint."""
+    micro: int = 0
+    """Micro-batches accumulated into the coming step (a step may span the end of a pass)."""
+
+
+def _setup(spec: RunSpec, me: _Rank, val_rows: dict[str, Any] | None, resume_from: Any) -> _Fit:
+    """The student, its optimizer and training state, and the held-out metrics where the fit starts (the
+    baseline: every report carries a validation metric); then the metrics window, whose clock starts now."""
     tc = spec.cfg.train
     model, student, optimizer, precision, state = _build_student(spec, me, resume_from)
 
@@ -549,75 +588,92 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = held_out_metrics(student, val_rows, spec.cfg.loss, tc.batch_size, me.device, step, precision.autocast)
         return with_objective(metrics, state, spec.cfg.tune.floor_at(step), spec.cfg.tune.objective_embedding)
 
-    val_metrics = evaluate(state["step"])  # the baseline, so every report carries a validation metric
+    val_metrics = evaluate(state["step"])
     if me.rank == 0 and val_metrics:
         _log(_start_line(state["step"], tc.max_steps, val_metrics))
-    window, last_checkpoint_step, checkpointed = MetricsWindow(_throughput_of(spec, model, me)), state["step"], False
-    events = EventLog(spec.tensorboard_dir if me.rank == 0 else None)
-    pending: list[np.ndarray] = []  # positions trained since the last checkpoint
-    micro = 0  # micro-batches accumulated into the coming step (a step may span the end of a pass)
-    while state["step"] < tc.max_steps:
-        got_any = False
-        _start_pass(spec, state, me)
-        for batch in window.timed(shard.iter_torch_batches(batch_size=tc.batch_size, drop_last=True,
-                                                           device=me.device, prefetch_batches=2,
-                                                           **_pass_shuffle(tc, state["epoch"], me.rank))):
-            got_any, micro = True, micro + 1
-            if micro == 1:
-                optimizer.zero_grad(set_to_none=True)
-                set_lr(optimizer, state["step"], tc)
-            values, bad = _accumulate(student, batch, spec, state, precision, me, micro == tc.grad_accum_steps)
-            if bad is not None:
-                _stop_nonfinite(spec, state, bad, values[bad], last_checkpoint_step, me.rank, resume_from is not None)
-                return  # no report: a result without the searched metric would stop a whole Tune run
-            window.add(values, batch)
-            _note_positions(batch, pending, state["step"] + 1, spec, me.rank)
-            if micro < tc.grad_accum_steps:
-                continue
-            precision.step(student.parameters(), optimizer, tc.grad_clip)
-            state["step"], micro = state["step"] + 1, 0
-            step, last = state["step"], state["step"] >= tc.max_steps
-            if me.rank == 0 and spec.progress_path and (not is_uri(spec.progress_path) or step % tc.log_every == 0
-                                                        or last):
-                _write_progress(spec.progress_path, spec.fit_id, step)  # every step on a local disk
-            if step % tc.log_every == 0 or last:
-                means, rates = window.close(tc.batch_size, me.world)
-                if step % tc.eval_every == 0 or last:  # after the window's rates: not counted as training time
-                    val_metrics = evaluate(step)
-                metrics = {**means, "step": step, "epoch": state["epoch"], "lr": lr_at(step - 1, tc),
-                           "restarts": len(state["resumes"]), **rates, **val_metrics}
-                state["history"].append(metrics)
-                events.add(metrics, step)
-                if me.rank == 0:
-                    _log(_step_line(step, tc.max_steps, metrics, tc.examples_per_step))
-                window.restart_clock()
-                save = last or step - last_checkpoint_step >= tc.checkpoint_every
-                if save:  # every rank reaches this at the same step, so the collectives are safe
-                    _fold_into_state(state, window, pending, precision, me)
-                    pending, last_checkpoint_step, checkpointed = [], step, True
-                    events.flush()
-                _report(metrics, model, optimizer, state if save else None, me.rank)
-            if last:
-                break  # every rank stops at the same step: shards are split with equal=True
-        if not got_any:
-            raise RuntimeError("the training stream yielded no batch: fewer examples than one batch per worker")
-        state["epoch"] += 1
-        state["trained"], pending = [], []  # a new pass: its positions start again
-        if me.rank == 0 and state["step"] < tc.max_steps:
-            online = spec.costs is not None and spec.costs.teacher_params is not None
-            _log(f"pass {state['epoch'] + 1} over the training rows"
-                 + (" (an online teacher labels them again)" if online else " (read again from the cache)"))
-    events.close()
-    if not checkpointed:  # resumed at (or past) max_steps: record the resume in a final checkpoint
-        _report({"step": state["step"], **val_metrics}, model, optimizer, state, me.rank)
+    return _Fit(spec, me, model, student, optimizer, precision, state, evaluate, resumed=resume_from is not None,
+                val_metrics=val_metrics, window=MetricsWindow(_throughput_of(spec, model, me)),
+                events=EventLog(spec.tensorboard_dir if me.rank == 0 else None), last_checkpoint_step=state["step"])
+
+
+def _train_pass(fit: _Fit, shard: Any) -> bool:
+    """One pass over this rank's shard of the training stream, or until train.max_steps. False when a loss
+    part turned non-finite: recorded in progress.json, and nothing stepped or reported."""
+    spec, me, state, tc = fit.spec, fit.me, fit.state, fit.spec.cfg.train
+    got_any = False
+    batches = shard.iter_torch_batches(batch_size=tc.batch_size, drop_last=True, device=me.device, prefetch_batches=2,
+                                       **_pass_shuffle(tc, state["epoch"], me.rank))
+    for batch in fit.window.timed(batches):
+        got_any, fit.micro = True, fit.micro + 1
+        if fit.micro == 1:
+            fit.optimizer.zero_grad(set_to_none=True)
+            set_lr(fit.optimizer, state["step"], tc)
+        values, bad = _accumulate(fit.student, batch, spec, state, fit.precision, me, fit.micro == tc.grad_accum_steps)
+        if bad is not None:
+            _stop_nonfinite(spec, state, bad, values[bad], fit.last_checkpoint_step, me.rank, fit.resumed)
+            return False
+        fit.window.add(values, batch)
+        _note_positions(batch, fit.pending, state["step"] + 1, spec, me.rank)
+        if fit.micro < tc.grad_accum_steps:
+            continue
+        fit.precision.step(fit.student.parameters(), fit.optimizer, tc.grad_clip)
+        state["step"], fit.micro = state["step"] + 1, 0
+        _after_step(fit)
+        if state["step"] >= tc.max_steps:
+            break  # every rank stops at the same step: shards are split with equal=True
+    if not got_any:
+        raise RuntimeError("the training stream yielded no batch: fewer examples than one batch per worker")
+    return True
+
+
+def _after_step(fit: _Fit) -> None:
+    """progress.json (rank 0; every step on a local disk, at each report on a URI) and, every train.log_every
+    steps and at the last, the report."""
+    spec, tc, step = fit.spec, fit.spec.cfg.train, fit.state["step"]
+    last = step >= tc.max_steps
+    report = step % tc.log_every == 0 or last
+    if fit.me.rank == 0 and spec.progress_path and (not is_uri(spec.progress_path) or report):
+        _write_progress(spec.progress_path, spec.fit_id, step)
+    if report:
+        _report_window(fit, step, last)
+
+
+def _report_window(fit: _Fit, step: int, last: bool) -> None:
+    """Close the metrics window, evaluate (every train.eval_every steps and at the last), log the window to
+    the history, TensorBoard and rank 0's line, and report it to Ray Train, with a checkpoint every
+    train.checkpoint_every steps and at the last."""
+    tc, state = fit.spec.cfg.train, fit.state
+    means, rates = fit.window.close(tc.batch_size, fit.me.world)
+    if step % tc.eval_every == 0 or last:  # after the window's rates: not counted as training time
+        fit.val_metrics = fit.evaluate(step)
+    metrics = {**means, "step": step, "epoch": state["epoch"], "lr": lr_at(step - 1, tc),
+               "restarts": len(state["resumes"]), **rates, **fit.val_metrics}
+    state["history"].append(metrics)
+    fit.events.add(metrics, step)
+    if fit.me.rank == 0:
+        _log(_step_line(step, tc.max_steps, metrics, tc.examples_per_step))
+    fit.window.restart_clock()
+    save = last or step - fit.last_checkpoint_step >= tc.checkpoint_every
+    if save:  # every rank reaches this at the same step, so the collectives are safe
+        _fold_into_state(state, fit.window, fit.pending, fit.precision, fit.me)
+        fit.pending, fit.last_checkpoint_step, fit.checkpointed = [], step, True
+        fit.events.flush()
+    _report(metrics, fit.model, fit.optimizer, state if save else None, fit.me.rank)
+
+
+def _end_pass(fit: _Fit) -> None:
+    """The next pass starts: its trained positions start again."""
+    spec, state = fit.spec, fit.state
+    state["epoch"] += 1
+    state["trained"], fit.pending = [], []
+    if fit.me.rank == 0 and state["step"] < spec.cfg.train.max_steps:
+        online = spec.costs is not None and spec.costs.teacher_params is not None
+        _log(f"pass {state['epoch'] + 1} over the training rows"
+             + (" (an online teacher labels them again)" if online else " (read again from the cache)"))
 
 
 def _quiet_ray_train_logs() -> None:
-    """One line per report is ours, not Ray's."""
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
-    try:  # Train V2 logs every report at INFO under a logger named by its file's path
-        from ray.train.v2._internal.execution import context as _train_context
+    """One line per report is ours, not Ray's (Train V2 logs each at INFO: `ray_compat.train`)."""
+    from gemini_ray.ray_compat.train import quiet_train_logs
 
-        logging.getLogger(_train_context.__file__).setLevel(logging.WARNING)
-    except ImportError:
-        pass
+    quiet_train_logs()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.metric_names import LOSS_PART_NAMES
+from gemini_ray.losses import describe as describe_loss
 from gemini_ray.paths import is_uri
 from gemini_ray.training.train_worker import Costs, RunSpec, read_progress, train_loop_per_worker
 
@@ -66,6 +66,9 @@ def build_trainer(cfg: Config, spec: RunSpec, stream: ray.data.Dataset, *, name:
     import ray.train.torch  # noqa: F401  (registers the torch backend)
     from ray.train.torch import TorchTrainer
 
+    from gemini_ray.ray_compat.train import patch_sigint
+
+    patch_sigint()  # Ctrl-C during the fit: the controller aborts, then KeyboardInterrupt (ray_compat.train)
     t = cfg.train
     return TorchTrainer(
         train_loop_per_worker,
@@ -86,7 +89,7 @@ def nonfinite_error(progress: dict[str, Any] | None, fit_id: str,
     if not progress or progress.get("fit_id") != fit_id or "nonfinite" not in progress:
         return None
     error = progress["nonfinite"]
-    what = LOSS_PART_NAMES.get(error["part"], error["part"])
+    what = describe_loss(error["part"])
     if error.get("bad_checkpoint_step") is not None:
         return GeminiRayError(
             f"the {what} is {error['value']} at the first step after resuming from the checkpoint of step "
