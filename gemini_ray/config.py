@@ -132,6 +132,9 @@ class TeacherConfig:
     way; the driver's copy (student derivation, evaluation) stays fp32."""
     cache_dir: Optional[str] = None
     """Where converted teachers (GGUF -> safetensors) are kept. Default: ~/.cache/gemini_ray/teachers."""
+    backend: Literal["hf"] = "hf"
+    """What runs the teacher actors' forward passes: 'hf' (Hugging Face transformers on torch). Each value is
+    a class in `gemini_ray.data.teacher_stage.BACKENDS`."""
 
     def __post_init__(self) -> None:
         _check(self.top_k >= 1, "teacher.top_k", f"must be >= 1, got {self.top_k}")
@@ -158,7 +161,7 @@ class StudentConfig:
     """Teacher layers copied with init='teacher_layers': 'first' the bottom num_layers (the student starts as
     an exact prefix of the teacher's computation: its embeddings keep their meaning), 'spread' evenly spaced
     with first and last (the DistilBERT subset; skipping layers scrambles the residual stream, and a short
-    run does not repair it: README, Evaluation)."""
+    run does not repair it: docs/evaluation.md)."""
     from_pretrained: Optional[str] = None
     """Start from an existing HF student directory instead (e.g. an earlier export); its vocabulary must match."""
 
@@ -499,6 +502,9 @@ class RunConfig:
     check_resources: bool = True
     """Fail before training when the trainer and the data stage that streams beside it do not fit the
     cluster's nodes at once. Turn off on an autoscaling cluster whose worker nodes are not up yet."""
+    patch_ray_data: bool = True
+    """Sleep 10 ms in Ray Data's scheduling loop when no task runs (it otherwise spins a core), in every process
+    of the job; false runs Ray Data as shipped (`gemini_ray.ray_compat.data`). Recorded in summary.json."""
     peak_tflops: Optional[float] = None
     """Peak TFLOP/s of one accelerator (e.g. 989 for an H100's dense bf16) that model-FLOPs utilisation (MFU)
     is reported against. None: measured once per run by an fp32 matmul probe on the driver's CPU (the node's

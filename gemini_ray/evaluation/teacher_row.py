@@ -11,8 +11,9 @@ are the same:
 * the model kind it is loaded as (causal or masked);
 * the protocol: every `eval.*` setting, the corpus and its held-out share, the held-out documents
   themselves (by content);
-* the evaluation code (the `gemini_ray.evaluation` sources, and `gemini_ray.models.build` and
-  `gemini_ray.data.spans`, which load, pool and hash for it) and the versions of the packages that compute
+* the evaluation code (the `gemini_ray.evaluation` sources with every task, the runner
+  `gemini_ray.jobs.evaluate`, and `gemini_ray.models` and `gemini_ray.data.spans`, which load, pool and hash
+  for it) and the versions of the packages that compute
   or ship the scores (torch, transformers, tokenizers, safetensors, numpy, pandas, gensim, scattertext).
 
 Speed and peak memory are not kept: they are timed again beside the student in every evaluation, so a
@@ -36,7 +37,7 @@ __all__ = ["TIMED_KEYS", "row_key", "load_row", "save_row", "cache_dir"]
 TIMED_KEYS = ("tokens_per_s", "peak_memory_mib", "eval_s")
 """Row entries measured afresh in every evaluation, never read back."""
 _PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "gensim", "scattertext")
-_CODE = ("evaluation/*.py", "models.py", "data/spans.py")
+_CODE = ("evaluation/**/*.py", "jobs/evaluate.py", "models/*.py", "data/spans.py")
 """The sources, under gemini_ray/, that the teacher's scores depend on."""
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 

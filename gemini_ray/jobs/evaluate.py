@@ -6,8 +6,9 @@ Protocol (every number in the report comes from here):
   `eval.lm_max_tokens` of them. Causal models: next-token perplexity; masked models: pseudo-perplexity at
   `eval.mlm_probability` seeded masked positions. With the teacher's tokenizer: KL(teacher ‖ model) and
   top-1 agreement with the teacher at the same positions.
-* Lee similarity: Spearman between the 1,225 human ratings and the cosine of the models' embeddings.
-* Rotten Tomatoes: a logistic-regression probe on frozen embeddings, train/test split by film.
+* The embedding tasks of `gemini_ray.evaluation.tasks.TASKS`, each with a 95 % bootstrap interval over its
+  items: Lee similarity (Spearman between the 1,225 human ratings and the cosine of the models' embeddings)
+  and Rotten Tomatoes (a logistic-regression probe on frozen embeddings, train/test split by film).
 * Cost: parameters; forward tokens/s of model and teacher timed alternately in one process on the same
   batch; peak resident memory of a fresh process that loads the model and runs that batch.
 Embeddings are `models.embed` (mean of the last hidden states over real tokens), the pooling the
@@ -21,20 +22,17 @@ import multiprocessing
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from gemini_ray.config import Config, EvalConfig, TrainConfig
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.evaluation import tasks as evaluation_tasks
 from gemini_ray.evaluation import teacher_row
-from gemini_ray.evaluation.metrics import (TokenStats, bootstrap_interval, causal_targets, linear_probe_correct, spearman,
-                                          token_stats)
-from gemini_ray.evaluation.sets import LEE_PAIRS, lee_similarity, rotten_tomatoes
-
-if TYPE_CHECKING:
-    import pandas as pd
+from gemini_ray.evaluation.metrics import TokenStats, bootstrap_interval, causal_targets, token_stats
+from gemini_ray.evaluation.tasks import EvalTask
 
 __all__ = ["Model", "load_model", "evaluate", "evaluate_students", "corpus_against_sets", "markdown_table",
            "read_student_meta", "recorded_settings",
@@ -329,80 +327,87 @@ def corpus_against_sets(cfg: Config) -> tuple[list[str], dict[str, int]]:
     """One read of the training corpus for the protocol: (its held-out documents, per evaluation set how many
     of its texts are documents of the corpus). The same for every model evaluated on one config: compute it
     once and pass it to `evaluate` for each (as `evaluate_students` does)."""
-    e = cfg.eval
-    lee_docs, _ = lee_similarity()
-    return _corpus_against(cfg, lee_docs, *rotten_tomatoes(e.rt_train, e.rt_test, e.rt_test_fraction, e.seed))
+    return _corpus_against(cfg, _load_sets(cfg.eval))
 
 
-def _corpus_against(cfg: Config, lee_docs: list[str], rt_train: pd.DataFrame, rt_test: pd.DataFrame
-                    ) -> tuple[list[str], dict[str, int]]:
-    sets = {"Lee similarity": lee_docs, "Rotten Tomatoes": rt_train["text"].tolist() + rt_test["text"].tolist()}
-    return _corpus(cfg, sets, max_held_out=max(64, cfg.eval.lm_max_tokens // 16))  # a document: 32+ tokens
+def _load_sets(e: EvalConfig) -> list[tuple[EvalTask, Any]]:
+    """Each evaluation task with its loaded set, in report order."""
+    return [(task, task.load(e)) for task in evaluation_tasks.TASKS]
 
 
-def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, with_teacher: bool = True,
-             name: str = "student", corpus: tuple[list[str], dict[str, int]] | None = None) -> dict[str, Any]:
-    """Run the protocol on the model (and the teacher); returns the report. corpus: `corpus_against_sets(cfg)`
-    when already computed (it reads the whole training corpus)."""
-    from gemini_ray.models.build import resolve_teacher
+def _corpus_against(cfg: Config, sets: list[tuple[EvalTask, Any]]) -> tuple[list[str], dict[str, int]]:
+    texts = {task.name: task.texts(data) for task, data in sets}
+    return _corpus(cfg, texts, max_held_out=max(64, cfg.eval.lm_max_tokens // 16))  # a document: 32+ tokens
 
-    e = cfg.eval
-    t_start = time.perf_counter()
-    student_path = _check_model_dir(model_dir, "the model directory")
-    meta = read_student_meta(str(student_path))
-    if teacher_source is None:
-        teacher_source = meta.get("teacher") or resolve_teacher(cfg.teacher)
-    if Path(teacher_source).expanduser().exists():
-        teacher_source = str(_check_model_dir(teacher_source, "the teacher directory"))
-    check_positions(student_path, e, "the model")  # before the corpus is read and any model loads
-    if with_teacher and Path(teacher_source).is_dir():
-        check_positions(Path(teacher_source), e, "the teacher")
 
-    # evaluation sets first: an overlap with the training corpus refuses before any model loads
-    lee_docs, lee_pairs = lee_similarity()
-    rt_train, rt_test = rotten_tomatoes(e.rt_train, e.rt_test, e.rt_test_fraction, e.seed)
-    held_out, hits = corpus or _corpus_against(cfg, lee_docs, rt_train, rt_test)
+def _refuse_overlap(cfg: Config, hits: dict[str, int]) -> None:
     for set_name, n in hits.items():
         if n:
             raise GeminiRayError(f"{n} texts of the {set_name} evaluation set are documents of the training corpus "
                                  f"'{cfg.data.path}': its scores would be measured on training data. Train on a corpus "
                                  "without them, or evaluate with data.path set to the corpus the model was trained on.")
 
-    student = load_model(name, str(student_path), meta.get("kind", "auto"))
-    teacher = load_model("teacher", teacher_source) if teacher_source else None  # its own kind, from its config
+
+def _model_sources(model_dir: str, cfg: Config, teacher_source: str | None, with_teacher: bool
+                   ) -> tuple[Path, str, dict[str, Any]]:
+    """(the checked model directory, the teacher's source, the model's recorded meta); refuses windows
+    longer than either model reads before the corpus is read and any model loads."""
+    from gemini_ray.models.build import resolve_teacher
+
+    student_path = _check_model_dir(model_dir, "the model directory")
+    meta = read_student_meta(str(student_path))
+    if teacher_source is None:
+        teacher_source = meta.get("teacher") or resolve_teacher(cfg.teacher)
+    if Path(teacher_source).expanduser().exists():
+        teacher_source = str(_check_model_dir(teacher_source, "the teacher directory"))
+    check_positions(student_path, cfg.eval, "the model")
+    if with_teacher and Path(teacher_source).is_dir():
+        check_positions(Path(teacher_source), cfg.eval, "the teacher")
+    return student_path, teacher_source, meta
+
+
+def _notes(cfg: Config, name: str, student: Model, teacher: Model | None, held_out: list[str]) -> list[str]:
+    """What the report cannot measure for this pair of models and corpus, and why."""
     notes: list[str] = []
-    same_vocab = teacher is not None and teacher.vocab == student.vocab and teacher.kind == student.kind
     if teacher is not None and teacher.kind != student.kind:
         notes.append(f"{name} is a {student.kind} LM, the teacher a {teacher.kind} one: KL to the teacher and top-1 "
                      "agreement are not measured (they compare predictions of the same task); the other metrics are.")
-    elif teacher is not None and not same_vocab:
+    elif teacher is not None and teacher.vocab != student.vocab:
         notes.append(f"{name}'s tokenizer differs from the teacher's: KL to the teacher and top-1 agreement are not "
                      "measured (they compare distributions over the same tokens); the other metrics are.")
     if not held_out:
         notes.append(f"the corpus '{cfg.data.path}' has no held-out documents (data.val_fraction="
                      f"{cfg.data.val_fraction}): language-modelling metrics are not measured.")
+    return notes
+
+
+def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, with_teacher: bool = True,
+             name: str = "student", corpus: tuple[list[str], dict[str, int]] | None = None) -> dict[str, Any]:
+    """Run the protocol on the model (and the teacher); returns the report. corpus: `corpus_against_sets(cfg)`
+    when already computed (it reads the whole training corpus)."""
+    e = cfg.eval
+    t_start = time.perf_counter()
+    student_path, teacher_source, meta = _model_sources(model_dir, cfg, teacher_source, with_teacher)
+    # evaluation sets first: an overlap with the training corpus refuses before any model loads
+    sets = _load_sets(e)
+    held_out, hits = corpus or _corpus_against(cfg, sets)
+    _refuse_overlap(cfg, hits)
+
+    student = load_model(name, str(student_path), meta.get("kind", "auto"))
+    teacher = load_model("teacher", teacher_source) if teacher_source else None  # its own kind, from its config
+    notes = _notes(cfg, name, student, teacher, held_out)
+    same_vocab = teacher is not None and teacher.vocab == student.vocab and teacher.kind == student.kind
     models = [student] + ([teacher] if with_teacher and teacher is not None else [])
     batch = (8, e.lm_window)
     protocol = {"held_out_documents": len(held_out), "corpus": cfg.data.path, "val_fraction": cfg.data.val_fraction,
-                "lee_pairs": LEE_PAIRS, "rt_train": len(rt_train), "rt_test": len(rt_test),
-                "rt_test_films": int(rt_test["movie_name"].nunique()), "throughput_batch": list(batch),
-                **protocol_settings(e)}
+                **{k: v for task, data in sets for k, v in task.protocol(data).items()},
+                "throughput_batch": list(batch), **protocol_settings(e)}
     speed = throughput(models, batch)
-    kept_dir = teacher_row.cache_dir(cfg.run.storage_path) if e.reuse_teacher else None
     rows: dict[str, dict[str, Any]] = {}
     for m in models:
         t0 = time.perf_counter()
-        key = teacher_row.row_key(m.source, m.kind, protocol, held_out) if m is teacher and kept_dir else None
-        row = teacher_row.load_row(kept_dir, key)
-        if row is not None:
-            row["source"] = m.source  # the same files, perhaps at another path
-            print(f"[gemini-ray] eval {m.name}: quality scores kept from an earlier evaluation (same files, protocol "
-                  f"and code: {kept_dir}/teacher-{key}.json; eval.reuse_teacher=false measures them again); "
-                  "speed and memory measured now")
-        else:
-            ref = teacher if (m is teacher or same_vocab) else None  # the teacher's row checks itself: KL 0, agreement 1
-            row = _quality_row(m, e, held_out, ref, (lee_docs, lee_pairs), (rt_train, rt_test))
-            teacher_row.save_row(kept_dir, key, row)
+        ref = teacher if (m is teacher or same_vocab) else None  # the teacher's row checks itself: KL 0, agreement 1
+        row = _kept_or_scored(cfg, m, m is teacher, ref, protocol, held_out, sets)
         row["tokens_per_s"] = speed[m.name]
         row["peak_memory_mib"] = peak_memory_mib(m, batch)
         row["eval_s"] = time.perf_counter() - t0
@@ -413,29 +418,45 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
     return {"protocol": protocol, "models": rows, "notes": notes, "wall_time_s": time.perf_counter() - t_start}
 
 
+def _kept_or_scored(cfg: Config, m: Model, is_teacher: bool, ref: Model | None, protocol: dict[str, Any],
+                    held_out: list[str], sets: list[tuple[EvalTask, Any]]) -> dict[str, Any]:
+    """The model's quality row: the teacher's kept one when nothing it depends on changed (eval.reuse_teacher),
+    else scored now (and, for the teacher, kept)."""
+    kept_dir = teacher_row.cache_dir(cfg.run.storage_path) if cfg.eval.reuse_teacher else None
+    key = teacher_row.row_key(m.source, m.kind, protocol, held_out) if is_teacher and kept_dir else None
+    row = teacher_row.load_row(kept_dir, key)
+    if row is not None:
+        row["source"] = m.source  # the same files, perhaps at another path
+        print(f"[gemini-ray] eval {m.name}: quality scores kept from an earlier evaluation (same files, protocol "
+              f"and code: {kept_dir}/teacher-{key}.json; eval.reuse_teacher=false measures them again); "
+              "speed and memory measured now")
+        return row
+    row = _quality_row(m, cfg.eval, held_out, ref, sets)
+    teacher_row.save_row(kept_dir, key, row)
+    return row
+
+
 def protocol_settings(e: EvalConfig) -> dict[str, Any]:
     """The eval.* settings that define the protocol, as a report records them (eval.reuse_teacher, which
     changes only where the teacher's scores come from, is not one)."""
     return {f"eval.{k}": v for k, v in vars(e).items() if k != "reuse_teacher"}
 
 
-def _quality_row(m: Model, e: EvalConfig, held_out: list[str], ref: Model | None, lee, rt) -> dict[str, Any]:
-    """The model's parameters, held-out LM metrics (against `ref`) and embedding scores on Lee and RT."""
+def _quality_row(m: Model, e: EvalConfig, held_out: list[str], ref: Model | None,
+                 sets: list[tuple[EvalTask, Any]]) -> dict[str, Any]:
+    """The model's parameters, held-out LM metrics (against `ref`) and its score on each evaluation task."""
     from gemini_ray.models.build import count_parameters
 
-    (lee_docs, lee_pairs), (rt_train, rt_test) = lee, rt
     row: dict[str, Any] = {"source": m.source, "kind": m.kind, "parameters": count_parameters(m.model)}
     if held_out:
         row["lm"] = lm_metrics(m, lm_windows(m, held_out, e.lm_window, e.lm_max_tokens), e.batch_size, ref,
                                e.mlm_probability, e.seed)
-    emb = embed_texts(m, lee_docs, e.max_length, e.batch_size)
-    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(min=1e-12)
-    cos = (emb[lee_pairs["i"].to_numpy()] * emb[lee_pairs["j"].to_numpy()]).sum(1)
-    x_tr = embed_texts(m, rt_train["text"].tolist(), e.max_length, e.batch_size)
-    x_te = embed_texts(m, rt_test["text"].tolist(), e.max_length, e.batch_size)
-    correct = linear_probe_correct(x_tr, rt_train["label"].to_numpy(), x_te, rt_test["label"].to_numpy(),
-                                   l2=e.probe_l2, seed=e.seed)
-    row.update(embedding_scores(lee_pairs["human"].to_numpy(), cos, correct, e.seed))
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return embed_texts(m, texts, e.max_length, e.batch_size)
+
+    values = {task.item_key: task.values(embed, data, e) for task, data in sets}
+    row.update(embedding_scores(values, e.seed, [task for task, _ in sets]))
     return row
 
 
@@ -458,38 +479,47 @@ def evaluate_students(cfg: Config, students: dict[str, str]) -> tuple[dict[str, 
     return teacher, rows, protocol
 
 
-def embedding_scores(human: np.ndarray, lee_cosine: np.ndarray, rt_correct: np.ndarray, seed: int) -> dict[str, Any]:
-    """Lee Spearman and RT accuracy with 95 % bootstrap intervals (over the 1,225 pairs and the test
-    snippets), and the per-item values (`items`) that paired comparisons between models resample."""
-    return {"lee_spearman": spearman(human, lee_cosine),
-            "lee_spearman_ci": bootstrap_interval(lambda i: spearman(human[i], lee_cosine[i]), len(human), seed=seed),
-            "rt_accuracy": float(rt_correct.mean()),
-            "rt_accuracy_ci": bootstrap_interval(lambda i: float(rt_correct[i].mean()), len(rt_correct), seed=seed),
-            "items": {"lee_cosine": [round(float(c), 6) for c in lee_cosine],
-                      "rt_correct": [int(c) for c in rt_correct]}}
+def embedding_scores(values: dict[str, np.ndarray], seed: int, tasks: Sequence[EvalTask] | None = None
+                     ) -> dict[str, Any]:
+    """Each task's score (e.g. Lee Spearman, RT accuracy) from its per-item values (keyed by the task's
+    item_key) with a 95 % bootstrap interval over the items, and the per-item values (`items`) that paired
+    comparisons between models resample."""
+    scores: dict[str, Any] = {}
+    items: dict[str, list[float | int]] = {}
+    for task in evaluation_tasks.TASKS if tasks is None else tasks:
+        v = np.asarray(values[task.item_key])  # (n,) one value per item
+        scores[task.metric] = task.statistic(v, np.arange(len(v)))
+        scores[f"{task.metric}_ci"] = bootstrap_interval(lambda i: task.statistic(v, i), len(v), seed=seed)
+        items[task.item_key] = _kept_values(v)
+    return {**scores, "items": items}
+
+
+def _kept_values(v: np.ndarray) -> list[float | int]:
+    """Per-item values as a row keeps them: integers (right/wrong) as int, the rest rounded to 6 decimals."""
+    if v.dtype.kind in "biu":
+        return [int(x) for x in v]
+    return [round(float(x), 6) for x in v]
 
 
 def paired_differences(a: dict[str, Any], b: dict[str, Any], seed: int = 0) -> dict[str, dict[str, float]]:
-    """Model a minus model b on Lee Spearman and RT accuracy, each with a 95 % paired bootstrap interval
-    (the same resampled pairs and snippets for both): a difference is beyond the evaluation sets' noise
-    when its interval excludes 0. {} when either row lacks per-item values."""
+    """Model a minus model b on each task's score (Lee Spearman, RT accuracy), each with a 95 % paired
+    bootstrap interval (the same resampled items for both): a difference is beyond the evaluation sets' noise
+    when its interval excludes 0. {} when either row lacks per-item values; a task either row lacks values
+    of (a report saved before the task existed) is left out."""
     if "items" not in a or "items" not in b:
         return {}
-    _, pairs = lee_similarity()
-    human = pairs["human"].to_numpy()
-    ca, cb = (np.asarray(r["items"]["lee_cosine"]) for r in (a, b))
-    ra, rb = (np.asarray(r["items"]["rt_correct"], dtype=float) for r in (a, b))
-
-    def lee(i: np.ndarray) -> float:
-        return spearman(human[i], ca[i]) - spearman(human[i], cb[i])
-
-    def rt(i: np.ndarray) -> float:
-        return float(ra[i].mean() - rb[i].mean())
-
     out = {}
-    for key, fn, n in (("lee_spearman", lee, len(human)), ("rt_accuracy", rt, len(ra))):
-        lo, hi = bootstrap_interval(fn, n, seed=seed)
-        out[key] = {"difference": fn(np.arange(n)), "low": lo, "high": hi, "beyond_noise": bool(lo > 0 or hi < 0)}
+    for task in evaluation_tasks.TASKS:
+        if task.item_key not in a["items"] or task.item_key not in b["items"]:
+            continue
+        va, vb = (np.asarray(r["items"][task.item_key]) for r in (a, b))  # (n,) each, the same items
+
+        def gap(i: np.ndarray) -> float:  # used within this iteration only
+            return task.statistic(va, i) - task.statistic(vb, i)
+
+        lo, hi = bootstrap_interval(gap, len(va), seed=seed)
+        out[task.metric] = {"difference": gap(np.arange(len(va))), "low": lo, "high": hi,
+                            "beyond_noise": bool(lo > 0 or hi < 0)}
     return out
 
 
@@ -536,19 +566,17 @@ def compare_pair(name: str, other: str, row: dict[str, Any], other_row: dict[str
 
 def versus_teacher(s: dict[str, Any], t: dict[str, Any]) -> dict[str, float]:
     """The student's share of the teacher's size, speed and scores (speed: same process, same batch)."""
-    return {
-        "parameter_ratio": s["parameters"] / t["parameters"],
-        "speedup": s["tokens_per_s"] / t["tokens_per_s"],
-        "rt_accuracy_kept": s["rt_accuracy"] / t["rt_accuracy"],
-        "lee_spearman_kept": s["lee_spearman"] / t["lee_spearman"] if t["lee_spearman"] else float("nan"),
-    }
+    kept = {f"{task.metric}_kept": s[task.metric] / t[task.metric] if t[task.metric] else float("nan")
+            for task in evaluation_tasks.TASKS}
+    return {"parameter_ratio": s["parameters"] / t["parameters"], "speedup": s["tokens_per_s"] / t["tokens_per_s"],
+            **kept}
 
 
 def _line(row: dict[str, Any]) -> str:
     lm = row.get("lm", {})
     ppl = f"ppl {lm['perplexity']:.1f}, " if lm else ""
-    return (f"{ppl}Lee Spearman {row['lee_spearman']:.3f}, RT accuracy {row['rt_accuracy']:.3f}, "
-            f"{row['tokens_per_s']:.0f} tokens/s")
+    scores = "".join(f"{task.title} {row[task.metric]:.3f}, " for task in evaluation_tasks.TASKS)
+    return f"{ppl}{scores}{row['tokens_per_s']:.0f} tokens/s"
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -577,17 +605,19 @@ def rate_label(budget: dict[str, Any]) -> str:
 
 
 def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
-    """One row per model: parameters, held-out perplexity, KL, agreement, Lee and RT (with their 95 %
-    bootstrap intervals), tokens/s, memory."""
-    head = ("| model | params (M) | held-out ppl | KL to teacher | top-1 agreement | Lee Spearman [95 % CI] "
-            "| RT accuracy [95 % CI] | tokens/s | peak MiB |\n|---|---|---|---|---|---|---|---|---|\n")
+    """One row per model: parameters, held-out perplexity, KL, agreement, each task's score (Lee, RT, with
+    their 95 % bootstrap intervals), tokens/s, memory."""
+    tasks = evaluation_tasks.TASKS
+    columns = ["model", "params (M)", "held-out ppl", "KL to teacher", "top-1 agreement",
+               *(f"{task.title} [95 % CI]" for task in tasks), "tokens/s", "peak MiB"]
+    head = "| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|\n"
     lines = []
     for name, r in rows.items():
         lm = r.get("lm", {})
+        scores = "".join(f"| {_with_interval(r, task.metric)} " for task in tasks)
         lines.append(f"| {name} | {r['parameters'] / 1e6:.1f} | {_fmt(lm.get('perplexity'), 2)} "
                      f"| {_fmt(lm.get('kl_to_teacher'))} | {_fmt(lm.get('teacher_top1_agreement'))} "
-                     f"| {_with_interval(r, 'lee_spearman')} | {_with_interval(r, 'rt_accuracy')} "
-                     f"| {r['tokens_per_s']:.0f} | {_fmt(r['peak_memory_mib'], 0)} |")
+                     f"{scores}| {r['tokens_per_s']:.0f} | {_fmt(r['peak_memory_mib'], 0)} |")
     return head + "\n".join(lines) + "\n"
 
 
