@@ -27,6 +27,7 @@ from gemini_ray.cluster.run_lock import hold_run_folder
 from gemini_ray.cluster.session import Session, start_session
 from gemini_ray.config import Config, build_config
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.evaluation.tasks import TASKS
 from gemini_ray.jobs.distill_run import export, export_untrained, fit_student, prepare, summarize
 from gemini_ray.jobs.evaluate import (evaluate_students, markdown_table, noise_verdict, paired_differences,
                                        paired_perplexity, rate_budget, rate_label)
@@ -46,7 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 """Each variant's settings on top of the ablation's config."""
 UNTRAINED = "untrained"
 """The row of the student's initialisation, evaluated as copied."""
-EMBEDDING_METRICS = {"lee_spearman": "Lee Spearman", "rt_accuracy": "RT accuracy"}
+EMBEDDING_METRICS = {task.metric: task.title for task in TASKS}
+"""Every evaluation task's score: a trained row below the untrained one on any of them is a regression."""
 
 
 def _versus(row: dict[str, Any], other: dict[str, Any], key: str, paired: dict[str, Any], label: str) -> str:
