@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"gemini-ray: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C (during a Ray Train fit too: `ray_patches`, fix 2)
+    except KeyboardInterrupt:  # Ctrl-C (during a Ray Train fit too: `ray_compat.train`)
         on_main = threading.current_thread() is threading.main_thread()  # signal.signal works there only
         before = signal.signal(signal.SIGINT, signal.SIG_IGN) if on_main else None  # a 2nd Ctrl-C: no cut line
         try:

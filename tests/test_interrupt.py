@@ -3,7 +3,7 @@ command that resumes; the same command resumes from the last checkpoint.
 
 * the CLI's line (`cli.main`), from the files an interrupted command leaves;
 * Ray Train V2's own SIGINT handler (it exits with status 1 and no KeyboardInterrupt) replaced by
-  `ray_patches` fix 2: abort the controller, then raise KeyboardInterrupt; the handler before the fit is put
+  `ray_compat.train`: abort the controller, then raise KeyboardInterrupt; the handler before the fit is put
   back after it;
 * end to end: `python -m gemini_ray.cli distill` in a process group of its own gets SIGINT as a terminal sends
   it, then the same command (a smaller train.max_steps) resumes.
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from gemini_ray import cli
-from gemini_ray.ray_compat import patches as ray_patches
+from gemini_ray.ray_compat import train as ray_train_compat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,8 +103,8 @@ def test_ctrl_c_in_a_fit_aborts_the_controller_then_raises_keyboard_interrupt(mo
     monkeypatch.setattr(ray, "get", lambda ref, timeout=None: None)
     seen: list = []
     module = _fake_trainer_module(seen)
-    ray_patches._patch_train_sigint(module)
-    ray_patches._patch_train_sigint(module)  # twice: wrapped once
+    ray_train_compat.patch_sigint(module)
+    ray_train_compat.patch_sigint(module)  # twice: wrapped once
     trainer = module.DataParallelTrainer()
     before = signal.getsignal(signal.SIGINT)
     assert trainer._initialize_and_run_controller() == "result"
@@ -124,13 +124,13 @@ def test_another_ray_release_keeps_rays_handler(monkeypatch):
     monkeypatch.setattr(ray, "__version__", "9.1.0")
     module = _fake_trainer_module([])
     original = module.DataParallelTrainer._initialize_and_run_controller
-    ray_patches._patch_train_sigint(module)
+    ray_train_compat.patch_sigint(module)
     assert module.DataParallelTrainer._initialize_and_run_controller is original
 
 
 def test_the_installed_ray_train_gets_the_patch():
-    code = ("from gemini_ray.ray_compat import patches as p; p.setup_driver(); import ray.train.torch; "
-            "print(p.train_sigint_patched())")
+    code = ("import ray.train.torch; from gemini_ray.ray_compat import train as t; t.patch_sigint(); "
+            "print(t.sigint_patched())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "True"
 

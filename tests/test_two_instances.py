@@ -3,7 +3,7 @@ it is told to join one (run.ray_address, RAY_ADDRESS).
 
 Ray's state API finds its cluster by itself when given no address, and with two instances on the machine
 it fails ("Found multiple active Ray instances"): Ray Train V2's placement-group cleaner did so every run,
-with a traceback in the run's output. `ray_patches` (fix 3) pins RAY_ADDRESS, in every process of a job, to
+with a traceback in the run's output. `ray_compat.cluster` pins RAY_ADDRESS, in every process of a job, to
 the cluster that process is connected to.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.ray_compat import patches as ray_patches
+from gemini_ray import ray_compat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def _init_ray_sees(monkeypatch, tmp_path, *overrides: str, fail: Exception | Non
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", fake_init)
-    monkeypatch.setattr(ray_patches, "setup_process", lambda: None)
+    monkeypatch.setattr(ray_compat, "install_idle_sleep", lambda *a: False)
     init_ray(build_config(overrides=[f"run.storage_path={tmp_path}", *overrides]))
     return seen
 

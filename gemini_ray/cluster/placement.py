@@ -159,27 +159,12 @@ def orphans(groups: list[GroupRecord], dead_actors: set[str], job_id: str) -> li
 
 
 def _group_records() -> tuple[list[GroupRecord], set[str]]:
-    """(every placement group of the cluster, the ids of dead actors among their creators). The public tables
-    (`ray.util.placement_group_table`, the state API) do not name a group's creator, so this reads the GCS
-    table that Ray's own `placement_group_table` parses."""
-    import ray
-    from ray._private.state import state
-    from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+    """(every placement group of the cluster, the ids of dead actors among their creators), read through
+    `ray_compat.cluster` (the public tables do not name a group's creator)."""
+    from gemini_ray.ray_compat.cluster import dead_actors, placement_groups
 
-    accessor = state._connect_and_get_accessor()
-    groups = []
-    for raw in accessor.get_placement_group_table():
-        g = PlacementGroupTableData.FromString(raw)
-        by_driver = not g.creator_actor_id or ray.ActorID(g.creator_actor_id).is_nil()
-        creator = "" if by_driver else g.creator_actor_id.hex()
-        groups.append(GroupRecord(g.placement_group_id.hex(), g.creator_job_id.hex(), creator, g.is_detached,
-                                  g.state == PlacementGroupTableData.REMOVED))
-    dead = set()
-    for creator in {g.creator_actor for g in groups if g.creator_actor and not g.removed}:
-        info = ray._private.state.actors(actor_id=creator)
-        if not info or info.get("State") == "DEAD":
-            dead.add(creator)
-    return groups, dead
+    groups = [GroupRecord(**g) for g in placement_groups()]
+    return groups, dead_actors({g.creator_actor for g in groups if g.creator_actor and not g.removed})
 
 
 def remove_orphaned_groups() -> int:

@@ -45,29 +45,28 @@ class Session:
 def init_ray(cfg: Config) -> None:
     """Join run.ray_address (or RAY_ADDRESS), else start a local instance of this command's own, even when
     another Ray instance runs on this machine (run.ray_address=auto joins that one on purpose); quiet Ray
-    Data's progress bars; apply `ray_patches`: Ray Data's idle scheduling loop here and in every worker of
-    the job, Ctrl-C during a Ray Train fit as KeyboardInterrupt, and RAY_ADDRESS pinned to this job's
-    cluster in its processes (Ray Train's placement-group cleaner otherwise looks for a cluster itself)."""
+    Data's progress bars; apply `ray_compat`: Ray Data's idle scheduling loop here and in every worker of
+    the job (unless run.patch_ray_data=false), and RAY_ADDRESS pinned to this job's cluster in its processes
+    (Ray Train's placement-group cleaner otherwise looks for a cluster itself)."""
     import ray
     import ray.data
 
-    from gemini_ray.ray_compat import patches as ray_patches
+    from gemini_ray import ray_compat
 
     if not ray.is_initialized():
         # "local": a new instance, not the last `ray start` head of the machine that Ray joins by default
         address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        env = ray_compat.runtime_env(cfg.run.patch_ray_data)  # the setup hook every worker of the job runs
         try:  # a local head binds to 127.0.0.1, token auth on
-            ray.init(address=address, log_to_driver=True, runtime_env=ray_patches.runtime_env())
+            ray.init(address=address, log_to_driver=True, runtime_env=env)
         except ConnectionError as exc:
             if address != "auto":
                 raise
             raise GeminiRayError(f"run.ray_address=auto found no Ray instance to join ({exc}). Start one "
                                  "(`ray start --head`), name it (run.ray_address=HOST:PORT), or leave "
                                  "run.ray_address unset to start a local instance.") from None
-        ray_patches.pin_address()  # this process's child processes and Ray's own lookups find this cluster
-    if ray_patches.enabled():
-        ray_patches.setup_process()
-    ray_patches.setup_driver()
+        ray_compat.pin_address()  # this process's child processes and Ray's own lookups find this cluster
+    ray_compat.install_idle_sleep(cfg.run.patch_ray_data)
     configure_data_context()
 
 

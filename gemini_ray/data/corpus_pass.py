@@ -39,6 +39,7 @@ from gemini_ray.data.positions import decode, encode, rows_of, trained_mask
 from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_uri
+from gemini_ray.ray_compat.data import read_parquet_v1, task_context
 
 __all__ = ["CorpusStats", "read_documents", "corpus_stream", "CorpusStream", "build_examples", "held_out",
            "Probe", "probe_corpus", "online_rows", "StreamPlan", "split", "is_val_doc", "to_arrays",
@@ -164,18 +165,6 @@ def read_errors(cfg: Config) -> Iterator[None]:
             "corpus.") from None
 
 
-def read_parquet_v1(paths: Any, **kwargs: Any) -> ray.data.Dataset:
-    """ray.data.read_parquet through Ray's V1 reader: V2 (Ray 2.60's default) first runs a listing task that
-    asks for a whole CPU, which a trainer and a teacher pool holding all but a fraction of a node never leave
-    free (Ray Data then waits until its no-progress timeout)."""
-    ctx = ray.data.DataContext.get_current()
-    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
-    try:
-        return ray.data.read_parquet(paths, **kwargs)
-    finally:
-        ctx.use_datasource_v2 = v2
-
-
 def is_val_doc(doc_id: np.ndarray, val_fraction: float) -> np.ndarray:
     """Held-out documents, chosen by content hash: stable across runs, corpora orders and machines."""
     return (np.asarray(doc_id) % 10_000) < int(round(val_fraction * 10_000))
@@ -277,14 +266,13 @@ class StreamPlan:
 def _count_in_task(key: str, n: int) -> tuple[int, int]:
     """(this Ray Data task's index, or -1 outside one; the counter `key` before adding n): a counter that
     carries over the batches one task maps, in its TaskContext."""
-    from ray.data._internal.execution.interfaces.task_context import TaskContext
-
-    ctx = TaskContext.get_current()
+    ctx = task_context()
     if ctx is None:  # outside Ray Data (a unit test calling the function)
         return -1, 0
-    start = ctx.kwargs.get(key, 0)
-    ctx.kwargs[key] = start + n
-    return ctx.task_idx, start
+    task, kept = ctx
+    start = kept.get(key, 0)
+    kept[key] = start + n
+    return task, start
 
 
 def _task_positions(n: int) -> np.ndarray:

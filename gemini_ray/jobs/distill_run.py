@@ -349,10 +349,11 @@ def _corpus_section(run: Run) -> dict[str, Any]:
 
 
 def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float | None = None) -> dict[str, Any]:
-    """Write <out_dir>/summary.json (config, teacher, student, corpus, teacher signal, training, wall times)
-    and print the headline; returns the summary. t_start: perf_counter() when the command started."""
+    """Write <out_dir>/summary.json (config, teacher, student, corpus, teacher signal, training, wall times,
+    Ray patches) and print the headline; returns the summary. t_start: perf_counter() when the command started."""
     import ray
 
+    from gemini_ray import ray_compat
     from gemini_ray.data.cache import signal_bytes_per_token
     from gemini_ray.data.pipeline import teacher_token_counter
     from gemini_ray.models.build import count_parameters
@@ -377,6 +378,7 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
                                                                  cfg.data.span_length),
         "full_distribution_bytes_per_token": session.teacher_config.vocab_size * 4,
         "wall_time_s": run.seconds,
+        "ray_compat": ray_compat.status(cfg.run.patch_ray_data),  # Ray release; each patch: requested, active
     }
     summary["training"]["throughput"]["peak_tflops"] = run.peak_tflops
     summary_path = join(run.out_dir, "summary.json")
