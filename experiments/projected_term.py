@@ -49,7 +49,7 @@ def main() -> int:
 
     from gemini_ray.config import build_config, config_to_dict
     from gemini_ray.models.build import DistillStudent, build_student, load_teacher, resolve_teacher
-    from gemini_ray.models.checkpoint import save_student
+    from gemini_ray.models.export import save_student
     from gemini_ray.training.train_step import compute_loss, make_optimizer, set_lr
 
     store = (ROOT / args.store).resolve()

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from gemini_ray.data.cache import write_manifest
-from gemini_ray.models.checkpoint import (checkpoint_is_whole, export_student, latest_whole_checkpoint, load_checkpoint,
+from gemini_ray.models.checkpoint import (checkpoint_is_whole, latest_whole_checkpoint, load_checkpoint,
                                    save_checkpoint, student_from_hf_config)
+from gemini_ray.models.export import export_student
 from gemini_ray.paths import atomic_write_text, read_json
 
 PAD = "x" * 3_000_000  # a few MB per JSON file, so a write takes long enough to be cut
@@ -143,7 +144,7 @@ def test_a_resume_sets_checkpoints_cut_short_aside_and_keeps_whole_ones(llama_di
 
     from gemini_ray.config import TrainConfig
     from gemini_ray.training.train_step import make_optimizer
-    from gemini_ray.training.trainer import resume_point
+    from gemini_ray.data.resume import resume_point
 
     config = AutoConfig.from_pretrained(llama_dir).to_dict()
     model = student_from_hf_config(config, "causal")
@@ -168,7 +169,7 @@ def test_a_resume_prefers_a_whole_checkpoint_newer_than_ray_trains_record(llama_
 
     from gemini_ray.config import TrainConfig
     from gemini_ray.training.train_step import make_optimizer
-    from gemini_ray.training.trainer import resume_point
+    from gemini_ray.data.resume import resume_point
 
     config = AutoConfig.from_pretrained(llama_dir).to_dict()
     model = student_from_hf_config(config, "causal")

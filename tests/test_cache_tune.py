@@ -509,7 +509,7 @@ def test_each_pass_reads_the_cache_shards_in_its_own_seeded_order(uninterrupted)
     sees the order it had), every row once per pass; a consumed shard left out keeps the others' order."""
     import ray
 
-    from gemini_ray.data.corpus_pass import StreamPlan
+    from gemini_ray.data.resume import StreamPlan
     from gemini_ray.data.pipeline import read_cache, shard_order
 
     _, directory, manifest = uninterrupted
@@ -585,8 +585,7 @@ def test_a_resume_that_ends_within_its_pass_leaves_consumed_shards_unread(llama_
     from transformers import AutoConfig
 
     from gemini_ray.config import TrainConfig
-    from gemini_ray.data.positions import add, encode
-    from gemini_ray.jobs.distill_run import _consumed_shards
+    from gemini_ray.data.resume import add, consumed_shards, encode
     from gemini_ray.models.checkpoint import save_checkpoint, student_from_hf_config
     from gemini_ray.training.train_step import make_optimizer
 
@@ -600,9 +599,9 @@ def test_a_resume_that_ends_within_its_pass_leaves_consumed_shards_unread(llama_
     def consumed(max_steps):
         cfg = build_config(None, [f"run.storage_path={tmp_path}", "run.name=grow", "train.batch_size=2",
                                   f"train.max_steps={max_steps}"])
-        return _consumed_shards(cfg, manifest)
+        return consumed_shards(cfg, manifest)
 
     assert consumed(max_steps=10) == {1}  # 3 steps (+1 of slack) x 2 rows <= 16 rows left
     assert consumed(max_steps=20) == set()  # 26 rows needed: another pass follows, which reads shard 1
-    assert consumed(max_steps=10) and not _consumed_shards(
+    assert consumed(max_steps=10) and not consumed_shards(
         build_config(None, [f"run.storage_path={tmp_path}", "run.name=new"]), manifest)  # no checkpoint

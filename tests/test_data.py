@@ -288,7 +288,7 @@ def test_csv_rows_with_the_wrong_fields_and_bad_bytes_are_counted(tmp_path):
 
 
 def test_positions_are_kept_as_ranges_and_name_what_a_resume_skips():
-    from gemini_ray.data.positions import add, count, decode, encode, rows_of, trained_mask
+    from gemini_ray.data.resume import add, count, decode, encode, rows_of, trained_mask
 
     trained = add([], encode(np.array([0, 0, 0, 3]), np.array([0, 1, 2, 7])))
     assert trained == [[0, 0, 3], [3, 7, 8]] and count(trained) == 4

@@ -15,8 +15,8 @@ import torch
 
 from gemini_ray.cluster.run_lock import LEASE_FILE, LOCK_FILE, hold_run_folder
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.models.checkpoint import (checkpoint_is_whole, save_checkpoint, save_student, student_from_hf_config,
-                                   verify_checkpoint)
+from gemini_ray.models.checkpoint import checkpoint_is_whole, save_checkpoint, student_from_hf_config, verify_checkpoint
+from gemini_ray.models.export import save_student
 from gemini_ray.paths import OUTPUT_MARKER, check_output_dir, is_our_output, make_output_dir
 from helpers import DAMAGE, truncate
 
@@ -129,7 +129,7 @@ def test_nan_weights_are_not_an_intact_checkpoint(tmp_path, llama_dir):
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_resume_passes_over_a_damaged_newest_checkpoint_and_repairs_ray_trains_record(damage, tmp_path, llama_dir,
                                                                                         capsys):
-    from gemini_ray.training.trainer import resume_point
+    from gemini_ray.data.resume import resume_point
 
     old = _checkpoint(tmp_path, llama_dir, "checkpoint_2026-12-07_10-00-00.000000", 5)
     new = _checkpoint(tmp_path, llama_dir, "checkpoint_2026-12-07_10-05-00.000000", 10)
@@ -149,7 +149,7 @@ def test_a_resume_passes_over_a_damaged_newest_checkpoint_and_repairs_ray_trains
 
 
 def test_a_damaged_older_checkpoint_outside_the_record_leaves_the_record_alone(tmp_path, llama_dir, capsys):
-    from gemini_ray.training.trainer import resume_point
+    from gemini_ray.data.resume import resume_point
 
     old = _checkpoint(tmp_path, llama_dir, "checkpoint_2026-12-07_10-00-00.000000", 5)
     new = _checkpoint(tmp_path, llama_dir, "checkpoint_2026-12-07_10-05-00.000000", 10)

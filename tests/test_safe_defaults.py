@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from gemini_ray.config import Config
-from gemini_ray.models.checkpoint import export_student, save_checkpoint, student_from_hf_config
+from gemini_ray.models.checkpoint import save_checkpoint, student_from_hf_config
+from gemini_ray.models.export import export_student
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "gemini_ray").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py"),

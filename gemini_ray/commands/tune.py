@@ -52,7 +52,7 @@ def _trial(params: dict[str, Any], cfg: Config, cache: FoundCache, hf_config: di
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gemini_ray.data.corpus_pass import StreamPlan
+    from gemini_ray.data.resume import StreamPlan
     from gemini_ray.data.pipeline import read_cached_signal
     from gemini_ray.training.train_worker import read_progress
     from gemini_ray.training.trainer import build_trainer, nonfinite_error, run_spec

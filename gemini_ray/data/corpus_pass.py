@@ -35,15 +35,15 @@ from gemini_ray.data.budgets import (CORPUS_BLOCK_BYTES, LIGHT_CPUS, PASS_READ_C
 from gemini_ray.data.corpus import (csv_read_options, decode_column, embedded_corpus, infer_format, parse_jsonl,
                                     split_lines)
 from gemini_ray.data.filecheck import corpus_files
-from gemini_ray.data.positions import decode, encode, rows_of, trained_mask
+from gemini_ray.data.resume import count_in_task, drop_trained, task_positions
 from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_uri
-from gemini_ray.ray_compat.data import read_parquet_v1, task_context
+from gemini_ray.ray_compat.data import read_parquet_v1
 
 __all__ = ["CorpusStats", "read_documents", "corpus_stream", "CorpusStream", "build_examples", "held_out",
-           "Probe", "probe_corpus", "online_rows", "StreamPlan", "split", "is_val_doc", "to_arrays",
-           "CorpusLedger", "drop_trained", "read_parquet_v1", "read_errors"]
+           "Probe", "probe_corpus", "online_rows", "split", "is_val_doc", "to_arrays",
+           "CorpusLedger", "read_parquet_v1", "read_errors"]
 
 
 @dataclass
@@ -75,7 +75,8 @@ class CorpusStats:
 
     def line(self, read: str = "") -> str:
         """One line of corpus counts, as the commands print it."""
-        dropped = f", {self.val_examples_dropped} more beyond data.max_val_examples" if self.val_examples_dropped else ""
+        dropped = (f", {self.val_examples_dropped} more beyond data.max_val_examples"
+                   if self.val_examples_dropped else "")
         return (f"[gemini-ray] corpus{read}: {self.documents} documents -> {self.examples} examples "
                 f"({self.train_examples} train, {self.val_examples} held out{dropped}; "
                 f"skipped: {self.skipped_too_short} too short, {self.skipped_empty} empty, "
@@ -228,75 +229,6 @@ class CorpusLedger:
                            tokenize_processes=len(self.pids), fingerprint=fingerprint_of(unique))
 
 
-@ray.remote(num_cpus=0)
-class StreamPlan:
-    """Which rows of the current pass the trainer has trained already (positions, `gemini_ray.data.positions`),
-    so that a resumed run's stream drops them before the teacher (or, from a cache, before the trainer).
-
-    Rank 0 of the Train workers sets it when it starts a pass (after restoring a checkpoint: the pass's
-    trained ranges; a new pass: none); the stream's tasks ask for their own rows and wait until it is set.
-    An async actor: a task that waits does not block the set."""
-
-    def __init__(self) -> None:
-        self.trained: list[list[int]] = []
-        self.epoch = 0
-        self.ready = None
-
-    def _event(self):
-        import asyncio
-
-        if self.ready is None:
-            self.ready = asyncio.Event()
-        return self.ready
-
-    async def set(self, trained: list[list[int]], epoch: int = 0) -> None:
-        self.trained, self.epoch = trained, epoch
-        self._event().set()
-
-    async def pass_number(self) -> int:
-        """The pass (0-based) the trainer is on: a cache stream reads its shards in that pass's order."""
-        await self._event().wait()
-        return self.epoch
-
-    async def skip(self, task: int) -> list[list[int]]:
-        await self._event().wait()
-        return rows_of(self.trained, task)
-
-
-def _count_in_task(key: str, n: int) -> tuple[int, int]:
-    """(this Ray Data task's index, or -1 outside one; the counter `key` before adding n): a counter that
-    carries over the batches one task maps, in its TaskContext."""
-    ctx = task_context()
-    if ctx is None:  # outside Ray Data (a unit test calling the function)
-        return -1, 0
-    task, kept = ctx
-    start = kept.get(key, 0)
-    kept[key] = start + n
-    return task, start
-
-
-def _task_positions(n: int) -> np.ndarray:
-    """Encoded positions of the next n output rows of this Ray Data task (task index, row). A task may map
-    several batches: the row count carries over."""
-    task, start = _count_in_task("gemini_ray_rows", n)
-    return encode(max(task, 0), np.arange(start, start + n))
-
-
-def drop_trained(batch: dict[str, np.ndarray], plan) -> dict[str, np.ndarray]:
-    """The batch without the rows the plan says were trained in this pass (its rows may come from several
-    tasks, or cache shards)."""
-    if plan is None or len(batch["position"]) == 0:
-        return batch
-    tasks, rows = decode(batch["position"])
-    keep = np.ones(len(rows), dtype=bool)
-    for task in np.unique(tasks).tolist():
-        ranges = ray.get(plan.skip.remote(task))
-        if ranges:
-            mine = tasks == task
-            keep[mine] = ~trained_mask(ranges, rows[mine])
-    return batch if keep.all() else {k: v[keep] for k, v in batch.items()}
-
-
 @functools.lru_cache(maxsize=2)
 def _pairer(**kwargs) -> SpanPairer:
     """One SpanPairer (its tokenizer loaded once) per Ray worker process: tokenize tasks reuse processes."""
@@ -329,7 +261,7 @@ def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, m
     val = is_val_doc(doc, val_fraction)
     # the block's key: its place in this execution (the task's index, the batch's within the task: an actor's
     # task may map several blocks) and its content; a further pass runs the same tasks over the same blocks
-    block = (*_count_in_task("gemini_ray_batches", 1),
+    block = (*count_in_task("gemini_ray_batches", 1),
              int.from_bytes(hashlib.blake2b(doc_ids.tobytes(), digest_size=8).digest(), "little"))
     ray.get(ledger.record.remote(block, doc_ids[~bad], {
         "documents": len(texts), "skipped_non_utf8": np.sum(batch["bad_utf8"]),
@@ -340,7 +272,7 @@ def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, m
     }, os.getpid()))  # a document's examples all come from one block, so per-block unique counts add up
     out = {k: v[ok] for k, v in rows.items()}
     out["split"] = np.where(val[ok], "val", "train").astype(object)
-    out["position"] = _task_positions(int(np.sum(ok)))
+    out["position"] = task_positions(int(np.sum(ok)))
     if only is not None:
         out = {k: v[out["split"] == only] for k, v in out.items()}
     return drop_trained(out, plan)

@@ -16,9 +16,9 @@ from ray.data import ActorPoolStrategy
 
 from gemini_ray.config import Config
 from gemini_ray.data.budgets import CACHE_READ_CPUS, LIGHT_CPUS
-from gemini_ray.data.corpus_pass import drop_trained, to_arrays
+from gemini_ray.data.corpus_pass import to_arrays
 from gemini_ray.data.mining import HardNegativeMiner
-from gemini_ray.data.positions import encode
+from gemini_ray.data.resume import drop_trained, encode
 from gemini_ray.data.teacher_stage import teacher_backend
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import atomic_path, join, open_dir

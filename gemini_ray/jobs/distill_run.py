@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from gemini_ray.cluster.session import Session
 from gemini_ray.config import Config, config_to_dict
 from gemini_ray.data.cache import FoundCache, find_cache
+from gemini_ray.data.resume import consumed_shards, earliest_resume_step
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_REP, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL,
                                      VAL_TEACHER_AGREEMENT)
@@ -73,7 +74,7 @@ class Run:
     """What MFU was reported against (run.peak_tflops or the driver's matmul probe); set by fit_student."""
     resume_from: str | None = None
     """The intact checkpoint the workers start from when Ray Train's own record was set aside
-    (`trainer.resume_point`, run before the stream is planned), else None."""
+    (`data.resume.resume_point`, run before the stream is planned), else None."""
 
 
 def _make_student(cfg: Config, session: Session) -> nn.Module:
@@ -141,7 +142,7 @@ def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None, pla
     if cache is not None:
         print(f"[gemini-ray] reading the teacher signal from the cache {cache.directory}")
         _check_steps(cfg, cache.manifest["corpus"]["train_examples"], f"the cache at '{cache.directory}'")
-        consumed = _consumed_shards(cfg, cache.manifest) if plan is not None else frozenset()
+        consumed = consumed_shards(cfg, cache.manifest) if plan is not None else frozenset()
         return (*read_cached_signal(cache.directory, cache.manifest, cfg.loss.num_negatives, plan, consumed,
                                     cfg.train.seed, cfg.train.shuffle_first_pass), None, None)
     probe = probe_corpus(cfg, session.teacher_source, session.kind)
@@ -149,44 +150,10 @@ def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None, pla
     _check_steps(cfg, probe.stats.train_examples, "the corpus")
     val = label_rows(cfg, probe.val) if probe.val is not None else None
     t = cfg.train
-    steps_left = t.max_steps - _earliest_resume_step(cfg)
+    steps_left = t.max_steps - earliest_resume_step(cfg)
     rows = online_rows(cfg, session.teacher_source, session.kind, max(1, steps_left) * t.examples_per_step,
                        plan)
     return label_and_mine(cfg, rows.examples), val, probe, rows.ledger
-
-
-def _consumed_shards(cfg: Config, manifest: dict) -> frozenset[int]:
-    """The cache's training shards whose every row the run had trained in its current pass at its newest
-    checkpoint (the one it resumes from), when the rest of the run ends within that pass: left unread. A run
-    that will make another pass reads them all (the stream is the same for every pass of a fit)."""
-    from gemini_ray.data.positions import count, rows_of
-    from gemini_ray.models.checkpoint import latest_whole_checkpoint
-
-    out_dir = run_dir(cfg.run.storage_path, cfg.run.name)
-    latest = None if is_uri(out_dir) else latest_whole_checkpoint(out_dir)
-    if latest is None:
-        return frozenset()
-    state = json.loads((latest[0] / "state.json").read_text(encoding="utf-8"))
-    trained, t = state.get("trained") or [], cfg.train
-    rows = {int(s): int(manifest["expected_rows"][str(s)]) for s in manifest["shards_train"]}
-    needed = (t.max_steps - state["step"] + 1) * t.examples_per_step  # a step's rows of slack
-    if needed > sum(rows.values()) - count(trained):
-        return frozenset()
-    consumed = frozenset(s for s, n in rows.items() if sum(b - a for a, b in rows_of(trained, s)) >= n)
-    if consumed:
-        print(f"[gemini-ray] resuming: {len(consumed)} of {len(rows)} cache shards were trained whole in this "
-              "pass; they are not read again")
-    return consumed
-
-
-def _earliest_resume_step(cfg: Config) -> int:
-    """The step a resumed run can go on from at the earliest (the oldest whole checkpoint Ray Train keeps;
-    0 for a new run or a run whose checkpoints are behind a URI): the stream's row limit counts from it, so
-    that a resumed run does not send rows to the teacher past the ones it still needs."""
-    from gemini_ray.models.checkpoint import whole_checkpoint_steps
-
-    out_dir = run_dir(cfg.run.storage_path, cfg.run.name)
-    return 0 if is_uri(out_dir) else min(whole_checkpoint_steps(out_dir), default=0)
 
 
 def prepare(cfg: Config, session: Session, started_at: float | None = None, own_session: bool = True) -> Run:
@@ -199,10 +166,9 @@ def prepare(cfg: Config, session: Session, started_at: float | None = None, own_
     import ray
 
     from gemini_ray.cluster.placement import alive_nodes, check_fits, demands, with_worker_cpus
-    from gemini_ray.data.corpus_pass import StreamPlan
+    from gemini_ray.data.resume import StreamPlan, resume_point
     from gemini_ray.data.pipeline import teacher_token_counter
 
-    from gemini_ray.training.trainer import resume_point
 
     out_dir = run_dir(cfg.run.storage_path, cfg.run.name)
     if not is_uri(out_dir):  # tried by writing a probe file (permission bits say nothing for root or read-only mounts)
@@ -258,7 +224,7 @@ def _student_meta(cfg: Config, session: Session) -> dict[str, Any]:
 def export_untrained(cfg: Config, session: Session, student_dir: str) -> str:
     """The student as `prepare` derives it (the teacher's copied layers, or student.from_pretrained), saved
     untrained as an exported student: the baseline every trained student must beat."""
-    from gemini_ray.models.checkpoint import save_student
+    from gemini_ray.models.export import save_student
 
     return save_student(_make_student(cfg, session), student_dir, session.teacher_source,
                         {**_student_meta(cfg, session), "untrained": True})
@@ -270,7 +236,7 @@ def export(run: Run, result: ray.train.Result) -> tuple[str, dict[str, Any]]:
     Returns (student directory, the checkpoint's training state)."""
     import json
 
-    from gemini_ray.models.checkpoint import export_student
+    from gemini_ray.models.export import export_student
 
     t0 = time.perf_counter()
     cfg, session = run.cfg, run.session
@@ -287,7 +253,7 @@ def export_checkpoints(run: Run, result: ray.train.Result, directory: str,
     """Every checkpoint Ray Train kept (train.keep_checkpoints) as an exported student at
     <directory>/step-<N>: {step: student directory}, by step. `exported`: steps already exported (the final
     student), used as they are."""
-    from gemini_ray.models.checkpoint import export_student
+    from gemini_ray.models.export import export_student
 
     students = dict(exported or {})
     for checkpoint, _ in result.best_checkpoints:

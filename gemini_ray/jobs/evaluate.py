@@ -114,7 +114,7 @@ def check_positions(model_dir: Path, e: EvalConfig, what: str) -> None:
 
 def read_student_meta(model_dir: str) -> dict[str, Any]:
     """What `distill` recorded next to an exported student ({} for other models)."""
-    from gemini_ray.models.checkpoint import STUDENT_META
+    from gemini_ray.models.export import STUDENT_META
 
     path = Path(model_dir).expanduser() / STUDENT_META
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -1,4 +1,4 @@
-"""Checkpoint and export files. No Ray here.
+"""Checkpoint files: what a checkpoint holds, and whether it is whole. No Ray here.
 
 A checkpoint directory holds:
     model.safetensors      student weights (safetensors; tied weights stored once)
@@ -9,10 +9,9 @@ A checkpoint directory holds:
 Nothing is pickled: weights and optimizer state are safetensors, the rest is JSON. A checkpoint is verified
 against the sizes and hashes its state.json records before it is resumed (`verify_checkpoint`): a copy cut
 short, a file overwritten in place or a missing file is found, named, and passed over for the newest intact
-checkpoint (`trainer.resume_point`).
-The export is a plain Hugging Face directory (config, safetensors weights, tokenizer) that
-`AutoModelForCausalLM.from_pretrained(dir)` (or AutoModelForMaskedLM) loads without gemini_ray.
-Every file and directory is written under a temporary name and renamed when complete.
+checkpoint (`data.resume.resume_point`).
+A checkpoint becomes a plain Hugging Face directory in `models.export`. Every file and directory is written
+under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -25,12 +24,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from gemini_ray.paths import (atomic_dir, atomic_path, atomic_write_json, check_output_dir, is_our_output, mark_output,
-                              sha256_file)
+from gemini_ray.paths import atomic_path, atomic_write_json, sha256_file
 
 __all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_is_whole", "latest_whole_checkpoint",
-           "verify_checkpoint", "checkpoint_step", "student_from_hf_config", "export_student", "save_student",
-           "STUDENT_META", "WEIGHT_FILES"]
+           "verify_checkpoint", "checkpoint_step", "student_from_hf_config", "WEIGHT_FILES"]
 
 WEIGHT_FILES = ("model.safetensors", "optimizer.safetensors")
 """The files of a checkpoint whose size and SHA-256 its state.json records."""
@@ -184,34 +181,3 @@ def whole_checkpoint_steps(run_directory: str | Path) -> list[int]:
     """The steps of the whole checkpoints under a local run directory (none for a URI or a new run)."""
     return sorted(checkpoint_step(d) for d in Path(run_directory).glob("checkpoint_*")
                   if d.is_dir() and checkpoint_is_whole(d))
-
-
-STUDENT_META = "gemini_ray.json"
-"""Written next to an exported student: its teacher, kind, data and loss settings (read by `gemini-ray eval`)."""
-
-
-def export_student(checkpoint_dir: str | Path, output_dir: str, tokenizer_source: str,
-                   meta: dict[str, Any] | None = None) -> str:
-    """Checkpoint -> plain HF directory (config + safetensors + tokenizer [+ gemini_ray.json]) at a local path
-    (renamed into place) or a URI (uploaded)."""
-    state = json.loads((Path(checkpoint_dir) / "state.json").read_text(encoding="utf-8"))
-    model = student_from_hf_config(state["hf_config"], state["kind"])
-    load_model(model, str(Path(checkpoint_dir) / "model.safetensors"))
-    return save_student(model, output_dir, tokenizer_source, meta)
-
-
-def save_student(model: Any, output_dir: str, tokenizer_source: str, meta: dict[str, Any] | None = None) -> str:
-    """A student model -> plain HF directory (config + safetensors + tokenizer [+ gemini_ray.json]) at a local
-    path (renamed into place) or a URI (uploaded). It replaces only an earlier output of ours
-    (paths.OUTPUT_MARKER, written into it): a folder of anything else is refused, never replaced."""
-    from gemini_ray.models.build import load_tokenizer
-
-    check_output_dir(output_dir, "the student's folder", replace_ours=True)  # checked again at the rename
-    ours = lambda target: not any(target.iterdir()) or is_our_output(target)  # noqa: E731
-    with atomic_dir(output_dir, replace_if=ours) as tmp:
-        mark_output(tmp, "student export")
-        model.save_pretrained(tmp)
-        load_tokenizer(tokenizer_source).save_pretrained(tmp)
-        if meta is not None:
-            (tmp / STUDENT_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    return output_dir

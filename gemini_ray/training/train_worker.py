@@ -3,7 +3,7 @@
 Each worker reads its shard of the streamed, labelled dataset, runs the DDP-wrapped student, and
 reports the loss parts every `train.log_every` steps. Rank 0 writes a checkpoint every
 `train.checkpoint_every` steps and at the end; a restarted run resumes from the latest one.
-A checkpoint records which rows of the current pass were trained (their positions, `gemini_ray.data.positions`,
+A checkpoint records which rows of the current pass were trained (their positions, `gemini_ray.data.resume`,
 gathered from every rank); a resumed run tells the stream's StreamPlan, and the stream leaves those rows out
 before the teacher: it goes on with the first example it had not trained on, whatever the number of workers.
 
@@ -34,8 +34,8 @@ import torch
 import torch.distributed as dist
 
 from gemini_ray.config import Config, LossConfig
-from gemini_ray.data.positions import add as add_positions
-from gemini_ray.data.positions import count as count_positions
+from gemini_ray.data.resume import add as add_positions
+from gemini_ray.data.resume import count as count_positions
 from gemini_ray.evaluation.metrics import composite_objective, positive_mrr, teacher_agreement
 from gemini_ray.metric_names import (LOSS_TOTAL, OBJECTIVE_EMBEDDING, VAL_EXAMPLES, VAL_LOSS_CL, VAL_LOSS_KD,
                                      VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_STEP, VAL_TEACHER_AGREEMENT, held_out, term_of)
@@ -80,7 +80,7 @@ class RunSpec:
     """What the throughput and MFU of each report are computed from (None: tokens/s only)."""
     resume_from: str | None = None
     """A local checkpoint directory to start from when Ray Train has none to hand back (its own record was
-    set aside: `trainer.resume_point`). Ray Train V2 refuses TorchTrainer(resume_from_checkpoint=...)."""
+    set aside: `data.resume.resume_point`). Ray Train V2 refuses TorchTrainer(resume_from_checkpoint=...)."""
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,13 @@ run (`distill`, `ablate`) and by each Tune trial (`tune`).
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.losses import describe as describe_loss
-from gemini_ray.paths import is_uri
 from gemini_ray.training.train_worker import Costs, RunSpec, read_progress, train_loop_per_worker
 
 if TYPE_CHECKING:
@@ -26,7 +22,7 @@ if TYPE_CHECKING:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-__all__ = ["run_spec", "build_trainer", "fit", "nonfinite_error", "resume_point"]
+__all__ = ["run_spec", "build_trainer", "fit", "nonfinite_error"]
 
 
 def run_spec(cfg: Config, hf_config: dict[str, Any], kind: str, init_weights: Any, val: dict[str, Any] | None,
@@ -37,7 +33,7 @@ def run_spec(cfg: Config, hf_config: dict[str, Any], kind: str, init_weights: An
     the object store) and the held-out rows go into Ray's object store once; every worker fetches them.
     plan: the StreamPlan of the training stream (a resume then skips the rows it trained), or None.
     resume_from: a checkpoint directory to start from when Ray Train's own record was set aside
-    (`resume_point`). tensorboard_dir: where rank 0 writes TensorBoard event files (None: none).
+    (`data.resume.resume_point`). tensorboard_dir: where rank 0 writes TensorBoard event files (None: none).
     teacher_params: the online teacher's (body, head) matmul parameters, for its tokens/s and MFU (None:
     the run reads a cache). The peak MFU is against: run.peak_tflops, else a matmul probe here on the CPU
     (on a GPU run, each worker probes its GPU)."""
@@ -129,93 +125,3 @@ def fit(trainer: TorchTrainer, cfg: Config, spec: RunSpec, where: str) -> ray.tr
     return result
 
 
-DAMAGED = "damaged"
-"""Where resume_point moves a damaged checkpoint: <run dir>/damaged/<checkpoint name>, kept for a look."""
-
-
-def _newest_first(out_dir: Path) -> list[tuple[Path, int | None]]:
-    """The run's checkpoint directories with their steps, newest first (an unreadable step sorts by the
-    directory's name, which Ray Train stamps with the time it was written)."""
-    from gemini_ray.models.checkpoint import checkpoint_step
-
-    found = [(d, checkpoint_step(d)) for d in out_dir.glob("checkpoint_*") if d.is_dir()]
-    return sorted(found, key=lambda f: (f[1] if f[1] is not None else -1, f[0].name), reverse=True)
-
-
-def _check_checkpoints(out_dir: Path) -> tuple[tuple[Path, int] | None, list[tuple[Path, int | None, str]]]:
-    """(the newest intact checkpoint or None, the damaged ones with their step and what is wrong). The
-    checkpoints from the newest down to the first intact one are read whole (size, SHA-256 against the
-    record written with them, finite weights); the older ones get the cheap checks (sizes)."""
-    from gemini_ray.models.checkpoint import verify_checkpoint
-
-    latest, damaged = None, []
-    for directory, step in _newest_first(out_dir):
-        problem = verify_checkpoint(directory, deep=latest is None)
-        if problem is not None:
-            damaged.append((directory, step, problem))
-        elif latest is None:
-            latest = (directory, step)
-    return latest, damaged
-
-
-def resume_point(out_dir: str) -> str | None:
-    """Where Ray Train should resume a local run from when its own record cannot say (None: let it decide).
-
-    Every checkpoint is verified first (`checkpoint.verify_checkpoint`): one cut short by a kill, overwritten
-    in place or missing a file is moved to <run dir>/damaged/ with a line naming its step and what is wrong,
-    and the run goes on from the newest intact one, whose step is said too. Ray Train resumes from
-    checkpoint_manager_snapshot.json and refuses to start when a checkpoint it records is gone, so a record
-    that names a damaged checkpoint is set aside with it. The record is set aside too when it is cut short
-    (a driver killed while writing it) or ends before the newest intact checkpoint (a killed driver's Train
-    workers can go on and checkpoint for a few steps until Ray reclaims them). Returns the checkpoint the
-    workers load themselves when Ray Train hands back none (RunSpec.resume_from); call it while no run
-    writes in `out_dir` (the run folder's lock is held)."""
-    if is_uri(out_dir) or not Path(out_dir).is_dir():
-        return None
-    run = Path(out_dir)
-    latest, damaged = _check_checkpoints(run)
-    snapshot = run / "checkpoint_manager_snapshot.json"
-    record = snapshot.read_text(encoding="utf-8", errors="replace") if snapshot.is_file() else ""
-    set_aside = None
-    for directory, step, problem in damaged:
-        aside = run / DAMAGED / directory.name
-        aside.parent.mkdir(exist_ok=True)
-        os.replace(directory, aside)
-        at = f"step {step}" if step is not None else "step unknown"
-        print(f"[gemini-ray] checkpoint {directory.name} ({at}) is damaged: {problem}; moved to "
-              f"{DAMAGED}/{directory.name} (delete it once you have looked)")
-        if directory.name in record:
-            set_aside = "names a damaged checkpoint"
-    if snapshot.is_file() and set_aside is None:
-        recorded = _recorded_step(snapshot)
-        if recorded is not None and (latest is None or latest[1] <= recorded):
-            return None  # readable, intact and up to date: Ray Train resumes from it
-        set_aside = ("was cut short" if recorded is None
-                     else f"ends at step {recorded}, before a newer intact checkpoint")
-    if set_aside is not None and snapshot.is_file():
-        aside = snapshot.with_name(f".{snapshot.name}.set-aside-{int(time.time())}")
-        os.replace(snapshot, aside)
-        print(f"[gemini-ray] Ray Train's checkpoint record {set_aside}; set aside as {aside.name}")
-    lost = [step for _, step, _ in damaged if step is not None and (latest is None or step > latest[1])]
-    if latest is None:
-        if damaged:
-            print("[gemini-ray] no intact checkpoint is left: the run starts again from step 0")
-        return None
-    if lost:
-        print(f"[gemini-ray] the checkpoint of step {max(lost)} is lost: resuming from step {latest[1]}, the newest "
-              f"intact one; the steps after it are trained again")
-    print(f"[gemini-ray] resuming from the newest intact checkpoint {latest[0].name} (step {latest[1]})")
-    return str(latest[0])
-
-
-def _recorded_step(snapshot: Path) -> int | None:
-    """The step of the newest checkpoint in Ray Train's record (-1 when it holds none), or None when the
-    record cannot be read (cut short)."""
-    try:
-        record = json.loads(snapshot.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return None
-    latest = record.get("latest_checkpoint_result") if isinstance(record, dict) else None
-    if not latest:
-        return -1
-    return int((latest.get("metrics") or {}).get("step", -1))
