@@ -4,7 +4,7 @@
 
 `gemini-ray eval` times each model alternately as one column of its report (the median of 3 rounds until
 2026-12-05, of 10 since): on this 2-core machine that ratio read 2.31x to 2.89x for one architecture across
-runs. This script settles it: per batch shape it runs `--rounds` rounds of `evaluation.run.forward_times`,
+runs. This script settles it: per batch shape it runs `--rounds` rounds of `jobs.evaluate.forward_times`,
 each timing the teacher and the student back to back on the same random batch (the order alternating
 between rounds, so neither always runs on a warmer cache), and takes the ratio within each round (teacher
 seconds / student seconds: a slow moment of the machine slows both). It reports the median ratio with a

@@ -1,4 +1,4 @@
-"""Forward timing (evaluation.run.forward_times, benchmarks/speed.py): the order alternates, the speedup is taken
+"""Forward timing (jobs.evaluate.forward_times, benchmarks/speed.py): the order alternates, the speedup is taken
 within each round, bad shapes are refused."""
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""The Ray edge of every command: joining Ray, the resource plan checked against the nodes, and the lock that keeps one run per folder."""
+"""The Ray edge of every command: resolving the teacher and joining Ray (`session`), the resource plan
+checked against the nodes (`placement`), and the lock that keeps one command per run folder (`run_lock`)."""
