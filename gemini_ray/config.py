@@ -269,7 +269,7 @@ class TuneConfig:
     """The embedding half of val/objective. 'retrieval': val/retrieval_mrr, each held-out anchor's own
     positive ranked among other documents' (what the contrastive loss trains). 'teacher_agreement':
     val/teacher_agreement, the held-out span pairs ordered by similarity as the teacher orders them (what
-    loss.rep_form=similarity trains). Neither tracks Lee Spearman everywhere (docs/log.md, 2026-12-04), so
+    loss.rep_form=similarity trains). Neither tracks Lee Spearman everywhere (docs/log.md), so
     the default stays 'retrieval'."""
     mode: Literal["min", "max"] = "min"
     """Whether the metric is minimised or maximised."""
@@ -351,7 +351,7 @@ class LossConfig:
     """μ: weight of a representation term added to the seed's loss, L = λ·L_KD + (1 − λ)·L_CL + μ·L_rep, on the
     anchor and positive spans (an extension beyond the seed; loss.rep_form says what L_rep compares). 0: the
     seed's exact loss (L_rep is still logged as loss/rep). 10: the similarity term is small (~0.04 falling to
-    ~0.02), so 10 gives it a share of the loss (docs/log.md, 2026-12-04)."""
+    ~0.02), so 10 gives it a share of the loss (docs/log.md)."""
     rep_form: Literal["cosine", "similarity"] = "similarity"
     """The representation term L_rep. 'cosine': 1 − cos(student's pooled span embedding, teacher's), after
     DistilBERT; it pulls each embedding toward the teacher's vector and needs a student as wide as the
@@ -382,7 +382,7 @@ class TrainConfig:
     """Examples per worker per step."""
     lr: float = 3e-4
     """Peak AdamW learning rate. 3e-4: with the similarity term, a lower rate leaves the demo's language model
-    behind the seed's loss (docs/log.md, 2026-12-04)."""
+    behind the seed's loss (docs/log.md)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     layer_lr_decay: float = 1.0
@@ -391,11 +391,11 @@ class TrainConfig:
     embeddings at lr (the embeddings at lr x this^(N+1) with layer_lr_decay_embeddings). Keeps the lower,
     copied layers close to the teacher's. In (0, 1]; 1: one learning rate for all (the seed's), kept by default
     because at the demo budget a decay costs the language model far more than it gives the embedding;
-    configs/quality.yaml uses 0.5 (docs/log.md, 2026-12-05)."""
+    configs/quality.yaml uses 0.5 (docs/log.md)."""
     layer_lr_decay_embeddings: bool = False
     """With train.layer_lr_decay < 1: false, the embeddings train at lr, as the head does; true, at the lowest
     rate (below layer 0, the ULMFiT placement for an untied head). False by default: with SmolLM2's head tied
-    to its embeddings, decaying them slows the head too (worse on every metric: docs/log.md, 2026-12-05)."""
+    to its embeddings, decaying them slows the head too (worse on every metric: docs/log.md)."""
     warmup_steps: int = 5
     """Linear warm-up steps, then cosine decay to 10 % of lr."""
     grad_clip: float = 1.0
@@ -527,7 +527,7 @@ class EvalConfig:
     rt_train: int = 2000
     """Rotten Tomatoes snippets sampled from the training films for the linear probe (0: all 8,672). The
     default keeps an evaluation short; configs/quality.yaml uses all of both sides, for half as wide a paired
-    RT interval at several times the evaluation time (docs/log.md, 2026-12-04)."""
+    RT interval at several times the evaluation time (docs/log.md)."""
     rt_test: int = 1000
     """Rotten Tomatoes snippets sampled from the held-out films (0: all 4,136): the 1,000 default gives RT a
     standard error of ~1.4 points."""
