@@ -26,8 +26,6 @@ from gemini_ray.paths import atomic_path, join, open_dir
 __all__ = ["label_rows", "label_and_mine", "teacher_token_counter", "label_shards", "read_cache",
            "read_cached_signal", "assign_shards", "TRAIN_COLUMNS", "STREAM_COLUMNS"]
 
-
-
 TRAIN_COLUMNS = ["input_ids", "attention_mask", "label_mask", "topk_ids", "topk_logits", "topk_mass",
                  "teacher_embedding", "neg_input_ids", "neg_attention_mask", "neg_mask", "teacher_tokens", "random_negatives",
                  "missing_negatives", "doc_id", "span_hash"]
@@ -36,6 +34,7 @@ hashes say which rows of a batch may serve as each other's negatives."""
 
 STREAM_COLUMNS = TRAIN_COLUMNS + ["position"]
 """What the trainer reads: the cache's columns and each row's position in its pass (what a resume skips)."""
+
 
 @ray.remote(num_cpus=0)
 class TeacherTokenCounter:
