@@ -84,9 +84,9 @@ def idle_sleep_requested(patch_ray_data: bool = True) -> bool:
     return bool(patch_ray_data) and os.environ.get(SWITCH, "1") != "0"
 
 
-def _with_idle_sleep(current: str) -> str:
-    names = [n.strip() for n in current.split(",") if n.strip()]
-    return ",".join(names if IDLE_SLEEP in names else [*names, IDLE_SLEEP])
+def _callbacks() -> list[str]:
+    """The execution callbacks this process's environment names."""
+    return [n.strip() for n in os.environ.get(CALLBACKS_ENV, "").split(",") if n.strip()]
 
 
 def idle_sleep_env(patch_ray_data: bool = True) -> dict[str, str]:
@@ -97,7 +97,8 @@ def idle_sleep_env(patch_ray_data: bool = True) -> dict[str, str]:
     if ExecutionCallback is None:
         logger.warning("gemini_ray: this Ray Data has no ExecutionCallback; its scheduling loop is left as shipped")
         return {}
-    return {CALLBACKS_ENV: _with_idle_sleep(os.environ.get(CALLBACKS_ENV, ""))}
+    names = _callbacks()
+    return {CALLBACKS_ENV: ",".join(names if IDLE_SLEEP in names else [*names, IDLE_SLEEP])}
 
 
 def install_idle_sleep(patch_ray_data: bool = True) -> bool:
@@ -106,16 +107,14 @@ def install_idle_sleep(patch_ray_data: bool = True) -> bool:
     env = idle_sleep_env(patch_ray_data)
     if env:
         os.environ.update(env)
-    elif IDLE_SLEEP in os.environ.get(CALLBACKS_ENV, ""):  # switched off after an earlier run in this process
-        names = [n for n in os.environ[CALLBACKS_ENV].split(",") if n.strip() and n.strip() != IDLE_SLEEP]
-        os.environ[CALLBACKS_ENV] = ",".join(names)
+    elif IDLE_SLEEP in _callbacks():  # switched off after an earlier run in this process
+        os.environ[CALLBACKS_ENV] = ",".join(n for n in _callbacks() if n != IDLE_SLEEP)
     return idle_sleep_active()
 
 
 def idle_sleep_active() -> bool:
     """Whether datasets this process executes run IdleSleep."""
-    names = [n.strip() for n in os.environ.get(CALLBACKS_ENV, "").split(",")]
-    return ExecutionCallback is not None and IDLE_SLEEP in names
+    return ExecutionCallback is not None and IDLE_SLEEP in _callbacks()
 
 
 # --------------------------------------------------------------------------- 2. Ray's V1 Parquet reader
