@@ -71,7 +71,7 @@ def main() -> int:
     from gemini_ray.cluster.session import start_session
     from gemini_ray.jobs.distill_run import export_untrained
 
-    untrained = export_untrained(cfg, start_session(cfg, with_teacher=True), join(args.out, UNTRAINED, "student"))
+    untrained = export_untrained(cfg, start_session(cfg), join(args.out, UNTRAINED, "student"))
     teacher, rows, _ = evaluate_students(cfg, {UNTRAINED: untrained, **students})
     reference = next(iter(students))
     print(markdown_table({"teacher": teacher, **rows}))

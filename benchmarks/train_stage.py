@@ -68,17 +68,15 @@ def plain_loop(store: Path, steps: int, threads: int, overrides: list[str]) -> d
     import torch
 
     from gemini_ray.config import build_config
-    from gemini_ray.models.build import DistillStudent, build_student, load_teacher, resolve_teacher
+    from gemini_ray.models.build import DistillStudent, build_student, teacher_meta
     from gemini_ray.models.numerics import Precision
     from gemini_ray.training.train_step import compute_loss, make_optimizer, set_lr
 
     cfg = build_config(None, [f"run.storage_path={store}", *overrides])
     device = torch.device("cuda" if cfg.train.use_gpu else "cpu")
     torch.set_num_threads(threads)
-    teacher, kind = load_teacher(resolve_teacher(cfg.teacher), cfg.teacher.kind)
     torch.manual_seed(cfg.train.seed)
-    model = build_student(teacher, kind, cfg.student, seed=cfg.train.seed)
-    del teacher
+    model = build_student(teacher_meta(cfg.teacher), cfg.student, seed=cfg.train.seed)
     model = model.to(device)
     student, optimizer = DistillStudent(model).train(), make_optimizer(model, cfg.train)
     precision = Precision(cfg.train.precision, device)

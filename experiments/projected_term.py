@@ -48,7 +48,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from gemini_ray.config import build_config, config_to_dict
-    from gemini_ray.models.build import DistillStudent, build_student, load_teacher, resolve_teacher
+    from gemini_ray.models.build import DistillStudent, build_student, teacher_meta
     from gemini_ray.models.export import save_student
     from gemini_ray.training.train_step import compute_loss, make_optimizer, set_lr
 
@@ -58,12 +58,10 @@ def main() -> int:
     if len(caches) != 1:
         sys.exit(f"projected_term: expected one cache under {store}/signal_cache, found {len(caches)}; "
                  f"run `gemini-ray label run.storage_path={args.store}` in a store of its own")
-    source = resolve_teacher(cfg.teacher)
-    teacher, kind = load_teacher(source, cfg.teacher.kind)
+    teacher = teacher_meta(cfg.teacher)
     torch.manual_seed(cfg.train.seed)
-    model = build_student(teacher, kind, cfg.student, seed=cfg.train.seed)
+    model = build_student(teacher, cfg.student, seed=cfg.train.seed)
     width = teacher.config.hidden_size
-    del teacher
 
     class KeepSpans(DistillStudent):  # the anchor and positive spans' pooled embeddings, with their gradient
         def forward(self, ids, att, num_labelled):
@@ -96,9 +94,9 @@ def main() -> int:
                   flush=True)
     out = store / "projected" / args.name / "student"
     as_dict = config_to_dict(cfg)
-    meta = {"teacher": source, "kind": kind, "data": as_dict["data"], "loss": as_dict["loss"],
+    meta = {"teacher": teacher.source, "kind": teacher.kind, "data": as_dict["data"], "loss": as_dict["loss"],
             "projected_term": vars(args)}
-    save_student(model, str(out), source, meta)
+    save_student(model, str(out), teacher.source, meta)
     print(f"projected_term: {out}\n{json.dumps(vars(args))}")
     return 0
 

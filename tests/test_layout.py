@@ -16,7 +16,7 @@ MAX_FUNCTION_LINES = 60
 MAX_LAYERS = 11
 """A module's layer is 1 + the highest layer among the gemini_ray modules it imports (1: it imports none)."""
 WINGS = (
-    {"gemini_ray", "errors", "metric_names", "ray_compat"},
+    {"gemini_ray", "errors", "metric_names", "process_memory", "ray_compat"},
     {"config", "paths", "losses"},
     {"models"},
     {"data"},

@@ -7,8 +7,12 @@ from gemini_ray.config import StudentConfig, TeacherConfig
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.models.build import (
     DistillStudent, build_student, count_parameters, layer_depths, load_student, load_teacher, load_tokenizer, mean_pool,
-    resolve_teacher, student_layer_ids,
+    resolve_teacher, student_layer_ids, teacher_meta,
 )
+
+
+def _meta(path):
+    return teacher_meta(TeacherConfig(model=str(path)))
 
 
 def test_layer_ids_first_or_evenly_spaced_with_first_and_last():
@@ -32,8 +36,9 @@ def test_teacher_kind_is_detected(request, fixture, kind):
 @pytest.mark.parametrize("layers", ["first", "spread"])
 @pytest.mark.parametrize("fixture", ["llama_dir", "bert_dir"])
 def test_layer_subset_init_copies_teacher_weights(request, fixture, layers):
-    teacher, kind = load_teacher(str(request.getfixturevalue(fixture)))
-    student = build_student(teacher, kind, StudentConfig(num_layers=2, layers=layers))
+    path = request.getfixturevalue(fixture)
+    teacher, kind = load_teacher(str(path))
+    student = build_student(_meta(path), StudentConfig(num_layers=2, layers=layers))
     assert student.config.num_hidden_layers == 2
     assert count_parameters(student) < count_parameters(teacher)
     t_state, s_state = teacher.state_dict(), student.state_dict()
@@ -50,7 +55,7 @@ def test_layer_subset_init_copies_teacher_weights(request, fixture, layers):
 def test_first_layers_student_is_a_prefix_of_the_teacher(llama_dir):
     """layers='first': the student's last hidden states are the teacher's after as many layers (final norm applied)."""
     teacher, kind = load_teacher(str(llama_dir))
-    student = build_student(teacher, kind, StudentConfig(num_layers=2, layers="first")).eval()
+    student = build_student(_meta(llama_dir), StudentConfig(num_layers=2, layers="first")).eval()
     ids = torch.randint(0, teacher.config.vocab_size, (2, 7))
     with torch.no_grad():
         hidden = teacher.model(input_ids=ids, output_hidden_states=True).hidden_states[2]
@@ -58,13 +63,13 @@ def test_first_layers_student_is_a_prefix_of_the_teacher(llama_dir):
 
 
 def test_random_init_and_narrower_student(llama_dir):
-    teacher, kind = load_teacher(str(llama_dir))
-    student = build_student(teacher, kind, StudentConfig(num_layers=2, hidden_size=16, init="random"))
+    teacher = _meta(llama_dir)
+    student = build_student(teacher, StudentConfig(num_layers=2, hidden_size=16, init="random"))
     assert student.config.hidden_size == 16 and student.config.vocab_size == teacher.config.vocab_size
     with pytest.raises(GeminiRayError, match="student.init=random"):
-        build_student(teacher, kind, StudentConfig(num_layers=2, hidden_size=16))
+        build_student(teacher, StudentConfig(num_layers=2, hidden_size=16))
     with pytest.raises(GeminiRayError, match="multiple"):
-        build_student(teacher, kind, StudentConfig(num_layers=2, hidden_size=18, init="random"))
+        build_student(teacher, StudentConfig(num_layers=2, hidden_size=18, init="random"))
 
 
 def test_student_with_another_vocabulary_is_refused(tmp_path, llama_dir, lee_texts):
@@ -72,9 +77,8 @@ def test_student_with_another_vocabulary_is_refused(tmp_path, llama_dir, lee_tex
 
     other_tok = word_tokenizer(lee_texts[:5], masked=False, vocab_size=120)
     other = save(tiny_llama(other_tok), other_tok, tmp_path / "other")
-    teacher, kind = load_teacher(str(llama_dir))
     with pytest.raises(GeminiRayError, match="different vocabulary"):
-        load_student(str(other), kind, teacher, load_tokenizer(str(llama_dir)))
+        load_student(str(other), _meta(llama_dir), load_tokenizer(str(llama_dir)))
 
 
 def test_bad_teacher_paths(tmp_path):
@@ -114,8 +118,7 @@ def test_distill_student_logits_match_the_plain_model(request, fixture):
 ])
 def test_layer_depths_count_down_from_the_output(request, fixture, layers, embeddings, top):
     """The top of N layers is 1, the bottom N, the embeddings N + 1, the final norm / head 0."""
-    teacher, kind = load_teacher(str(request.getfixturevalue(fixture)))
-    student = build_student(teacher, kind, StudentConfig(num_layers=3))
+    student = build_student(_meta(request.getfixturevalue(fixture)), StudentConfig(num_layers=3))
     depths = layer_depths(student, embeddings_at_bottom=True)
     assert set(depths) == {name for name, _ in student.named_parameters()}
     for name, depth in depths.items():

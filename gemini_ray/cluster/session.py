@@ -2,7 +2,7 @@
 `tune`, `eval` and `ablate`; the teacher-signal cache that matches the session is found by
 `data.cache.find_cache`.
 
-    session = start_session(cfg, with_teacher=True)   # Session: teacher, tokenizer, cache identity
+    session = start_session(cfg)                      # Session: teacher metadata, tokenizer, cache identity
     cache = find_cache(cfg, session.identity)         # FoundCache(directory, manifest) or None
 """
 
@@ -17,8 +17,9 @@ from gemini_ray.config import Config
 from gemini_ray.errors import GeminiRayError
 
 if TYPE_CHECKING:
-    from torch import nn
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+    from gemini_ray.models.build import TeacherMeta
 
 
 __all__ = ["Session", "init_ray", "configure_data_context", "start_session"]
@@ -26,20 +27,43 @@ __all__ = ["Session", "init_ray", "configure_data_context", "start_session"]
 
 @dataclass
 class Session:
-    """Everything the teacher side resolved for one config."""
+    """Everything the teacher side resolved for one config, from metadata: the driver never holds the
+    teacher's weights (they load in the teacher actors, and a student copies only its own tensors)."""
 
-    teacher_source: str
-    """A local directory (or hub name) `from_pretrained` loads: the converted embedded teacher, for example."""
-    kind: str
-    """'causal' or 'masked'."""
+    teacher: TeacherMeta
+    """Source, config, kind, parameter count and resolved revision (`models.build.teacher_meta`)."""
     tokenizer: PreTrainedTokenizerBase
-    teacher_config: PretrainedConfig
-    teacher_params: int
     identity: dict[str, Any]
     """What the teacher-signal cache key is made of (teacher weights, vocabulary, corpus, span length, ...)."""
     seconds: dict[str, float] = field(default_factory=dict)
-    teacher: nn.Module | None = None
-    """The loaded teacher, when start_session was asked to keep it (a student is derived from it)."""
+
+    @property
+    def teacher_source(self) -> str:
+        """A local directory (or hub name) `from_pretrained` loads: the converted embedded teacher, for example."""
+        return self.teacher.source
+
+    @property
+    def kind(self) -> str:
+        """'causal' or 'masked'."""
+        return self.teacher.kind
+
+    @property
+    def teacher_config(self) -> PretrainedConfig:
+        return self.teacher.config
+
+    @property
+    def teacher_params(self) -> int:
+        return self.teacher.parameters
+
+    def pinned(self, cfg: Config) -> Config:
+        """cfg for the teacher actors: a hub teacher's revision pinned to the commit the cache identity holds,
+        so every actor (a restarted one, one on another node) loads exactly those weights, even if the branch
+        moves on the hub during the run."""
+        import dataclasses
+
+        if not self.teacher.revision or cfg.teacher.revision == self.teacher.revision:
+            return cfg
+        return dataclasses.replace(cfg, teacher=dataclasses.replace(cfg.teacher, revision=self.teacher.revision))
 
 
 def init_ray(cfg: Config) -> None:
@@ -81,28 +105,29 @@ def configure_data_context() -> None:
     ctx.execution_options.preserve_order = True  # the corpus's order: the same rows first on every run
 
 
-def start_session(cfg: Config, with_teacher: bool = False) -> Session:
-    """Resolve the teacher, start Ray, and compute the cache identity. The corpus is not read here: a
-    command streams it (`corpus_pass.corpus_stream`) or makes one whole pass (`corpus_pass.build_examples`).
-
-    with_teacher keeps the loaded teacher in the Session (to derive a student from); otherwise it is freed."""
+def start_session(cfg: Config) -> Session:
+    """Read the teacher's metadata, start Ray, and compute the cache identity. The corpus is not read here:
+    a command streams it (`corpus_pass.corpus_stream`) or makes one whole pass (`corpus_pass.build_examples`).
+    The teacher's weights are not loaded here, whatever its size: they load in the teacher actors."""
     from gemini_ray.cluster.placement import alive_nodes, check_shared_storage
     from gemini_ray.data.cache import cache_identity
-    from gemini_ray.models.build import count_parameters, load_teacher, load_tokenizer, resolve_teacher
+    from gemini_ray.data.teacher_stage import check_backend
+    from gemini_ray.models.build import load_tokenizer, teacher_meta
 
     seconds = {}
     t0 = time.perf_counter()
-    source = resolve_teacher(cfg.teacher)
-    tokenizer = load_tokenizer(source, cfg.teacher.trust_remote_code)
-    teacher, kind = load_teacher(source, cfg.teacher.kind, cfg.teacher.trust_remote_code)
-    vocab = teacher.config.vocab_size
+    meta = teacher_meta(cfg.teacher)
+    tokenizer = load_tokenizer(meta.source, cfg.teacher.trust_remote_code, revision=meta.revision or cfg.teacher.revision)
+    vocab = meta.config.vocab_size
     if cfg.teacher.top_k > vocab:
         raise GeminiRayError(f"teacher.top_k={cfg.teacher.top_k} exceeds the teacher's vocabulary ({vocab} tokens). "
                              f"Choose teacher.top_k <= {vocab}; 16-64 keeps the signal small.")
+    check_backend(cfg.teacher, meta.kind)  # vLLM without its extra: refused before Ray starts
     seconds["teacher_setup_s"] = time.perf_counter() - t0
 
     init_ray(cfg)
-    check_shared_storage(cfg, len(alive_nodes()))
-    return Session(teacher_source=source, kind=kind, tokenizer=tokenizer, teacher_config=teacher.config,
-                   teacher_params=count_parameters(teacher), identity=cache_identity(cfg, source, tokenizer, kind),
-                   seconds=seconds, teacher=teacher if with_teacher else None)
+    nodes = alive_nodes()
+    check_backend(cfg.teacher, meta.kind, nodes if cfg.run.check_resources else None)
+    check_shared_storage(cfg, len(nodes))
+    return Session(teacher=meta, tokenizer=tokenizer, seconds=seconds,
+                   identity=cache_identity(cfg, meta.source, tokenizer, meta.kind, meta.revision))

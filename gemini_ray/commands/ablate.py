@@ -202,7 +202,7 @@ def _ablate(cfg: Config, out: str) -> dict[str, Any]:
     for variant_cfg in _variant_configs(cfg).values():  # a finished row of another config is refused now, not
         check_resume(variant_cfg, run_dir(cfg.run.storage_path, variant_cfg.run.name))  # after 3 rows trained
     t_start = time.perf_counter()
-    session = start_session(cfg, with_teacher=True)  # setup: teacher and corpus, once for the four variants
+    session = start_session(cfg)  # setup: teacher and corpus, once for the four variants
     manifest = make_cache(cfg, session)  # the teacher runs once; every variant reads this cache
     students, summaries = _train_variants(cfg, session)  # fit
     teacher, students_rows, protocol = evaluate_students(cfg, students)  # validate

@@ -205,11 +205,10 @@ def curve(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
     with hold_run_folder(run_dir(cfg.run.storage_path, cfg.run.name)):
         check_resume(cfg, run_dir(cfg.run.storage_path, cfg.run.name))  # before the teacher loads, not after
         t_start, started_at = time.perf_counter(), time.time()
-        session = start_session(cfg, with_teacher=True)
+        session = start_session(cfg)
         run = prepare(cfg, session, started_at=started_at)
         make_output_dir(out, "learning curve")  # every check passed: the folder is ours from here
         untrained = export_untrained(cfg, session, join(out, "students", "step-000000"))
-        session.teacher = None  # the student is derived and the held-out rows labelled: the driver needs it no more
         result = fit_student(run)
         student_dir, state = export(run, result)
         summary = summarize(run, state, student_dir, t_start=t_start)

@@ -36,9 +36,8 @@ def distill(cfg: Config) -> dict[str, Any]:
     with hold_run_folder(run_dir(cfg.run.storage_path, cfg.run.name)):
         check_resume(cfg, run_dir(cfg.run.storage_path, cfg.run.name))  # a resume of another config: refused now
         t_start, started_at = time.perf_counter(), time.time()
-        session = start_session(cfg, with_teacher=True)  # setup: teacher, corpus, examples
+        session = start_session(cfg)  # setup: the teacher's metadata (never its weights), Ray
         run = prepare(cfg, session, started_at=started_at)  # the student and its teacher signal
-        session.teacher = None  # the student is derived and the held-out rows labelled: the driver needs it no more
         result = fit_student(run)  # fit
         student_dir, state = export(run, result)  # export
         return summarize(run, state, student_dir, t_start=t_start)  # summary

@@ -281,9 +281,9 @@ def _tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
     t_start = time.perf_counter()
     cfg = with_worker_cpus(cfg, cached=True, nodes=[], searching=True)  # trials share the CPUs
     _check_space(cfg, space)  # setup: a bad space fails before the teacher loads
-    session = start_session(cfg, with_teacher=True)
+    session = start_session(cfg)
     cache = _search_cache(cfg, space, session)
-    student = build_student(session.teacher, session.kind, cfg.student, seed=cfg.train.seed)
+    student = build_student(session.teacher, cfg.student, seed=cfg.train.seed)
     tokens_before = ray.get(teacher_token_counter().total.remote())
     storage = absolute(cfg.run.storage_path)
     out, trials_dir = join(storage, cfg.tune.name), join(storage, f"{cfg.tune.name}-trials")

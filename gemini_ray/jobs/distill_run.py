@@ -2,7 +2,7 @@
 
 `gemini-ray distill` runs them once; `gemini-ray ablate` runs them once per loss variant on one session.
 
-    session = start_session(cfg, with_teacher=True)
+    session = start_session(cfg)
     run = prepare(cfg, session)                 # student, teacher signal (cache or online), held-out rows
     result = fit_student(run)                   # Ray Train; resumes from <storage>/<name> when it exists
     student_dir, state = export(run, result)    # a plain Hugging Face directory
@@ -83,12 +83,10 @@ def _make_student(cfg: Config, session: Session) -> nn.Module:
     if cfg.loss.objective == "lm" and session.kind != "causal":
         raise GeminiRayError("loss.objective=lm (next-token cross-entropy) needs a causal teacher's tokenizer and "
                              f"spans; this teacher is {session.kind}. Use loss.objective=distill.")
-    if session.teacher is None:
-        raise ValueError("prepare() needs a session started with with_teacher=True (the student derives from it)")
     if cfg.student.from_pretrained:
-        student = load_student(cfg.student.from_pretrained, session.kind, session.teacher, session.tokenizer)
+        student = load_student(cfg.student.from_pretrained, session.teacher, session.tokenizer)
     else:
-        student = build_student(session.teacher, session.kind, cfg.student, seed=cfg.train.seed)
+        student = build_student(session.teacher, cfg.student, seed=cfg.train.seed)
     widths = student.config.hidden_size, session.teacher_config.hidden_size
     if cfg.loss.rep_weight > 0 and cfg.loss.rep_form == "cosine" and widths[0] != widths[1]:
         raise GeminiRayError(
@@ -148,12 +146,12 @@ def _teacher_signal(cfg: Config, session: Session, cache: FoundCache | None, pla
     probe = probe_corpus(cfg, session.teacher_source, session.kind)
     print(probe.stats.line(read="" if probe.whole else " (the start read before training)"), flush=True)
     _check_steps(cfg, probe.stats.train_examples, "the corpus")
-    val = label_rows(cfg, probe.val) if probe.val is not None else None
+    val = label_rows(session.pinned(cfg), probe.val) if probe.val is not None else None
     t = cfg.train
     steps_left = t.max_steps - earliest_resume_step(cfg)
     rows = online_rows(cfg, session.teacher_source, session.kind, max(1, steps_left) * t.examples_per_step,
                        plan)
-    return label_and_mine(cfg, rows.examples), val, probe, rows.ledger
+    return label_and_mine(session.pinned(cfg), rows.examples), val, probe, rows.ledger
 
 
 def prepare(cfg: Config, session: Session, started_at: float | None = None, own_session: bool = True) -> Run:
@@ -323,6 +321,7 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
     from gemini_ray.data.cache import signal_bytes_per_token
     from gemini_ray.data.pipeline import teacher_token_counter
     from gemini_ray.models.build import count_parameters
+    from gemini_ray.process_memory import peak_rss_mib
 
     cfg, session = run.cfg, run.session
     if t_start is not None:
@@ -334,7 +333,8 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
     summary = {
         "config": config_to_dict(cfg),
         "teacher": {"source": session.teacher_source, "kind": session.kind, "parameters": session.teacher_params,
-                    "vocab_size": session.teacher_config.vocab_size},
+                    "vocab_size": session.teacher_config.vocab_size, "revision": session.teacher.revision,
+                    "backend": cfg.teacher.backend},
         "student": {"path": str(student_dir), "parameters": n_student,
                     "parameter_ratio": n_student / session.teacher_params},
         "corpus": _corpus_section(run),
@@ -344,6 +344,7 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
                                                                  cfg.data.span_length),
         "full_distribution_bytes_per_token": session.teacher_config.vocab_size * 4,
         "wall_time_s": run.seconds,
+        "driver_peak_memory_mib": round(peak_rss_mib(), 1),  # flat in the teacher's size: its weights stay in actors
         "ray_compat": ray_compat.status(cfg.run.patch_ray_data),  # Ray release; each patch: requested, active
     }
     summary["training"]["throughput"]["peak_tflops"] = run.peak_tflops

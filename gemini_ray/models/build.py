@@ -10,9 +10,11 @@ under the teacher cache (keyed by the GGUF file's content hash). Later loads tak
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -23,7 +25,11 @@ from gemini_ray.paths import atomic_dir, check_writable, package_file, remove_tr
 
 __all__ = [
     "TeacherKind",
+    "TeacherMeta",
     "resolve_teacher",
+    "resolve_revision",
+    "teacher_meta",
+    "read_tensors",
     "teacher_kind",
     "load_teacher",
     "load_tokenizer",
@@ -163,39 +169,190 @@ def _hf_error(what: str, source: str, exc: Exception, fix: str = _FIX_TEACHER) -
     return GeminiRayError(f"could not load the {what} '{source}': {type(exc).__name__}: {first}. {fix}")
 
 
-def load_tokenizer(source: str, trust_remote_code: bool = False, fix: str = _FIX_TEACHER):
+def load_tokenizer(source: str, trust_remote_code: bool = False, fix: str = _FIX_TEACHER, revision: str | None = None):
     """A model's tokenizer; fix: what the error message tells the user to do (default: check teacher.model)."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds
         raise _hf_error("tokenizer", source, exc, fix) from None
 
 
 def load_teacher(source: str, kind: str = "auto", trust_remote_code: bool = False,
-                 dtype: torch.dtype = torch.float32, fix: str = _FIX_TEACHER) -> tuple[nn.Module, TeacherKind]:
+                 dtype: torch.dtype = torch.float32, fix: str = _FIX_TEACHER, revision: str | None = None,
+                 device_map: Any = None) -> tuple[nn.Module, TeacherKind]:
     """Load a resolved teacher in eval mode, in `dtype`, with PyTorch's scaled-dot-product attention where
-    the architecture has it (else its own); returns (model, kind). fix: what an error message tells the
-    user to do (the evaluation loads students through here too)."""
+    the architecture has it (else its own); returns (model, kind). Weights load straight to where
+    `device_map` puts them (a device, or accelerate's map over several GPUs), in `dtype`: no full-precision
+    copy on the CPU first. fix: what an error message tells the user to do (the evaluation loads students
+    through here too)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     if trust_remote_code:
         print(f"[gemini-ray] WARNING: trust_remote_code is ON for teacher '{source}': its own code will run.")
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
         resolved: TeacherKind = teacher_kind(config, kind)
         cls = AutoModelForMaskedLM if resolved == "masked" else AutoModelForCausalLM
+        where = {"revision": revision, **({"device_map": device_map} if device_map is not None else {})}
         try:
             model = cls.from_pretrained(source, dtype=dtype, attn_implementation="sdpa",
-                                        trust_remote_code=trust_remote_code)
+                                        trust_remote_code=trust_remote_code, **where)
         except ValueError as exc:  # transformers: "... does not support an attention implementation through SDPA"
             if "sdpa" not in str(exc).lower():
                 raise
-            model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+            model = cls.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **where)
     except Exception as exc:  # noqa: BLE001
         raise _hf_error("teacher" if fix == _FIX_TEACHER else "model", source, exc, fix) from None
     return model.eval(), resolved
+
+
+# --------------------------------------------------------------------------- metadata (no weights)
+
+
+@dataclass(frozen=True)
+class TeacherMeta:
+    """What the driver knows of a teacher without loading its weights: its config, kind and size, read from
+    config.json and a model skeleton on the meta device. The weights stay in the teacher actors."""
+
+    source: str
+    """A local directory or hub name `from_pretrained` loads (`resolve_teacher`)."""
+    config: Any
+    """The teacher's transformers config."""
+    kind: TeacherKind
+    parameters: int
+    """Unique parameters (a tied head counts once), counted on the meta device."""
+    revision: str | None = None
+    """The commit a hub teacher resolved to (`resolve_revision`); None for a local teacher."""
+
+
+def resolve_revision(cfg: TeacherConfig, source: str) -> str | None:
+    """The commit hash `teacher.revision` (default: the main branch) names for a hub teacher, read from the hub
+    or, offline, from the local hub cache; None for a local teacher. A revision that does not exist is an error
+    here, before anything starts."""
+    local = Path(source).expanduser().exists()
+    if local:
+        if cfg.revision:
+            raise GeminiRayError(
+                f"teacher.revision='{cfg.revision}' pins a hub teacher, but teacher.model '{cfg.model}' is local "
+                f"('{source}'): a local copy is its own version. Drop teacher.revision, or set teacher.model to the "
+                "hub name.")
+        return None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return Path(hf_hub_download(source, "config.json", revision=cfg.revision)).parent.name  # snapshots/<commit>/
+    except RevisionNotFoundError:
+        raise GeminiRayError(
+            f"teacher.revision='{cfg.revision}' does not exist in the hub teacher '{source}'. Give one of its "
+            "branches, tags or commit hashes (the model page's 'Files and versions' lists them), or unset "
+            "teacher.revision for the main branch.") from None
+    except (LocalEntryNotFoundError, RepositoryNotFoundError) as exc:
+        if not cfg.revision:
+            return None  # loading the config below says what is wrong with teacher.model
+        raise GeminiRayError(
+            f"teacher.revision='{cfg.revision}' of the hub teacher '{source}' was not found: it does not exist, or "
+            f"it is not in the local hub cache and the hub cannot be reached ({type(exc).__name__}). Give an existing "
+            "branch, tag or commit hash (download it first where the hub is unreachable), or unset "
+            "teacher.revision.") from None
+
+
+def load_config(source: str, trust_remote_code: bool = False, revision: str | None = None, fix: str = _FIX_TEACHER):
+    """A model's transformers config (config.json only)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+    except Exception as exc:  # noqa: BLE001
+        raise _hf_error("teacher config", source, exc, fix) from None
+
+
+def teacher_meta(cfg: TeacherConfig, source: str | None = None) -> TeacherMeta:
+    """Resolve the teacher and read its metadata: config, kind, parameter count and resolved revision, never
+    its weights (a 70 B teacher costs the driver what its config costs)."""
+    source = source or resolve_teacher(cfg)
+    commit = resolve_revision(cfg, source)
+    config = load_config(source, cfg.trust_remote_code, commit or cfg.revision)
+    kind = teacher_kind(config, cfg.kind)
+    return TeacherMeta(source, config, kind, _count_on_meta(config, kind, cfg.trust_remote_code), commit)
+
+
+def _count_on_meta(config, kind: TeacherKind, trust_remote_code: bool) -> int:
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    cls = AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
+    config = config.__class__.from_dict(config.to_dict())
+    if hasattr(config, "quantization_config"):  # the skeleton counts the unquantised parameters
+        del config.quantization_config
+    try:
+        with torch.device("meta"):  # shapes and tied weights, no memory
+            return count_parameters(cls.from_config(config, trust_remote_code=trust_remote_code))
+    except Exception as exc:  # noqa: BLE001
+        raise _hf_error("teacher architecture", getattr(config, "_name_or_path", "?"), exc) from None
+
+
+_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                 "pytorch_model.bin")
+"""Where a Hugging Face model's weights are, in the order `from_pretrained` prefers them."""
+
+
+def _teacher_file(teacher: TeacherMeta, name: str) -> Path | None:
+    """One file of the teacher: in its directory, or fetched from the hub (only that file) at its revision."""
+    local = Path(teacher.source).expanduser()
+    if local.is_dir():
+        return local / name if (local / name).is_file() else None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(teacher.source, name, revision=teacher.revision))
+    except Exception:  # noqa: BLE001 - the file does not exist at this revision (or is not cached offline)
+        return None
+
+
+def _weight_map(teacher: TeacherMeta) -> dict[str, str]:
+    """Tensor name -> the weight file that holds it, from the shard index or the single file's header."""
+    for name in _WEIGHT_FILES:
+        path = _teacher_file(teacher, name)
+        if path is None:
+            continue
+        if name.endswith(".index.json"):
+            return json.loads(path.read_text(encoding="utf-8"))["weight_map"]
+        if name.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:  # reads the header only
+                return dict.fromkeys(f.keys(), name)
+        return dict.fromkeys(torch.load(path, map_location="cpu", mmap=True, weights_only=True), name)
+    raise GeminiRayError(f"the teacher '{teacher.source}' has no weight files ({', '.join(_WEIGHT_FILES)}), so a "
+                         "student cannot copy its layers. Use student.init=random, or a teacher saved by save_pretrained.")
+
+
+def read_tensors(teacher: TeacherMeta, names: list[str], prefix: str = "") -> dict[str, torch.Tensor]:
+    """The named teacher tensors, read one at a time from its weight files (safetensors: only those bytes;
+    a hub teacher: only the shards that hold them are fetched). A name missing from the files is left out;
+    `prefix` (the model's base_model_prefix) is tried stripped, as some checkpoints store the body bare."""
+    where = _weight_map(teacher)
+    by_file: dict[str, dict[str, str]] = {}
+    for n in names:
+        bare = n[len(prefix) + 1 :] if prefix and n.startswith(prefix + ".") else None
+        key = n if n in where else bare if bare in where else None
+        if key is not None:
+            by_file.setdefault(where[key], {})[key] = n
+    out: dict[str, torch.Tensor] = {}
+    for file, keys in by_file.items():
+        path = _teacher_file(teacher, file)
+        if file.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                out.update({n: f.get_tensor(key) for key, n in keys.items()})
+        else:  # a PyTorch pickle, memory-mapped: only the tensors read are paged in
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            out.update({n: state[key].clone() for key, n in keys.items()})
+            del state
+    return out
 
 
 # --------------------------------------------------------------------------- student
@@ -223,17 +380,8 @@ def _layer_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     raise GeminiRayError(f"cannot find the transformer layers of {type(model).__name__} to copy from.")
 
 
-def build_student(teacher: nn.Module, kind: TeacherKind, cfg: StudentConfig, seed: int = 0) -> nn.Module:
-    """Derive a smaller student from the teacher's config: same vocabulary, fewer (narrower) layers.
-
-    init='teacher_layers' copies the embeddings, final norm, head and the student.layers choice of teacher
-    layers; it needs the teacher's width. init='random' initialises from scratch with the config's initializer.
-    """
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-
-    t_config = teacher.config
-    n_teacher = t_config.num_hidden_layers
-    ids = student_layer_ids(n_teacher, cfg.num_layers, cfg.layers)
+def _student_config(t_config, ids: list[int], cfg: StudentConfig):
+    """The teacher's config with the student's depth (and width, for init='random')."""
     s_config = t_config.__class__.from_dict(t_config.to_dict())
     s_config.num_hidden_layers = cfg.num_layers
     if hasattr(s_config, "quantization_config"):
@@ -260,33 +408,59 @@ def build_student(teacher: nn.Module, kind: TeacherKind, cfg: StudentConfig, see
         if cfg.init == "teacher_layers" and cfg.intermediate_size != t_config.intermediate_size:
             raise GeminiRayError("student.intermediate_size must equal the teacher's with student.init=teacher_layers.")
         s_config.intermediate_size = cfg.intermediate_size
+    return s_config
+
+
+def build_student(teacher: TeacherMeta, cfg: StudentConfig, seed: int = 0) -> nn.Module:
+    """Derive a smaller student from the teacher's config: same vocabulary, fewer (narrower) layers.
+
+    init='teacher_layers' copies the embeddings, final norm, head and the student.layers choice of teacher
+    layers, read one tensor at a time from the teacher's weight files (`read_tensors`): the teacher is never
+    loaded whole, so this costs about the student's memory. It needs the teacher's width. init='random'
+    initialises from scratch with the config's initializer.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    t_config = teacher.config
+    ids = student_layer_ids(t_config.num_hidden_layers, cfg.num_layers, cfg.layers)
     torch.manual_seed(seed)
-    cls = AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
-    student = cls.from_config(s_config, dtype=torch.float32)
+    cls = AutoModelForMaskedLM if teacher.kind == "masked" else AutoModelForCausalLM
+    student = cls.from_config(_student_config(t_config, ids, cfg), dtype=torch.float32)
     if cfg.init == "teacher_layers":
-        t_state = teacher.state_dict()
-        t_layers_name, _ = _layer_list(teacher)
-        new_state = {}
-        for key, value in student.state_dict().items():
+        layers_name = _layer_list(student)[0] + "."
+        wanted = {}  # teacher tensor name -> student tensor name
+        for key in student.state_dict():
             src = key
-            prefix = t_layers_name + "."
-            if key.startswith(prefix):
-                idx, rest = key[len(prefix) :].split(".", 1)
-                src = f"{prefix}{ids[int(idx)]}.{rest}"
-            if src in t_state and t_state[src].shape == value.shape:
-                new_state[key] = t_state[src].clone()
-        student.load_state_dict(new_state, strict=False)
+            if key.startswith(layers_name):
+                idx, rest = key[len(layers_name):].split(".", 1)
+                src = f"{layers_name}{ids[int(idx)]}.{rest}"
+            wanted[src] = key
+        found = read_tensors(teacher, list(wanted), student.base_model_prefix)
+        shapes = {k: v.shape for k, v in student.state_dict().items()}
+        state = {wanted[src]: t for src, t in found.items() if t.shape == shapes[wanted[src]]}
+        student.load_state_dict(state, strict=False)  # copies into the fp32 parameters
         student.tie_weights()
+        _warn_uncopied(student, state, teacher.source)
     return student
 
 
-def load_student(path: str, kind: TeacherKind, teacher: nn.Module, teacher_tokenizer=None) -> nn.Module:
+def _warn_uncopied(student: nn.Module, copied: dict[str, torch.Tensor], source: str) -> None:
+    """Name the student parameters that kept their random initialisation (a head tied to the embeddings is
+    copied through them)."""
+    tied = {id(p) for k, p in student.named_parameters() if k in copied}
+    missing = [k for k, p in student.named_parameters(remove_duplicate=False) if k not in copied and id(p) not in tied]
+    if missing:
+        print(f"[gemini-ray] WARNING: {len(missing)} student tensors were not found in the teacher's weight files "
+              f"'{source}' and start random: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+
+
+def load_student(path: str, teacher: TeacherMeta, teacher_tokenizer=None) -> nn.Module:
     """An existing student directory; refuses one whose vocabulary differs from the teacher's."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     if not (Path(path) / "config.json").is_file():
         raise GeminiRayError(f"student.from_pretrained '{path}' is not a Hugging Face model directory (no config.json).")
-    cls = AutoModelForMaskedLM if kind == "masked" else AutoModelForCausalLM
+    cls = AutoModelForMaskedLM if teacher.kind == "masked" else AutoModelForCausalLM
     try:
         student = cls.from_pretrained(path, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001
