@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from gemini_ray.cli import main
-from gemini_ray.config import StudentConfig
+from gemini_ray.config import StudentConfig, TeacherConfig
 from gemini_ray.config import build_config
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation.metrics import causal_targets, linear_probe_accuracy, spearman, token_stats
 from gemini_ray.evaluation.tasks.lee import lee_similarity
 from gemini_ray.evaluation.tasks.rotten_tomatoes import rotten_tomatoes
 from gemini_ray.jobs.evaluate import compare_pair, evaluate, paired_differences, paired_perplexity, recorded_settings
-from gemini_ray.models.build import build_student, load_teacher
+from gemini_ray.models.build import build_student, load_teacher, teacher_meta
 from helpers import save, tiny_llama, word_tokenizer
 
 # --------------------------------------------------------------------------- metrics
@@ -88,8 +88,7 @@ def test_missing_package_names_the_install_command(monkeypatch):
 
 @pytest.fixture(scope="module")
 def student_dir(llama_dir, tmp_path_factory):
-    teacher, kind = load_teacher(str(llama_dir))
-    student = build_student(teacher, kind, StudentConfig(num_layers=2))
+    student = build_student(teacher_meta(TeacherConfig(model=str(llama_dir))), StudentConfig(num_layers=2))
     from transformers import AutoTokenizer
 
     return save(student, AutoTokenizer.from_pretrained(llama_dir), tmp_path_factory.mktemp("student"))
@@ -167,6 +166,7 @@ def test_the_teachers_quality_scores_are_kept_and_reused_only_for_the_same_files
     computed = []
     real = eval_run._quality_row
     monkeypatch.setattr(eval_run, "_quality_row", lambda m, *a: computed.append(m.name) or real(m, *a))
+    monkeypatch.setattr(eval_run, "on_teacher_resources", lambda cfg, fn, *a: fn(*a))  # here, not in a Ray task
 
     def report(*extra):
         cfg = build_config(None, [*_args(tmp_path / "unused.jsonl"), f"run.storage_path={tmp_path / 'runs'}", *extra],
@@ -243,12 +243,10 @@ def test_ablate_trains_four_variants_from_one_teacher_pass(ray_start_2_cpus, lla
 
 def _session(llama_dir):
     from gemini_ray.cluster.session import Session
-    from gemini_ray.models.build import count_parameters, load_teacher, load_tokenizer
+    from gemini_ray.models.build import load_tokenizer
 
-    teacher, kind = load_teacher(str(llama_dir))
-    return Session(teacher_source=str(llama_dir), kind=kind, tokenizer=load_tokenizer(str(llama_dir)),
-                   teacher_config=teacher.config, teacher_params=count_parameters(teacher),
-                   identity={"corpus": "c0ffee"}, teacher=teacher)
+    return Session(teacher=teacher_meta(TeacherConfig(model=str(llama_dir))), tokenizer=load_tokenizer(str(llama_dir)),
+                   identity={"corpus": "c0ffee"})
 
 
 def test_the_untrained_row_is_the_teachers_copied_prefix_as_an_exported_student(llama_dir, tmp_path):
@@ -262,7 +260,7 @@ def test_the_untrained_row_is_the_teachers_copied_prefix_as_an_exported_student(
     assert read_student_meta(path)["untrained"] is True and read_student_meta(path)["teacher"] == str(llama_dir)
     student = load_model("untrained", path, "causal").model
     assert student.config.num_hidden_layers == 1
-    t_state, s_state = session.teacher.state_dict(), student.state_dict()
+    t_state, s_state = load_teacher(str(llama_dir))[0].state_dict(), student.state_dict()
     for key in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.norm.weight"):
         assert torch.equal(s_state[key], t_state[key]), key  # copied, and no step taken
 
@@ -544,6 +542,7 @@ def test_a_third_task_plugs_in_with_one_entry_in_the_task_list(student_dir, llam
     from gemini_ray.jobs import evaluate as eval_run
 
     monkeypatch.setattr(tasks, "TASKS", (*tasks.TASKS, _ToyTask()))
+    monkeypatch.setattr(eval_run, "on_teacher_resources", lambda cfg, fn, *a: fn(*a))  # here: the toy task is local
     cfg = build_config(None, [*_args(tmp_path / "unused.jsonl"), "eval.reuse_teacher=false"],
                        base=recorded_settings(str(student_dir)))
     handed = {}
@@ -565,3 +564,23 @@ def test_a_third_task_plugs_in_with_one_entry_in_the_task_list(student_dir, llam
     assert "| Lee Spearman [95 % CI] | RT accuracy [95 % CI] | Toy norm [95 % CI] |" in eval_run.markdown_table(
         report["models"])
     assert list(paired_differences(s, t)) == ["lee_spearman", "rt_accuracy", "toy_norm"]
+
+
+def test_the_teacher_is_loaded_in_a_ray_task_never_in_the_driver(ray_start_2_cpus, student_dir, llama_dir, lee_texts,
+                                                                 tmp_path, monkeypatch):
+    """With a teacher, the models load and run in a task holding the teacher's resources: a driver that cannot
+    load a model still gets the report (and records its own peak memory). Control: without a teacher the
+    models run in the driver, and the same patch stops the evaluation."""
+    from gemini_ray.jobs import evaluate as eval_run
+
+    def no_loading_here(*args, **kwargs):
+        raise AssertionError("a model was loaded in the driver")
+
+    monkeypatch.setattr(eval_run, "load_model", no_loading_here)
+    cfg = build_config(None, [*_args(tmp_path / "unused.jsonl"), f"run.storage_path={tmp_path / 'runs'}"],
+                       base=recorded_settings(str(student_dir)))
+    corpus = (lee_texts[30:34], {})
+    report = evaluate(str(student_dir), cfg, teacher_source=str(llama_dir), corpus=corpus)
+    assert set(report["models"]) == {"student", "teacher"} and report["driver_peak_memory_mib"] > 0
+    with pytest.raises(AssertionError, match="loaded in the driver"):
+        evaluate(str(student_dir), cfg, teacher_source="", with_teacher=False, corpus=corpus)

@@ -33,6 +33,7 @@ from gemini_ray.evaluation import tasks as evaluation_tasks
 from gemini_ray.evaluation import teacher_row
 from gemini_ray.evaluation.metrics import TokenStats, bootstrap_interval, causal_targets, token_stats
 from gemini_ray.evaluation.tasks import EvalTask
+from gemini_ray.process_memory import peak_rss_mib
 
 __all__ = ["Model", "load_model", "evaluate", "evaluate_students", "corpus_against_sets", "markdown_table",
            "read_student_meta", "recorded_settings",
@@ -48,6 +49,11 @@ class Model:
     tokenizer: Any
     kind: str
     vocab: str
+
+    @property
+    def device(self) -> torch.device:
+        """Where the inputs go: the first layer's device (the CPU, or the first of the task's GPUs)."""
+        return next(self.model.parameters()).device
 
 
 def _check_model_dir(path: str, what: str) -> Path:
@@ -125,7 +131,9 @@ def load_model(name: str, source: str, kind: str = "auto") -> Model:
     from gemini_ray.models.build import load_teacher, load_tokenizer
 
     fix = None if name == "teacher" else _LOAD_FIX  # None: the teacher's own advice (check teacher.model)
-    model, resolved = load_teacher(source, kind, **({"fix": fix} if fix else {}))
+    gpus = torch.cuda.device_count()  # the GPUs Ray gave the evaluation task (the teacher's), or none
+    device_map = "auto" if gpus > 1 else ("cuda:0" if gpus == 1 else None)
+    model, resolved = load_teacher(source, kind, device_map=device_map, **({"fix": fix} if fix else {}))
     tok = load_tokenizer(source, **({"fix": fix} if fix else {}))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -156,7 +164,7 @@ def embed_texts(m: Model, texts: list[str], max_length: int, batch_size: int) ->
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         batch_ids, att = _pad([ids[i] or [m.tokenizer.pad_token_id] for i in idx], m.tokenizer.pad_token_id)
-        out[idx] = embed(m.model, batch_ids, att).float().numpy()
+        out[idx] = embed(m.model, batch_ids.to(m.device), att.to(m.device)).float().cpu().numpy()
     return out
 
 
@@ -198,11 +206,13 @@ def lm_metrics(m: Model, windows: list[list[int]], batch_size: int, reference: M
         else:
             inputs, positions = _mask(ids, att, m.tokenizer, mlm_probability, seed + b)
             targets = ids
-        logits = m.model(input_ids=inputs, attention_mask=att).logits
+        logits = m.model(input_ids=inputs.to(m.device), attention_mask=att.to(m.device)).logits.cpu()
         if reference is m:
             ref = logits
+        elif reference is not None:
+            ref = reference.model(input_ids=inputs.to(reference.device), attention_mask=att.to(reference.device)).logits.cpu()
         else:
-            ref = reference.model(input_ids=inputs, attention_mask=att).logits if reference is not None else None
+            ref = None
         for r in range(len(ids)):  # per window: (1, L, V) slices
             window = token_stats(logits[r : r + 1], targets[r : r + 1], positions[r : r + 1],
                                  None if ref is None else ref[r : r + 1])
@@ -216,17 +226,6 @@ def lm_metrics(m: Model, windows: list[list[int]], batch_size: int, reference: M
 # --------------------------------------------------------------------------- cost
 
 
-def _vm_hwm_mib() -> float:
-    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
-    from the parent through fork + exec, so a child of a large process would report the parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024  # kB -> MiB
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: best available
-
-
 def _peak_rss_child(source: str, kind: str, batch: tuple[int, int], conn) -> None:  # pragma: no cover (child)
     from gemini_ray.models.build import load_teacher
 
@@ -234,7 +233,7 @@ def _peak_rss_child(source: str, kind: str, batch: tuple[int, int], conn) -> Non
     model, _ = load_teacher(source, kind)
     with torch.no_grad():
         model(input_ids=torch.ones(batch, dtype=torch.long), attention_mask=torch.ones(batch, dtype=torch.long))
-    conn.send(_vm_hwm_mib())
+    conn.send(peak_rss_mib())
     conn.close()
 
 
@@ -264,7 +263,9 @@ def forward_times(models: list[Model], batch: tuple[int, int], rounds: int, seed
         ids = torch.randint(0, vocab, batch, generator=gen)
         for m in models if r % 2 == 0 else models[::-1]:
             t0 = time.perf_counter()
-            m.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            m.model(input_ids=ids.to(m.device), attention_mask=torch.ones_like(ids).to(m.device))
+            if m.device.type == "cuda":
+                torch.cuda.synchronize(m.device)
             if r:
                 times[m.name].append(time.perf_counter() - t0)
     return times
@@ -384,16 +385,47 @@ def _notes(cfg: Config, name: str, student: Model, teacher: Model | None, held_o
 def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, with_teacher: bool = True,
              name: str = "student", corpus: tuple[list[str], dict[str, int]] | None = None) -> dict[str, Any]:
     """Run the protocol on the model (and the teacher); returns the report. corpus: `corpus_against_sets(cfg)`
-    when already computed (it reads the whole training corpus)."""
-    e = cfg.eval
+    when already computed (it reads the whole training corpus). The driver reads the sets and the corpus; the
+    models load and run in a Ray task that holds the teacher's resources (`on_teacher_resources`) whenever the
+    teacher is loaded, as its row or as the reference for KL and agreement: never in the driver."""
     t_start = time.perf_counter()
     student_path, teacher_source, meta = _model_sources(model_dir, cfg, teacher_source, with_teacher)
     # evaluation sets first: an overlap with the training corpus refuses before any model loads
-    sets = _load_sets(e)
+    sets = _load_sets(cfg.eval)
     held_out, hits = corpus or _corpus_against(cfg, sets)
     _refuse_overlap(cfg, hits)
+    args = (cfg, str(student_path), meta.get("kind", "auto"), teacher_source, with_teacher, name, held_out, sets)
+    report = on_teacher_resources(cfg, score_models, *args) if teacher_source else score_models(*args)
+    report["wall_time_s"] = time.perf_counter() - t_start
+    report["driver_peak_memory_mib"] = round(peak_rss_mib(), 1)
+    return report
 
-    student = load_model(name, str(student_path), meta.get("kind", "auto"))
+
+def on_teacher_resources(cfg: Config, fn: Any, *args: Any) -> Any:
+    """fn(*args) in a Ray task holding the teacher actors' resources: teacher.num_gpus GPUs (accelerate
+    spreads the teacher over several), teacher.resources (a teacher node) and at least one CPU. Its errors
+    for the user come back as they are."""
+    import ray
+
+    from gemini_ray.cluster.session import init_ray
+
+    init_ray(cfg)
+    t = cfg.teacher
+    task = ray.remote(fn).options(num_cpus=max(1.0, t.num_cpus), num_gpus=t.num_gpus, resources=dict(t.resources),
+                                  max_retries=0)
+    try:
+        return ray.get(task.remote(*args))
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, GeminiRayError):
+            raise exc.cause from None
+        raise
+
+
+def score_models(cfg: Config, student_path: str, student_kind: str, teacher_source: str | None, with_teacher: bool,
+                 name: str, held_out: list[str], sets: list[tuple[EvalTask, Any]]) -> dict[str, Any]:
+    """Load the model (and the teacher) here and score them on the protocol: the report without its wall time."""
+    e = cfg.eval
+    student = load_model(name, student_path, student_kind)
     teacher = load_model("teacher", teacher_source) if teacher_source else None  # its own kind, from its config
     notes = _notes(cfg, name, student, teacher, held_out)
     same_vocab = teacher is not None and teacher.vocab == student.vocab and teacher.kind == student.kind
@@ -415,7 +447,7 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
         print(f"[gemini-ray] eval {m.name}: {_line(row)} ({row['eval_s']:.0f} s)")
     if name in rows and "teacher" in rows:
         rows[name]["vs_teacher"] = versus_teacher(rows[name], rows["teacher"])
-    return {"protocol": protocol, "models": rows, "notes": notes, "wall_time_s": time.perf_counter() - t_start}
+    return {"protocol": protocol, "models": rows, "notes": notes}
 
 
 def _kept_or_scored(cfg: Config, m: Model, is_teacher: bool, ref: Model | None, protocol: dict[str, Any],
