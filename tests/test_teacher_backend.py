@@ -10,18 +10,20 @@ import pytest
 
 from gemini_ray.config import TeacherConfig, build_config
 from gemini_ray.data import pipeline, teacher_stage
-from gemini_ray.data.teacher_stage import BACKENDS, TeacherLabeler, teacher_backend
+from gemini_ray.data.teacher_stage import BACKENDS, TeacherLabeler, check_backend, teacher_backend
+from gemini_ray.data.vllm_teacher import VLLMTeacher, topk_from_logprobs
 from gemini_ray.errors import ConfigError, GeminiRayError
 
 
 def test_the_backend_key_defaults_to_hf_and_refuses_an_unknown_backend_naming_key_values_and_fix():
     assert build_config(None, []).teacher.backend == "hf"
-    with pytest.raises(ConfigError, match=r"'teacher.backend': must be one of \['hf'\], got 'vllm'.*teacher.backend=hf"):
-        build_config(None, ["teacher.backend=vllm"])
-    assert teacher_backend("hf") is TeacherLabeler
-    with pytest.raises(GeminiRayError, match=r"'teacher.backend': no teacher backend 'vllm'; the backends are \['hf'\]"
-                                             r".*Set teacher.backend=hf"):
-        teacher_backend("vllm")  # a teacher section built without the config loader (an actor's dict)
+    assert build_config(None, ["teacher.backend=vllm"]).teacher.backend == "vllm"
+    with pytest.raises(ConfigError, match=r"'teacher.backend': must be one of \['hf', 'vllm'\], got 'onnx'"):
+        build_config(None, ["teacher.backend=onnx"])
+    assert teacher_backend("hf") is TeacherLabeler and teacher_backend("vllm") is VLLMTeacher
+    with pytest.raises(GeminiRayError, match=r"'teacher.backend': no teacher backend 'onnx'; the backends are "
+                                             r"\['hf', 'vllm'\].*Set teacher.backend=hf"):
+        teacher_backend("onnx")  # a teacher section built without the config loader (an actor's dict)
 
 
 def test_every_value_the_key_allows_has_a_backend():
@@ -66,3 +68,49 @@ def test_the_pipelines_teacher_actor_runs_the_backend_the_key_names(monkeypatch,
     default = pipeline.CountingTeacherLabeler({"model": str(llama_dir), "top_k": 2})  # no key: 'hf'
     assert isinstance(default.teacher, TeacherLabeler)
     assert default(batch)["topk_logits"].shape == (3, 2, 5, 2) and counter.added[-1] == 28
+
+
+# --------------------------------------------------------------------------- vllm: what is checked before it starts
+
+
+def test_parallel_sizes_need_the_vllm_backend_and_whole_gpus_equal_to_the_engine():
+    ok = build_config(None, ["teacher.backend=vllm", "teacher.tensor_parallel_size=4", "teacher.num_gpus=4"])
+    assert ok.teacher.tensor_parallel_size * ok.teacher.pipeline_parallel_size == 4
+    for overrides, message in [
+        (["teacher.tensor_parallel_size=2", "teacher.num_gpus=2"], "needs teacher.backend=vllm"),
+        (["teacher.backend=vllm", "teacher.tensor_parallel_size=2", "teacher.num_gpus=1.5"], "whole number"),
+        (["teacher.backend=vllm", "teacher.tensor_parallel_size=2", "teacher.pipeline_parallel_size=2",
+          "teacher.num_gpus=2"], "set teacher.num_gpus=4"),
+        (["teacher.backend=vllm", "teacher.tensor_parallel_size=0"], "must be >= 1"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            build_config(None, overrides)
+
+
+def test_an_engine_larger_than_any_node_and_a_missing_extra_are_refused(monkeypatch):
+    tp8 = build_config(None, ["teacher.backend=vllm", "teacher.tensor_parallel_size=8", "teacher.num_gpus=8"]).teacher
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())  # the extra counts as installed
+    check_backend(tp8, "causal", [{"CPU": 96, "GPU": 8}])  # control: one 8-GPU node holds the engine
+    check_backend(tp8, "causal", None)  # nodes not known (run.check_resources=false): not checked
+    with pytest.raises(GeminiRayError, match=r"needs 8 GPUs on one node.*largest node of this cluster has 4"):
+        check_backend(tp8, "causal", [{"GPU": 4}, {"GPU": 4}])  # 8 in all, but an engine lives on one node
+    with pytest.raises(GeminiRayError, match="runs causal teachers.*teacher.backend=hf"):
+        check_backend(tp8, "masked", None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    with pytest.raises(GeminiRayError, match=r"needs vLLM, which is not installed.*pip install -e \"\.\[vllm\]\""):
+        check_backend(tp8, "causal", None)
+    check_backend(build_config(None, []).teacher, "causal", None)  # control: 'hf' needs no extra
+
+
+class _Logprob(SimpleNamespace):
+    """vLLM's Logprob: .logprob, .rank (1-based)."""
+
+
+def test_the_extra_prompt_token_outside_the_top_k_never_enters_the_signal():
+    """vLLM adds the prompt token itself to each position's dict with its true rank: dropped when rank > k."""
+    entry = {7: _Logprob(logprob=-0.5, rank=1), 3: _Logprob(logprob=-1.5, rank=2), 9: _Logprob(logprob=-9.0, rank=40)}
+    assert topk_from_logprobs(entry, 2) == ([7, 3], [-0.5, -1.5])
+    inside = {7: _Logprob(logprob=-0.5, rank=1), 3: _Logprob(logprob=-1.5, rank=2)}  # the prompt token is 3: k entries
+    assert topk_from_logprobs(inside, 2) == ([7, 3], [-0.5, -1.5])
+    ids, values = topk_from_logprobs(None, 3)  # no entry (padding): nothing weighs
+    assert ids == [0, 0, 0] and all(v == float("-inf") for v in values)

@@ -59,12 +59,13 @@ CACHE_VERSION = 3
 3: and the teacher's pooled span embeddings (`teacher_embedding`, float16), the representation loss's target."""
 
 
-def weights_hash(model_dir: str) -> str:
-    """Content hash of a model directory's weight files (memoised beside them by size and mtime)."""
+def weights_hash(model_dir: str, revision: str | None = None) -> str:
+    """Content hash of a model directory's weight files (memoised beside them by size and mtime); for a hub
+    name, a hash of the name and the commit it resolved to (`models.build.resolve_revision`)."""
     d = Path(model_dir)
     files = sorted(p for p in d.glob("*") if p.suffix in (".safetensors", ".bin", ".gguf", ".pt"))
-    if not files:  # a hub name: its identity is the name (and the hub's revision)
-        return hashlib.sha256(model_dir.encode()).hexdigest()
+    if not files:  # a hub name: the name at its resolved commit (an update on the hub is a new identity)
+        return hashlib.sha256(model_dir.encode() + (f"@{revision}".encode() if revision else b"")).hexdigest()
     h = hashlib.sha256()
     for p in files:
         st = p.stat()
@@ -245,13 +246,14 @@ class FoundCache(NamedTuple):
     manifest: dict[str, Any]
 
 
-def cache_identity(cfg: Config, source: str, tokenizer: Any, kind: str) -> dict[str, Any]:
-    """What the cache key is made of: everything that changes what the teacher says or which rows exist."""
+def cache_identity(cfg: Config, source: str, tokenizer: Any, kind: str, revision: str | None = None) -> dict[str, Any]:
+    """What the cache key is made of: everything that changes what the teacher says or which rows exist.
+    revision: the commit a hub teacher resolved to."""
     from gemini_ray.data.corpus import corpus_signature
 
     d = cfg.data
     return {
-        "teacher_weights": weights_hash(source),
+        "teacher_weights": weights_hash(source, revision),
         "tokenizer_vocab": vocab_hash(tokenizer),
         "corpus": corpus_signature(d.path, d.format, d.text_column, d.max_documents),
         "max_val_examples": d.max_val_examples,

@@ -2,7 +2,8 @@
 
 A teacher backend (`TeacherBackend`) is a callable class for `map_batches` on a fixed-size actor pool; also
 usable in a plain loop (the benchmark compares both). `teacher.backend` names the one the pipeline runs
-(`BACKENDS`): 'hf', Hugging Face transformers on torch (`TeacherLabeler`). The full-vocabulary distribution
+(`BACKENDS`): 'hf', Hugging Face transformers on torch (`TeacherLabeler`), or 'vllm', a vLLM engine
+(`vllm_teacher.VLLMTeacher`). The full-vocabulary distribution
 never leaves a backend: per token it emits the top-k logits (before temperature) and their ids, plus the
 probability mass those k ids hold at T = 1 (how much of the teacher the stored signal covers).
 
@@ -18,10 +19,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from gemini_ray.config import TeacherConfig
+from gemini_ray.data.vllm_teacher import VLLMTeacher, check_vllm
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.models.build import lm_head, mean_pool
 
-__all__ = ["TeacherBackend", "TeacherLabeler", "BACKENDS", "teacher_backend", "teacher_forward"]
+__all__ = ["TeacherBackend", "TeacherLabeler", "BACKENDS", "check_backend", "teacher_backend", "teacher_forward"]
 
 
 class TeacherBackend(Protocol):
@@ -67,13 +70,13 @@ def teacher_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_m
 
 
 class TeacherLabeler:
-    """The 'hf' teacher backend (`TeacherBackend`): the teacher as a transformers model on torch, on the
-    actor's GPU when teacher.num_gpus > 0. `model`: an already loaded teacher (tests, benchmarks) instead of
+    """The 'hf' teacher backend (`TeacherBackend`): the teacher as a transformers model on torch. Its weights
+    load straight to the actor's devices in teacher.dtype: one GPU, or, with teacher.num_gpus > 1, spread over
+    all the actor's GPUs by accelerate's device map (layers split across them, run one after another: a
+    teacher larger than one accelerator). `model`: an already loaded teacher (tests, benchmarks) instead of
     loading teacher.model; `device`: instead of the one teacher.num_gpus picks."""
 
     def __init__(self, teacher_cfg: dict[str, Any], model: torch.nn.Module | None = None, device: str | None = None):
-        from gemini_ray.config import TeacherConfig
-        from gemini_ray.models.build import load_teacher, resolve_teacher
         from gemini_ray.models.numerics import allow_tf32, teacher_dtype
 
         self.cfg = TeacherConfig(**teacher_cfg)
@@ -83,13 +86,32 @@ class TeacherLabeler:
         self.dtype = teacher_dtype(self.cfg.dtype, self.device)
         allow_tf32()
         if model is None:
-            model, _ = load_teacher(resolve_teacher(self.cfg), self.cfg.kind, self.cfg.trust_remote_code, self.dtype)
-        elif next(model.parameters()).dtype != self.dtype:  # a caller's model (the driver's fp32 copy): not in place
+            model = self._load()
+        elif next(model.parameters()).dtype != self.dtype:  # a caller's model: not in place
             model = copy.deepcopy(model).to(self.dtype)
-        self.model = model.to(self.device).eval()
+        if getattr(model, "hf_device_map", None) is None:
+            model = model.to(self.device)
+        self.model = model.eval()
+        self.device = str(next(self.model.parameters()).device)  # where the inputs go: the first layer's GPU
         vocab = self.model.config.vocab_size
         if self.cfg.top_k > vocab:
             raise ValueError(f"teacher.top_k={self.cfg.top_k} exceeds the teacher's vocabulary ({vocab})")
+
+    def _load(self) -> torch.nn.Module:
+        """The teacher in self.dtype, straight onto its devices (no CPU copy in full precision first)."""
+        from gemini_ray.models.build import load_teacher, resolve_teacher
+
+        gpus = torch.cuda.device_count() if self.device == "cuda" else 0  # Ray sets the actor's visible GPUs
+        device_map = "auto" if gpus > 1 else ("cuda:0" if gpus == 1 else None)
+        model, _ = load_teacher(resolve_teacher(self.cfg), self.cfg.kind, self.cfg.trust_remote_code, self.dtype,
+                                revision=self.cfg.revision, device_map=device_map)
+        spilled = {d for d in (getattr(model, "hf_device_map", None) or {}).values() if d in ("cpu", "disk")}
+        if spilled:
+            raise GeminiRayError(
+                f"the teacher '{self.cfg.model}' does not fit on the teacher actor's {gpus} GPUs in {self.dtype} "
+                f"(accelerate put layers on the {' and '.join(sorted(spilled))}). Raise teacher.num_gpus (GPUs per "
+                "actor, on one node), use teacher.dtype=bf16, or teacher.backend=vllm with tensor parallelism.")
+        return model
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = np.asarray(batch["input_ids"])
@@ -107,8 +129,25 @@ class TeacherLabeler:
         return result
 
 
-BACKENDS: dict[str, type[TeacherBackend]] = {"hf": TeacherLabeler}
+BACKENDS: dict[str, type[TeacherBackend]] = {"hf": TeacherLabeler, "vllm": VLLMTeacher}
 """teacher.backend -> the class the teacher actors run."""
+
+
+def check_backend(cfg: TeacherConfig, kind: str, nodes: list[dict[str, float]] | None = None) -> None:
+    """Refuse a teacher backend that cannot start, before anything starts: vLLM without its extra or with a
+    masked teacher, and an engine of more GPUs (tensor x pipeline parallel size) than one node has. nodes:
+    the live nodes' resources (None: not checked, e.g. an autoscaling cluster whose nodes are not up yet)."""
+    if cfg.backend == "vllm":
+        check_vllm(kind)
+    engine = cfg.tensor_parallel_size * cfg.pipeline_parallel_size
+    if engine > 1 and nodes is not None:
+        most = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+        if engine > most:
+            raise GeminiRayError(
+                f"teacher.tensor_parallel_size={cfg.tensor_parallel_size} x teacher.pipeline_parallel_size="
+                f"{cfg.pipeline_parallel_size} needs {engine} GPUs on one node for one teacher engine, but the "
+                f"largest node of this cluster has {most:g}. Lower the parallel sizes to fit a node's GPUs, or add "
+                "nodes with more GPUs (run.check_resources=false skips this check on an autoscaling cluster).")
 
 
 def teacher_backend(name: str) -> type[TeacherBackend]:

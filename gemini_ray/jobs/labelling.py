@@ -72,7 +72,8 @@ def _new_manifest(cfg: Config, session: Session, stats: CorpusStats, train: list
         "version": CACHE_VERSION, "identity": session.identity, "complete": False,
         "teacher": {"model": cfg.teacher.model, "resolved": session.teacher_source, "kind": session.kind,
                     "parameters": session.teacher_params, "vocab_size": session.teacher_config.vocab_size,
-                    "hidden_size": session.teacher_config.hidden_size},
+                    "hidden_size": session.teacher_config.hidden_size, "revision": session.teacher.revision,
+                    "backend": cfg.teacher.backend},
         "tokenizer": {"name_or_path": session.teacher_source, "vocab_size": len(session.tokenizer)},
         "corpus": {"path": cfg.data.path, **stats.as_dict()},
         "shards_train": train, "shards_val": list(range(n_train, n_train + n_val)),
@@ -156,6 +157,7 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
     from gemini_ray.data.cache import write_manifest
     from gemini_ray.data.corpus_pass import build_examples
     from gemini_ray.data.pipeline import assign_shards, teacher_token_counter
+    from gemini_ray.process_memory import peak_rss_mib
 
     t_start = t_start or time.perf_counter()
     directory, fs, path = _cache_location(cfg, session)
@@ -177,13 +179,14 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
     manifest = _new_manifest(cfg, session, stats, train, n_train, n_val, expected, done)
     write_manifest(directory, manifest)
     t_label = time.perf_counter()
-    _label_rounds(cfg, examples, directory, sorted(wanted - set(done)), manifest, expected)
+    _label_rounds(session.pinned(cfg), examples, directory, sorted(wanted - set(done)), manifest, expected)
     listed = [s for s in train + manifest["shards_val"] if s in expected]
     lost, duplicated = _check_labelled(directory, fs, path, listed, examples, expected)
     manifest.update(
         complete=True, rows_lost=lost, rows_duplicated=duplicated,
         **_sizes(directory, listed, {str(s): manifest["shards"][str(s)] for s in listed}),
         teacher_tokens_this_run=ray.get(counter.total.remote()) - tokens_before,
+        driver_peak_memory_mib=round(peak_rss_mib(), 1),
         wall_time_s={**seconds, "label_s": time.perf_counter() - t_label,
                      "total_s": time.perf_counter() - t_start},
     )
