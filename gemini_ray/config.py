@@ -141,6 +141,9 @@ class TeacherConfig:
     """vllm backend: GPUs each layer is split over, inside one teacher engine (one node)."""
     pipeline_parallel_size: int = 1
     """vllm backend: stages the layers are cut into, one engine's GPUs = tensor x pipeline parallel size."""
+    peak_tflops: Optional[float] = None
+    """The teacher GPUs' dense peak TFLOP/s per GPU, for the teacher's MFU when they differ from the trainers'
+    (run.peak_tflops). None: run.peak_tflops."""
     revision: Optional[str] = None
     """A hub teacher's revision (branch, tag or commit hash). The signal cache records the commit it
     resolves to, so an updated model on the hub is labelled anew. None: the hub's main branch."""
@@ -156,6 +159,8 @@ class TeacherConfig:
         _check_resources("teacher.resources", self.resources)
         if self.revision is not None:
             _check(bool(self.revision.strip()), "teacher.revision", "must name a branch, tag or commit, or be unset")
+        if self.peak_tflops is not None:
+            _check(self.peak_tflops > 0, "teacher.peak_tflops", f"must be > 0 or unset, got {self.peak_tflops}")
         self._check_parallel()
 
     def _check_parallel(self) -> None:

@@ -94,6 +94,8 @@ class Costs:
     """(body, head) matmul parameters of the teacher labelling online, or None."""
     teacher_devices: int = 1
     """Accelerators of the teacher pool (num_actors x num_gpus; 1 on CPU: one node's peak)."""
+    teacher_peak_tflops: float | None = None
+    """Per teacher accelerator, when the teacher's GPUs are not the trainers' (teacher.peak_tflops)."""
 
 
 @dataclass(frozen=True)
@@ -357,8 +359,9 @@ class MetricsWindow:
         if costs and costs.teacher_params:
             out["teacher_tokens_per_s"] = tokens["teacher"] / seconds
             out["teacher_tflops"] = teacher_flops(*costs.teacher_params, tokens["teacher"]) / seconds / 1e12
-            if peak:
-                out["teacher_mfu"] = out["teacher_tflops"] / (peak * costs.teacher_devices)
+            teacher_peak = costs.teacher_peak_tflops or peak  # the teacher's GPUs, when not the trainers'
+            if teacher_peak:
+                out["teacher_mfu"] = out["teacher_tflops"] / (teacher_peak * costs.teacher_devices)
         return out
 
     def fold_counters(self, totals: dict[str, int], world: int) -> dict[str, int]:

@@ -51,7 +51,8 @@ def _costs(cfg: Config, teacher_params: tuple[int, int] | None) -> Costs:
 
     peak = cfg.run.peak_tflops or (None if cfg.train.use_gpu else matmul_tflops())
     devices = max(1, round(cfg.teacher.num_actors * cfg.teacher.num_gpus)) if cfg.teacher.num_gpus else 1
-    return Costs(peak_tflops=peak, teacher_params=teacher_params, teacher_devices=devices)
+    return Costs(peak_tflops=peak, teacher_params=teacher_params, teacher_devices=devices,
+                 teacher_peak_tflops=cfg.teacher.peak_tflops)
 
 
 def build_trainer(cfg: Config, spec: RunSpec, stream: ray.data.Dataset, *, name: str, storage_path: str,
