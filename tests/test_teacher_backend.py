@@ -92,8 +92,14 @@ def test_an_engine_larger_than_any_node_and_a_missing_extra_are_refused(monkeypa
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())  # the extra counts as installed
     check_backend(tp8, "causal", [{"CPU": 96, "GPU": 8}])  # control: one 8-GPU node holds the engine
     check_backend(tp8, "causal", None)  # nodes not known (run.check_resources=false): not checked
-    with pytest.raises(GeminiRayError, match=r"needs 8 GPUs on one node.*largest node of this cluster has 4"):
-        check_backend(tp8, "causal", [{"GPU": 4}, {"GPU": 4}])  # 8 in all, but an engine lives on one node
+    with pytest.raises(GeminiRayError, match=r"needs 8 GPUs for one teacher engine, 8 of them on one node.*"
+                                             r"largest node of this cluster has 4 GPUs \(8 in all\)"):
+        check_backend(tp8, "causal", [{"GPU": 4}, {"GPU": 4}])  # 8 in all, but a tensor-parallel group is one node
+    tp4_pp2 = build_config(None, ["teacher.backend=vllm", "teacher.tensor_parallel_size=4",
+                                  "teacher.pipeline_parallel_size=2", "teacher.num_gpus=8"]).teacher
+    check_backend(tp4_pp2, "causal", [{"GPU": 4}, {"GPU": 4}])  # control: two stages of 4, one per node
+    with pytest.raises(GeminiRayError, match=r"\(4 in all\)"):
+        check_backend(tp4_pp2, "causal", [{"GPU": 4}])
     with pytest.raises(GeminiRayError, match="runs causal teachers.*teacher.backend=hf"):
         check_backend(tp8, "masked", None)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
@@ -114,3 +120,30 @@ def test_the_extra_prompt_token_outside_the_top_k_never_enters_the_signal():
     assert topk_from_logprobs(inside, 2) == ([7, 3], [-0.5, -1.5])
     ids, values = topk_from_logprobs(None, 3)  # no entry (padding): nothing weighs
     assert ids == [0, 0, 0] and all(v == float("-inf") for v in values)
+
+
+def test_a_multi_gpu_engine_is_placed_as_ray_data_llm_places_vllm():
+    """One GPU: the actor holds it. More: the actor holds none and lives in bundle 0 of a placement group of
+    one-GPU bundles that vLLM's Ray executor fills; one pipeline stage stays on one node."""
+    from gemini_ray.cluster.placement import demands
+    from gemini_ray.data.pipeline import teacher_actor_args
+    from gemini_ray.data.vllm_teacher import engine_bundles, engine_placement
+
+    one = build_config(None, ["teacher.backend=vllm", "teacher.num_gpus=1"])
+    args = teacher_actor_args(one)
+    assert args["num_gpus"] == 1 and "ray_remote_args_fn" not in args
+    tp4 = build_config(None, ["teacher.backend=vllm", "teacher.tensor_parallel_size=4", "teacher.num_gpus=4",
+                              "teacher.num_cpus=2", "teacher.resources={teacher: 1}", "teacher.num_actors=2"])
+    args = teacher_actor_args(tp4)
+    assert args["num_gpus"] == 0 and args["ray_remote_args_fn"].func is engine_placement
+    assert args["resources"] == {"teacher": 1.0} and args["num_cpus"] == 2
+    bundles, strategy = engine_bundles(tp4.teacher)
+    assert strategy == "STRICT_PACK" and len(bundles) == 4 and all(b["GPU"] == 1 for b in bundles)
+    assert bundles[0] == {"GPU": 1.0, "CPU": 3.0, "teacher": 1.0} and bundles[1] == {"GPU": 1.0, "CPU": 1.0}
+    pp = build_config(None, ["teacher.backend=vllm", "teacher.tensor_parallel_size=2",
+                             "teacher.pipeline_parallel_size=2", "teacher.num_gpus=4"])
+    assert engine_bundles(pp.teacher)[1] == "PACK"
+    plan = {d.what: d for d in demands(pp, cached=False, trainer=False)}
+    group = plan["teacher engine's tensor-parallel group"]
+    assert group.per_unit == {"CPU": 2.0, "GPU": 2.0} and group.count == 2  # one per stage
+    assert "GPU" not in plan["teacher actor"].per_unit

@@ -63,13 +63,25 @@ def demands(cfg: Config, cached: bool, trainer: bool = True) -> list[Demand]:
     if cached:
         out.append(Demand("cache read task", {"CPU": CACHE_READ_CPUS}, 1))
     else:
-        t = cfg.teacher
-        actor = {"CPU": t.num_cpus, **({"GPU": t.num_gpus} if t.num_gpus else {}), **t.resources}
-        out.append(Demand("teacher actor", actor, t.num_actors,
-                          ("teacher.num_actors", "teacher.num_cpus", "teacher.num_gpus", "teacher.resources")))
+        out += _teacher_demands(cfg.teacher)
         out.append(Demand("miner actor + one light task", {"CPU": 2 * LIGHT_CPUS}, 1))
         out.append(Demand("corpus read + tokenize task", {"CPU": LIGHT_CPUS + STREAM_TOKENIZE_CPUS}, 1))
     return out
+
+
+def _teacher_demands(t) -> list[Demand]:
+    """The teacher pool: one unit per actor holding its GPUs; an actor of a vLLM engine over several GPUs is
+    a placement group of one-GPU bundles (`vllm_teacher.engine_bundles`): each tensor-parallel group on one
+    node, the actor's own CPUs and resources beside the first."""
+    keys = ("teacher.num_actors", "teacher.num_cpus", "teacher.num_gpus", "teacher.resources")
+    tp, pp = t.tensor_parallel_size, t.pipeline_parallel_size
+    if t.backend == "vllm" and tp * pp > 1:
+        keys += ("teacher.tensor_parallel_size", "teacher.pipeline_parallel_size")
+        return [Demand("teacher engine's tensor-parallel group", {"CPU": float(tp), "GPU": float(tp)},
+                       t.num_actors * pp, keys),
+                Demand("teacher actor", {"CPU": t.num_cpus, **t.resources}, t.num_actors, keys)]
+    actor = {"CPU": t.num_cpus, **({"GPU": t.num_gpus} if t.num_gpus else {}), **t.resources}
+    return [Demand("teacher actor", actor, t.num_actors, keys)]
 
 
 def with_worker_cpus(cfg: Config, cached: bool, nodes: list[dict[str, float]], searching: bool = False) -> Config:

@@ -7,6 +7,8 @@ The stages themselves are plain callables in `gemini_ray.data`; this module only
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,10 +22,11 @@ from gemini_ray.data.corpus_pass import to_arrays
 from gemini_ray.data.mining import HardNegativeMiner
 from gemini_ray.data.resume import drop_trained, encode
 from gemini_ray.data.teacher_stage import teacher_backend
+from gemini_ray.data.vllm_teacher import engine_placement
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import atomic_path, join, open_dir
 
-__all__ = ["label_rows", "label_and_mine", "teacher_token_counter", "label_shards", "read_cache",
+__all__ = ["label_rows", "label_and_mine", "teacher_actor_args", "teacher_token_counter", "label_shards", "read_cache",
            "read_cached_signal", "assign_shards", "TRAIN_COLUMNS", "STREAM_COLUMNS"]
 
 TRAIN_COLUMNS = ["input_ids", "attention_mask", "label_mask", "topk_ids", "topk_logits", "topk_mass",
@@ -72,18 +75,27 @@ class CountingTeacherLabeler:
         return out
 
 
-def _teacher_stage(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
+def teacher_actor_args(cfg: Config) -> dict[str, Any]:
+    """map_batches arguments of the teacher actor pool: the actor holds its GPUs and custom resources; an
+    actor of a vLLM engine over several GPUs holds none itself and is placed in a placement group of its own
+    that the engine's workers fill (`vllm_teacher.engine_placement`, as `ray.data.llm` places engines)."""
     t = cfg.teacher
-    return examples.map_batches(
-        CountingTeacherLabeler,
-        fn_constructor_kwargs={"teacher_cfg": dataclasses.asdict(t)},
-        compute=ActorPoolStrategy(size=t.num_actors),
-        batch_size=max(1, t.batch_size // 2),  # one example holds two spans
-        num_cpus=t.num_cpus,
-        num_gpus=t.num_gpus,
-        resources=dict(t.resources) or None,  # e.g. {teacher: 1}: only nodes that offer it
-        batch_format="numpy",
-    )
+    teacher_cfg = dataclasses.asdict(t)
+    args: dict[str, Any] = {
+        "fn_constructor_kwargs": {"teacher_cfg": teacher_cfg},
+        "compute": ActorPoolStrategy(size=t.num_actors),
+        "batch_size": max(1, t.batch_size // 2),  # one example holds two spans
+        "num_cpus": t.num_cpus,
+        "num_gpus": t.num_gpus,
+        "resources": dict(t.resources) or None,  # e.g. {teacher: 1}: only nodes that offer it
+    }
+    if t.backend == "vllm" and t.tensor_parallel_size * t.pipeline_parallel_size > 1:
+        args.update(num_gpus=0, ray_remote_args_fn=functools.partial(engine_placement, teacher_cfg))
+    return args
+
+
+def _teacher_stage(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
+    return examples.map_batches(CountingTeacherLabeler, batch_format="numpy", **teacher_actor_args(cfg))
 
 
 def label_and_mine(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:

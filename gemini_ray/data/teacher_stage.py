@@ -135,19 +135,22 @@ BACKENDS: dict[str, type[TeacherBackend]] = {"hf": TeacherLabeler, "vllm": VLLMT
 
 def check_backend(cfg: TeacherConfig, kind: str, nodes: list[dict[str, float]] | None = None) -> None:
     """Refuse a teacher backend that cannot start, before anything starts: vLLM without its extra or with a
-    masked teacher, and an engine of more GPUs (tensor x pipeline parallel size) than one node has. nodes:
-    the live nodes' resources (None: not checked, e.g. an autoscaling cluster whose nodes are not up yet)."""
+    masked teacher, and an engine the cluster's GPUs cannot hold (a tensor-parallel group lives on one node;
+    pipeline stages may sit on several). nodes: the live nodes' resources (None: not checked, e.g. an
+    autoscaling cluster whose nodes are not up yet)."""
     if cfg.backend == "vllm":
         check_vllm(kind)
-    engine = cfg.tensor_parallel_size * cfg.pipeline_parallel_size
-    if engine > 1 and nodes is not None:
-        most = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
-        if engine > most:
-            raise GeminiRayError(
-                f"teacher.tensor_parallel_size={cfg.tensor_parallel_size} x teacher.pipeline_parallel_size="
-                f"{cfg.pipeline_parallel_size} needs {engine} GPUs on one node for one teacher engine, but the "
-                f"largest node of this cluster has {most:g}. Lower the parallel sizes to fit a node's GPUs, or add "
-                "nodes with more GPUs (run.check_resources=false skips this check on an autoscaling cluster).")
+    tp, pp = cfg.tensor_parallel_size, cfg.pipeline_parallel_size
+    if tp * pp == 1 or nodes is None:
+        return
+    gpus = [n.get("GPU", 0.0) for n in nodes]
+    most, total = max(gpus, default=0.0), sum(gpus)
+    if tp > most or tp * pp > total:
+        raise GeminiRayError(
+            f"teacher.tensor_parallel_size={tp} x teacher.pipeline_parallel_size={pp} needs {tp * pp} GPUs for "
+            f"one teacher engine, {tp} of them on one node, but the largest node of this cluster has {most:g} "
+            f"GPUs ({total:g} in all). Lower the parallel sizes to fit the cluster's GPUs, or add nodes with more "
+            "GPUs (run.check_resources=false skips this check on an autoscaling cluster).")
 
 
 def teacher_backend(name: str) -> type[TeacherBackend]:

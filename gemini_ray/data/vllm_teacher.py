@@ -20,8 +20,12 @@ state. How vLLM gives each, and what it costs:
   normalisation): the same vector as 'hf''s `mean_pool`. Cost: the weights twice in memory and a second
   forward of the body (no vocabulary head) over every span.
 
-Placement: the actor holds teacher.num_gpus = tensor x pipeline parallel size GPUs of one node; both
-engines split them with vLLM's multiprocessing executor. Masked (BERT-family) teachers are 'hf' only.
+Placement, as Ray's own `ray.data.llm` places vLLM: an engine of one GPU runs in the actor, which holds the
+GPU. An engine of tensor x pipeline parallel size = n > 1 GPUs runs on vLLM's Ray executor: the actor holds
+no GPU itself and is scheduled into a placement group of its own, n bundles of one GPU (`engine_bundles`:
+on one node when the pipeline has one stage, packed over as few nodes as fit otherwise), which vLLM's
+workers fill; both engines' workers take half of each bundle's GPU. Masked (BERT-family) teachers are 'hf'
+only.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from gemini_ray.config import TeacherConfig
 from gemini_ray.errors import GeminiRayError
 
-__all__ = ["VLLMTeacher", "check_vllm", "topk_from_logprobs"]
+__all__ = ["VLLMTeacher", "check_vllm", "engine_bundles", "engine_placement", "topk_from_logprobs"]
 
 GENERATE_GPU_SHARE, POOLING_GPU_SHARE = 0.55, 0.35
 """Fractions of each GPU's memory the two engines may take (weights, activations, KV cache)."""
@@ -57,6 +62,31 @@ def check_vllm(kind: str) -> None:
             "Set teacher.backend=hf for masked (BERT-family) teachers.")
 
 
+def engine_bundles(cfg: TeacherConfig) -> tuple[list[dict[str, float]], str]:
+    """(bundles, strategy) of the placement group one teacher actor and its engine of tensor x pipeline
+    parallel size GPUs live in: a GPU and a CPU per engine worker, and the actor's own CPUs and custom
+    resources (teacher.resources: a teacher node) in bundle 0, where the actor is placed. One pipeline stage
+    keeps the whole engine on one node (STRICT_PACK: its layers talk at NVLink speed); several are packed
+    over as few nodes as hold them (PACK)."""
+    n = cfg.tensor_parallel_size * cfg.pipeline_parallel_size
+    first = {"GPU": 1.0, "CPU": 1.0 + cfg.num_cpus, **cfg.resources}
+    return [first] + [{"GPU": 1.0, "CPU": 1.0} for _ in range(n - 1)], (
+        "STRICT_PACK" if cfg.pipeline_parallel_size == 1 else "PACK")
+
+
+def engine_placement(teacher_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Ray remote args for one teacher actor of a multi-GPU engine (`map_batches(ray_remote_args_fn=...)`,
+    called once per actor): a placement group of `engine_bundles`, the actor in bundle 0, and every task and
+    actor it starts (vLLM's workers) inside the group."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    bundles, strategy = engine_bundles(TeacherConfig(**teacher_cfg))
+    group = ray.util.placement_group(bundles, strategy=strategy)
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+        group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True)}
+
+
 def topk_from_logprobs(entry: dict[int, Any] | None, k: int) -> tuple[list[int], list[float]]:
     """One position's top-k (ids, log-probs) from a vLLM logprobs dict {token id: Logprob(logprob, rank)},
     highest first. The prompt token vLLM adds outside the top-k (rank > k) is not part of the signal."""
@@ -74,12 +104,14 @@ class VLLMTeacher:
     and a pooling engine for the span embeddings, both on the teacher's weights in teacher.dtype."""
 
     def __init__(self, teacher_cfg: dict[str, Any]):
-        from gemini_ray.config import TeacherConfig
         from gemini_ray.models.build import resolve_teacher
 
         self.cfg = TeacherConfig(**teacher_cfg)
         check_vllm("causal")
         self.on_gpu = self.cfg.num_gpus > 0
+        self.parallel = self.cfg.tensor_parallel_size * self.cfg.pipeline_parallel_size
+        if self.parallel > 1:  # vLLM's Ray executor: both engines' workers share each bundle's GPU
+            os.environ["VLLM_RAY_PER_WORKER_GPUS"] = "0.5"
         if not self.on_gpu:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # share the cores with Ray's other work
             os.environ.setdefault("OMP_NUM_THREADS", str(self.cfg.torch_threads))
@@ -97,12 +129,11 @@ class VLLMTeacher:
         dtype = {"auto": "auto" if self.on_gpu else "float32", "bf16": "bfloat16", "fp16": "float16",
                  "fp32": "float32"}[self.cfg.dtype]
         memory = {"gpu_memory_utilization": gpu_share} if self.on_gpu else {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES}
-        parallel = self.cfg.tensor_parallel_size * self.cfg.pipeline_parallel_size
         return LLM(model=source, revision=self.cfg.revision, dtype=dtype, seed=0,
                    trust_remote_code=self.cfg.trust_remote_code, enforce_eager=not self.on_gpu,
                    tensor_parallel_size=self.cfg.tensor_parallel_size,
                    pipeline_parallel_size=self.cfg.pipeline_parallel_size,
-                   **({"distributed_executor_backend": "mp"} if parallel > 1 else {}), **memory, **kwargs)
+                   **({"distributed_executor_backend": "ray"} if self.parallel > 1 else {}), **memory, **kwargs)
 
     def close(self) -> None:
         """Stop both engines' processes now (a script or test that goes on; an actor's end stops them too)."""
