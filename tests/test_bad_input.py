@@ -360,6 +360,10 @@ CASES: list[Case] = [
          "a second `distill` with the run.name and run.storage_path of one that is running",
          lambda c: c.distill(storage=_held_run_folder(c)), "is in use by another gemini-ray command (pid <pid> on "
          "host <host>", "Wait for it to finish or stop it, or give this command another run.name"),
+    Case("student-other-vocab", "Teacher and student with different vocabularies",
+         "`student.from_pretrained` = a tiny Llama with a 200-token vocabulary",
+         lambda c: c.distill(f"student.from_pretrained={_student_other_vocab(c)}"),
+         "has a different vocabulary from the teacher's (200 vs 400 ids", "Use a student derived from this teacher"),
     # --- known only once the corpus is tokenized: Ray has started, training has not ----------------------
     Case("corpus-too-short", "All documents shorter than two spans", "six different lines of four words",
          lambda c: c.distill(corpus=c.file("short.txt", "".join(f"a few words {i}\n" for i in range(6)))),
@@ -378,13 +382,8 @@ CASES: list[Case] = [
     Case("tensor-parallel-over-gpus", "A vLLM engine larger than any node",
          "`teacher.backend=vllm teacher.tensor_parallel_size=2 teacher.num_gpus=2` on a machine with no GPU",
          lambda c: c.distill("teacher.backend=vllm", "teacher.tensor_parallel_size=2", "teacher.num_gpus=2"),
-         "needs 2 GPUs on one node for one teacher engine, but the largest node of this cluster has 0",
-         "Lower the parallel sizes to fit a node's GPUs", ray=True),
-    Case("student-other-vocab", "Teacher and student with different vocabularies",
-         "`student.from_pretrained` = a tiny Llama with a 200-token vocabulary",
-         lambda c: c.distill(f"student.from_pretrained={_student_other_vocab(c)}"),
-         "has a different vocabulary from the teacher's (200 vs 400 ids", "Use a student derived from this teacher",
-         ray=True),
+         "needs 2 GPUs for one teacher engine, 2 of them on one node, but the largest node of this cluster has 0",
+         "Lower the parallel sizes to fit the cluster's GPUs", ray=True),
     Case("cache-other-teacher", "A cache from another teacher",
          "`label.path` = a complete cache whose manifest names other teacher weights",
          lambda c: c.distill(f"label.path={_other_teachers_cache(c)}"), "was made by a different teacher",
@@ -443,7 +442,11 @@ and the teacher are checked before Ray starts; the rows at the end are only know
 so Ray has started but training has not. Paths are shown as `<tmp>`
 (the test's directory), `<teacher>` and `<corpus>`; long messages are cut at … . The table is rewritten from
 real runs by `GEMINI_RAY_WRITE_BAD_INPUTS=1 python -m pytest tests/test_bad_input.py`, and the test fails when a
-message no longer matches its row.
+message no longer matches its row. Two more are tried the same way by `tests/test_teacher_inputs.py`, which
+hides an installed package and builds a fake hub cache: `teacher.backend=vllm` without its extra ("teacher.backend=vllm
+needs vLLM, which is not installed. Install the extra: pip install -e ".[vllm]" …"), and a `teacher.revision` that
+does not exist ("teacher.revision='nope' of the hub teacher 'org/tiny' was not found … Give an existing branch,
+tag or commit hash …").
 
 | bad input | how it was tried (test id) | what the user sees | exit code |
 |---|---|---|---|

@@ -569,8 +569,8 @@ def test_a_third_task_plugs_in_with_one_entry_in_the_task_list(student_dir, llam
 def test_the_teacher_is_loaded_in_a_ray_task_never_in_the_driver(ray_start_2_cpus, student_dir, llama_dir, lee_texts,
                                                                  tmp_path, monkeypatch):
     """With a teacher, the models load and run in a task holding the teacher's resources: a driver that cannot
-    load a model still gets the report (and records its own peak memory). Control: without a teacher the
-    models run in the driver, and the same patch stops the evaluation."""
+    load a model still gets the report (and records its own peak memory). Control: with the task run here
+    instead, the same patch stops the evaluation."""
     from gemini_ray.jobs import evaluate as eval_run
 
     def no_loading_here(*args, **kwargs):
@@ -582,5 +582,6 @@ def test_the_teacher_is_loaded_in_a_ray_task_never_in_the_driver(ray_start_2_cpu
     corpus = (lee_texts[30:34], {})
     report = evaluate(str(student_dir), cfg, teacher_source=str(llama_dir), corpus=corpus)
     assert set(report["models"]) == {"student", "teacher"} and report["driver_peak_memory_mib"] > 0
+    monkeypatch.setattr(eval_run, "on_teacher_resources", lambda cfg, fn, *a: fn(*a))
     with pytest.raises(AssertionError, match="loaded in the driver"):
-        evaluate(str(student_dir), cfg, teacher_source="", with_teacher=False, corpus=corpus)
+        evaluate(str(student_dir), cfg, teacher_source=str(llama_dir), corpus=corpus)

@@ -108,13 +108,6 @@ def _without_vllm(monkeypatch) -> None:
                         lambda name, *a, **k: None if name == "vllm" else real(name, *a, **k))
 
 
-def _student_other_vocab(tmp: Path, texts: list[str]) -> Path:
-    from helpers import save, tiny_llama, word_tokenizer
-
-    tok = word_tokenizer(texts, masked=False, vocab_size=200)
-    return save(tiny_llama(tok, layers=2), tok, tmp / "student-200")
-
-
 @dataclass
 class Case:
     id: str

@@ -53,7 +53,8 @@ class Model:
     @property
     def device(self) -> torch.device:
         """Where the inputs go: the first layer's device (the CPU, or the first of the task's GPUs)."""
-        return next(self.model.parameters()).device
+        first = next(self.model.parameters(), None)
+        return first.device if first is not None else torch.device("cpu")
 
 
 def _check_model_dir(path: str, what: str) -> Path:

@@ -35,6 +35,7 @@ __all__ = [
     "load_tokenizer",
     "build_student",
     "load_student",
+    "check_student_vocab",
     "student_layer_ids",
     "mean_pool",
     "embed",
@@ -465,17 +466,30 @@ def load_student(path: str, teacher: TeacherMeta, teacher_tokenizer=None) -> nn.
         student = cls.from_pretrained(path, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001
         raise _hf_error("student", path, exc) from None
-    s_vocab, t_vocab = student.config.vocab_size, teacher.config.vocab_size
-    same = s_vocab == t_vocab
+    check_student_vocab(path, student.config.vocab_size, teacher, teacher_tokenizer)
+    return student
+
+
+def check_student_vocab(path: str, student_vocab: int | None, teacher: TeacherMeta, teacher_tokenizer=None) -> None:
+    """Refuse a student whose vocabulary differs from the teacher's (size, or tokens when it ships a
+    tokenizer): the soft labels would address the wrong tokens. student_vocab: None reads the student's
+    config.json (the driver checks before anything starts, without loading the student)."""
+    if student_vocab is None:
+        config = Path(path) / "config.json"
+        if not config.is_file():
+            raise GeminiRayError(f"student.from_pretrained '{path}' is not a Hugging Face model directory "
+                                 "(no config.json).")
+        student_vocab = json.loads(config.read_text(encoding="utf-8")).get("vocab_size")
+    t_vocab = teacher.config.vocab_size
+    same = student_vocab == t_vocab
     if same and teacher_tokenizer is not None and any(Path(path).glob("tokenizer*")):
         same = load_tokenizer(path).get_vocab() == teacher_tokenizer.get_vocab()
     if not same:
         raise GeminiRayError(
-            f"the student at '{path}' has a different vocabulary from the teacher's ({s_vocab} vs {t_vocab} ids, "
-            "or different tokens): soft labels would address the wrong tokens. Use a student derived from this "
+            f"the student at '{path}' has a different vocabulary from the teacher's ({student_vocab} vs {t_vocab} "
+            "ids, or different tokens): soft labels would address the wrong tokens. Use a student derived from this "
             "teacher (drop student.from_pretrained) or a teacher with the student's tokenizer."
         )
-    return student
 
 
 def count_parameters(model: nn.Module) -> int:
