@@ -14,6 +14,7 @@ import pytest
 from gemini_ray.cli import main
 from gemini_ray.config import TeacherConfig
 from gemini_ray.data.spans import STATUS_OK, SpanPairer
+from gemini_ray.metric_names import LOSS_KD
 from gemini_ray.models.build import resolve_teacher
 
 if importlib.util.find_spec("vllm") is None:
@@ -80,4 +81,4 @@ def test_label_and_distill_run_end_to_end_on_the_vllm_backend(ray_start_2_cpus, 
     assert main(["distill", *small, "label.use=never", "train.max_steps=2", "run.name=online"]) == 0
     summary = json.loads((tmp_path / "online" / "summary.json").read_text())
     assert summary["teacher"]["backend"] == "vllm" and summary["teacher_signal"]["teacher_tokens_this_run"] > 0
-    assert summary["training"]["last"]["kd"] > 0 and summary["driver_peak_memory_mib"] > 0
+    assert summary["training"]["last"][LOSS_KD] > 0 and summary["driver_peak_memory_mib"] > 0
