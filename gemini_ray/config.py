@@ -578,7 +578,7 @@ class EvalConfig:
     reuse_teacher: bool = True
     """Read the teacher's quality scores back from <run.storage_path>/eval_cache when its files, the protocol,
     the held-out documents and the evaluation code are those of an earlier evaluation (the teacher's row is
-    the slowest: docs/log.md, 2026-12-04). Its speed and memory are timed again beside the student every
+    the slowest part of an evaluation). Its speed and memory are timed again beside the student every
     time. false: evaluate the teacher afresh (and keep nothing)."""
 
     def __post_init__(self) -> None:

@@ -114,7 +114,6 @@ class Case:
     argv: Callable[..., list[str]]  # (tmp, teacher, corpus, lee_texts) -> argv
     problem: str  # must appear in the message
     fix: str  # must appear in the message
-    ray: bool = False  # only known once Ray runs
     setup: Callable[..., None] | None = None  # (monkeypatch) -> None, before the command runs
     hub: bool = False  # needs the fake hub cache
 
@@ -135,12 +134,9 @@ def _no_ray(*args, **kwargs):
     raise AssertionError("this bad input must be refused before Ray starts")
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.ray] if c.ray else []) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
 def test_bad_teacher_input(case: Case, request, tmp_path, llama_dir, corpus_file, lee_texts, capsys, monkeypatch):
-    if case.ray:
-        request.getfixturevalue("ray_start_2_cpus")
-    else:
-        monkeypatch.setattr(ray, "init", _no_ray)
+    monkeypatch.setattr(ray, "init", _no_ray)  # both are refused before Ray starts
     if case.hub:
         request.getfixturevalue("hub")
     if case.setup:
