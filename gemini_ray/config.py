@@ -233,8 +233,8 @@ class DataConfig:
     val_fraction: float = 0.05
     """Fraction of documents held out for validation (chosen by content hash; never trained on)."""
     max_val_examples: int = 256
-    """Most held-out examples scored: of the held-out documents' examples, those with the smallest content
-    hashes (the rest are neither scored nor trained on). Bounds the teacher's and the evaluation's work on a
+    """Most held-out examples scored: of the held-out documents' examples, the first in corpus order (the
+    rest are neither scored nor trained on). Bounds the teacher's and the evaluation's work on a
     large corpus."""
 
     def __post_init__(self) -> None:
@@ -271,8 +271,12 @@ class LabelConfig:
     use: Literal["auto", "never", "require"] = "auto"
     """distill/tune: 'auto' reads a matching cache if one exists, else runs the teacher online;
     'never' always runs it online; 'require' refuses to run without a cache."""
-    shards_per_round: int = 4
-    """Shards labelled per round; finished rounds survive an interruption."""
+    block_mb: float = 4.0
+    """MiB of corpus per block: the unit `label` reads, labels, writes and resumes by (a block's training
+    rows are one shard of the cache, its held-out rows another). A run killed mid-pass labels again at most
+    the blocks in flight, about one per teacher actor. Hard negatives are mined within windows of one
+    block's rows, so it is part of the cache's identity. The manifest holds a record per block: for corpora
+    of hundreds of GB, raise it (64 or more)."""
     scope: Literal["corpus", "run"] = "corpus"
     """What the teacher labels: 'corpus', every training example (any later run, however long, reads the
     cache); 'run', only the training shards this config's run reads (train.max_steps x examples per step
@@ -284,7 +288,7 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_negatives >= 1, "label.max_negatives", f"must be >= 1, got {self.max_negatives}")
-        _check(self.shards_per_round >= 1, "label.shards_per_round", "must be >= 1")
+        _check(self.block_mb >= 0.001, "label.block_mb", f"must be >= 0.001 (1 KiB), got {self.block_mb}")
 
 
 @dataclass(frozen=True)

@@ -165,18 +165,19 @@ def tiny(teacher_dir, corpus, storage, *extra):
     """The tiny settings, `extra` overrides replacing them (the CLI refuses a key given twice)."""
     base = [f"teacher.model={teacher_dir}", "teacher.top_k=8", "teacher.batch_size=16", f"data.path={corpus}",
             "data.text_column=body", "data.span_length=16", "data.val_fraction=0.2", "student.num_layers=2",
-            "loss.num_negatives=2", "label.max_negatives=4", "mining.window=64", "label.shards_per_round=2",
+            "loss.num_negatives=2", "label.max_negatives=4", "mining.window=64", "label.block_mb=0.01",
+            "data.max_val_examples=16",
             "train.batch_size=4", "train.log_every=2", "train.eval_every=2", "train.checkpoint_every=4",
             "train.warmup_steps=1", f"run.storage_path={storage}"]
     given = {e.split("=", 1)[0] for e in extra}
     return [b for b in base if b.split("=", 1)[0] not in given] + list(extra)
 
 
-def read_rows(directory: Path) -> dict[str, np.ndarray]:
-    """Every row of a cache as numpy columns, sorted by example id."""
+def read_rows(directory: Path, name: str = "shard-*.parquet") -> dict[str, np.ndarray]:
+    """Every row of a cache (or of the shards named) as numpy columns, sorted by example id."""
     import ray.data
 
-    files = [str(p) for p in sorted(directory.glob("shard-*.parquet"))]
+    files = [str(p) for p in sorted(directory.glob(name))]
     batch = ray.data.read_parquet(files).take_batch(batch_size=1_000_000, batch_format="numpy")
     order = np.argsort(batch["example_id"], kind="stable")
     return {k: np.asarray(v)[order] for k, v in batch.items()}
@@ -194,7 +195,7 @@ def uninterrupted(ray_start_2_cpus, llama_dir, corpus_file, tmp_path_factory):
     from gemini_ray.commands.label import label
 
     storage = tmp_path_factory.mktemp("cache-b")
-    manifest = label(build_config(None, tiny(llama_dir, corpus_file, storage, "label.shards_per_round=16")))
+    manifest = label(build_config(None, tiny(llama_dir, corpus_file, storage)))
     directory = next((storage / "signal_cache").iterdir())
     return storage, directory, manifest
 
@@ -223,30 +224,34 @@ def test_label_writes_one_teacher_pass(uninterrupted, llama_dir, lee_texts):
 @pytest.mark.ray
 def test_a_cache_labelled_for_one_run_reads_as_the_whole_one_and_grows_for_a_longer_run(uninterrupted, llama_dir,
                                                                                        corpus_file, tmp_path):
-    """label.scope=run labels only the first training shards (ascending, the order a first pass reads
-    them) that hold the run: the run's stream is the whole cache's first rows, row for row. A longer run is
-    refused under label.use=require and passed over under auto; labelling for it adds the shards it lacks
-    and keeps those done."""
+    """label.scope=run labels only the first blocks of the corpus (in corpus order, the order a first pass
+    reads their shards) that hold the run and the held-out rows: the run's stream is the whole cache's first
+    rows, row for row. A longer run is refused under label.use=require and passed over under auto; labelling
+    for it adds the blocks it lacks and keeps those done."""
     from gemini_ray.cluster.session import configure_data_context, start_session
     from gemini_ray.commands.label import label
-    from gemini_ray.data.cache import find_cache, first_shards, rows_a_run_reads
-    from gemini_ray.data.pipeline import read_cache
+    from gemini_ray.data.cache import find_cache, rows_a_run_reads
+    from gemini_ray.data.pipeline import read_cache, read_held_out
 
     _, whole_dir, whole = uninterrupted
-    rows = {int(k): v for k, v in whole["expected_rows"].items()}
+    n = whole["blocks"]["count"]
+    assert n >= 4 and whole["whole"] and whole["shards_train"] == list(range(n))
     short = build_config(None, tiny(llama_dir, corpus_file, tmp_path, "label.scope=run", "train.max_steps=3"))
     made = label(short)
     directory = next((tmp_path / "signal_cache").iterdir())
     assert directory.name == whole_dir.name  # the scope is not an input of the signal: the same cache key
-    first = first_shards(rows, whole["shards_train"], rows_a_run_reads(3, 4))
-    assert made["shards_train"] == first and len(first) < len(whole["shards_train"]) and not made["whole"]
-    assert made["shards_val"] == whole["shards_val"]  # the held-out rows: whole
+    first = made["shards_train"]
+    assert first == list(range(len(first))) and len(first) < n and not made["whole"]
+    assert made["rows"] - made["val_rows"] <= sum(whole["expected_rows"][str(s)] for s in first) + made["val_rows"]
+    assert sum(made["expected_rows"][str(s)] for s in first) >= rows_a_run_reads(3, 4)
+    assert made["val_rows"] == whole["val_rows"] == 16  # the held-out rows: the first 16 in corpus order
+    assert made["shards_val"] == whole["shards_val"][:len(made["shards_val"])]
     assert made["teacher_tokens_this_run"] < whole["teacher_tokens"]
-    assert {p.name for p in directory.glob("shard-*.parquet")} == {f"shard-{s:05d}.parquet"
-                                                                  for s in first + whole["shards_val"]}
-    everything = read_rows(whole_dir)
-    mine = np.isin(everything["shard"], first + whole["shards_val"])
-    assert_same_rows(read_rows(directory), {k: v[mine] for k, v in everything.items()})
+    assert {p.name for p in directory.glob("shard-*.parquet")} <= {p.name for p in whole_dir.glob("shard-*.parquet")}
+    for name in {p.name for p in directory.glob("shard-*.parquet")}:  # the same rows, the same signal
+        assert_same_rows(read_rows(directory, name), read_rows(whole_dir, name))
+    held, whole_held = read_held_out(str(directory), made, 2), read_held_out(str(whole_dir), whole, 2)
+    assert np.array_equal(held["position"], whole_held["position"]) and len(held["position"]) == 16
 
     configure_data_context()  # in order, as distill and every trial read it
     def stream(path, shards):
@@ -257,7 +262,7 @@ def test_a_cache_labelled_for_one_run_reads_as_the_whole_one_and_grows_for_a_lon
 
     longer = tiny(llama_dir, corpus_file, tmp_path, "label.scope=run", "train.max_steps=40")  # 164 rows
     session = start_session(build_config(None, longer))
-    with pytest.raises(GeminiRayError, match=r"holds the first \d+ of the corpus's \d+ training examples .*this "
+    with pytest.raises(GeminiRayError, match=r"holds the first \d+ training examples of the corpus .*this "
                                              r"run reads 164.*Run 'gemini-ray label' with this config"):
         find_cache(build_config(None, [*longer, "label.use=require"]), session.identity)
     assert find_cache(build_config(None, longer), session.identity) is None  # auto: the teacher runs online
@@ -265,8 +270,11 @@ def test_a_cache_labelled_for_one_run_reads_as_the_whole_one_and_grows_for_a_lon
     before = {s: (directory / f"shard-{s:05d}.parquet").stat().st_mtime_ns for s in first}
     grown = label(build_config(None, longer))
     added = [s for s in grown["shards_train"] if s not in first]
-    assert grown["shards_train"] == first_shards(rows, whole["shards_train"], 164) and added
-    assert grown["teacher_tokens_this_run"] == sum(whole["shards"][str(s)]["teacher_tokens"] for s in added)
+    assert grown["shards_train"][:len(first)] == first and added
+    assert sum(grown["expected_rows"][str(s)] for s in grown["shards_train"]) >= 164
+    assert grown["teacher_tokens_this_run"] == sum(whole["shards"][str(s)]["teacher_tokens"]
+                                                   + whole["shards"].get(str(n + s), {}).get("teacher_tokens", 0)
+                                                   for s in added)
     assert all((directory / f"shard-{s:05d}.parquet").stat().st_mtime_ns == t for s, t in before.items())
     assert find_cache(build_config(None, [*longer, "label.use=require"]), session.identity) is not None
 
@@ -275,47 +283,50 @@ def test_a_cache_labelled_for_one_run_reads_as_the_whole_one_and_grows_for_a_lon
 @pytest.mark.long
 def test_interrupted_label_resumes_and_redoes_truncated_shards(uninterrupted, llama_dir, corpus_file, tmp_path,
                                                                 monkeypatch):
-    import gemini_ray.data.pipeline as pipeline
+    """A label pass stopped at its first finished block, with a teacher actor killed on the way, keeps
+    the blocks it finished; the next run labels only the others and a block whose shard was cut short since,
+    and the cache is the uninterrupted one, row for row."""
+    import gemini_ray.data.label_pass as label_pass
     from gemini_ray.commands.label import label
 
-    real = pipeline.label_shards
-    calls: list[list[int]] = []
-    killer = Killer(lambda n: True, ["CountingTeacherLabeler"])  # a teacher actor dies in the first round
+    real = label_pass.label_blocks
+    passes: list[list[int]] = []
+    killer = Killer(lambda n: True, ["CountingTeacherLabeler"])  # a teacher actor dies in the first pass
 
-    def interrupt_after_first_round(cfg, examples, directory, shards):
-        if calls:
-            raise KeyboardInterrupt("simulated Ctrl-C")
-        calls.append(list(shards))
-        killer.start()
-        return real(cfg, examples, directory, shards)
+    def interrupt_after_a_block(cfg, blocks, *args):
+        passes.append([b["index"] for b in blocks])
+        if len(passes) == 1:
+            killer.start()
+        for record in real(cfg, blocks, *args):
+            yield record
+            if len(passes) == 1:
+                raise KeyboardInterrupt("simulated Ctrl-C")
 
     cfg = build_config(None, tiny(llama_dir, corpus_file, tmp_path))
-    monkeypatch.setattr(pipeline, "label_shards", interrupt_after_first_round)
+    monkeypatch.setattr(label_pass, "label_blocks", interrupt_after_a_block)
     with pytest.raises(KeyboardInterrupt):
         label(cfg)
     directory = next((tmp_path / "signal_cache").iterdir())
     partial = json.loads((directory / "manifest.json").read_text())
-    assert not partial["complete"] and sorted(map(int, partial["shards"])) == calls[0]
+    assert not partial["complete"]
+    finished = sorted(int(p.stem) for p in (directory / "blocks").glob("?????.json"))
+    assert finished  # (how many depends on timing: the writer may finish more before the driver stops)
     killer.join(timeout=60)
     assert not killer.errors and len(killer.killed) == 1  # Ray Data restarted it and retried its batches
 
-    # one shard finished in the first round is cut short on disk (a copy killed half-way, say)
-    victim = sorted(directory / f"shard-{i:05d}.parquet" for i in calls[0])[0]
+    # one shard of a finished block is cut short on disk (a copy killed half-way, say)
+    victim = directory / f"shard-{finished[0]:05d}.parquet"
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
-    victim_id = int(victim.stem.split("-")[1])
+    kept = {i: (directory / f"shard-{i:05d}.parquet").stat().st_mtime_ns for i in finished[1:]}
 
-    resumed: list[list[int]] = []
-    monkeypatch.setattr(pipeline, "label_shards", lambda *a: resumed.append(list(a[3])) or real(*a))
-    cfg = build_config(None, tiny(llama_dir, corpus_file, tmp_path, "label.shards_per_round=16"))  # one round
-    label(cfg)
-    redone = {s for r in resumed for s in r}
-    assert victim_id in redone  # the truncated shard was detected and redone
-    assert not (set(calls[0]) - {victim_id}) & redone  # the whole finished shards were not recomputed
-    _, b_dir, _ = uninterrupted
+    final = label(cfg)
+    assert passes[1] == sorted(set(passes[0]) - set(finished[1:]))  # the truncated block and the unfinished ones
+    assert all((directory / f"shard-{i:05d}.parquet").stat().st_mtime_ns == t for i, t in kept.items())
+    _, b_dir, whole = uninterrupted
     assert directory.name == b_dir.name  # same inputs, same cache key
     assert_same_rows(read_rows(directory), read_rows(b_dir))  # no row lost, none twice, same values
-    final = json.loads((directory / "manifest.json").read_text())
-    assert final["rows_lost"] == final["rows_duplicated"] == 0
+    assert final["rows_lost"] == final["rows_duplicated"] == 0 and final["rows"] == whole["rows"]
+    assert final["teacher_tokens_this_run"] < whole["teacher_tokens"]
 
 
 @pytest.mark.ray

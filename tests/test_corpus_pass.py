@@ -1,5 +1,5 @@
-"""The corpus pass on the shared Ray instance: tokenize-and-pair in parallel tasks, counts kept in Ray
-(nothing proportional to the corpus in the driver), and the held-out cap."""
+"""The corpus pass on the shared Ray instance: blocks of the files read and tokenized-and-paired in parallel
+tasks, counts kept in Ray (nothing proportional to the corpus in the driver)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.ray
 
 
 def corpus(path, texts) -> str:
-    """One jsonl file, or one text file of one document per line (read as a single block)."""
+    """One jsonl file, or one text file of one document per line."""
     if path.suffix == ".txt":
         path.write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
     else:
@@ -26,6 +26,19 @@ def corpus(path, texts) -> str:
 def config(path, **data):
     return config_from_dict({"data": {"path": path, "span_length": 16, "val_fraction": 0.2, **data},
                              "loss": {"num_negatives": 2}})
+
+
+def whole_pass(cfg, llama_dir):
+    """The corpus stream run to its end: (its examples, held in Ray's object store; the ledger's counts)."""
+    import ray
+
+    from gemini_ray.data.corpus_pass import corpus_stream
+
+    stream = corpus_stream(cfg, str(llama_dir), "causal")
+    try:
+        return stream.examples.materialize(), stream.stats()
+    finally:
+        ray.kill(stream.ledger)
 
 
 @pytest.fixture
@@ -40,7 +53,6 @@ def test_the_whole_pass_collects_nothing_in_the_driver_and_splits_into_parallel_
     import ray.data
 
     import gemini_ray.data.corpus_pass as pipeline
-    from gemini_ray.data.corpus_pass import build_examples
 
     texts = [lee_texts[0]] + lee_texts + lee_texts  # 40 documents: a repeat in the first block, 40 in later ones
     shuffled = random.Random(0).sample(texts, len(texts))
@@ -52,11 +64,11 @@ def test_the_whole_pass_collects_nothing_in_the_driver_and_splits_into_parallel_
     with monkeypatch.context() as m:
         for name in ("to_pandas", "take_all", "take", "take_batch", "iter_rows", "to_arrow_refs"):
             m.setattr(ray.data.Dataset, name, collected)
-        examples, stats = build_examples(config(corpus(tmp_path / "a.txt", texts)), str(llama_dir), "causal")
-        _, again = build_examples(config(corpus(tmp_path / "b.jsonl", shuffled)), str(llama_dir), "causal")
+        examples, stats = whole_pass(config(corpus(tmp_path / "a.txt", texts)), llama_dir)
+        _, again = whole_pass(config(corpus(tmp_path / "b.jsonl", shuffled)), llama_dir)
     assert stats.documents == len(texts) and stats.duplicate_documents == 41 and stats.repeated_blocks == 0
-    # a one-file text corpus reads as one block; it is cut into blocks of about CORPUS_BLOCK_BYTES,
-    # one tokenize task each, so that every free CPU takes one (how many processes ran them depends on
+    # a one-file corpus is cut into byte ranges of about CORPUS_BLOCK_BYTES, one read task and one tokenize
+    # task each, so that every free CPU takes one (how many processes ran them depends on
     # timing: counted, not asserted)
     assert examples.num_blocks() >= 3 and stats.tokenize_processes >= 1
     assert stats.examples == examples.count() == stats.train_examples + stats.val_examples
@@ -66,35 +78,14 @@ def test_the_whole_pass_collects_nothing_in_the_driver_and_splits_into_parallel_
     assert (first["example_id"].value_counts() == 2).all()  # block is dropped, the one in a later block kept
     # the corpus fingerprint is order-free, and changes with the content
     assert again.fingerprint == stats.fingerprint and again.duplicate_documents == 41
-    _, fewer = build_examples(config(corpus(tmp_path / "c.jsonl", lee_texts[1:])), str(llama_dir), "causal")
+    _, fewer = whole_pass(config(corpus(tmp_path / "c.jsonl", lee_texts[1:])), llama_dir)
     assert fewer.fingerprint != stats.fingerprint
-
-
-def test_held_out_rows_are_the_first_of_the_held_out_documents_capped(ordered, llama_dir, lee_texts, tmp_path):
-    from gemini_ray.data.corpus_pass import build_examples, split
-
-    path = corpus(tmp_path / "a.jsonl", lee_texts)
-    full, all_stats = build_examples(config(path), str(llama_dir), "causal")
-    capped, stats = build_examples(config(path, max_val_examples=7), str(llama_dir), "causal")
-    again, _ = build_examples(config(path, max_val_examples=7), str(llama_dir), "causal")
-
-    def val_ids(examples) -> list[int]:
-        return list(split(examples, "val").select_columns(["example_id"]).to_pandas()["example_id"])
-
-    every = val_ids(full)
-    assert all_stats.val_examples == len(every) > 7 and all_stats.val_examples_dropped == 0
-    assert stats.val_examples == 7 and stats.val_examples_dropped == len(every) - 7
-    assert val_ids(capped) == every[:7] == val_ids(again)  # the first in corpus order: the same on every run
-    assert capped.count() == stats.train_examples + 7  # no dropped held-out row moved into training
-    assert np.all(np.isin(val_ids(capped), every))
 
 
 def test_corpora_that_break_after_their_first_mib_are_read_with_counted_skips(ordered, llama_dir, lee_texts,
                                                                                tmp_path):
     """What the up-front file check cannot see (it reads the first MiB) is skipped and counted by the pass."""
     import pandas as pd
-
-    from gemini_ray.data.corpus_pass import build_examples
 
     good = [t for t in lee_texts if len(t) < 1000]
     head = (good * (1_300_000 // sum(map(len, good)) + 1))[: 1_300_000 // 500]  # past 1 MiB
@@ -111,7 +102,7 @@ def test_corpora_that_break_after_their_first_mib_are_read_with_counted_skips(or
 
     for path, bad_records, non_utf8 in ((jsonl, 1, 1), (csv, 1, 1), (parquet, 0, 0)):
         cfg = config(str(path), max_document_chars=1000)
-        _, stats = build_examples(cfg, str(llama_dir), "causal")
+        _, stats = whole_pass(cfg, llama_dir)
         assert (stats.skipped_bad_records, stats.skipped_non_utf8, stats.skipped_too_long) == \
             (bad_records, non_utf8, 1), path.name
         assert stats.examples > 0 and stats.documents == len(head) + 2 + bad_records + non_utf8, path.name
@@ -150,22 +141,3 @@ def test_the_fingerprint_is_the_count_sum_and_xor_of_the_unique_hashes_and_the_l
     assert stats.documents == 50 * len(blocks)
 
 
-def test_a_round_without_the_filters_empty_blocks_groups_by_shard(ordered):
-    """label_shards keeps one round's shards with a filter, labels them and groups them by shard. Where a block
-    keeps none, the filter leaves a zero-row block with no columns, which the map stage passes through as is
-    and Ray's hash shuffle cannot concatenate with the rest ("Invalid sort key column", "Schema at index 1
-    was different"): the round is read without them."""
-    import ray.data
-
-    from gemini_ray.data.pipeline import _without_empty_blocks
-
-    ds = ray.data.from_items([{"shard": i % 5, "x": i} for i in range(60)], override_num_blocks=30)
-    kept = _without_empty_blocks(ds.filter(lambda r: r["shard"] in {3, 4}))
-    sizes = [m.num_rows for b in kept.iter_internal_ref_bundles() for m in b.metadata]
-    assert sizes and min(sizes) > 0 and sum(sizes) == 24
-    doubled = kept.map_batches(lambda b: {**b, "y": b["x"] * 2}, batch_format="numpy")
-    groups = doubled.groupby("shard").map_groups(
-        lambda b: {"shard": b["shard"][:1], "n": np.array([len(b["x"])]), "y": np.array([b["y"].sum()])},
-        batch_format="numpy")
-    assert sorted(groups.to_pandas().to_dict("records"), key=lambda r: r["shard"]) == [
-        {"shard": 3, "n": 12, "y": 2 * sum(range(3, 60, 5))}, {"shard": 4, "n": 12, "y": 2 * sum(range(4, 60, 5))}]

@@ -217,7 +217,6 @@ def test_ablate_trains_four_variants_from_one_teacher_pass(ray_start_2_cpus, lla
 
     overrides = [*tiny_overrides(llama_dir, corpus_file, tmp_path, "abl", 2), "data.val_fraction=0.2",
                  f"label.cache_root={tmp_path / 'cache'}", "label.max_negatives=3", "train.eval_every=2",
-                 "label.shards_per_round=16",  # one labelling round: each costs a groupby (~25 s here)
                  "eval.rt_train=80", "eval.rt_test=40", "eval.lm_max_tokens=300", "eval.max_length=32"]
     result = ablate(build_config(None, overrides), str(tmp_path / "out"))
     assert list(result["models"]) == ["teacher", UNTRAINED, *VARIANTS]

@@ -107,7 +107,7 @@ def configure_data_context() -> None:
 
 def start_session(cfg: Config) -> Session:
     """Read the teacher's metadata, start Ray, and compute the cache identity. The corpus is not read here:
-    a command streams it (`corpus_pass.corpus_stream`) or makes one whole pass (`corpus_pass.build_examples`).
+    a command streams it (`corpus_pass.corpus_stream`) or labels it (`label_pass.label_blocks`).
     The teacher's weights are not loaded here, whatever its size: they load in the teacher actors."""
     from gemini_ray.cluster.placement import alive_nodes, check_shared_storage
     from gemini_ray.data.cache import cache_identity

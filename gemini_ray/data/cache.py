@@ -8,9 +8,11 @@ weights (content hash), its tokenizer's vocabulary, the corpus (hash of its dedu
 length, masking, top-k, K_max, the mining window and seeds. λ, τ and K ≤ K_max are not in it: every run and
 every Tune trial with the same inputs reads the same cache.
 
-Shards are written under a temporary name and renamed when complete; on resume a shard counts as done
-only if its parquet footer reads, its row count is the one the manifest expects and its size the one
-recorded when it was written, so a truncated, half-written or overwritten shard is redone. A run that reads
+A shard is one block of the corpus: its training rows (shard b) or its held-out rows (shard n_blocks + b).
+Shards are written under a temporary name and renamed when complete, then the block's record
+(blocks/NNNNN.json) after them; on resume a block counts as done only if its record names this cache and
+this block, and each of its shards' parquet footer reads, holds the rows recorded and has the size recorded
+when it was written, so a truncated, half-written or overwritten shard is redone. A run that reads
 the cache checks the same of every shard it lists first (`check_shards`: one footer per shard, no data).
 """
 
@@ -52,11 +54,17 @@ __all__ = [
     "rows_a_run_reads",
     "first_shards",
     "cached_train_rows",
+    "block_record_path",
+    "block_counts_path",
+    "read_block_record",
+    "block_problem",
 ]
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 """2: each shard row carries its row index in the file (`row`), the base of its position in a pass.
-3: and the teacher's pooled span embeddings (`teacher_embedding`, float16), the representation loss's target."""
+3: and the teacher's pooled span embeddings (`teacher_embedding`, float16), the representation loss's target.
+4: a shard is a block of the corpus (`gemini_ray.data.blocks`): shard b holds block b's training rows and
+shard n_blocks + b its held-out rows, in corpus order; blocks/NNNNN.json records each finished block."""
 
 
 def weights_hash(model_dir: str, revision: str | None = None) -> str:
@@ -99,6 +107,38 @@ def cache_key(identity: dict[str, Any]) -> str:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
+
+
+def block_record_path(directory: str, block: int) -> str:
+    """Where a finished block's record lives: what it read, its counts and its shard files' sizes."""
+    return join(directory, "blocks", f"{block:05d}.json")
+
+
+def block_counts_path(directory: str, block: int) -> str:
+    """Where a block's corpus counts wait, from its tokenize task, for its writer."""
+    return join(directory, "blocks", f"{block:05d}.counts.json")
+
+
+def read_block_record(directory: str, block: int) -> dict[str, Any] | None:
+    return read_json(block_record_path(directory, block))
+
+
+def block_problem(fs: pafs.FileSystem, path: str, record: dict[str, Any] | None, key: str,
+                  block: dict[str, Any]) -> str | None:
+    """Why a block must be labelled again ('it was not finished', 'shard 12: it is missing', ...), or None
+    when its record names this cache's key and this very block of the corpus and each of its shard files is
+    whole. path: the cache directory on fs."""
+    if record is None:
+        return "it was not finished"
+    if record.get("key") != key:
+        return "its record names another cache"
+    if record.get("block") != block:
+        return "its record names another part of the corpus"
+    for shard, rec in record.get("shards", {}).items():
+        problem = shard_problem(fs, f"{path}/{shard_name(int(shard))}", int(rec["rows"]), int(rec["bytes"]))
+        if problem:
+            return f"shard {shard}: {problem}"
+    return None
 
 
 def shard_number(path: str) -> int:
@@ -266,6 +306,7 @@ def cache_identity(cfg: Config, source: str, tokenizer: Any, kind: str, revision
         "max_negatives": cfg.label.max_negatives,
         "mining_window": cfg.mining.window,
         "mining_seed": cfg.mining.seed,
+        "block_bytes": int(cfg.label.block_mb * (1 << 20)),
     }
 
 
@@ -303,10 +344,10 @@ def find_cache(cfg: Config, identity: dict[str, Any], rows: int | None = None) -
     held, whole = cached_train_rows(manifest)
     need = rows if rows is not None else rows_a_run_reads(cfg.train.max_steps, cfg.train.examples_per_step)
     if not whole and need > held:
-        text = (f"the teacher-signal cache at '{directory}' holds the first {held} of the corpus's "
-                f"{manifest['corpus']['train_examples']} training examples (labelled with label.scope=run for a "
-                f"shorter run); this run reads {need} (train.max_steps x examples per step, and a step of slack)")
-        fix = ("Run 'gemini-ray label' with this config to add the shards it lacks (those done are kept), or "
+        text = (f"the teacher-signal cache at '{directory}' holds the first {held} training examples of the corpus "
+                "(labelled with label.scope=run for a shorter run); this run reads "
+                f"{need} (train.max_steps x examples per step, and a step of slack)")
+        fix = ("Run 'gemini-ray label' with this config to add the blocks it lacks (those done are kept), or "
                "label with label.scope=corpus.")
         if cfg.label.path or cfg.label.use == "require":
             raise GeminiRayError(f"{text}. {fix}")

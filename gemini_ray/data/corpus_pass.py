@@ -8,7 +8,7 @@ corpus fingerprint are kept by a ledger actor, so the driver holds nothing propo
 An online distillation streams: `probe_corpus` reads only the prefix that holds the held-out rows (and
 checks the corpus on it), then `online_rows` streams the training rows from the files (through the teacher
 stage of `gemini_ray.data.pipeline`) into the trainer, which starts on the first rows while the rest are still
-being read. `gemini-ray label` makes one whole pass (`build_examples`).
+being read. `gemini-ray label` reads the corpus in blocks of its own (`gemini_ray.data.label_pass`).
 
 No torch here: the tokenize tasks and actors import this module in every Ray worker that runs them.
 """
@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,8 @@ import ray.data
 from gemini_ray.config import Config
 from gemini_ray.data.budgets import (CORPUS_BLOCK_BYTES, LIGHT_CPUS, PASS_READ_CPUS, PASS_TOKENIZE_CPUS,
                                      STREAM_BLOCK_BYTES, STREAM_TOKENIZE_CPUS)
-from gemini_ray.data.corpus import (csv_read_options, decode_column, embedded_corpus, infer_format, parse_jsonl,
-                                    split_lines)
+from gemini_ray.data.blocks import plan_blocks, read_block
+from gemini_ray.data.corpus import csv_read_options, decode_column, embedded_corpus, infer_format
 from gemini_ray.data.filecheck import corpus_files
 from gemini_ray.data.resume import count_in_task, drop_trained, task_positions
 from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
@@ -41,9 +42,9 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_uri
 from gemini_ray.ray_compat.data import read_parquet_v1
 
-__all__ = ["CorpusStats", "read_documents", "corpus_stream", "CorpusStream", "build_examples", "held_out",
-           "Probe", "probe_corpus", "online_rows", "split", "is_val_doc", "to_arrays",
-           "CorpusLedger", "read_parquet_v1", "read_errors"]
+__all__ = ["CorpusStats", "read_documents", "corpus_stream", "CorpusStream", "Probe", "probe_corpus", "online_rows",
+           "is_val_doc", "to_arrays", "CorpusLedger", "read_parquet_v1", "read_errors", "pair_block", "Paired",
+           "pairer_settings", "fingerprint_parts", "fingerprint_of_parts"]
 
 
 @dataclass
@@ -93,12 +94,12 @@ def read_documents(cfg: Config, num_cpus: float = 1.0, block_bytes: int | None =
     ctx = ray.data.DataContext.get_current()  # a dataset keeps a copy of the context it was made in
     default_block, ctx.target_max_block_size = ctx.target_max_block_size, block_bytes or CORPUS_BLOCK_BYTES
     try:
-        return _read_documents(cfg, num_cpus)
+        return _read_documents(cfg, num_cpus, ctx.target_max_block_size)
     finally:
         ctx.target_max_block_size = default_block
 
 
-def _read_documents(cfg: Config, num_cpus: float) -> ray.data.Dataset:
+def _read_documents(cfg: Config, num_cpus: float, block_bytes: int) -> ray.data.Dataset:
     d = cfg.data
     if d.path.startswith("embedded:"):
         source = embedded_corpus(d.path)
@@ -118,10 +119,12 @@ def _read_documents(cfg: Config, num_cpus: float) -> ray.data.Dataset:
         fmt = infer_format(path, d.format)
         if not is_uri(path) and Path(path).is_dir():  # each real file once: Ray's listing follows every link
             path = [str(f) for f in corpus_files(Path(path), fmt)]
-    if fmt in ("text", "jsonl"):  # read as bytes and split here: a broken line is a counted skip, not a failure
-        parse = split_lines if fmt == "text" else functools.partial(parse_jsonl, column=d.text_column)
-        ds = ray.data.read_binary_files(path, num_cpus=num_cpus).map_batches(parse, batch_size=1,
-                                                                             batch_format="numpy", num_cpus=num_cpus)
+    if fmt in ("text", "jsonl"):  # in blocks of byte ranges (a file of any size in pieces), split into lines
+        # here: a broken line is a counted skip, not a failure
+        blocks = plan_blocks(d, block_bytes)
+        ds = ray.data.from_items([{"block": json.dumps(b)} for b in blocks], override_num_blocks=len(blocks))
+        ds = ds.map_batches(_read_blocks, fn_kwargs={"data": d}, batch_size=1, batch_format="numpy",
+                            num_cpus=num_cpus)
     else:
         reader = {"parquet": read_parquet_v1, "csv": ray.data.read_csv}[fmt]
         kwargs = csv_read_options(d.text_column) if fmt == "csv" else {}
@@ -142,6 +145,11 @@ def _read_documents(cfg: Config, num_cpus: float) -> ray.data.Dataset:
     return ds.limit(d.max_documents) if d.max_documents else ds
 
 
+def _read_blocks(batch: dict[str, np.ndarray], data: Any) -> dict[str, np.ndarray]:
+    """The documents of a one-row batch of blocks (`plan_blocks` dicts as JSON)."""
+    return read_block(json.loads(str(batch["block"][0])), data)
+
+
 @contextlib.contextmanager
 def read_errors(cfg: Config) -> Iterator[None]:
     """Around code that runs a corpus read: a file that fails to read or decompress in a Ray task (a
@@ -150,7 +158,10 @@ def read_errors(cfg: Config) -> Iterator[None]:
     it) or data.path, instead of Ray's stack trace. Ray Data has logged its own trace by then."""
     try:
         yield
-    except GeminiRayError:
+    except GeminiRayError as exc:
+        cause = getattr(exc, "cause", None)  # raised in a Ray task: its own message, not the task's traceback
+        if isinstance(cause, GeminiRayError):
+            raise cause from None
         raise
     except (OSError, pa.ArrowException) as exc:  # Ray's RayTaskError(OSError) is an OSError too
         from gemini_ray.data.filecheck import check_corpus
@@ -171,12 +182,27 @@ def is_val_doc(doc_id: np.ndarray, val_fraction: float) -> np.ndarray:
     return (np.asarray(doc_id) % 10_000) < int(round(val_fraction * 10_000))
 
 
+def fingerprint_parts(unique_hashes: np.ndarray) -> list[int]:
+    """[count, sum modulo 2**64, xor] of unique document hashes (int64, any order). The parts of disjoint
+    sets add up (`fingerprint_of_parts`)."""
+    u = np.asarray(unique_hashes, dtype=np.int64)
+    return [len(u), int(u.view(np.uint64).sum(dtype=np.uint64)), int(np.bitwise_xor.reduce(u)) if len(u) else 0]
+
+
+def fingerprint_of_parts(parts: list[list[int]]) -> str:
+    """The fingerprint of the union of disjoint sets of document hashes, from each set's parts."""
+    count = sum(p[0] for p in parts)
+    total = sum(p[1] for p in parts) % (1 << 64)
+    xor = 0
+    for p in parts:
+        xor ^= p[2]
+    return hashlib.sha256(f"{count}:{total}:{xor}".encode()).hexdigest()
+
+
 def fingerprint_of(unique_hashes: np.ndarray) -> str:
     """The corpus fingerprint of its unique document hashes (int64, any order): their count, their sum
     modulo 2**64 and their xor."""
-    u = np.asarray(unique_hashes, dtype=np.int64)
-    total, xor = int(u.view(np.uint64).sum(dtype=np.uint64)), int(np.bitwise_xor.reduce(u))
-    return hashlib.sha256(f"{len(u)}:{total}:{xor}".encode()).hexdigest()
+    return fingerprint_of_parts([fingerprint_parts(unique_hashes)])
 
 
 LEDGER_MERGE_BLOCKS = 64
@@ -235,18 +261,21 @@ def _pairer(**kwargs) -> SpanPairer:
     return SpanPairer(**kwargs)
 
 
-def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, max_chars: int, pairer: dict,
-                    plan=None, only: str | None = None) -> dict[str, np.ndarray]:
-    """Tokenize-and-pair task over one block of documents: SpanPairer cuts the UTF-8 documents (a repeat of
-    a document earlier in the block is dropped), the counts go to the ledger, and only the examples (status
-    'ok', with their 'split' and 'position') come out; with a StreamPlan, less the rows trained already;
-    with `only`, the rows of that split alone (selected here, not by a Filter operator after this one: on a
-    small machine Ray Data gives a downstream operator no CPU while the reads and tokenize tasks of a large
-    corpus hold them all, and a filter there would starve until the whole corpus was read).
+class Paired(NamedTuple):
+    """One block of documents tokenized and paired (`pair_block`)."""
 
-    A repeat in another block is kept: dropping it would make the stream depend on which task ran first
-    (and empty a second pass). Its examples carry the same document id, so the two copies are never each
-    other's negatives, and the same example ids, so a cache keeps one copy."""
+    rows: dict[str, np.ndarray]
+    """The examples (status 'ok'), each with its 'split'."""
+    counts: dict[str, int]
+    """What the block held: documents, skips, examples per split (CorpusStats' fields)."""
+    doc_ids: np.ndarray
+    """The hashes of the block's readable documents, repeats included (the corpus fingerprint's input)."""
+
+
+def pair_block(batch: dict[str, np.ndarray], val_fraction: float, max_chars: int, pairer: dict) -> Paired:
+    """SpanPairer over one block of documents ({text, bad_utf8, bad_record}): a repeat of a document earlier
+    in the block is dropped, as are unreadable and too long ones; each example's split is chosen by its
+    document's hash."""
     texts = np.array(["" if t is None else str(t) for t in batch["text"]], dtype=object)
     bad_record = np.asarray(batch["bad_record"], dtype=bool)
     too_long = np.array([len(t) > max_chars for t in texts], dtype=bool)
@@ -259,20 +288,37 @@ def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, m
     status, doc = rows.pop("status"), rows["doc_id"]
     ok = status == STATUS_OK
     val = is_val_doc(doc, val_fraction)
+    counts = {
+        "documents": len(texts), "skipped_non_utf8": int(np.sum(batch["bad_utf8"])),
+        "skipped_bad_records": int(np.sum(bad_record)), "skipped_too_long": int(np.sum(too_long & first & ~bad)),
+        "skipped_empty": int(np.sum(status == "empty")), "skipped_too_short": int(np.sum(status == "too_short")),
+        "examples": int(np.sum(ok)), "train_examples": int(np.sum(ok & ~val)), "val_examples": int(np.sum(ok & val)),
+        "documents_used": len(np.unique(doc[ok])), "val_documents": len(np.unique(doc[ok & val])),
+    }  # a document's examples all come from one block, so per-block unique counts add up
+    out = {k: v[ok] for k, v in rows.items()}
+    out["split"] = np.where(val[ok], "val", "train").astype(object)
+    return Paired(out, counts, doc_ids[~bad])
+
+
+def _pair_documents(batch: dict[str, np.ndarray], ledger, val_fraction: float, max_chars: int, pairer: dict,
+                    plan=None, only: str | None = None) -> dict[str, np.ndarray]:
+    """Tokenize-and-pair task over one block of documents (`pair_block`): the counts go to the ledger, and
+    only the examples (with their 'split' and 'position') come out; with a StreamPlan, less the rows trained
+    already; with `only`, the rows of that split alone (selected here, not by a Filter operator after this
+    one: on a small machine Ray Data gives a downstream operator no CPU while the reads and tokenize tasks of
+    a large corpus hold them all, and a filter there would starve until the whole corpus was read).
+
+    A repeat in another block is kept: dropping it would make the stream depend on which task ran first
+    (and empty a second pass). Its examples carry the same document id, so the two copies are never each
+    other's negatives."""
+    paired = pair_block(batch, val_fraction, max_chars, pairer)
     # the block's key: its place in this execution (the task's index, the batch's within the task: an actor's
     # task may map several blocks) and its content; a further pass runs the same tasks over the same blocks
     block = (*count_in_task("gemini_ray_batches", 1),
-             int.from_bytes(hashlib.blake2b(doc_ids.tobytes(), digest_size=8).digest(), "little"))
-    ray.get(ledger.record.remote(block, doc_ids[~bad], {
-        "documents": len(texts), "skipped_non_utf8": np.sum(batch["bad_utf8"]),
-        "skipped_bad_records": np.sum(bad_record), "skipped_too_long": np.sum(too_long & first & ~bad),
-        "skipped_empty": np.sum(status == "empty"), "skipped_too_short": np.sum(status == "too_short"),
-        "examples": np.sum(ok), "train_examples": np.sum(ok & ~val), "val_examples": np.sum(ok & val),
-        "documents_used": len(np.unique(doc[ok])), "val_documents": len(np.unique(doc[ok & val])),
-    }, os.getpid()))  # a document's examples all come from one block, so per-block unique counts add up
-    out = {k: v[ok] for k, v in rows.items()}
-    out["split"] = np.where(val[ok], "val", "train").astype(object)
-    out["position"] = task_positions(int(np.sum(ok)))
+             int.from_bytes(hashlib.blake2b(paired.doc_ids.tobytes(), digest_size=8).digest(), "little"))
+    ray.get(ledger.record.remote(block, paired.doc_ids, paired.counts, os.getpid()))
+    out = paired.rows
+    out["position"] = task_positions(len(out["split"]))
     if only is not None:
         out = {k: v[out["split"] == only] for k, v in out.items()}
     return drop_trained(out, plan)
@@ -293,6 +339,13 @@ def _tokenize_pool() -> ray.data.ActorPoolStrategy:
     onto a thread of its own, where the TaskContext that numbers blocks and positions is not set)."""
     n = max(1, int(ray.cluster_resources().get("CPU", 1)))
     return ray.data.ActorPoolStrategy(min_size=1, max_size=n, initial_size=n, enable_true_multi_threading=True)
+
+
+def pairer_settings(cfg: Config, tokenizer_source: str, kind: str) -> dict[str, Any]:
+    """The SpanPairer arguments of a config (every tokenize task builds its pairer from them)."""
+    return dict(tokenizer_source=tokenizer_source, kind=kind, span_length=cfg.data.span_length,
+                mlm_probability=cfg.data.mlm_probability, seed=cfg.data.seed,
+                trust_remote_code=cfg.teacher.trust_remote_code)
 
 
 class CorpusStream(NamedTuple):
@@ -316,11 +369,8 @@ def corpus_stream(cfg: Config, tokenizer_source: str, kind: str, beside_trainer:
     StreamPlan whose trained rows the stream leaves out (a resumed run). only: 'train' or 'val' to keep that
     split's rows alone (the ledger counts both)."""
     ledger = CorpusLedger.remote()
-    pairer = dict(tokenizer_source=tokenizer_source, kind=kind, span_length=cfg.data.span_length,
-                  mlm_probability=cfg.data.mlm_probability, seed=cfg.data.seed,
-                  trust_remote_code=cfg.teacher.trust_remote_code)
     kwargs = dict(ledger=ledger, val_fraction=cfg.data.val_fraction, max_chars=cfg.data.max_document_chars,
-                  pairer=pairer, plan=plan, only=only)
+                  pairer=pairer_settings(cfg, tokenizer_source, kind), plan=plan, only=only)
     # reads and tokenize tasks ask for different CPUs: Ray Data fuses adjacent operators with equal resources
     # into one task, which would tokenize a one-file corpus in the single task that reads it
     if beside_trainer:  # tasks: they take a CPU's fraction only while they run
@@ -333,37 +383,6 @@ def corpus_stream(cfg: Config, tokenizer_source: str, kind: str, beside_trainer:
             _PairDocuments, fn_kwargs=kwargs, batch_size=None, num_cpus=PASS_TOKENIZE_CPUS,
             compute=_tokenize_pool(), batch_format="numpy")
     return CorpusStream(examples, ledger)
-
-
-def held_out(examples: ray.data.Dataset, cap: int) -> ray.data.Dataset:
-    """The held-out rows: of the held-out documents' examples (chosen by content hash), the first `cap` in
-    corpus order."""
-    return split(examples, "val").limit(cap)
-
-
-def build_examples(cfg: Config, tokenizer_source: str, kind: str) -> tuple[ray.data.Dataset, CorpusStats]:
-    """One whole pass: the examples materialised in Ray's object store, the held-out rows cut to
-    data.max_val_examples, and the counts. The driver collects nothing proportional to the
-    corpus (the ledger counts in Ray; the held-out cap brings at most data.max_val_examples ids here)."""
-    stream = corpus_stream(cfg, tokenizer_source, kind)
-    try:
-        with read_errors(cfg):
-            examples = stream.examples.materialize()
-        stats = stream.stats()
-    finally:
-        ray.kill(stream.ledger)
-    _check_corpus(cfg, stats)
-    cap = cfg.data.max_val_examples
-    if stats.val_examples <= cap:
-        return examples, stats
-    kept = held_out(examples, cap).select_columns(["example_id"]).to_pandas()["example_id"].to_numpy()
-    stats.val_examples_dropped, stats.val_examples = stats.val_examples - len(kept), len(kept)
-
-    def drop_other_held_out(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keep = (batch["split"] == "train") | np.isin(batch["example_id"], kept)
-        return {k: v[keep] for k, v in batch.items()}
-
-    return examples.map_batches(drop_other_held_out, batch_format="numpy", num_cpus=LIGHT_CPUS).materialize(), stats
 
 
 class Probe(NamedTuple):
@@ -454,11 +473,6 @@ def _check_corpus(cfg: Config, stats: CorpusStats) -> None:
             f"(negatives come from other documents), but the corpus gives {stats.documents_used}. "
             "Lower loss.num_negatives or add documents."
         )
-
-
-def split(examples: ray.data.Dataset, name: str) -> ray.data.Dataset:
-    """The 'train' or 'val' rows of the examples."""
-    return examples.filter(expr=f"split == '{name}'", num_cpus=LIGHT_CPUS)
 
 
 def to_arrays(ds: ray.data.Dataset) -> dict[str, np.ndarray] | None:

@@ -24,10 +24,10 @@ from gemini_ray.data.resume import drop_trained, encode
 from gemini_ray.data.teacher_stage import teacher_backend
 from gemini_ray.data.vllm_teacher import engine_placement
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.paths import atomic_path, join, open_dir
+from gemini_ray.paths import open_dir
 
-__all__ = ["label_rows", "label_and_mine", "teacher_actor_args", "teacher_token_counter", "label_shards", "read_cache",
-           "read_cached_signal", "assign_shards", "TRAIN_COLUMNS", "STREAM_COLUMNS"]
+__all__ = ["label_rows", "label_and_mine", "teacher_actor_args", "teacher_token_counter", "read_cache",
+           "read_cached_signal", "read_held_out", "TRAIN_COLUMNS", "STREAM_COLUMNS"]
 
 TRAIN_COLUMNS = ["input_ids", "attention_mask", "label_mask", "topk_ids", "topk_logits", "topk_mass",
                  "teacher_embedding", "neg_input_ids", "neg_attention_mask", "neg_mask", "teacher_tokens", "random_negatives",
@@ -41,16 +41,24 @@ STREAM_COLUMNS = TRAIN_COLUMNS + ["position"]
 
 @ray.remote(num_cpus=0)
 class TeacherTokenCounter:
-    """Counts tokens pushed through teacher forwards in this Ray session (the cache's proof of work)."""
+    """Counts tokens pushed through teacher forwards in this Ray session (the cache's proof of work), and the
+    teacher actors started (each loads the teacher)."""
 
     def __init__(self) -> None:
         self.tokens = 0
+        self.actors = 0
 
     def add(self, n: int) -> None:
         self.tokens += n
 
     def total(self) -> int:
         return self.tokens
+
+    def started(self) -> None:
+        self.actors += 1
+
+    def starts(self) -> int:
+        return self.actors
 
 
 COUNTER_NAME = "gemini_ray_teacher_tokens"
@@ -68,6 +76,7 @@ class CountingTeacherLabeler:
     def __init__(self, teacher_cfg: dict):
         self.teacher = teacher_backend(teacher_cfg.get("backend", "hf"))(teacher_cfg)
         self.counter = teacher_token_counter()
+        self.counter.started.remote()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = self.teacher(batch)
@@ -131,79 +140,6 @@ def label_rows(cfg: Config, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray
 # --------------------------------------------------------------------------- the teacher-signal cache
 
 
-def assign_shards(examples: ray.data.Dataset, n_train: int, n_val: int) -> ray.data.Dataset:
-    """Shard = hash bucket of the example id: train rows in [0, n_train), val rows in [n_train, n_train + n_val).
-
-    Membership depends only on content, so an interrupted run rebuilds the same shards."""
-
-    def add(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ex = np.asarray(batch["example_id"])
-        val = np.asarray(batch["split"]) == "val"
-        batch["shard"] = np.where(val, n_train + ex % max(n_val, 1), ex % n_train).astype(np.int64)
-        return batch
-
-    return examples.map_batches(add, batch_format="numpy", num_cpus=LIGHT_CPUS)
-
-
-class ShardWriter:
-    """map_groups UDF: mine K_max negatives within one shard (rows sorted by id, so the result does not
-    depend on arrival order), write it as one parquet file under a temporary name, rename it."""
-
-    def __init__(self, directory: str, max_negatives: int, seed: int):
-        self.directory = directory
-        self.fs, self.dir = open_dir(directory)
-        self.k, self.seed = max_negatives, seed
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import pyarrow.parquet as pq
-        from ray.data.block import BlockAccessor
-
-        from gemini_ray.data.cache import shard_name
-
-        ids = np.asarray(batch["example_id"])
-        order = np.argsort(ids, kind="stable")
-        order = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]  # one copy of a repeated example
-        rows = {k: np.asarray(v)[order] for k, v in batch.items()}
-        shard = int(rows["shard"][0])
-        mined = HardNegativeMiner(self.k, seed=self.seed + shard)(rows)  # fresh per shard: deterministic
-        mined["row"] = np.arange(len(order), dtype=np.int64)  # its place in the file: (shard, row) is its position
-        table = BlockAccessor.batch_to_block(mined)
-        with atomic_path(join(self.directory, shard_name(shard))) as tmp:
-            pq.write_table(table, tmp)
-        final = f"{self.dir}/{shard_name(shard)}"
-        return {"shard": np.array([shard]), "rows": np.array([len(order)]),
-                "bytes": np.array([self.fs.get_file_info(final).size]),
-                "teacher_tokens": np.array([int(rows["teacher_tokens"].sum())]),
-                "positions": np.array([int(np.prod(rows["input_ids"].shape))]),
-                "missing_negatives": np.array([int(mined["missing_negatives"].sum())])}
-
-
-def _without_empty_blocks(ds: ray.data.Dataset) -> ray.data.Dataset:
-    """The dataset's rows, computed, in its non-empty blocks only. A filter leaves a zero-row block with no
-    columns where it kept nothing; a map stage passes such a block through without calling its function, and
-    a hash shuffle (groupby) then fails to concatenate it with the labelled blocks ("Schema at index 1 was
-    different", Ray 2.60). A round's token ids are small: holding them is cheap."""
-    from gemini_ray.ray_compat.data import non_empty_block_refs
-
-    return ray.data.from_arrow_refs(non_empty_block_refs(ds))
-
-
-def label_shards(cfg: Config, examples: ray.data.Dataset, directory: str, shards: list[int]) -> list[dict]:
-    """Label and write the given shards (one Ray Data execution); returns one record per shard."""
-    todo = set(shards)
-    subset = _without_empty_blocks(examples.filter(lambda r: r["shard"] in todo, num_cpus=LIGHT_CPUS))
-    labelled = _teacher_stage(cfg, subset)
-    written = labelled.groupby("shard").map_groups(
-        ShardWriter,
-        fn_constructor_kwargs={"directory": directory, "max_negatives": cfg.label.max_negatives,
-                               "seed": cfg.mining.seed},
-        compute=ActorPoolStrategy(size=1),
-        num_cpus=LIGHT_CPUS,
-        batch_format="numpy",
-    )
-    return written.to_pandas().to_dict("records")
-
-
 def shard_order(shards: list[int], seed: int, epoch: int, shuffle_first: bool = False) -> list[int]:
     """The order in which pass `epoch` (0-based) reads the cache's training shards: ascending on the first pass
     (unless shuffle_first: train.shuffle_first_pass), then a permutation seeded by the seed and the pass (a
@@ -213,6 +149,46 @@ def shard_order(shards: list[int], seed: int, epoch: int, shuffle_first: bool = 
     if epoch == 0 and not shuffle_first:
         return ordered
     return [ordered[i] for i in np.random.default_rng([seed, epoch]).permutation(len(ordered))]
+
+
+def _read_shard(fs: Any, path: str, shard: int, num_negatives: int) -> dict[str, np.ndarray]:
+    """One cache shard's training columns with its first `num_negatives` negatives, each row with its
+    position (shard, row in the file)."""
+    import pyarrow.parquet as pq
+    from ray.data.block import BlockAccessor
+
+    from gemini_ray.data.cache import shard_name
+
+    where = f"{path}/{shard_name(shard)}"
+    try:
+        table = pq.read_table(where, filesystem=fs, columns=TRAIN_COLUMNS + ["row"])
+    except (OSError, pa.ArrowException) as exc:  # damaged after check_shards looked, or in its data pages
+        raise GeminiRayError(
+            f"teacher-signal cache shard '{where}' does not read ({str(exc).strip()[:200]}). Delete it and "
+            "run 'gemini-ray label' with the same config: it labels the missing shard again.") from None
+    part = BlockAccessor.for_block(table).to_batch_format("numpy")
+    for key in ("neg_input_ids", "neg_attention_mask", "neg_mask"):
+        part[key] = np.ascontiguousarray(part[key][:, :num_negatives])
+    part["position"] = encode(np.full(len(part["row"]), shard, dtype=np.int64), part.pop("row"))
+    return part
+
+
+def read_held_out(directory: str, manifest: dict, num_negatives: int) -> dict[str, np.ndarray] | None:
+    """The cache's held-out rows as one dict of arrays (None without any): its held-out shards in order, cut
+    to the manifest's `val_rows` (data.max_val_examples; the first held-out examples in corpus order). Read
+    here: they are a few hundred rows."""
+    if not manifest["shards_val"]:
+        return None
+    fs, path = open_dir(directory)
+    cap = manifest.get("val_rows")
+    parts, held = [], 0
+    for shard in manifest["shards_val"]:
+        if cap is not None and held >= cap:
+            break
+        parts.append(_read_shard(fs, path, shard, num_negatives))
+        held += len(parts[-1]["position"])
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return rows if cap is None else {k: v[:cap] for k, v in rows.items()}
 
 
 def read_cache(directory: str, shards: list[int], num_negatives: int, plan=None,
@@ -226,31 +202,14 @@ def read_cache(directory: str, shards: list[int], num_negatives: int, plan=None,
     the trainer is on, and the task takes its slot of that pass's `shard_order` (without a plan: the first
     pass's). The same stream so serves every pass of a fit in a different order, and a resumed pass in the
     same order as before."""
-    import pyarrow.parquet as pq
-    from ray.data.block import BlockAccessor
-
-    from gemini_ray.data.cache import shard_name
-
     fs, path = open_dir(directory)
     slots = len([s for s in shards if s not in consumed])
 
     def read_slot(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         epoch = 0 if plan is None else ray.get(plan.pass_number.remote())
         order = [s for s in shard_order(shards, seed, epoch, shuffle_first) if s not in consumed]
-        parts = []
-        for slot in batch["slot"].tolist():
-            where = f"{path}/{shard_name(order[slot])}"
-            try:
-                table = pq.read_table(where, filesystem=fs, columns=TRAIN_COLUMNS + ["row"])
-            except (OSError, pa.ArrowException) as exc:  # damaged after check_shards looked, or in its data pages
-                raise GeminiRayError(
-                    f"teacher-signal cache shard '{where}' does not read ({str(exc).strip()[:200]}). Delete it and "
-                    "run 'gemini-ray label' with the same config: it labels the missing shard again.") from None
-            part = BlockAccessor.for_block(table).to_batch_format("numpy")
-            for key in ("neg_input_ids", "neg_attention_mask", "neg_mask"):
-                part[key] = np.ascontiguousarray(part[key][:, :num_negatives])
-            part["position"] = encode(np.full(len(part["row"]), order[slot], dtype=np.int64), part.pop("row"))
-            parts.append(drop_trained(part, plan))
+        parts = [drop_trained(_read_shard(fs, path, order[slot], num_negatives), plan)
+                 for slot in batch["slot"].tolist()]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     # fractional CPUs: on a small machine the trainer (and a Tune trial's driver) hold most of them
@@ -268,5 +227,4 @@ def read_cached_signal(directory: str, manifest: dict, num_negatives: int, plan=
 
     check_shards(directory, manifest)  # a damaged shard: refused now, not by a Ray Data retry mid-run
     stream = read_cache(directory, manifest["shards_train"], num_negatives, plan, consumed, seed, shuffle_first)
-    val = to_arrays(read_cache(directory, manifest["shards_val"], num_negatives)) if manifest["shards_val"] else None
-    return stream, val
+    return stream, read_held_out(directory, manifest, num_negatives)

@@ -1,15 +1,17 @@
-"""Make the teacher-signal cache: run the teacher once over a corpus, mine K_max negatives per shard, and
-write parquet shards + manifest.json. Used by `gemini-ray label`, and by `tune` and `ablate` when no cache
-matches their config yet.
+"""Make the teacher-signal cache: run the teacher once over a corpus, mine K_max negatives within windows of
+rows, and write parquet shards + manifest.json. Used by `gemini-ray label`, and by `tune` and `ablate` when
+no cache matches their config yet.
 
     manifest = make_cache(cfg, session)
 
-Shards are labelled in rounds (label.shards_per_round); a finished round is recorded in the manifest, so
-an interrupted run is finished by running it again: complete shards are kept, the rest are redone.
+The corpus is cut into blocks (`gemini_ray.data.blocks`, label.block_mb each) and labelled in one streaming
+pass (`gemini_ray.data.label_pass`): the teacher pool starts once, nothing is materialised, and the driver
+holds one small record per block. Each finished block leaves its shards and its record on disk, so a run
+killed at any point is finished by running it again: the blocks done are kept, the teacher labels the rest.
 
-With label.scope=run only the first training shards a run reads are labelled (`cache.first_shards`); the
-manifest lists them (`shards_train`) and says whether they are the whole corpus (`whole`). Labelling again
-for a longer run adds shards and keeps those done.
+With label.scope=run only the first blocks, in corpus order, that hold the training rows a run reads are
+labelled; the manifest lists their shards (`shards_train`) and says whether they are the whole corpus
+(`whole`). Labelling again for a longer run adds blocks and keeps those done.
 """
 
 from __future__ import annotations
@@ -17,134 +19,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gemini_ray.cluster.session import Session
 from gemini_ray.config import Config
-from gemini_ray.data.cache import CACHE_VERSION, cache_dir_for
+from gemini_ray.data.cache import CACHE_VERSION, cache_dir_for, cache_key
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.paths import absolute, check_writable, join, open_dir
-from gemini_ray.training.watch import Progress
-
-if TYPE_CHECKING:
-    from gemini_ray.data.corpus_pass import CorpusStats
+from gemini_ray.paths import absolute, check_writable, open_dir
 
 __all__ = ["make_cache"]
 
-
-def _check_rows(directory: str, shards: list[int], examples) -> tuple[int, int]:
-    """(examples of the given shards missing from the cache, examples in it more than once), by example id."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from gemini_ray.data.cache import shard_name
-
-    fs, path = open_dir(directory)
-    ids = [pq.read_table(f"{path}/{shard_name(i)}", columns=["example_id"], filesystem=fs).column(0).to_numpy()
-           for i in shards]
-    cached = np.concatenate(ids) if ids else np.array([], dtype=np.int64)
-    ids = examples.select_columns(["shard", "example_id"]).to_pandas()
-    wanted = np.unique(ids["example_id"].to_numpy()[ids["shard"].isin(shards).to_numpy()])
-    unique = np.unique(cached)
-    return int(np.setdiff1d(wanted, unique).size), int(cached.size - unique.size)
-
-
-def _unique_rows_per_shard(examples) -> dict[int, int]:
-    """Rows each shard will hold: its distinct example ids (a document repeated in two blocks of the corpus
-    gives the same examples twice; the shard keeps one copy). Counted in Ray: one row per shard returns."""
-    pairs = examples.select_columns(["shard", "example_id"]).groupby(["shard", "example_id"]).count()
-    counts = pairs.groupby("shard").count().to_pandas()
-    return {int(r["shard"]): int(r["count()"]) for _, r in counts.iterrows()}
-
-
-def _check_plan(cfg: Config, stats: CorpusStats) -> None:
-    used = stats.documents_used
-    if used <= cfg.label.max_negatives:
-        raise GeminiRayError(
-            f"label.max_negatives={cfg.label.max_negatives} needs more than {cfg.label.max_negatives} usable documents, "
-            f"but the corpus gives {used}. Lower label.max_negatives or add documents."
-        )
-
-
-def _new_manifest(cfg: Config, session: Session, stats: CorpusStats, train: list[int], n_train: int, n_val: int,
-                  expected: dict[int, int], done: dict[int, Any]) -> dict[str, Any]:
-    return {
-        "version": CACHE_VERSION, "identity": session.identity, "complete": False,
-        "teacher": {"model": cfg.teacher.model, "resolved": session.teacher_source, "kind": session.kind,
-                    "parameters": session.teacher_params, "vocab_size": session.teacher_config.vocab_size,
-                    "hidden_size": session.teacher_config.hidden_size, "revision": session.teacher.revision,
-                    "backend": cfg.teacher.backend},
-        "tokenizer": {"name_or_path": session.teacher_source, "vocab_size": len(session.tokenizer)},
-        "corpus": {"path": cfg.data.path, **stats.as_dict()},
-        "shards_train": train, "shards_val": list(range(n_train, n_train + n_val)),
-        "shards_train_all": n_train, "whole": len(train) == n_train, "scope": cfg.label.scope,
-        "expected_rows": {str(k): v for k, v in sorted(expected.items())},
-        "shards": {str(k): v for k, v in done.items()},
-        "config": dataclasses.asdict(cfg),
-    }
-
-
-def _label_rounds(cfg: Config, examples, directory: str, todo: list[int], manifest: dict[str, Any],
-                  expected: dict[int, int]) -> None:
-    """Label the shards still to do, a round at a time; the manifest records each finished round."""
-    from gemini_ray.data.cache import write_manifest
-    from gemini_ray.data.pipeline import label_shards
-
-    per_round = max(cfg.label.shards_per_round, cfg.teacher.num_actors)
-    progress = Progress(len(todo), "labelling", "shard")
-    for r in range(0, len(todo), per_round):
-        round_shards = todo[r : r + per_round]
-        for rec in label_shards(cfg, examples, directory, round_shards):
-            manifest["shards"][str(int(rec["shard"]))] = {k: int(v) for k, v in rec.items()}
-        write_manifest(directory, manifest)  # a finished round survives an interruption
-        progress.update(len(round_shards), f"shards {round_shards} done, {len(manifest['shards'])}/{len(expected)} in the cache")
-    progress.close()
-
-
-def _sizes(directory: str, shards: list[int], records: dict[str, dict[str, int]]) -> dict[str, Any]:
-    """Rows, teacher tokens and bytes on disk per token position: in all, the teacher's top-k signal alone,
-    and the K_max negatives' token ids + masks each row carries for the student (parquet, compressed)."""
-    from gemini_ray.data.cache import column_bytes, shard_name
-
-    fs, path = open_dir(directory)
-    total_bytes = sum(v["bytes"] for v in records.values())
-    positions = max(sum(v["positions"] for v in records.values()), 1)
-    columns = column_bytes(fs, [f"{path}/{shard_name(i)}" for i in shards])
-    signal = sum(columns.get(c, 0) for c in ("topk_ids", "topk_logits", "topk_mass", "teacher_embedding"))
-    negatives = sum(columns.get(c, 0) for c in ("neg_input_ids", "neg_attention_mask", "neg_mask"))
-    return {"rows": sum(v["rows"] for v in records.values()),
-            "teacher_tokens": sum(v["teacher_tokens"] for v in records.values()),
-            "bytes": total_bytes, "bytes_per_token": total_bytes / positions,
-            "signal_bytes_per_token": signal / positions, "negative_bytes_per_token": negatives / positions,
-            "column_bytes": columns}
-
-
-def _train_shards(cfg: Config, expected: dict[int, int], n_train: int, rows: int | None, train_examples: int
-                  ) -> list[int]:
-    """The training shards to label: all (label.scope=corpus), or the first that hold `rows` (default: what
-    this config's run reads)."""
-    from gemini_ray.data.cache import first_shards, rows_a_run_reads
-
-    every = list(range(n_train))
-    if cfg.label.scope == "corpus":
-        return every
-    need = rows if rows is not None else rows_a_run_reads(cfg.train.max_steps, cfg.train.examples_per_step)
-    chosen = first_shards(expected, every, need)
-    held = sum(expected.get(s, 0) for s in chosen)
-    print(f"[gemini-ray] label.scope=run: {len(chosen)} of {n_train} training shards, {held} of the corpus's "
-          f"{train_examples} training examples (a run reads {need} with a step of slack)")
-    return chosen
-
-
-def _complete_prefix(train: list[int], n_train: int, complete: set[int]) -> list[int]:
-    """The training shards the manifest lists: those labelled for this config, and after them every shard
-    already complete from an earlier, longer labelling, in order, up to the first that is not."""
-    listed = list(train)
-    for shard in range(len(train), n_train):
-        if shard not in complete:
-            break
-        listed.append(shard)
-    return listed
+MIB = 1 << 20
+PASS_ATTEMPTS = 3
+"""Passes over the blocks still to do before a run gives up (a block can stay unfinished when the writer
+actor restarts and loses the rows it held)."""
 
 
 def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows: int | None = None
@@ -154,41 +42,52 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
     the training rows to label (default: what this config's run reads; a search passes its longest trial's)."""
     import ray
 
+    from gemini_ray.data.blocks import changed_files, plan_blocks
     from gemini_ray.data.cache import write_manifest
-    from gemini_ray.data.corpus_pass import build_examples
-    from gemini_ray.data.pipeline import assign_shards, teacher_token_counter
+    from gemini_ray.data.corpus_pass import read_errors
+    from gemini_ray.data.pipeline import teacher_token_counter
     from gemini_ray.process_memory import peak_rss_mib
 
     t_start = t_start or time.perf_counter()
-    directory, fs, path = _cache_location(cfg, session)
+    directory, fs, path, created = _cache_location(cfg, session)
+    key = cache_key(session.identity)
+    _refuse_other_cache(directory, session)
     t0 = time.perf_counter()
-    examples, stats = build_examples(cfg, session.teacher_source, session.kind)  # the one whole pass
-    seconds = {**session.seconds, "tokenize_s": time.perf_counter() - t0}
-    print(stats.line(), flush=True)
-    _check_plan(cfg, stats)
-    n_train = max(1, math.ceil(stats.train_examples / cfg.mining.window))
-    n_val = math.ceil(stats.val_examples / cfg.mining.window) if stats.val_examples else 0
-    examples = assign_shards(examples, n_train, n_val).materialize()
-    expected = _unique_rows_per_shard(examples)
-    train = _train_shards(cfg, expected, n_train, rows, stats.train_examples)
-    wanted = {s for s in expected if s in set(train) or s >= n_train}  # the chosen training shards, every held-out one
-    done = _shards_kept(directory, fs, path, session, expected)
+    blocks = plan_blocks(cfg.data, int(cfg.label.block_mb * MIB))
+    if cfg.data.max_documents:
+        from gemini_ray.data.label_pass import limit_documents
+
+        blocks = limit_documents(blocks, cfg.data.max_documents, cfg.data)
+    seconds = {**session.seconds, "plan_s": time.perf_counter() - t0}
+    done = _blocks_done(directory, fs, path, key, blocks)
     counter = teacher_token_counter()
-    tokens_before = ray.get(counter.total.remote())
-    train = _complete_prefix(train, n_train, set(done))
-    manifest = _new_manifest(cfg, session, stats, train, n_train, n_val, expected, done)
-    write_manifest(directory, manifest)
+    tokens_before, starts_before = ray.get([counter.total.remote(), counter.starts.remote()])
+    header = {"version": CACHE_VERSION, "identity": session.identity, "complete": False,
+              "blocks": {"count": len(blocks), "block_mb": cfg.label.block_mb}}
+    write_manifest(directory, header)
     t_label = time.perf_counter()
-    _label_rounds(session.pinned(cfg), examples, directory, sorted(wanted - set(done)), manifest, expected)
-    listed = [s for s in train + manifest["shards_val"] if s in expected]
-    lost, duplicated = _check_labelled(directory, fs, path, listed, examples, expected)
+    try:
+        with read_errors(cfg):
+            progress = _label(cfg, session, blocks, done, directory, key, rows)
+    except GeminiRayError:
+        if created and not done:  # nothing of this run is worth keeping: leave nothing half-written
+            _remove(directory)
+        raise
+    changed = changed_files(blocks)
+    if changed:
+        raise GeminiRayError(
+            f"the corpus changed while it was being labelled: {', '.join(changed[:5])} "
+            f"{'is' if len(changed) == 1 else 'are'} not what {'it was' if len(changed) == 1 else 'they were'} when "
+            "the pass began. Let whatever writes the corpus finish (or copy it somewhere stable) and run the "
+            "command again; the blocks read from the files as they are now are kept.")
+    manifest = _manifest(cfg, session, blocks, done, directory, rows)
+    lost, duplicated = _check_in_ray(directory, manifest)
+    tokens, starts = ray.get([counter.total.remote(), counter.starts.remote()])
     manifest.update(
         complete=True, rows_lost=lost, rows_duplicated=duplicated,
-        **_sizes(directory, listed, {str(s): manifest["shards"][str(s)] for s in listed}),
-        teacher_tokens_this_run=ray.get(counter.total.remote()) - tokens_before,
-        driver_peak_memory_mib=round(peak_rss_mib(), 1),
-        wall_time_s={**seconds, "label_s": time.perf_counter() - t_label,
-                     "total_s": time.perf_counter() - t_start},
+        teacher_tokens_this_run=tokens - tokens_before, teacher_actor_starts=starts - starts_before,
+        progress=progress, driver_peak_memory_mib=round(peak_rss_mib(), 1),
+        wall_time_s={**seconds, "label_s": time.perf_counter() - t_label, "total_s": time.perf_counter() - t_start},
     )
     write_manifest(directory, manifest)
     print(f"[gemini-ray] cache: {directory} ({manifest['rows']} rows, {manifest['teacher_tokens']} teacher tokens, "
@@ -197,50 +96,286 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
     return manifest
 
 
-def _cache_location(cfg: Config, session: Session) -> tuple[str, Any, str]:
+# --------------------------------------------------------------------------- the pass
+
+
+def _label(cfg: Config, session: Session, blocks: list[dict], done: dict[int, dict], directory: str, key: str,
+           rows: int | None) -> dict[str, Any]:
+    """Label the blocks this config needs that are not done (updating `done`), in one streaming pass (with
+    label.scope=run, a further pass when the first blocks held fewer rows than the run reads). Returns
+    what the progress line last said."""
+    n = len(blocks)
+    need, cap = _rows_wanted(cfg, rows)
+    wanted = n if cfg.label.scope == "corpus" else min(n, max(cfg.teacher.num_actors, 1))
+    started, tally = time.perf_counter(), {"rows": 0, "teacher_tokens": 0, "bytes": 0, "blocks": 0}
+    while True:
+        for attempt in range(PASS_ATTEMPTS):
+            todo = [b for b in blocks[:wanted] if b["index"] not in done]
+            if not todo:
+                break
+            if attempt:  # the writer lost a block's rows (its actor restarted): those blocks again
+                print(f"[gemini-ray] {len(todo)} blocks did not finish in the pass: labelling them again", flush=True)
+            _pass(cfg, session, todo, done, directory, key, n, tally, started)
+        if wanted >= n:
+            break
+        train, val = _held(done, wanted, n)
+        if train >= need and val >= cap:
+            break
+        # rows per block so far: how many blocks the run needs
+        wanted = min(n, max(wanted + 1, math.ceil(1.1 * need * wanted / max(train, 1)),
+                            math.ceil(1.1 * cap * wanted / max(val, 1))))
+    seconds = time.perf_counter() - started
+    return {**tally, "seconds": round(seconds, 2),
+            "tokens_per_s": round(tally["teacher_tokens"] / seconds, 1) if seconds > 0 else 0.0,
+            "rows_per_s": round(tally["rows"] / seconds, 1) if seconds > 0 else 0.0}
+
+
+def _pass(cfg: Config, session: Session, todo: list[dict], done: dict[int, dict], directory: str, key: str, n: int,
+          tally: dict[str, int], started: float) -> None:
+    """One streaming pass over the blocks to do, with a progress line that updates as each is written."""
+    from gemini_ray.data.blocks import corpus_bytes
+    from gemini_ray.data.cache import read_block_record
+    from gemini_ray.data.label_pass import label_blocks
+    from gemini_ray.training.watch import Progress
+
+    size = corpus_bytes(todo)
+    print(f"[gemini-ray] labelling {len(todo)} of the corpus's {n} blocks ({size / MIB:,.1f} MiB; "
+          f"{len(done)} done before)", flush=True)
+    bar = Progress(size, "labelling", "B", scaled=True)
+    for record in label_blocks(session.pinned(cfg), todo, session.teacher_source, session.kind, directory, key, n):
+        done[record["block"]] = read_block_record(directory, record["block"])
+        for k in ("rows", "teacher_tokens", "bytes"):
+            tally[k] += record[k]
+        tally["rows"] += record["val_rows"]
+        tally["blocks"] += 1
+        rate = tally["teacher_tokens"] / max(time.perf_counter() - started, 1e-9)
+        bar.update(record["bytes"], f"{tally['rows']:,} rows, {tally['teacher_tokens']:,} teacher tokens, "
+                                    f"{rate:,.0f} tokens/s")
+    bar.close()
+    for b in todo:  # blocks without examples: their record comes from their tokenize task
+        if b["index"] not in done:
+            record = read_block_record(directory, b["index"])
+            if record is not None and not record.get("shards"):
+                done[b["index"]] = record
+
+
+def _rows_wanted(cfg: Config, rows: int | None) -> tuple[int, int]:
+    """(training rows, held-out rows) the labelled blocks must hold under label.scope=run."""
+    from gemini_ray.data.cache import rows_a_run_reads
+
+    need = rows if rows is not None else rows_a_run_reads(cfg.train.max_steps, cfg.train.examples_per_step)
+    return need, cfg.data.max_val_examples if cfg.data.val_fraction > 0 else 0
+
+
+def _held(done: dict[int, dict], prefix: int, n: int) -> tuple[int, int]:
+    """(training rows, held-out rows) of the first `prefix` blocks (those done)."""
+    train = val = 0
+    for i in range(prefix):
+        for shard, rec in (done.get(i) or {}).get("shards", {}).items():
+            if int(shard) < n:
+                train += rec["rows"]
+            else:
+                val += rec["rows"]
+    return train, val
+
+
+def _done_prefix(done: dict[int, dict], n: int) -> int:
+    """How many blocks, from the first, are done (the blocks a manifest can list)."""
+    m = 0
+    while m < n and m in done:
+        m += 1
+    return m
+
+
+# --------------------------------------------------------------------------- the manifest
+
+
+def _manifest(cfg: Config, session: Session, blocks: list[dict], done: dict[int, dict], directory: str,
+              rows: int | None) -> dict[str, Any]:
+    """The manifest of the blocks done from the first on (under label.scope=corpus: every block)."""
+    from gemini_ray.data.blocks import corpus_bytes
+    from gemini_ray.data.corpus_pass import CorpusStats, _check_corpus, fingerprint_of_parts
+
+    n = len(blocks)
+    listed = _done_prefix(done, n)
+    if cfg.label.scope == "corpus" and listed < n:
+        raise GeminiRayError(f"blocks {sorted(set(range(n)) - set(done))[:10]} of the corpus were not labelled; "
+                             "run 'gemini-ray label' again: it labels only those.")
+    records = [done[i] for i in range(listed)]
+    stats = CorpusStats()
+    for r in records:
+        for k, v in r["counts"].items():
+            setattr(stats, k, getattr(stats, k) + v)
+    stats.fingerprint = fingerprint_of_parts([r["fingerprint"] for r in records])
+    stats.tokenize_processes = len({r.get("pid") for r in records})
+    _check_corpus(cfg, stats)
+    _check_plan(cfg, stats)
+    shards = {int(s): rec for r in records for s, rec in r.get("shards", {}).items()}
+    train = sorted(s for s in shards if s < n)
+    val = sorted(s for s in shards if s >= n)  # every held-out row labelled; a run scores the first val_rows
+    val_rows = min(sum(shards[s]["rows"] for s in val), cfg.data.max_val_examples)
+    stats.val_examples_dropped, stats.val_examples = stats.val_examples - val_rows, val_rows
+    listed_shards = train + val
+    print(stats.line(), flush=True)
+    return {
+        "version": CACHE_VERSION, "identity": session.identity, "complete": False,
+        "teacher": {"model": cfg.teacher.model, "resolved": session.teacher_source, "kind": session.kind,
+                    "parameters": session.teacher_params, "vocab_size": session.teacher_config.vocab_size,
+                    "hidden_size": session.teacher_config.hidden_size, "revision": session.teacher.revision,
+                    "backend": cfg.teacher.backend},
+        "tokenizer": {"name_or_path": session.teacher_source, "vocab_size": len(session.tokenizer)},
+        "corpus": {"path": cfg.data.path, **stats.as_dict()},
+        "blocks": {"count": n, "labelled": listed, "block_mb": cfg.label.block_mb, "bytes": corpus_bytes(blocks),
+                   "bytes_labelled": corpus_bytes(blocks[:listed])},
+        "shards_train": train, "shards_val": val, "val_rows": val_rows,
+        "shards_train_all": n, "whole": listed == n, "scope": cfg.label.scope,
+        "expected_rows": {str(s): shards[s]["rows"] for s in listed_shards},
+        "shards": {str(s): shards[s] for s in listed_shards},
+        **_sizes(directory, listed_shards, shards),
+        "config": dataclasses.asdict(cfg),
+    }
+
+
+def _check_plan(cfg: Config, stats) -> None:
+    used = stats.documents_used
+    if used <= cfg.label.max_negatives:
+        raise GeminiRayError(
+            f"label.max_negatives={cfg.label.max_negatives} needs more than {cfg.label.max_negatives} usable documents, "
+            f"but the corpus gives {used}. Lower label.max_negatives or add documents."
+        )
+
+
+def _sizes(directory: str, listed: list[int], shards: dict[int, dict[str, int]]) -> dict[str, Any]:
+    """Rows, teacher tokens and bytes on disk per token position: in all, the teacher's top-k signal alone,
+    and the K_max negatives' token ids + masks each row carries for the student (parquet, compressed)."""
+    from gemini_ray.data.cache import column_bytes, shard_name
+
+    fs, path = open_dir(directory)
+    records = [shards[s] for s in listed]
+    total_bytes = sum(v["bytes"] for v in records)
+    positions = max(sum(v["positions"] for v in records), 1)
+    columns = column_bytes(fs, [f"{path}/{shard_name(i)}" for i in listed])
+    signal = sum(columns.get(c, 0) for c in ("topk_ids", "topk_logits", "topk_mass", "teacher_embedding"))
+    negatives = sum(columns.get(c, 0) for c in ("neg_input_ids", "neg_attention_mask", "neg_mask"))
+    return {"rows": sum(v["rows"] for v in records),
+            "teacher_tokens": sum(v["teacher_tokens"] for v in records),
+            "bytes": total_bytes, "bytes_per_token": total_bytes / positions,
+            "signal_bytes_per_token": signal / positions, "negative_bytes_per_token": negatives / positions,
+            "column_bytes": columns}
+
+
+def _check_in_ray(directory: str, manifest: dict[str, Any]) -> tuple[int, int]:
+    """Every listed shard holds each of its rows once, in order: (rows lost, rows duplicated), both 0, counted
+    by Ray tasks that read each shard's example ids (nothing per row reaches the driver)."""
+    import ray.data
+
+    from gemini_ray.data.budgets import LIGHT_CPUS
+
+    listed = manifest["shards_train"] + manifest["shards_val"]
+    if not listed:
+        return 0, 0
+    items = [{"shard": s, "expected": manifest["expected_rows"][str(s)]} for s in listed]
+    checked = ray.data.from_items(items, override_num_blocks=min(len(items), 64)).map_batches(
+        _check_shards, fn_kwargs={"directory": directory}, batch_format="numpy", num_cpus=LIGHT_CPUS)
+    lost = duplicated = 0
+    for batch in checked.iter_batches(batch_size=None, batch_format="numpy"):  # two numbers per task
+        lost, duplicated = lost + int(batch["lost"].sum()), duplicated + int(batch["duplicated"].sum())
+    if lost or duplicated:  # a retried teacher batch must replace, never add to or drop from, a block
+        raise GeminiRayError(f"the cache at '{directory}' lost {lost} and duplicated {duplicated} rows; "
+                             "delete it and run 'gemini-ray label' again.")
+    return lost, duplicated
+
+
+def _check_shards(batch: dict[str, Any], directory: str) -> dict[str, Any]:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from gemini_ray.data.cache import shard_name
+
+    fs, path = open_dir(directory)
+    lost, duplicated = [], []  # per task: its shards' sums
+    for shard, expected in zip(batch["shard"].tolist(), batch["expected"].tolist()):
+        table = pq.read_table(f"{path}/{shard_name(shard)}", columns=["example_id", "row"], filesystem=fs)
+        ids, row = table.column("example_id").to_numpy(), table.column("row").to_numpy()
+        unique = len(np.unique(ids))
+        lost.append(max(expected - unique, 0) + int(not np.array_equal(row, np.arange(len(row)))))
+        duplicated.append(len(ids) - unique)
+    return {"lost": np.array([sum(lost)], dtype=np.int64), "duplicated": np.array([sum(duplicated)], dtype=np.int64)}
+
+
+# --------------------------------------------------------------------------- where, and what is there
+
+
+def _cache_location(cfg: Config, session: Session) -> tuple[str, Any, str, bool]:
     """Where the cache goes (label.path, else the config's place under label.cache_root or the storage path),
-    checked writable and created, and checked to fit the nodes before the corpus pass starts."""
+    checked writable and created, and checked to fit the nodes before the pass starts; and whether this run
+    created it."""
     from gemini_ray.cluster.placement import alive_nodes, check_fits, demands
 
     directory = absolute(cfg.label.path) if cfg.label.path else cache_dir_for(cfg, session.identity)
     key = "label.path" if cfg.label.path else "label.cache_root" if cfg.label.cache_root else "run.storage_path"
-    check_writable(directory, key)  # before the corpus pass (`tune` reaches here without the CLI's preflight)
+    check_writable(directory, key)  # before the pass (`tune` reaches here without the CLI's preflight)
     if cfg.run.check_resources:  # a teacher actor no node can hold would wait forever
         check_fits(demands(cfg, cached=False, trainer=False), alive_nodes())
     fs, path = open_dir(directory)
+    import pyarrow.fs as pafs
+
+    created = fs.get_file_info(path).type == pafs.FileType.NotFound
     try:
-        fs.create_dir(path, recursive=True)
+        fs.create_dir(f"{path}/blocks", recursive=True)
     except OSError as exc:
         raise GeminiRayError(f"cannot write the cache at '{directory}': {exc}. Choose a writable {key}.") from None
-    return directory, fs, path
+    return directory, fs, path, created
 
 
-def _shards_kept(directory: str, fs: Any, path: str, session: Session, expected: dict[int, int]) -> dict[int, Any]:
-    """The shards an earlier `label` of the same inputs completed, by number: their manifest records. A shard
-    cut short or overwritten since is labelled again; a cache of other inputs is refused."""
-    from gemini_ray.data.cache import read_manifest, shard_is_complete, shard_name
+def _remove(directory: str) -> None:
+    fs, path = open_dir(directory)
+    try:
+        fs.delete_dir(path)
+    except OSError:
+        pass
+
+
+def _refuse_other_cache(directory: str, session: Session) -> None:
+    """Refuse a directory that holds a cache of other inputs, or one in another format (finished or not)."""
+    from gemini_ray.data.cache import read_manifest
 
     old = read_manifest(directory) or {}
+    if old and old.get("version") != CACHE_VERSION:
+        state = "a cache" if old.get("complete") else "a half-written cache"
+        raise GeminiRayError(
+            f"'{directory}' holds {state} in format {old.get('version')}; this gemini-ray writes format "
+            f"{CACHE_VERSION}, whose shards are cut differently, so none of it can be kept. Delete '{directory}' "
+            "or choose another label.path, and run 'gemini-ray label' again.")
     if old and old.get("identity") != session.identity:
-        raise GeminiRayError(f"'{directory}' holds a cache made from other inputs. Choose another label.path.")
-    records = {int(k): v for k, v in old.get("shards", {}).items()}
-    done = {i: records[i] for i, n in expected.items()
-            if i in records and shard_is_complete(fs, join(path, shard_name(i)), n, records[i].get("bytes"))}
-    if done:
-        print(f"[gemini-ray] cache {directory}: {len(done)} of {len(expected)} shards already complete, kept")
+        made, now = old.get("identity", {}), session.identity
+        differ = sorted(k for k in set(made) | set(now) if made.get(k) != now.get(k))
+        raise GeminiRayError(
+            f"'{directory}' holds a cache made from other inputs (they differ in {', '.join(differ) or 'format'}"
+            f"{': another corpus' if 'corpus' in differ else ''}). Choose another label.path (or leave it unset: "
+            "each config's cache gets a folder of its own under label.cache_root).")
+
+
+def _blocks_done(directory: str, fs: Any, path: str, key: str, blocks: list[dict]) -> dict[int, dict]:
+    """The blocks an earlier `label` of the same inputs finished, by index: their records. A block whose
+    shard was cut short or overwritten since is labelled again."""
+    from gemini_ray.data.cache import block_problem, read_block_record
+
+    done, redo = {}, []
+    for b in blocks:
+        record = read_block_record(directory, b["index"])
+        if record is None:
+            continue
+        if record.get("key") != key:
+            raise GeminiRayError(
+                f"'{directory}' holds blocks labelled from other inputs (blocks/{b['index']:05d}.json names "
+                "another cache). Choose another label.path, or delete the folder.")
+        problem = block_problem(fs, path, record, key, b)
+        if problem is None:
+            done[b["index"]] = record
+        else:
+            redo.append((b["index"], problem))
+    if done or redo:
+        print(f"[gemini-ray] cache {directory}: {len(done)} of {len(blocks)} blocks already labelled, kept"
+              + (f"; {len(redo)} to label again ({redo[0][0]}: {redo[0][1]})" if redo else ""), flush=True)
     return done
-
-
-def _check_labelled(directory: str, fs: Any, path: str, listed: list[int], examples: Any,
-                    expected: dict[int, int]) -> tuple[int, int]:
-    """Every listed shard is whole and holds each of its examples once: (rows lost, rows duplicated), both 0."""
-    from gemini_ray.data.cache import shard_is_complete, shard_name
-
-    bad = [i for i in listed if not shard_is_complete(fs, join(path, shard_name(i)), expected[i])]
-    if bad:
-        raise GeminiRayError(f"cache shards {bad} at '{directory}' are incomplete after labelling; run label again.")
-    lost, duplicated = _check_rows(directory, listed, examples)
-    if lost or duplicated:  # a retried teacher batch must replace, never add to or drop from, a shard
-        raise GeminiRayError(f"the cache at '{directory}' lost {lost} and duplicated {duplicated} examples; "
-                             "delete it and run 'gemini-ray label' again.")
-    return lost, duplicated

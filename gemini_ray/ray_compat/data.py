@@ -24,11 +24,6 @@ dataset's block references (private reads).
 3. `task_context` (private read, used on every release: there is no public way to ask it). The index of the
    Ray Data task a batch is mapped in, and a dict that lives as long as the task: what a row's position
    (task, row) is made of. No upstream issue asks for a public API.
-
-4. `non_empty_block_refs` (a DeveloperAPI, used on every release). A filter leaves a zero-row block with no
-   columns; a map stage passes it through, and a hash shuffle (groupby) then fails to concatenate it with the
-   labelled blocks ("Schema at index 1 was different", Ray 2.60). Related: ray-project/ray#63136 (empty
-   blocks from a hash shuffle lose their schema in a join); no issue for the filter -> groupby case.
 """
 
 from __future__ import annotations
@@ -49,8 +44,7 @@ except ImportError:  # a Ray release that moved it: IdleSleep is then never regi
     ExecutionCallback = None  # type: ignore[assignment,misc]
 
 __all__ = ["IDLE_SLEEP_S", "CALLBACKS_ENV", "IDLE_SLEEP", "SWITCH", "IdleSleep", "idle_sleep_requested",
-           "idle_sleep_env", "install_idle_sleep", "idle_sleep_active", "read_parquet_v1", "task_context",
-           "non_empty_block_refs"]
+           "idle_sleep_env", "install_idle_sleep", "idle_sleep_active", "read_parquet_v1", "task_context"]
 
 IDLE_SLEEP_S = 0.01
 """Seconds the loop sleeps after a step that leaves no task running: 100 idle steps a second instead of
@@ -142,12 +136,3 @@ def task_context() -> tuple[int, dict[str, Any]] | None:
 
     ctx = TaskContext.get_current()
     return None if ctx is None else (ctx.task_idx, ctx.kwargs)
-
-
-# --------------------------------------------------------------------------- 4. a dataset's block references
-
-
-def non_empty_block_refs(ds: ray.data.Dataset) -> list[Any]:
-    """The dataset, computed: object references of its blocks that hold at least one row."""
-    return [ref for bundle in ds.iter_internal_ref_bundles()
-            for ref, meta in zip(bundle.block_refs, bundle.metadata) if meta.num_rows]

@@ -101,16 +101,17 @@ class Progress:
     """Progress with an ETA from tqdm: a live bar on a terminal; in a log (`ray job submit`, a file) one
     plain line per update with tqdm's meter, since a bar redrawn with carriage returns is unreadable there."""
 
-    def __init__(self, total: int, desc: str, unit: str, stream: Any = None) -> None:
+    def __init__(self, total: int, desc: str, unit: str, stream: Any = None, scaled: bool = False) -> None:
+        """scaled: counts shown with SI prefixes (bytes: 12.3MB)."""
         import sys
 
         from tqdm import tqdm
 
         self.stream = stream or sys.stdout
-        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
+        self.total, self.desc, self.unit, self.n, self.scaled = total, desc, unit, 0, scaled
         self.started = time.perf_counter()
         live = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream) if live else None
+        self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, unit_scale=scaled) if live else None
 
     def update(self, n: int = 1, note: str = "") -> None:
         self.n += n
@@ -122,7 +123,7 @@ class Progress:
         from tqdm import tqdm
 
         meter = tqdm.format_meter(self.n, self.total, time.perf_counter() - self.started, prefix=self.desc,
-                                  unit=self.unit, ascii=True, ncols=100)
+                                  unit=self.unit, ascii=True, ncols=100, unit_scale=self.scaled)
         print(f"[gemini-ray] {meter}" + (f" {note}" if note else ""), file=self.stream, flush=True)
 
     def close(self) -> None:
