@@ -253,27 +253,23 @@ def _checkpoint_steps(run: str) -> list[int]:
 
 
 def _kept_shards(cfg: Config, started: float) -> str:
-    """The labelled shards of the cache this `label` wrote to: label.path, else the cache under label.cache_root
+    """The labelled blocks of the cache this `label` wrote to: label.path, else the cache under label.cache_root
     (or <storage_path>/signal_cache) whose manifest changed last since the command started."""
-    import json
     from pathlib import Path
 
     from gemini_ray.paths import absolute, is_uri, join
 
     root = absolute(cfg.label.path or cfg.label.cache_root or join(cfg.run.storage_path, "signal_cache"))
     if is_uri(root):
-        return f"the labelled shards under {root}"
+        return f"the labelled blocks under {root}"
     if cfg.label.path:
         manifests = [Path(root) / "manifest.json"]
     else:
         manifests = [m for m in Path(root).glob("*/manifest.json") if m.stat().st_mtime >= started - 1]
     for manifest in sorted((m for m in manifests if m.is_file()), key=lambda m: m.stat().st_mtime, reverse=True):
-        try:
-            shards = len(json.loads(manifest.read_text(encoding="utf-8")).get("shards") or {})
-        except (OSError, ValueError, AttributeError):
-            continue
-        if shards:
-            return f"{shards} labelled shard(s) of the teacher-signal cache at {manifest.parent}"
+        blocks = len(list((manifest.parent / "blocks").glob("[0-9][0-9][0-9][0-9][0-9].json")))
+        if blocks:
+            return f"{blocks} labelled block(s) of the teacher-signal cache at {manifest.parent}"
     return "nothing was kept"
 
 

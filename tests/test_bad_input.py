@@ -165,6 +165,36 @@ def _other_teachers_cache(ctx: Ctx) -> Path:
     return cache
 
 
+def _cache_folder(ctx: Ctx, version: int, corpus: str) -> Path:
+    """A half-written cache in the given format, made from the corpus named: a header manifest, one block's
+    record and its shard, as a killed `label` leaves them."""
+    cache = ctx.tmp / "half-cache"
+    (cache / "blocks").mkdir(parents=True)
+    identity = {"teacher_weights": "0" * 64, "tokenizer_vocab": "0" * 64, "corpus": corpus, "span_length": 16}
+    (cache / "manifest.json").write_text(json.dumps({"version": version, "identity": identity, "complete": False}))
+    (cache / "blocks" / "00000.json").write_text(json.dumps({"key": "0" * 20, "shards": {"0": {"rows": 3}}}))
+    (cache / "shard-00000.parquet").write_bytes(b"PAR1")
+    return cache
+
+
+def _growing_corpus(ctx: Ctx) -> Path:
+    """The corpus as a text file that a thread appends a document to every 0.1 s for a minute (a log still
+    being written, a copy still running)."""
+    import threading
+    import time
+
+    path = ctx.file("growing.txt", "\n".join(ctx.texts()) + "\n")
+
+    def grow() -> None:
+        for i in range(600):
+            time.sleep(0.1)
+            with path.open("a", encoding="utf-8") as f:
+                f.write(f"a late document, number {i}, " * 8 + "\n")
+
+    threading.Thread(target=grow, daemon=True).start()
+    return path
+
+
 def _texts(ctx: Ctx, encoding: str, prefix: str = "") -> bytes:
     return "\n".join(prefix + t for t in ctx.texts()).encode(encoding, "replace")
 
@@ -379,6 +409,19 @@ CASES: list[Case] = [
     Case("batch-over-examples", "Out-of-range batch size", "`train.batch_size=100000`",
          lambda c: c.distill("train.batch_size=100000"), "fewer than one step needs",
          "Lower train.batch_size or add documents", ray=True),
+    Case("cache-other-corpus", "A cache folder that holds another corpus's blocks",
+         "`gemini-ray label` with `label.path` = a half-written cache of another corpus",
+         lambda c: ["label", *c.distill(f"label.path={_cache_folder(c, CACHE_VERSION, 'f' * 64)}")[1:]],
+         "holds a cache made from other inputs", "Choose another label.path", ray=True),
+    Case("cache-older-format", "A half-written cache in an older format",
+         "`gemini-ray label` with `label.path` = a cache folder a `label` of format 3 left half-written",
+         lambda c: ["label", *c.distill(f"label.path={_cache_folder(c, 3, 'f' * 64)}")[1:]],
+         "holds a half-written cache in format 3", "Delete '<tmp>/half-cache' or choose another label.path",
+         ray=True),
+    Case("corpus-grows", "A corpus file that grows while it is labelled",
+         "`gemini-ray label` on a text file that a thread appends a line to every 0.1 s",
+         lambda c: ["label", *c.distill(corpus=_growing_corpus(c))[1:]],
+         "'<tmp>/growing.txt' grew while it was being read", "Let whatever writes it finish", ray=True),
     Case("tensor-parallel-over-gpus", "A vLLM engine larger than any node",
          "`teacher.backend=vllm teacher.tensor_parallel_size=2 teacher.num_gpus=2` on a machine with no GPU",
          lambda c: c.distill("teacher.backend=vllm", "teacher.tensor_parallel_size=2", "teacher.num_gpus=2"),

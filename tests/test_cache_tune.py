@@ -18,13 +18,13 @@ SPACES = sorted([*(ROOT / "tune_spaces").glob("*.yaml"), *(ROOT / "experiments" 
 
 IDENTITY = {"teacher_weights": "aa", "tokenizer_vocab": "bb", "corpus": "cc", "span_length": 32, "masked": False,
             "mlm_probability": None, "data_seed": 0, "val_fraction": 0.05, "top_k": 16, "max_negatives": 8,
-            "mining_window": 128, "mining_seed": 0}
+            "mining_window": 128, "mining_seed": 0, "block_bytes": 4 << 20}
 
 
 def test_cache_key_is_stable_and_changes_with_every_input():
     assert cache_key(dict(IDENTITY)) == cache_key(dict(reversed(list(IDENTITY.items()))))
     for key, other in [("teacher_weights", "zz"), ("tokenizer_vocab", "zz"), ("corpus", "zz"), ("top_k", 8),
-                       ("span_length", 64), ("max_negatives", 16), ("mining_window", 64)]:
+                       ("span_length", 64), ("max_negatives", 16), ("mining_window", 64), ("block_bytes", 1 << 20)]:
         assert cache_key({**IDENTITY, key: other}) != cache_key(IDENTITY), key
 
 
@@ -37,8 +37,8 @@ def test_cache_from_another_teacher_or_corpus_or_format_is_refused():
         check_compatible(manifest, {**IDENTITY, "tokenizer_vocab": "other"}, "somewhere")
     with pytest.raises(GeminiRayError, match="different corpus"):
         check_compatible(manifest, {**IDENTITY, "corpus": "other"}, "somewhere")
-    with pytest.raises(GeminiRayError, match="in format 2; this gemini-ray reads format 3. Run 'gemini-ray label'"):
-        check_compatible({**manifest, "version": 2}, dict(IDENTITY), "somewhere")  # rows without teacher embeddings
+    with pytest.raises(GeminiRayError, match="in format 3; this gemini-ray reads format 4. Run 'gemini-ray label'"):
+        check_compatible({**manifest, "version": 3}, dict(IDENTITY), "somewhere")  # shards that are hash buckets
 
 
 def test_a_run_scoped_cache_takes_the_first_shards_that_hold_the_run():

@@ -56,13 +56,15 @@ def test_the_line_says_when_nothing_was_kept(monkeypatch, tmp_path, capsys):
     assert capsys.readouterr().err == f"gemini-ray: interrupted; kept: nothing was kept. Run it again with: {line}\n"
 
 
-def test_an_interrupted_label_names_its_shards(monkeypatch, tmp_path, capsys):
+def test_an_interrupted_label_names_its_blocks(monkeypatch, tmp_path, capsys):
     cache = tmp_path / "signal_cache" / "abc"
-    cache.mkdir(parents=True)
-    (cache / "manifest.json").write_text(json.dumps({"shards": {"0": {}, "1": {}, "4": {}}}))
+    (cache / "blocks").mkdir(parents=True)
+    (cache / "manifest.json").write_text(json.dumps({"complete": False}))
+    for name in ("00000.json", "00001.json", "00004.json", "00002.counts.json"):  # counts: a block not finished
+        (cache / "blocks" / name).write_text("{}")
     monkeypatch.setattr(cli, "_run", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
     assert cli.main(["label", f"run.storage_path={tmp_path}"]) == 130
-    assert f"kept: 3 labelled shard(s) of the teacher-signal cache at {cache}. Resume with:" in capsys.readouterr().err
+    assert f"kept: 3 labelled block(s) of the teacher-signal cache at {cache}. Resume with:" in capsys.readouterr().err
 
 
 class _Controller:

@@ -125,7 +125,7 @@ def changed_files(blocks: list[dict[str, Any]]) -> list[str]:
 
 
 def _changed(block: dict[str, Any]) -> str | None:
-    """How the block's file differs from when it was planned ('grew from A to B bytes'), or None. An
+    """How the block's file differs from when it was planned ('grew', 'shrank', ...), or None. An
     embedded corpus's file is checked by size alone."""
     path = block["path"]
     if path.startswith("embedded:") or block["fmt"] == "list":
@@ -141,7 +141,7 @@ def _changed(block: dict[str, Any]) -> str | None:
             return "was removed"
         size, mtime = st.st_size, st.st_mtime_ns
     if size != block["size"]:
-        return f"{'grew' if size > block['size'] else 'shrank'} from {block['size']:,} to {size:,} bytes"
+        return "grew" if size > block["size"] else "shrank"
     if block["mtime_ns"] and mtime != block["mtime_ns"]:
         return "was rewritten (its modification time changed)"
     return None

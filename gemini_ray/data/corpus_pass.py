@@ -158,23 +158,44 @@ def read_errors(cfg: Config) -> Iterator[None]:
     it) or data.path, instead of Ray's stack trace. Ray Data has logged its own trace by then."""
     try:
         yield
-    except GeminiRayError as exc:
-        cause = getattr(exc, "cause", None)  # raised in a Ray task: its own message, not the task's traceback
-        if isinstance(cause, GeminiRayError):
-            raise cause from None
-        raise
-    except (OSError, pa.ArrowException) as exc:  # Ray's RayTaskError(OSError) is an OSError too
-        from gemini_ray.data.filecheck import check_corpus
+    except Exception as exc:  # noqa: BLE001 - a refusal raised in a Ray task: its own message, no traceback
+        inner = _refusal_in(exc)
+        if inner is not None and inner is not exc:
+            raise inner from None
+        if isinstance(exc, GeminiRayError) or not isinstance(exc, (OSError, pa.ArrowException)):
+            raise
+        _read_failed(cfg, exc)
 
-        cause = getattr(exc, "cause", None) or exc
-        lines = [line for line in str(cause).splitlines() if line.strip()] or [type(cause).__name__]
-        if not (cfg.data.path.startswith("embedded:") or is_uri(cfg.data.path)):
-            check_corpus(cfg.data, 0)  # raises naming the damaged file when it can tell which
-        raise GeminiRayError(
-            f"reading data.path '{cfg.data.path}' failed: {lines[-1][:300]}. A compressed file or a parquet file "
-            "cut short (an interrupted download, copy or write), or a file changed while the run read it, fails "
-            "like this: test the files (e.g. 'gzip -t FILE'), copy them again, or point data.path at another "
-            "corpus.") from None
+
+def _refusal_in(exc: BaseException) -> GeminiRayError | None:
+    """The GeminiRayError a Ray task raised, found through Ray's wrappers (RayTaskError, UserCodeException).
+    Ray Data keeps only the text of an error raised in a map task (its UserCodeException has no cause): the
+    message is read from the traceback it carries."""
+    import re
+
+    first, seen = exc, 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, GeminiRayError) and not isinstance(exc, ray.exceptions.RayError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+        seen += 1
+    found = re.findall(r"gemini_ray\.errors\.(?:GeminiRayError|ConfigError): (.+)", str(first))
+    return GeminiRayError(found[-1].strip()) if found else None
+
+
+def _read_failed(cfg: Config, exc: BaseException) -> None:
+    """Raise the GeminiRayError of a corpus read that failed in a Ray task."""
+    from gemini_ray.data.filecheck import check_corpus  # Ray's RayTaskError(OSError) is an OSError too
+
+    cause = getattr(exc, "cause", None) or exc
+    lines = [line for line in str(cause).splitlines() if line.strip()] or [type(cause).__name__]
+    if not (cfg.data.path.startswith("embedded:") or is_uri(cfg.data.path)):
+        check_corpus(cfg.data, 0)  # raises naming the damaged file when it can tell which
+    raise GeminiRayError(
+        f"reading data.path '{cfg.data.path}' failed: {lines[-1][:300]}. A compressed file or a parquet file "
+        "cut short (an interrupted download, copy or write), or a file changed while the run read it, fails "
+        "like this: test the files (e.g. 'gzip -t FILE'), copy them again, or point data.path at another "
+        "corpus.") from None
 
 
 def is_val_doc(doc_id: np.ndarray, val_fraction: float) -> np.ndarray:

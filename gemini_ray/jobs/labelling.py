@@ -71,7 +71,7 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
             progress = _label(cfg, session, blocks, done, directory, key, rows)
     except GeminiRayError:
         if created and not done:  # nothing of this run is worth keeping: leave nothing half-written
-            _remove(directory)
+            _remove(created)
         raise
     changed = changed_files(blocks)
     if changed:
@@ -306,10 +306,10 @@ def _check_shards(batch: dict[str, Any], directory: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- where, and what is there
 
 
-def _cache_location(cfg: Config, session: Session) -> tuple[str, Any, str, bool]:
+def _cache_location(cfg: Config, session: Session) -> tuple[str, Any, str, str | None]:
     """Where the cache goes (label.path, else the config's place under label.cache_root or the storage path),
-    checked writable and created, and checked to fit the nodes before the pass starts; and whether this run
-    created it."""
+    checked writable and created, and checked to fit the nodes before the pass starts; and the topmost
+    folder this run created for it (None: it existed, or a URI)."""
     from gemini_ray.cluster.placement import alive_nodes, check_fits, demands
 
     directory = absolute(cfg.label.path) if cfg.label.path else cache_dir_for(cfg, session.identity)
@@ -318,9 +318,7 @@ def _cache_location(cfg: Config, session: Session) -> tuple[str, Any, str, bool]
     if cfg.run.check_resources:  # a teacher actor no node can hold would wait forever
         check_fits(demands(cfg, cached=False, trainer=False), alive_nodes())
     fs, path = open_dir(directory)
-    import pyarrow.fs as pafs
-
-    created = fs.get_file_info(path).type == pafs.FileType.NotFound
+    created = _first_missing(directory)
     try:
         fs.create_dir(f"{path}/blocks", recursive=True)
     except OSError as exc:
@@ -328,10 +326,27 @@ def _cache_location(cfg: Config, session: Session) -> tuple[str, Any, str, bool]
     return directory, fs, path, created
 
 
+def _first_missing(directory: str) -> str | None:
+    """The topmost folder on the way to a local `directory` that does not exist yet (None: it exists, or a URI)."""
+    from pathlib import Path
+
+    from gemini_ray.paths import is_uri
+
+    if is_uri(directory):
+        return None
+    missing = None
+    for folder in [Path(directory), *Path(directory).parents]:
+        if folder.exists():
+            return missing
+        missing = str(folder)
+    return missing
+
+
 def _remove(directory: str) -> None:
-    fs, path = open_dir(directory)
+    from gemini_ray.paths import remove_tree
+
     try:
-        fs.delete_dir(path)
+        remove_tree(directory)
     except OSError:
         pass
 
