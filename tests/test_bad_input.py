@@ -195,6 +195,12 @@ def _growing_corpus(ctx: Ctx) -> Path:
     return path
 
 
+def _signal_space(ctx: Ctx) -> Path:
+    """A search space that searches the teacher's top-k and the span length beside λ."""
+    return ctx.file("space.yaml", "loss.lambda_kd: {uniform: [0.2, 0.8]}\nteacher.top_k: {choice: [8, 16]}\n"
+                                  "data.span_length: {choice: [16, 32]}\n")
+
+
 def _texts(ctx: Ctx, encoding: str, prefix: str = "") -> bytes:
     return "\n".join(prefix + t for t in ctx.texts()).encode(encoding, "replace")
 
@@ -394,6 +400,11 @@ CASES: list[Case] = [
          "`student.from_pretrained` = a tiny Llama with a 200-token vocabulary",
          lambda c: c.distill(f"student.from_pretrained={_student_other_vocab(c)}"),
          "has a different vocabulary from the teacher's (200 vs 400 ids", "Use a student derived from this teacher"),
+    Case("space-searches-signal", "A search space with a teacher or data key",
+         "`gemini-ray tune` with a space that searches `teacher.top_k` and `data.span_length`",
+         lambda c: ["tune", *c.distill(f"tune.space={_signal_space(c)}")[1:]],
+         "searches teacher.top_k, data.span_length: these set the teacher signal",
+         "Run one search per value, each with its own 'gemini-ray label'"),
     # --- known only once the corpus is tokenized: Ray has started, training has not ----------------------
     Case("corpus-too-short", "All documents shorter than two spans", "six different lines of four words",
          lambda c: c.distill(corpus=c.file("short.txt", "".join(f"a few words {i}\n" for i in range(6)))),

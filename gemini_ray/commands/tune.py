@@ -4,8 +4,11 @@
     gemini-ray tune tune.space=tune_spaces/default.yaml tune.num_samples=32
 
 The teacher runs at most once: if no cache matches the config, it is labelled first; every trial reads it.
-Each trial is a Tune function that builds and fits its own TorchTrainer (Ray Train V2's Tune interop), named
-from the trial id. ASHA stops weak trials on a held-out metric every trial reports (val/objective by default).
+So a space may search the student (student.*), the loss (loss.*) and the run (train.*), not the teacher
+signal: a searched teacher.*, data.*, mining.* or label.* key is refused before anything starts (one search
+per value, each with its own label; `jobs.search.SIGNAL_SECTIONS`). Each trial is a Tune function that
+builds and fits its own TorchTrainer (Ray Train V2's Tune interop), named from the trial id, from the
+student `distill` would start from for the trial's config (`jobs.distill_run.make_student`). ASHA stops weak trials on a held-out metric every trial reports (val/objective by default).
 Writes <run.storage_path>/<tune.name>/results.csv, best_config.yaml, search.png and tune_summary.json
 (local paths or URIs); running the same command again resumes an interrupted search.
 
@@ -33,6 +36,7 @@ from gemini_ray.paths import absolute, atomic_path, atomic_write_json, atomic_wr
 if TYPE_CHECKING:
     import pandas as pd
     from ray.tune import ResultGrid
+    from torch import nn
 
 __all__ = ["tune"]
 
@@ -46,14 +50,16 @@ def _count_attempt(location: str) -> int:
     return attempts
 
 
-def _trial(params: dict[str, Any], cfg: Config, cache: FoundCache, hf_config: dict[str, Any], kind: str,
-           init_weights: Any, trials_dir: str) -> None:
-    """One trial: the training driver. Builds a TorchTrainer on the cached signal and fits it."""
+def _trial(params: dict[str, Any], cfg: Config, session: Session, cache: FoundCache, student: nn.Module,
+           trials_dir: str) -> None:
+    """One trial: the training driver. Builds a TorchTrainer on the cached signal and fits it, from the
+    student distill would start from for the trial's config (`_trial_student`)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from gemini_ray.data.resume import StreamPlan
     from gemini_ray.data.pipeline import read_cached_signal
+    from gemini_ray.models.build import count_parameters
     from gemini_ray.training.train_worker import read_progress
     from gemini_ray.training.trainer import build_trainer, nonfinite_error, run_spec
 
@@ -63,10 +69,13 @@ def _trial(params: dict[str, Any], cfg: Config, cache: FoundCache, hf_config: di
     name = f"trial-{trial_id}"
     _count_attempt(join(trials_dir, name, "attempts.json"))  # > 1: Tune retried it (tune.max_failures)
     trial_cfg = build_config(base=cfg, sample=params)
+    student = _trial_student(trial_cfg, cfg, session, student)
+    atomic_write_json(join(trials_dir, name, "student.json"), {"parameters": count_parameters(student)})
     plan = StreamPlan.remote()  # a retried trial's stream leaves out the rows it trained before its checkpoint
     stream, val = read_cached_signal(cache.directory, cache.manifest, trial_cfg.loss.num_negatives, plan,
                                      seed=trial_cfg.train.seed, shuffle_first=trial_cfg.train.shuffle_first_pass)
-    spec = run_spec(trial_cfg, hf_config, kind, init_weights, val, join(trials_dir, name, "progress.json"), plan=plan)
+    spec = run_spec(trial_cfg, student.config.to_dict(), session.kind, student.state_dict(), val,
+                    join(trials_dir, name, "progress.json"), plan=plan)
     trainer = build_trainer(trial_cfg, spec, stream, name=name, storage_path=trials_dir, num_to_keep=1,
                             callbacks=[TuneReportCallback()])
     trainer.fit()  # a retried trial (tune.max_failures) resumes this run from its checkpoint
@@ -76,10 +85,31 @@ def _trial(params: dict[str, Any], cfg: Config, cache: FoundCache, hf_config: di
         ray.tune.report({cfg.tune.metric: float("nan"), NONFINITE: str(error), "step": steps_done})
 
 
+def _trial_student(trial_cfg: Config, cfg: Config, session: Session, base_student: nn.Module) -> nn.Module:
+    """The student `distill --config <the trial's config>` would start from: the driver's, built once for the
+    base config, when the trial's sample changes none of the keys it is built from (student.*, train.seed);
+    else its own, built here by the same `make_student` (the teacher's weight files, or
+    student.from_pretrained, read from this process)."""
+    from gemini_ray.jobs.distill_run import check_student, make_student, same_student
+
+    if same_student(trial_cfg, cfg):
+        check_student(trial_cfg, session, base_student)  # a searched loss key may still be one distill refuses
+        return base_student
+    return make_student(trial_cfg, session)
+
+
+def _student_parameters(trials_dir: str, trial_id: str) -> int | None:
+    """The parameter count of a trial's student, as the trial recorded it (None: it never got that far)."""
+    return (read_json(join(trials_dir, f"trial-{trial_id}", "student.json")) or {}).get("parameters")
+
+
 # --------------------------------------------------------------------------- the search
 
 
 def _check_space(cfg: Config, space: SearchSpace) -> None:
+    """What needs neither Ray nor the teacher: the space searches no key of the teacher signal, its extremes
+    are valid configs (K against the config's K_max; the cache's is checked once found), and a held-out metric
+    has held-out documents."""
     if cfg.tune.metric.startswith("val/") and cfg.data.val_fraction == 0:
         raise GeminiRayError(f"tune.metric={cfg.tune.metric} needs held-out documents; set data.val_fraction > 0.")
     validate_space(cfg, space, cfg.label.max_negatives)
@@ -191,7 +221,8 @@ def sampler(cfg: Config, space: SearchSpace, concurrent: int) -> Any:
 def _results_table(grid: ResultGrid, trials_dir: str, max_failures: int) -> pd.DataFrame:
     """One row per trial, failed ones included (a trial that never reported is missing from Tune's own
     dataframe): config/<key> columns, the last reported metrics, retries (Tune ran the trial again after
-    its process died or it raised), restarts (resumes from a checkpoint inside it), error, error_message."""
+    its process died or it raised), restarts (resumes from a checkpoint inside it), student_parameters (its
+    student's, which a space searching student.* keys varies), error, error_message."""
     import pandas as pd
 
     rows = []
@@ -202,6 +233,7 @@ def _results_table(grid: ResultGrid, trials_dir: str, max_failures: int) -> pd.D
         attempts = read_json(join(trials_dir, f"trial-{row['trial_id']}", "attempts.json")) \
             if "trial_id" in row else None
         row["retries"] = max_failures if r.error is not None else max(0, (attempts or {}).get("attempts", 1) - 1)
+        row["student_parameters"] = _student_parameters(trials_dir, row["trial_id"]) if "trial_id" in row else None
         nonfinite = row.pop(NONFINITE, None)
         row["error"] = r.error is not None or nonfinite is not None  # failed (after tune.max_failures retries)
         row["error_message"] = (str(r.error).strip().splitlines()[-1][:300] if r.error is not None
@@ -242,7 +274,8 @@ def _plot(df: pd.DataFrame, space: SearchSpace, metric: str, location: str) -> N
 
 
 def _write_results(cfg: Config, space: SearchSpace, grid: ResultGrid, out: str, trials_dir: str) -> dict[str, Any]:
-    """results.csv, best_config.yaml and search.png under `out`; returns the best trial's config and metric."""
+    """results.csv, best_config.yaml and search.png under `out`; returns the table and the best trial's id,
+    config and metric."""
     metric = cfg.tune.metric
     df = _results_table(grid, trials_dir, cfg.tune.max_failures)
     with atomic_path(join(out, "results.csv")) as tmp:
@@ -257,7 +290,7 @@ def _write_results(cfg: Config, space: SearchSpace, grid: ResultGrid, out: str, 
                       f"# best of {len(df)} trials by {metric} = {best.metrics[metric]:.5f}\n"
                       + yaml.safe_dump(config_to_dict(best_cfg), sort_keys=False))
     _plot(df, space, metric, join(out, "search.png"))
-    return {"table": df, "config": best.config, metric: best.metrics[metric]}
+    return {"table": df, "trial_id": best.metrics.get("trial_id"), "config": best.config, metric: best.metrics[metric]}
 
 
 def tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
@@ -276,19 +309,22 @@ def _tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
 
     from gemini_ray.cluster.placement import PlacementGroupSweeper, with_worker_cpus
     from gemini_ray.data.pipeline import teacher_token_counter
-    from gemini_ray.models.build import build_student, count_parameters
+    from gemini_ray.jobs.distill_run import make_student
 
     t_start = time.perf_counter()
     cfg = with_worker_cpus(cfg, cached=True, nodes=[], searching=True)  # trials share the CPUs
     _check_space(cfg, space)  # setup: a bad space fails before the teacher loads
     session = start_session(cfg)
     cache = _search_cache(cfg, space, session)
-    student = build_student(session.teacher, cfg.student, seed=cfg.train.seed)
+    # the base config's student, as distill builds it; a trial whose sample changes student.* or train.seed
+    # builds its own (`_trial_student`)
+    student = make_student(cfg, session)
     tokens_before = ray.get(teacher_token_counter().total.remote())
     storage = absolute(cfg.run.storage_path)
     out, trials_dir = join(storage, cfg.tune.name), join(storage, f"{cfg.tune.name}-trials")
-    trainable = ray_tune.with_parameters(_trial, cfg=cfg, cache=cache, hf_config=student.config.to_dict(),
-                                         kind=session.kind, init_weights=student.state_dict(), trials_dir=trials_dir)
+    # the session (teacher metadata, tokenizer) goes with every trial: one that builds its own student needs it
+    trainable = ray_tune.with_parameters(_trial, cfg=cfg, session=session, cache=cache, student=student,
+                                         trials_dir=trials_dir)
     # the driver only waits on its TorchTrainer: no CPU (a fraction would starve Ray Data tasks that need a whole one)
     trainable = ray_tune.with_resources(trainable, {"cpu": 0, "memory": 256 * 1024**2})
     with PlacementGroupSweeper() as sweeper:  # CPUs that trials stopped by Tune leave reserved: freed
@@ -303,7 +339,7 @@ def _tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
         "teacher_tokens_in_cache": cache.manifest["teacher_tokens"], "teacher_tokens_during_search": tokens_during,
         "training_iterations": int(df["training_iteration"].sum()),
         "examples_trained": int(sum(r.metrics.get("step", 0) for r in grid)) * cfg.train.examples_per_step,
-        "student_parameters": count_parameters(student),
+        "student_parameters": _student_parameters(trials_dir, best["trial_id"]),  # the best trial's student
         "results": join(out, "results.csv"), "best_config": join(out, "best_config.yaml"),
         "plot": join(out, "search.png"), "orphaned_placement_groups_removed": sweeper.removed,
         "wall_time_s": time.perf_counter() - t_start,

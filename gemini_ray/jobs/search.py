@@ -2,11 +2,17 @@
 
     space = load_space("tune_spaces/quick.yaml")
     cfg, space = search_config("my.yaml", ["tune.num_samples=8"])    # the config a search runs
-    validate_space(cfg, space, max_negatives=8)                        # every extreme value is a valid config
+    validate_space(cfg, space, max_negatives=8)                        # searchable keys; every extreme valid
     param_space = tune_distributions(space)                            # Ray Tune's objects (imports ray.tune)
 
 Precedence of a trial's config: defaults <- --config file <- the space's fixed values <- command-line
 overrides <- the trial's sample (all through config.build_config).
+
+What a space may search: the student (student.*, each trial builds its own), the loss (loss.*) and the
+training run (train.*). Not the teacher signal: a search reads one teacher-signal cache, labelled before
+its first trial, so keys of the sections that make or choose that cache (teacher.*, data.*, mining.*,
+label.*) are refused when searched (`SIGNAL_SECTIONS`). Fixed to one value in a space they are fine: they
+apply to the base config, which the cache is labelled for.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from typing import Any
 from gemini_ray.config import Config, all_keys, build_config, read_yaml
 from gemini_ray.errors import ConfigError
 
-__all__ = ["SearchSpace", "load_space", "search_config", "validate_space", "tune_distributions", "rows_longest_trial"]
+__all__ = ["SearchSpace", "SIGNAL_SECTIONS", "load_space", "search_config", "validate_space", "tune_distributions",
+           "rows_longest_trial"]
 
 _DISTRIBUTIONS = ("uniform", "loguniform", "choice", "grid", "randint")
 _RANGES = ("uniform", "loguniform", "randint")
@@ -81,8 +88,32 @@ def _extremes(dist: dict[str, Any]) -> list[Any]:
     return list(args) if kind in ("choice", "grid") else [args[0], args[1]]
 
 
+SIGNAL_SECTIONS = ("teacher", "data", "mining", "label")
+"""Config sections a search cannot vary: what the teacher says and of which rows. `cache_identity` hashes
+teacher.top_k, the teacher's weights and tokenizer (teacher.model, .revision, .gguf_file, .kind), every
+data.* key but one (the corpus: path, format, text_column, max_documents; span_length, val_fraction,
+max_val_examples, seed, mlm_probability), mining.* and label.max_negatives. The rest is refused too:
+data.max_document_chars decides which documents are read (rows exist or not; it is not in the key),
+teacher.dtype and teacher.backend change the numbers the teacher gives, the rest of teacher.* sizes the
+labelling pass, and the rest of label.* chooses or makes the cache the driver reads once for every trial."""
+
+
+def _check_searchable(space: SearchSpace) -> None:
+    """Refuse a space that searches a key of SIGNAL_SECTIONS: every trial reads the one cache labelled before
+    the search, so such a key would be range-checked and then ignored by every trial."""
+    refused = [key for key in space.search if key.split(".", 1)[0] in SIGNAL_SECTIONS]
+    if refused:
+        raise ConfigError(
+            f"search space '{space.path}' searches {', '.join(refused)}: these set the teacher signal, and every "
+            "trial of a search reads one cache, labelled before the first. Run one search per value, each with its "
+            "own 'gemini-ray label' (fix the key with a plain value in the space or on the command line); a space "
+            "may search student.*, loss.* and train.* keys.")
+
+
 def validate_space(cfg: Config, space: SearchSpace, max_negatives: int | None) -> None:
-    """Every extreme value of every distribution must make a valid config (λ in [0, 1], τ > 0, K ≤ K_max)."""
+    """The space searches no key of the teacher signal (`SIGNAL_SECTIONS`), and every extreme value of every
+    distribution makes a valid config (λ in [0, 1], τ > 0, K ≤ K_max)."""
+    _check_searchable(space)
     for key, dist in space.search.items():
         for value in _extremes(dist):
             try:
