@@ -63,12 +63,15 @@ def test_a_compressed_file_is_one_block_and_a_directory_lists_its_files_in_order
     assert read_all(d, 4) == ["one", "two"] + ["three", "four"] * 500
 
 
-def test_the_embedded_wikipedia_corpus_is_cut_into_runs_of_articles():
+def test_an_embedded_list_of_articles_is_dealt_into_blocks_that_each_mix_the_corpus():
     from gemini_ray.data.corpus import embedded_corpus
 
-    d = DataConfig(path="embedded:wikipedia")
+    d = DataConfig(path="embedded:lee_wikipedia")  # 300 news articles, then 106 Wikipedia articles
+    articles = embedded_corpus(d.path)
     blocks = plan_blocks(d, 200_000)
-    assert len(blocks) > 1 and read_all(d, 200_000) == embedded_corpus("embedded:wikipedia")
+    parts = [read_block(b, d)["text"].tolist() for b in blocks]
+    assert len(blocks) == 17 and sorted(t for p in parts for t in p) == sorted(articles)  # each once
+    assert all(set(p) & set(articles[:300]) and set(p) & set(articles[300:]) for p in parts)
 
 
 def test_a_file_that_changes_after_it_was_planned_is_refused(tmp_path):

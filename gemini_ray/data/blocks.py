@@ -8,7 +8,8 @@ A block is a byte range of an uncompressed text or jsonl file: the lines that *s
 line that crosses `stop` is read on to its end; one that began before `start` belongs to the block before).
 So one file of any size is read in pieces, by many tasks, none holding more than a block and a line. A
 compressed file, a parquet file and a csv file (whose quoted fields may hold line breaks) are one block
-each; the embedded Wikipedia corpus is cut into runs of articles.
+each. The embedded corpora parsed into lists of articles are dealt into blocks in turn (article i to block
+i mod n), so that each block of `embedded:lee_wikipedia` mixes news and Wikipedia.
 
 Each block records its file's size and modification time when it was planned: a file that changes while it
 is read (a log still being appended to, a copy still running) is refused (`read_block`), rather than read
@@ -73,19 +74,18 @@ def _files(d: DataConfig, fmt: str) -> list[tuple[str, int, int]]:
 
 def plan_blocks(d: DataConfig, block_bytes: int) -> list[dict[str, Any]]:
     """The corpus's blocks in corpus order, each a dict: index, path, fmt, start, stop (a byte range, or
-    -1, -1 for a whole file; article indices for the embedded Wikipedia corpus), size and mtime_ns of its
+    -1, -1 for a whole file; for an embedded list of articles, articles start, start + step, ...), size and
+    mtime_ns of its
     file when planned, bytes (what the block covers) and max_documents (documents of the block to keep:
     None, all)."""
     block_bytes = max(1, int(block_bytes))
     if d.path.startswith("embedded:"):
         source = embedded_corpus(d.path)
-        if isinstance(source, list):  # articles parsed from a compressed dump: runs of about block_bytes
-            sizes = np.cumsum([len(t.encode()) for t in source])
-            cuts = np.searchsorted(sizes, np.arange(block_bytes, int(sizes[-1]), block_bytes), side="right")
-            bounds = [0, *sorted(set(int(c) for c in cuts if 0 < c < len(source))), len(source)]
-            starts = np.r_[0, sizes]
-            return [_block(i, d.path, "list", a, b, int(sizes[-1]), 0, int(starts[b] - starts[a]))
-                    for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+        if isinstance(source, list):  # articles parsed from a compressed dump: dealt into blocks in turn
+            sizes = np.array([len(t.encode()) for t in source])
+            n = max(1, min(len(source), -(-int(sizes.sum()) // block_bytes)))
+            return [{**_block(i, d.path, "list", i, len(source), int(sizes.sum()), 0, int(sizes[i::n].sum())),
+                     "step": n} for i in range(n)]
         files, fmt = [(str(source), source.stat().st_size, 0)], "text"  # the pinned package's file: its mtime varies
     else:
         fmt = infer_format(d.path, d.format)
@@ -162,7 +162,7 @@ def read_block(block: dict[str, Any], d: DataConfig) -> dict[str, np.ndarray]:
         raise _refuse_changed(block, how)
     fmt, path = block["fmt"], block["path"]
     if fmt == "list":
-        texts = embedded_corpus(path)[block["start"]:block["stop"]]
+        texts = embedded_corpus(path)[block["start"]:block["stop"]:block["step"]]
         docs = {"text": np.array(texts, dtype=object), "bad_utf8": np.zeros(len(texts), dtype=bool),
                 "bad_record": np.zeros(len(texts), dtype=bool)}
     elif fmt in ("text", "jsonl"):

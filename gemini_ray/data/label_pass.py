@@ -7,7 +7,8 @@
 Nothing is materialised: each stage streams into the next under Ray Data's backpressure. A block's rows may
 reach the writer in several pieces (and a retried teacher task may send some twice); the writer keeps a
 block's pieces until it holds every row once, then mines hard negatives within windows of its rows (in
-corpus order, so the result does not depend on arrival order), writes its training rows as shard b and its
+example-id order: a content hash, so each window is a random mix of the block's documents, and the result does
+not depend on arrival order), writes its training rows as shard b and its
 held-out rows as shard n_blocks + b (each under a temporary name, then renamed), and then the block's record.
 A run killed at any point keeps every block whose record was written; the next run labels the others.
 """
@@ -104,8 +105,9 @@ class BlockWriter:
         from ray.data.block import BlockAccessor
 
         rows = {c: np.concatenate([p[c] for p in pieces]) for c in pieces[0]}
-        _, first = np.unique(rows["row_in_block"], return_index=True)  # sorted: corpus order, each row once
-        rows = {c: v[first] for c, v in rows.items() if c not in _HELPER_COLUMNS}
+        _, first = np.unique(rows["row_in_block"], return_index=True)  # each row once
+        first = first[np.argsort(rows["example_id"][first], kind="stable")]  # in example-id order: a mix of
+        rows = {c: v[first] for c, v in rows.items() if c not in _HELPER_COLUMNS}  # the block, whatever arrived first
         record = read_json(block_counts_path(self.directory, block))
         shards = {}
         for shard, split in ((block, "train"), (self.n_blocks + block, "val")):
