@@ -346,15 +346,15 @@ def test_the_methods_claims_are_judged_by_paired_intervals():
 
 
 def test_the_cosine_representation_term_refuses_a_student_narrower_than_its_teacher(llama_dir):
-    from gemini_ray.jobs.distill_run import _make_student
+    from gemini_ray.jobs.student import make_student
 
     session = _session(llama_dir)
     narrow = session.teacher_config.hidden_size // 2
     narrow_student = ["student.num_layers=1", "student.init=random", f"student.hidden_size={narrow}"]
     with pytest.raises(GeminiRayError, match="loss.rep_weight=1.0 compares the student's span embeddings"):
-        _make_student(build_config(None, [*narrow_student, "loss.rep_weight=1.0", "loss.rep_form=cosine"]), session)
-    _make_student(build_config(None, [*narrow_student, "loss.rep_form=cosine", "loss.rep_weight=0"]), session)
-    _make_student(build_config(None, [*narrow_student, "loss.rep_weight=1.0", "loss.rep_form=similarity"]), session)
+        make_student(build_config(None, [*narrow_student, "loss.rep_weight=1.0", "loss.rep_form=cosine"]), session)
+    make_student(build_config(None, [*narrow_student, "loss.rep_form=cosine", "loss.rep_weight=0"]), session)
+    make_student(build_config(None, [*narrow_student, "loss.rep_weight=1.0", "loss.rep_form=similarity"]), session)
 
 
 def test_positive_mrr_ranks_each_anchors_positive_among_other_documents():

@@ -32,11 +32,14 @@ def test_every_value_the_key_allows_has_a_backend():
 
 
 class _Counter:
-    """Stands in for the session's token counter actor: `add.remote(n)` records n."""
+    """Stands in for the session's token counter actor: `add.remote(n)` records n, `started.remote()` an
+    actor's start."""
 
     def __init__(self) -> None:
         self.added: list[int] = []
+        self.starts: list[None] = []
         self.add = SimpleNamespace(remote=self.added.append)
+        self.started = SimpleNamespace(remote=lambda: self.starts.append(None))
 
 
 class _FakeBackend:
@@ -63,7 +66,7 @@ def test_the_pipelines_teacher_actor_runs_the_backend_the_key_names(monkeypatch,
     actor = pipeline.CountingTeacherLabeler({"backend": "fake", "top_k": 2})
     out = actor(batch)
     assert isinstance(actor.teacher, _FakeBackend) and out["topk_ids"].shape == (3, 2, 5, 2)
-    assert counter.added == [28]  # every real token, reported to the counter
+    assert counter.added == [28] and len(counter.starts) == 1  # every real token, and the actor's start
 
     default = pipeline.CountingTeacherLabeler({"model": str(llama_dir), "top_k": 2})  # no key: 'hf'
     assert isinstance(default.teacher, TeacherLabeler)

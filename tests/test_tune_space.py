@@ -115,7 +115,7 @@ def test_a_trial_starts_from_the_student_distill_builds_for_its_config(session, 
     import torch
 
     from gemini_ray.commands.tune import _trial_student
-    from gemini_ray.jobs.distill_run import make_student
+    from gemini_ray.jobs.student import make_student
 
     base = build_config(None, [f"teacher.model={llama_dir}", "student.num_layers=2"])
     built = make_student(base, session)
@@ -154,7 +154,8 @@ def tiny(teacher_dir, corpus, storage, *extra):
     """The tiny settings of test_cache_tune, `extra` overrides replacing them."""
     base = [f"teacher.model={teacher_dir}", "teacher.top_k=8", "teacher.batch_size=16", f"data.path={corpus}",
             "data.text_column=body", "data.span_length=16", "data.val_fraction=0.2", "student.num_layers=2",
-            "loss.num_negatives=2", "label.max_negatives=4", "mining.window=64", "label.shards_per_round=2",
+            "loss.num_negatives=2", "label.max_negatives=4", "mining.window=64", "label.block_mb=0.01",
+            "data.max_val_examples=16",
             "label.scope=run", "train.batch_size=4", "train.max_steps=2", "train.log_every=2", "train.eval_every=2",
             "train.checkpoint_every=2", "train.warmup_steps=1", f"run.storage_path={storage}"]
     given = {e.split("=", 1)[0] for e in extra}

@@ -3,8 +3,9 @@
     gemini-ray label                         # the demo corpus and teacher
     gemini-ray label --config my.yaml label.max_negatives=16
 
-Writes <label.cache_root>/<key>/shard-NNNNN.parquet and manifest.json; `distill` and `tune` read it when
-it matches their config. Interrupted? Run the same command again: finished shards are kept.
+Writes <label.cache_root>/<key>/shard-NNNNN.parquet, blocks/NNNNN.json and manifest.json in one streaming
+pass over the corpus's blocks; `distill` and `tune` read it when it matches their config. Interrupted? Run
+the same command again: the blocks finished are kept, the teacher labels the rest.
 """
 
 from __future__ import annotations
@@ -23,4 +24,4 @@ def label(cfg: Config) -> dict[str, Any]:
     """Make (or finish) the cache for this config; returns its manifest."""
     t_start = time.perf_counter()
     session = start_session(cfg)  # setup: teacher, corpus, examples, the cache key
-    return make_cache(cfg, session, t_start=t_start)  # fit: the teacher over every example, shard by shard
+    return make_cache(cfg, session, t_start=t_start)  # fit: the teacher over every example, block by block

@@ -8,7 +8,8 @@ So a space may search the student (student.*), the loss (loss.*) and the run (tr
 signal: a searched teacher.*, data.*, mining.* or label.* key is refused before anything starts (one search
 per value, each with its own label; `jobs.search.SIGNAL_SECTIONS`). Each trial is a Tune function that
 builds and fits its own TorchTrainer (Ray Train V2's Tune interop), named from the trial id, from the
-student `distill` would start from for the trial's config (`jobs.distill_run.make_student`). ASHA stops weak trials on a held-out metric every trial reports (val/objective by default).
+student `distill` would start from for the trial's config (`jobs.student.make_student`). ASHA stops weak
+trials on a held-out metric every trial reports (val/objective by default).
 Writes <run.storage_path>/<tune.name>/results.csv, best_config.yaml, search.png and tune_summary.json
 (local paths or URIs); running the same command again resumes an interrupted search.
 
@@ -90,7 +91,7 @@ def _trial_student(trial_cfg: Config, cfg: Config, session: Session, base_studen
     base config, when the trial's sample changes none of the keys it is built from (student.*, train.seed);
     else its own, built here by the same `make_student` (the teacher's weight files, or
     student.from_pretrained, read from this process)."""
-    from gemini_ray.jobs.distill_run import check_student, make_student, same_student
+    from gemini_ray.jobs.student import check_student, make_student, same_student
 
     if same_student(trial_cfg, cfg):
         check_student(trial_cfg, session, base_student)  # a searched loss key may still be one distill refuses
@@ -309,7 +310,7 @@ def _tune(cfg: Config, space: SearchSpace) -> dict[str, Any]:
 
     from gemini_ray.cluster.placement import PlacementGroupSweeper, with_worker_cpus
     from gemini_ray.data.pipeline import teacher_token_counter
-    from gemini_ray.jobs.distill_run import make_student
+    from gemini_ray.jobs.student import make_student
 
     t_start = time.perf_counter()
     cfg = with_worker_cpus(cfg, cached=True, nodes=[], searching=True)  # trials share the CPUs

@@ -29,7 +29,7 @@ from gemini_ray.config import DataConfig
 from gemini_ray.data.corpus import (csv_read_options, decode_column, embedded_corpus, infer_format, parse_jsonl,
                                     split_lines)
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.paths import is_uri
+from gemini_ray.paths import is_uri, join
 
 __all__ = ["plan_blocks", "read_block", "changed_files", "corpus_bytes"]
 
@@ -50,7 +50,7 @@ def _files(d: DataConfig, fmt: str) -> list[tuple[str, int, int]]:
     """(path or URI, size, mtime in ns) of each corpus file, in a stable order."""
     import pyarrow.fs as pafs
 
-    from gemini_ray.data.filecheck import corpus_files
+    from gemini_ray.data.corpus import corpus_files
 
     path = d.path
     if not is_uri(path):
@@ -64,20 +64,17 @@ def _files(d: DataConfig, fmt: str) -> list[tuple[str, int, int]]:
     fs, root = pafs.FileSystem.from_uri(path)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
-        found = [info]
-    else:
-        found = sorted((f for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
-                        if f.type == pafs.FileType.File and not f.base_name.startswith(".")), key=lambda f: f.path)
-    scheme = path.split("://", 1)[0]
-    return [(f"{scheme}://{f.path}", f.size, f.mtime_ns or 0) for f in found]
+        return [(path, info.size, info.mtime_ns or 0)]
+    found = sorted((f for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                    if f.type == pafs.FileType.File and not f.base_name.startswith(".")), key=lambda f: f.path)
+    return [(join(path, f.path[len(root):].lstrip("/")), f.size, f.mtime_ns or 0) for f in found]
 
 
 def plan_blocks(d: DataConfig, block_bytes: int) -> list[dict[str, Any]]:
     """The corpus's blocks in corpus order, each a dict: index, path, fmt, start, stop (a byte range, or
     -1, -1 for a whole file; for an embedded list of articles, articles start, start + step, ...), size and
-    mtime_ns of its
-    file when planned, bytes (what the block covers) and max_documents (documents of the block to keep:
-    None, all)."""
+    mtime_ns of its file when planned, bytes (what the block covers) and max_documents (documents of the
+    block to keep: None, all)."""
     block_bytes = max(1, int(block_bytes))
     if d.path.startswith("embedded:"):
         source = embedded_corpus(d.path)

@@ -31,7 +31,7 @@ from gemini_ray.paths import is_uri, open_dir, package_file
 
 __all__ = ["gensim_test_data", "embedded_corpus", "embedded_files", "EMBEDDED_CORPORA", "infer_format", "split_lines",
            "parse_jsonl", "csv_read_options", "decode_column", "wikipedia_documents", "strip_wiki_markup",
-           "corpus_signature", "unique_files"]
+           "corpus_signature", "unique_files", "corpus_files", "reader_extensions"]
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
@@ -329,6 +329,23 @@ def unique_files(directory: str | Path, extensions: tuple[str, ...] | None = Non
         _REPORTED.add((str(directory), line))
         print(line, flush=True)
     return [path for _, path, _ in kept]
+
+
+_READER_EXTENSIONS = {"jsonl": (".json", ".jsonl"), "csv": (".csv",), "parquet": (".parquet",)}
+
+
+def corpus_files(path: Path, fmt: str) -> list[Path]:
+    """The files Ray Data reads for `path`: itself, or the files below a directory whose relative path does
+    not start with '.' or '_', with the reader's extensions (any name for text), each real file once
+    (`corpus.unique_files`: a file or folder reached again through a link is left out)."""
+    if path.is_file():
+        return [path]
+    return unique_files(path, reader_extensions(fmt))
+
+
+def reader_extensions(fmt: str) -> tuple[str, ...] | None:
+    """The names a directory read of format `fmt` takes (before .gz/.bz2/.zst); None: any name (text)."""
+    return _READER_EXTENSIONS.get(fmt)
 
 
 def _some(names: list[str], shown: int = 10) -> str:

@@ -35,7 +35,7 @@ from gemini_ray.data.budgets import (CORPUS_BLOCK_BYTES, LIGHT_CPUS, PASS_READ_C
                                      STREAM_BLOCK_BYTES, STREAM_TOKENIZE_CPUS)
 from gemini_ray.data.blocks import plan_blocks, read_block
 from gemini_ray.data.corpus import csv_read_options, decode_column, embedded_corpus, infer_format
-from gemini_ray.data.filecheck import corpus_files
+from gemini_ray.data.corpus import corpus_files
 from gemini_ray.data.resume import count_in_task, drop_trained, task_positions
 from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
 from gemini_ray.errors import GeminiRayError

@@ -34,11 +34,11 @@ import numpy as np
 import pyarrow as pa
 
 from gemini_ray.config import DataConfig
-from gemini_ray.data.corpus import infer_format, unique_files
+from gemini_ray.data.corpus import corpus_files, infer_format
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_uri
 
-__all__ = ["check_corpus", "corpus_files", "sniff_binary", "longest_line", "COMPRESSED_SUFFIXES"]
+__all__ = ["check_corpus", "sniff_binary", "longest_line", "COMPRESSED_SUFFIXES"]
 
 SAMPLE_BYTES = 1 << 20
 CHUNK_BYTES = 1 << 22
@@ -70,23 +70,6 @@ def sniff_binary(head: bytes) -> str | None:
 
 COMPRESSED_SUFFIXES = {".gz": "gzip", ".bz2": "bzip2", ".zst": "zstd"}
 """Names of the compressed files Ray Data's readers (and this check) decompress, and the tool that tests each."""
-
-_READER_EXTENSIONS = {"jsonl": (".json", ".jsonl"), "csv": (".csv",), "parquet": (".parquet",)}
-
-
-def corpus_files(path: Path, fmt: str) -> list[Path]:
-    """The files Ray Data reads for `path`: itself, or the files below a directory whose relative path does
-    not start with '.' or '_', with the reader's extensions (any name for text), each real file once
-    (`corpus.unique_files`: a file or folder reached again through a link is left out)."""
-    if path.is_file():
-        return [path]
-    return unique_files(path, reader_extensions(fmt))
-
-
-def reader_extensions(fmt: str) -> tuple[str, ...] | None:
-    """The names a directory read of format `fmt` takes (before .gz/.bz2/.zst); None: any name (text)."""
-    return _READER_EXTENSIONS.get(fmt)
-
 
 def _chunks(stream: pa.NativeFile, first: bytes) -> Iterator[bytes]:
     if first:

@@ -23,6 +23,7 @@ from gemini_ray.config import Config, config_to_dict
 from gemini_ray.data.cache import FoundCache, find_cache
 from gemini_ray.data.resume import consumed_shards, earliest_resume_step
 from gemini_ray.errors import GeminiRayError
+from gemini_ray.jobs.student import make_student
 from gemini_ray.metric_names import (LOSS_CL, LOSS_KD, LOSS_REP, VAL_LOSS_KD, VAL_OBJECTIVE, VAL_RETRIEVAL,
                                      VAL_TEACHER_AGREEMENT)
 from gemini_ray.paths import atomic_write_json, check_writable, is_uri, join, run_dir
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
     from gemini_ray.data.corpus_pass import Probe
 
-__all__ = ["Run", "make_student", "check_student", "same_student", "check_output", "prepare", "fit_student", "export",
+__all__ = ["Run", "check_output", "prepare", "fit_student", "export",
            "export_untrained", "export_checkpoints", "summarize"]
 
 
@@ -75,51 +76,6 @@ class Run:
     resume_from: str | None = None
     """The intact checkpoint the workers start from when Ray Train's own record was set aside
     (`data.resume.resume_point`, run before the stream is planned), else None."""
-
-
-def check_student(cfg: Config, session: Session, student: nn.Module | None = None) -> None:
-    """Refuse what distill refuses of a student for `cfg`: loss.objective=lm beside a teacher that is not
-    causal, and the cosine representation term (loss.rep_weight > 0, loss.rep_form=cosine) on a student
-    whose width differs from the teacher's (None: not built yet, so only the first)."""
-    if cfg.loss.objective == "lm" and session.kind != "causal":
-        raise GeminiRayError("loss.objective=lm (next-token cross-entropy) needs a causal teacher's tokenizer and "
-                             f"spans; this teacher is {session.kind}. Use loss.objective=distill.")
-    if student is None:
-        return
-    widths = student.config.hidden_size, session.teacher_config.hidden_size
-    if cfg.loss.rep_weight > 0 and cfg.loss.rep_form == "cosine" and widths[0] != widths[1]:
-        raise GeminiRayError(
-            f"loss.rep_weight={cfg.loss.rep_weight} compares the student's span embeddings with the teacher's, "
-            f"but the student is {widths[0]} wide and the teacher {widths[1]}. Set loss.rep_form=similarity "
-            "(compares similarities, any width), loss.rep_weight=0, or use a student as wide as the teacher "
-            "(drop student.hidden_size).")
-
-
-def make_student(cfg: Config, session: Session) -> nn.Module:
-    """The student a run of `cfg` starts from: student.from_pretrained, or derived from the teacher (its
-    copied layers, or random, seeded by train.seed), after `check_student`. Used by distill, the ablation's
-    untrained row and every search trial."""
-    from gemini_ray.models.build import build_student, count_parameters, load_student
-
-    check_student(cfg, session)  # before the build: copying a large teacher's layers takes a while
-    if cfg.student.from_pretrained:
-        student = load_student(cfg.student.from_pretrained, session.teacher, session.tokenizer)
-    else:
-        student = build_student(session.teacher, cfg.student, seed=cfg.train.seed)
-    check_student(cfg, session, student)
-    n_teacher, n_student = session.teacher_params, count_parameters(student)
-    print(f"[gemini-ray] teacher {session.teacher_source} ({session.kind}, {n_teacher / 1e6:.1f} M params); "
-          f"student {n_student / 1e6:.1f} M params ({n_student / n_teacher:.0%} of the teacher)")
-    return student
-
-
-_make_student = make_student  # the name before it was public (code written against it still imports it)
-
-
-def same_student(a: Config, b: Config) -> bool:
-    """`make_student` builds the same weights for both configs: it reads student.* and train.seed (it may
-    still refuse one config and not the other: `check_student`)."""
-    return a.student == b.student and a.train.seed == b.train.seed
 
 
 def check_output(cfg: Config) -> None:
