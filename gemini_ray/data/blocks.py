@@ -31,7 +31,7 @@ from gemini_ray.data.corpus import (csv_read_options, decode_column, embedded_co
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_uri, join
 
-__all__ = ["plan_blocks", "read_block", "changed_files", "corpus_bytes"]
+__all__ = ["plan_blocks", "read_block", "changed_files", "corpus_bytes", "local_corpus"]
 
 _COMPRESSED = (".gz", ".bz2", ".zst")
 _FOLLOW = 1 << 16
@@ -46,6 +46,16 @@ def _filesystem(path: str):
     return pafs.LocalFileSystem(), path
 
 
+def local_corpus(path: str) -> Path:
+    """data.path as a resolved local path; refused when it does not exist or is an empty file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise GeminiRayError(f"data.path '{path}' does not exist. Point it at a corpus file, directory or URI.")
+    if p.is_file() and p.stat().st_size == 0:
+        raise GeminiRayError(f"data.path '{path}' is empty. Give a corpus with at least two documents.")
+    return p.resolve()
+
+
 def _files(d: DataConfig, fmt: str) -> list[tuple[str, int, int]]:
     """(path or URI, size, mtime in ns) of each corpus file, in a stable order."""
     import pyarrow.fs as pafs
@@ -54,12 +64,8 @@ def _files(d: DataConfig, fmt: str) -> list[tuple[str, int, int]]:
 
     path = d.path
     if not is_uri(path):
-        p = Path(path).expanduser()
-        if not p.exists():
-            raise GeminiRayError(f"data.path '{path}' does not exist. Point it at a corpus file, directory or URI.")
-        if p.is_file() and p.stat().st_size == 0:
-            raise GeminiRayError(f"data.path '{path}' is empty. Give a corpus with at least two documents.")
-        files = corpus_files(p.resolve(), fmt) if p.is_dir() else [p.resolve()]
+        p = local_corpus(path)
+        files = corpus_files(p, fmt) if p.is_dir() else [p]
         return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     fs, root = pafs.FileSystem.from_uri(path)
     info = fs.get_file_info(root)

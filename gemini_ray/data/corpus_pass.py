@@ -33,7 +33,7 @@ import ray.data
 from gemini_ray.config import Config
 from gemini_ray.data.budgets import (CORPUS_BLOCK_BYTES, LIGHT_CPUS, PASS_READ_CPUS, PASS_TOKENIZE_CPUS,
                                      STREAM_BLOCK_BYTES, STREAM_TOKENIZE_CPUS)
-from gemini_ray.data.blocks import plan_blocks, read_block
+from gemini_ray.data.blocks import local_corpus, plan_blocks, read_block
 from gemini_ray.data.corpus import csv_read_options, decode_column, embedded_corpus, infer_format
 from gemini_ray.data.corpus import corpus_files
 from gemini_ray.data.resume import count_in_task, drop_trained, task_positions
@@ -110,12 +110,7 @@ def _read_documents(cfg: Config, num_cpus: float, block_bytes: int) -> ray.data.
     else:
         path = d.path
         if not is_uri(path):
-            p = Path(path).expanduser()
-            if not p.exists():
-                raise GeminiRayError(f"data.path '{path}' does not exist. Point it at a corpus file, directory or URI.")
-            if p.is_file() and p.stat().st_size == 0:
-                raise GeminiRayError(f"data.path '{path}' is empty. Give a corpus with at least two documents.")
-            path = str(p.resolve())
+            path = str(local_corpus(path))
         fmt = infer_format(path, d.format)
         if not is_uri(path) and Path(path).is_dir():  # each real file once: Ray's listing follows every link
             path = [str(f) for f in corpus_files(Path(path), fmt)]
