@@ -230,6 +230,10 @@ def scale_ratios(sizes: dict) -> dict | None:
             "tokens_per_s_goal_met": tps is not None and tps >= GOALS["tokens_per_s_ratio_min"]}
 
 
+def _or_dash(value) -> str:
+    return "-" if value is None else str(value)
+
+
 def scale_table(variant: str, part: dict) -> str:
     rows = [f"\nscale, {variant}:\n| corpus | status | rows | driver peak RSS (polled / manifest) | teacher tokens/s | "
             "label_s | wall | teacher actor starts | how far |\n|---|---|---|---|---|---|---|---|---|"]
@@ -240,7 +244,7 @@ def scale_table(variant: str, part: dict) -> str:
         label_s = (r.get("wall_time_s") or {}).get("label_s")
         rows.append(f"| {mb} MB | {r['status']} | {r.get('rows') or ''} | {r['driver_peak_rss_mib']:.0f} / "
                     f"{r.get('manifest_driver_peak_memory_mib') or '-'} MiB | {r.get('tokens_per_s') or '-'} | "
-                    f"{label_s or '-'} | {r['wall_s']:.0f} s | {r.get('teacher_actor_starts', '-')} | {far} |")
+                    f"{label_s or '-'} | {r['wall_s']:.0f} s | {_or_dash(r.get('teacher_actor_starts'))} | {far} |")
     q = part.get("ratios")
     if q:
         rows.append(f"\n{q['sizes_mb'][1]} MB vs {q['sizes_mb'][0]} MB: driver RSS {q['driver_peak_rss']}x "
