@@ -66,8 +66,10 @@ def sentences() -> list[str]:
     return out
 
 
-def make_corpus(directory: Path, megabytes: int, pool: list[str], seed: int = 0) -> Path:
-    """jsonl shards of ~20 MB under `directory` holding `megabytes` of unique documents (made once)."""
+def make_corpus(directory: Path, megabytes: int, pool: list[str], seed: int = 0,
+                shard_bytes: int | None = SHARD_BYTES) -> Path:
+    """jsonl shards of ~`shard_bytes` (None: one file) under `directory` holding `megabytes` of unique documents
+    (made once). The documents do not depend on shard_bytes: the same seed gives the same corpus, cut otherwise."""
     done = directory / ".complete"
     if done.is_file():
         return directory
@@ -77,7 +79,7 @@ def make_corpus(directory: Path, megabytes: int, pool: list[str], seed: int = 0)
         path = directory / f"part-{shard:05d}.jsonl"
         with open(path.with_suffix(".tmp"), "w", encoding="utf-8") as f:
             size = 0
-            while size < SHARD_BYTES and written + size < target:
+            while (shard_bytes is None or size < shard_bytes) and written + size < target:
                 text = " ".join(rng.choices(pool, k=rng.randint(8, 24))) + f" (Document {doc}.)"
                 line = json.dumps({"text": text}) + "\n"
                 f.write(line)
