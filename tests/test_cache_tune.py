@@ -209,11 +209,16 @@ def test_label_writes_one_teacher_pass(uninterrupted, llama_dir, lee_texts):
     assert manifest["complete"] and (directory / "manifest.json").is_file()
     pairs = SpanPairer(str(llama_dir), "causal", 16)({"text": np.array(lee_texts, dtype=object)})
     ok = pairs["status"] == STATUS_OK
-    assert manifest["rows"] == ok.sum()
-    # every labelled token went through the teacher exactly once
-    assert manifest["teacher_tokens"] == manifest["teacher_tokens_this_run"] == pairs["attention_mask"][ok].sum()
+    train = ok & ~is_val_doc(pairs["doc_id"], 0.2)
     rows = read_rows(directory)
-    assert len(rows["example_id"]) == ok.sum() and len(np.unique(rows["example_id"])) == ok.sum()  # no loss, no dup
+    val = rows["split"] == "val"
+    # every training example, and the held-out examples of the first blocks: enough for the 16 scored
+    assert manifest["rows"] == len(rows["example_id"]) == train.sum() + val.sum()
+    assert 16 <= val.sum() < (ok & ~train).sum() and manifest["val_rows"] == 16
+    assert len(np.unique(rows["example_id"])) == manifest["rows"]  # no loss, no dup
+    assert set(rows["example_id"][~val]) == set(pairs["example_id"][train])
+    # every labelled token went through the teacher exactly once
+    assert manifest["teacher_tokens"] == manifest["teacher_tokens_this_run"] == rows["attention_mask"].sum()
     val_shards = set(manifest["shards_val"])
     assert val_shards and all(is_val_doc(np.array([d]), 0.2)[0] == (s in val_shards)
                               for d, s in zip(rows["doc_id"], rows["shard"]))

@@ -33,7 +33,7 @@ from gemini_ray.data.mining import HardNegativeMiner
 from gemini_ray.data.pipeline import CountingTeacherLabeler, teacher_actor_args
 from gemini_ray.paths import atomic_path, atomic_write_json, join, open_dir, read_json
 
-__all__ = ["label_blocks", "BlockWriter", "mine_windows", "limit_documents", "RECORD_COLUMNS"]
+__all__ = ["label_blocks", "BlockWriter", "mine_windows", "limit_documents", "held_out_blocks", "RECORD_COLUMNS"]
 
 RECORD_COLUMNS = ("block", "rows", "val_rows", "teacher_tokens", "bytes")
 """What the pass yields per finished block."""
@@ -52,7 +52,10 @@ def _read_and_pair(batch: dict[str, np.ndarray], data: Any, pairer: dict, direct
     block without examples is finished here: its record is written at once, no teacher needed)."""
     block = _block_of(batch)
     paired = pair_block(read_block(block, data), val_fraction, max_chars, pairer)
-    rows, n = paired.rows, len(paired.rows["split"])
+    rows = paired.rows
+    if not block.get("held_out", True):  # past the blocks that hold the held-out rows scored: not labelled
+        rows = {c: v[rows["split"] == "train"] for c, v in rows.items()}
+    n = len(rows["split"])
     unique = np.unique(paired.doc_ids)
     counts = {"key": key, "block": block, "pid": os.getpid(), "fingerprint": fingerprint_parts(unique),
               "counts": {**paired.counts, "duplicate_documents": len(paired.doc_ids) - len(unique)}}
@@ -174,3 +177,27 @@ def limit_documents(blocks: list[dict[str, Any]], max_documents: int, data: Any)
             if total >= max_documents:
                 return kept
     return kept
+
+
+@ray.remote(num_cpus=LIGHT_CPUS + STREAM_TOKENIZE_CPUS)
+def _held_out_examples(block: dict[str, Any], data: Any, pairer: dict, val_fraction: float, max_chars: int) -> int:
+    return pair_block(read_block(block, data), val_fraction, max_chars, pairer).counts["val_examples"]
+
+
+def held_out_blocks(cfg: Config, blocks: list[dict[str, Any]], source: str, kind: str) -> int:
+    """How many blocks, from the first, hold the data.max_val_examples held-out examples a run scores (the
+    first in corpus order): their held-out rows are labelled, later blocks' are not. Counted by tokenizing
+    the first blocks in Ray tasks, a few at a time, until enough (0 without held-out documents)."""
+    d, cap = cfg.data, cfg.data.max_val_examples
+    if d.val_fraction == 0 or cap == 0:
+        return 0
+    pairer = pairer_settings(cfg, source, kind)
+    held, chunk = 0, max(1, int(ray.cluster_resources().get("CPU", 1)))
+    for start in range(0, len(blocks), chunk):
+        part = blocks[start:start + chunk]
+        counts = ray.get([_held_out_examples.remote(b, d, pairer, d.val_fraction, d.max_document_chars) for b in part])
+        for block, n in zip(part, counts):
+            held += n
+            if held >= cap:
+                return block["index"] + 1
+    return len(blocks)

@@ -42,7 +42,7 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
     the training rows to label (default: what this config's run reads; a search passes its longest trial's)."""
     import ray
 
-    from gemini_ray.data.blocks import changed_files, plan_blocks
+    from gemini_ray.data.blocks import changed_files
     from gemini_ray.data.cache import write_manifest
     from gemini_ray.data.corpus_pass import read_errors
     from gemini_ray.data.pipeline import teacher_token_counter
@@ -53,21 +53,17 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
     key = cache_key(session.identity)
     _refuse_other_cache(directory, session)
     t0 = time.perf_counter()
-    blocks = plan_blocks(cfg.data, int(cfg.label.block_mb * MIB))
-    if cfg.data.max_documents:
-        from gemini_ray.data.label_pass import limit_documents
-
-        blocks = limit_documents(blocks, cfg.data.max_documents, cfg.data)
-    seconds = {**session.seconds, "plan_s": time.perf_counter() - t0}
-    done = _blocks_done(directory, fs, path, key, blocks)
-    counter = teacher_token_counter()
-    tokens_before, starts_before = ray.get([counter.total.remote(), counter.starts.remote()])
-    header = {"version": CACHE_VERSION, "identity": session.identity, "complete": False,
-              "blocks": {"count": len(blocks), "block_mb": cfg.label.block_mb}}
-    write_manifest(directory, header)
-    t_label = time.perf_counter()
+    done: dict[int, dict] = {}
     try:
         with read_errors(cfg):
+            blocks = _plan(cfg, session)
+            seconds = {**session.seconds, "plan_s": time.perf_counter() - t0}
+            done = _blocks_done(directory, fs, path, key, blocks)
+            counter = teacher_token_counter()
+            tokens_before, starts_before = ray.get([counter.total.remote(), counter.starts.remote()])
+            write_manifest(directory, {"version": CACHE_VERSION, "identity": session.identity, "complete": False,
+                                       "blocks": {"count": len(blocks), "block_mb": cfg.label.block_mb}})
+            t_label = time.perf_counter()
             progress = _label(cfg, session, blocks, done, directory, key, rows)
     except GeminiRayError:
         if created and not done:  # nothing of this run is worth keeping: leave nothing half-written
@@ -97,6 +93,22 @@ def make_cache(cfg: Config, session: Session, t_start: float | None = None, rows
 
 
 # --------------------------------------------------------------------------- the pass
+
+
+def _plan(cfg: Config, session: Session) -> list[dict]:
+    """The corpus's blocks (`plan_blocks`; cut to data.max_documents), each marked whether its held-out rows
+    are labelled: those of the first blocks that hold data.max_val_examples of them."""
+    from gemini_ray.data.blocks import plan_blocks
+    from gemini_ray.data.label_pass import held_out_blocks, limit_documents
+
+    blocks = plan_blocks(cfg.data, int(cfg.label.block_mb * MIB))
+    if cfg.data.max_documents:
+        blocks = limit_documents(blocks, cfg.data.max_documents, cfg.data)
+    held = held_out_blocks(cfg, blocks, session.teacher_source, session.kind)
+    if cfg.data.val_fraction > 0:
+        print(f"[gemini-ray] the first {held} of {len(blocks)} blocks hold the {cfg.data.max_val_examples} held-out "
+              "examples scored (data.max_val_examples): later blocks' held-out examples are not labelled", flush=True)
+    return [{**b, "held_out": b["index"] < held} for b in blocks]
 
 
 def _label(cfg: Config, session: Session, blocks: list[dict], done: dict[int, dict], directory: str, key: str,
@@ -212,7 +224,7 @@ def _manifest(cfg: Config, session: Session, blocks: list[dict], done: dict[int,
     _check_plan(cfg, stats)
     shards = {int(s): rec for r in records for s, rec in r.get("shards", {}).items()}
     train = sorted(s for s in shards if s < n)
-    val = sorted(s for s in shards if s >= n)  # every held-out row labelled; a run scores the first val_rows
+    val = sorted(s for s in shards if s >= n)  # the first blocks' held-out rows; a run scores the first val_rows
     val_rows = min(sum(shards[s]["rows"] for s in val), cfg.data.max_val_examples)
     stats.val_examples_dropped, stats.val_examples = stats.val_examples - val_rows, val_rows
     listed_shards = train + val
