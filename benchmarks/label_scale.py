@@ -2,7 +2,7 @@
 
     python benchmarks/label_scale.py [--phases scale resume loop] [--sizes-mb 10 100] [--timeout-min 40]
                                      [--overrides KEY=VALUE ...] [--variant NAME] [--label NAME]
-                                     [--resume-mb 100] [--rounds 3] [--workdir /tmp/gemini-ray-label-scale]
+                                     [--resume-mb 100] [--rounds 3] [--workdir /tmp/gemini-ray-label-scale-<label>]
 
 Each phase writes its part of benchmarks/results/label_scale.json under --label (a phase run again replaces
 its part; the scale phase, its --variant's) and prints a markdown table.
@@ -570,10 +570,12 @@ def main() -> None:
     parser.add_argument("--resume-mb", type=int, default=100)
     parser.add_argument("--kill-at", type=float, default=0.5, help="fraction of the pass done when it is killed")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the loop phase")
-    parser.add_argument("--workdir", default="/tmp/gemini-ray-label-scale")
+    parser.add_argument("--workdir", default=None, help="corpora, teacher, runs (default: /tmp/gemini-ray-label-scale-"
+                        "<label>: a run of other code beside this one keeps to its own)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "label_scale.json"))
     args = parser.parse_args()
-    work, out, timeout_s = Path(args.workdir), Path(args.out), args.timeout_min * 60
+    work = Path(args.workdir or f"/tmp/gemini-ray-label-scale-{args.label}")
+    out, timeout_s = Path(args.out), args.timeout_min * 60
     work.mkdir(parents=True, exist_ok=True)
     everything: dict = read_json(out) or {}
     results = everything.setdefault(args.label, {})
