@@ -396,7 +396,6 @@ def resume_phase(mb: int, overrides: list[str], work: Path, pool: list[str], tim
            "issue 45, whose resume this phase measures")
     seen = any_manifest(results)
     if seen is not None and "teacher_actor_starts" not in seen:
-        print(f"resume: skipped, {why}", flush=True)
         return {"skipped": why}
     teacher = tiny_teacher(work / "tiny-teacher", pool)
     corpus, meta = one_file_corpus(work, mb, pool)
@@ -409,7 +408,6 @@ def resume_phase(mb: int, overrides: list[str], work: Path, pool: list[str], tim
         reference = Path(uninterrupted["cache"])
     ref_manifest = read_json(reference / "manifest.json") or {}
     if "teacher_actor_starts" not in ref_manifest:
-        print(f"resume: skipped, {why}", flush=True)
         return {"skipped": why, "reference": str(reference)}
 
     storage = work / "runs" / f"resume-{mb}mb-{int(time.time())}"
@@ -446,7 +444,7 @@ def resume_phase(mb: int, overrides: list[str], work: Path, pool: list[str], tim
 
 def resume_table(r: dict) -> str:
     if "skipped" in r or "failed" in r:
-        return f"\nresume: {r.get('skipped') or r.get('failed')}"
+        return f"\nresume: {'skipped, ' + r['skipped'] if 'skipped' in r else r['failed']}"
     return (f"\nresume, {r['size_mb']} MB, killed at {r['first'].get('got_to', {}).get('shard_files')} of "
             f"{r['expected_shard_files']} shard files:\n| rows lost | rows duplicated | tokens sent again | "
             f"in blocks | teacher actors | rerun wall |\n|---|---|---|---|---|---|\n| {r['rows_lost']} | "
