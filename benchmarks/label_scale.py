@@ -2,10 +2,10 @@
 
     python benchmarks/label_scale.py [--phases scale resume loop] [--sizes-mb 10 100] [--timeout-min 40]
                                      [--overrides KEY=VALUE ...] [--variant NAME] [--label NAME]
-                                     [--resume-mb 100] [--rounds 3] [--workdir /tmp/gemini-ray-label-scale]
+                                     [--resume-mb 100] [--rounds 3] [--workdir /tmp/gemini-ray-label-scale-<label>]
 
 Each phase writes its part of benchmarks/results/label_scale.json under --label (a phase run again replaces
-its part; the scale phase, its --variant's) and prints a markdown table.
+its part; the scale phase, the sizes it ran of its --variant) and prints a markdown table.
 
 * scale: the tiny teacher of benchmarks/scale.py (`tiny_teacher`), label.scope=corpus, for each size a
   synthetic corpus in ONE jsonl file (`make_corpus`: a large single file is what a reader must cut into byte
@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -152,7 +153,7 @@ def run_label(overrides: list[str], cache: Path, log: Path, timeout_s: float, en
         proc.wait()
     seconds = time.time() - start
     return {"status": status or ("finished" if proc.returncode == 0 else "failed"), "returncode": proc.returncode,
-            "wall_s": round(seconds, 1), "driver_peak_rss_mib": round(peak_kb / 1024, 1),
+            "wall_s": round(seconds, 1), "timeout_s": timeout_s, "driver_peak_rss_mib": round(peak_kb / 1024, 1),
             "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "command": "python -m gemini_ray.cli label " + " ".join(args[4:]), "log": str(log)}
 
@@ -194,10 +195,11 @@ def measured_run(overrides: list[str], storage: Path, timeout_s: float, **watch)
 
 
 def scale_phase(sizes_mb: list[int], overrides: list[str], work: Path, pool: list[str], timeout_s: float,
-                record) -> dict:
-    """Each size's `gemini-ray label` with the tiny teacher; `record(part)` saves the part after every size."""
+                record, previous: dict | None = None) -> dict:
+    """Each size's `gemini-ray label` with the tiny teacher; `record(part)` saves the part after every size.
+    previous: this variant's part of an earlier run, whose other sizes are kept."""
     teacher = tiny_teacher(work / "tiny-teacher", pool)
-    part: dict = {"overrides": overrides, "timeout_s": timeout_s, "sizes": {}}
+    part: dict = {"overrides": overrides, "sizes": dict((previous or {}).get("sizes", {}))}
     for mb in sizes_mb:
         corpus, meta = one_file_corpus(work, mb, pool)
         storage = work / "runs" / f"scale-{mb}mb-{int(time.time())}"
@@ -206,6 +208,7 @@ def scale_phase(sizes_mb: list[int], overrides: list[str], work: Path, pool: lis
         print(f"scale {mb} MB: {storage}", flush=True)
         run = measured_run(over, storage, timeout_s)
         part["sizes"][str(mb)] = {"corpus_bytes": meta["bytes"], "documents": meta["documents"], **run}
+        part["sizes"] = dict(sorted(part["sizes"].items(), key=lambda kv: int(kv[0])))
         part["ratios"] = scale_ratios(part["sizes"])
         record(part)
         print(f"scale {mb} MB: {run['status']} in {run['wall_s']:.0f} s", flush=True)
@@ -213,18 +216,21 @@ def scale_phase(sizes_mb: list[int], overrides: list[str], work: Path, pool: lis
 
 
 def scale_ratios(sizes: dict) -> dict | None:
-    """The largest finished size against the smallest: driver RSS (polled and the manifest's) and tokens/s."""
+    """The largest finished size against the finished one nearest a tenth of it: driver RSS (polled and the
+    manifest's) and tokens/s."""
     done = {int(mb): r for mb, r in sizes.items() if r["status"] == "finished"}
     if len(done) < 2:
         return None
-    small, large = done[min(done)], done[max(done)]
+    top = max(done)
+    low = min((mb for mb in done if mb < top), key=lambda mb: abs(math.log(top / 10 / mb)))
+    small, large = done[low], done[top]
 
     def ratio(key: str) -> float | None:
         a, b = small.get(key), large.get(key)
         return round(b / a, 3) if a and b else None
 
     rss, tps = ratio("driver_peak_rss_mib"), ratio("tokens_per_s")
-    return {"sizes_mb": [min(done), max(done)], "driver_peak_rss": rss,
+    return {"sizes_mb": [low, top], "driver_peak_rss": rss,
             "manifest_driver_peak_memory": ratio("manifest_driver_peak_memory_mib"), "tokens_per_s": tps,
             "rss_goal_met": rss is not None and rss <= GOALS["rss_ratio_max"],
             "tokens_per_s_goal_met": tps is not None and tps >= GOALS["tokens_per_s_ratio_min"]}
@@ -390,7 +396,6 @@ def resume_phase(mb: int, overrides: list[str], work: Path, pool: list[str], tim
            "issue 45, whose resume this phase measures")
     seen = any_manifest(results)
     if seen is not None and "teacher_actor_starts" not in seen:
-        print(f"resume: skipped, {why}", flush=True)
         return {"skipped": why}
     teacher = tiny_teacher(work / "tiny-teacher", pool)
     corpus, meta = one_file_corpus(work, mb, pool)
@@ -403,7 +408,6 @@ def resume_phase(mb: int, overrides: list[str], work: Path, pool: list[str], tim
         reference = Path(uninterrupted["cache"])
     ref_manifest = read_json(reference / "manifest.json") or {}
     if "teacher_actor_starts" not in ref_manifest:
-        print(f"resume: skipped, {why}", flush=True)
         return {"skipped": why, "reference": str(reference)}
 
     storage = work / "runs" / f"resume-{mb}mb-{int(time.time())}"
@@ -440,7 +444,7 @@ def resume_phase(mb: int, overrides: list[str], work: Path, pool: list[str], tim
 
 def resume_table(r: dict) -> str:
     if "skipped" in r or "failed" in r:
-        return f"\nresume: {r.get('skipped') or r.get('failed')}"
+        return f"\nresume: {'skipped, ' + r['skipped'] if 'skipped' in r else r['failed']}"
     return (f"\nresume, {r['size_mb']} MB, killed at {r['first'].get('got_to', {}).get('shard_files')} of "
             f"{r['expected_shard_files']} shard files:\n| rows lost | rows duplicated | tokens sent again | "
             f"in blocks | teacher actors | rerun wall |\n|---|---|---|---|---|---|\n| {r['rows_lost']} | "
@@ -570,10 +574,12 @@ def main() -> None:
     parser.add_argument("--resume-mb", type=int, default=100)
     parser.add_argument("--kill-at", type=float, default=0.5, help="fraction of the pass done when it is killed")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the loop phase")
-    parser.add_argument("--workdir", default="/tmp/gemini-ray-label-scale")
+    parser.add_argument("--workdir", default=None, help="corpora, teacher, runs (default: /tmp/gemini-ray-label-scale-"
+                        "<label>: a run of other code beside this one keeps to its own)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "label_scale.json"))
     args = parser.parse_args()
-    work, out, timeout_s = Path(args.workdir), Path(args.out), args.timeout_min * 60
+    work = Path(args.workdir or f"/tmp/gemini-ray-label-scale-{args.label}")
+    out, timeout_s = Path(args.out), args.timeout_min * 60
     work.mkdir(parents=True, exist_ok=True)
     everything: dict = read_json(out) or {}
     results = everything.setdefault(args.label, {})
@@ -598,7 +604,8 @@ def main() -> None:
     if "scale" in args.phases:
         variant = args.variant or (" ".join(args.overrides) or "defaults")
         t0 = time.time()
-        part = scale_phase(args.sizes_mb, args.overrides, work, pool, timeout_s, recorder("scale", variant))
+        part = scale_phase(args.sizes_mb, args.overrides, work, pool, timeout_s, recorder("scale", variant),
+                           previous=(results.get("scale") or {}).get(variant))
         part["phase_s"] = round(time.time() - t0)
         recorder("scale", variant)(part)
         tables.append(scale_table(variant, part))

@@ -46,7 +46,7 @@ def test_done_fraction_takes_shard_files_or_the_manifests_bytes_whichever_says_m
     assert bench.done_fraction(tmp_path / "none", expected_shards=8, corpus_bytes=None) == 0.0
 
 
-def test_scale_ratios_compare_the_largest_finished_size_with_the_smallest():
+def test_scale_ratios_compare_the_largest_finished_size_with_the_one_a_tenth_of_it():
     sizes = {"10": {"status": "finished", "driver_peak_rss_mib": 600.0, "tokens_per_s": 1000.0},
              "100": {"status": "finished", "driver_peak_rss_mib": 660.0, "tokens_per_s": 950.0},
              "1000": {"status": "timed_out", "driver_peak_rss_mib": 900.0}}
@@ -54,6 +54,8 @@ def test_scale_ratios_compare_the_largest_finished_size_with_the_smallest():
     assert r["sizes_mb"] == [10, 100] and r["driver_peak_rss"] == 1.1 and r["tokens_per_s"] == 0.95
     assert r["rss_goal_met"] and r["tokens_per_s_goal_met"]
     assert bench.scale_ratios({"10": sizes["10"], "1000": sizes["1000"]}) is None  # one finished size: no ratio
+    one = {"status": "finished", "driver_peak_rss_mib": 500.0, "tokens_per_s": 900.0}
+    assert bench.scale_ratios({"1": one, **sizes})["sizes_mb"] == [10, 100]  # 10x apart, not the smallest
 
 
 def test_pass_figures_read_the_new_manifest_fields_when_present_and_none_when_not():
