@@ -29,21 +29,13 @@ from gemini_ray.config import DataConfig
 from gemini_ray.data.corpus import (csv_read_options, decode_column, embedded_corpus, infer_format, parse_jsonl,
                                     split_lines)
 from gemini_ray.errors import GeminiRayError
-from gemini_ray.paths import is_uri, join
+from gemini_ray.paths import is_uri, join, open_dir
 
 __all__ = ["plan_blocks", "read_block", "changed_files", "corpus_bytes", "local_corpus"]
 
 _COMPRESSED = (".gz", ".bz2", ".zst")
 _FOLLOW = 1 << 16
 """Bytes read at a time past a block's end, to finish the line that crosses it."""
-
-
-def _filesystem(path: str):
-    import pyarrow.fs as pafs
-
-    if is_uri(path):
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), path
 
 
 def local_corpus(path: str) -> Path:
@@ -134,7 +126,7 @@ def _changed(block: dict[str, Any]) -> str | None:
     if path.startswith("embedded:") or block["fmt"] == "list":
         return None
     if is_uri(path):
-        fs, where = _filesystem(path)
+        fs, where = open_dir(path)
         info = fs.get_file_info(where)
         size, mtime = info.size, info.mtime_ns or 0
     else:
@@ -182,7 +174,7 @@ def read_block(block: dict[str, Any], d: DataConfig) -> dict[str, np.ndarray]:
 
 
 def _read_whole(path: str) -> bytes:
-    fs, where = _filesystem(path)
+    fs, where = open_dir(path)
     with fs.open_input_stream(where) as f:  # compression detected from the name, as Ray Data's readers do
         return f.read()
 
@@ -190,7 +182,7 @@ def _read_whole(path: str) -> bytes:
 def _read_range(block: dict[str, Any]) -> bytes:
     """The lines that start in [start, stop): from the first line break at or after start - 1, to the first
     one at or after stop - 1."""
-    fs, where = _filesystem(block["path"])
+    fs, where = open_dir(block["path"])
     start, stop, size = block["start"], block["stop"], block["size"]
     with fs.open_input_file(where) as f:
         f.seek(max(start - 1, 0))
@@ -220,7 +212,7 @@ def _read_table(path: str, fmt: str, column: str) -> dict[str, np.ndarray]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    fs, where = _filesystem(path)
+    fs, where = open_dir(path)
     if fmt == "parquet":
         with fs.open_input_file(where) as f:
             table = pq.read_table(f, columns=[column])
