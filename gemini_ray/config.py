@@ -216,8 +216,16 @@ class DataConfig:
     """File format; 'auto' reads it from the extension. 'text' means one document per line."""
     text_column: str = "text"
     """Column holding the document text (jsonl, parquet, csv)."""
+    seq_length: int = 128
+    """Tokens per KD window: the teacher labels whole windows of this many tokens with their full context and
+    the student trains KD on every position of them (the context length it will serve). Each example is two
+    consecutive windows of one document; a document with fewer than 1.5 windows of tokens makes no example
+    and is counted as too short. Equal to data.span_length: the span examples of before windows (each span
+    its own sequence)."""
     span_length: int = 32
-    """Tokens per span. Each example is an anchor span and a positive span of the same document."""
+    """Tokens per contrastive span: the first span_length tokens of each of an example's two windows are its
+    anchor and positive (pooled from the same forward as the window's KD), and mined negatives are such spans
+    of other documents' windows. At most data.seq_length."""
     max_documents: Optional[int] = None
     """Use only the first N documents (None: all)."""
     max_document_chars: int = 1_000_000
@@ -241,6 +249,9 @@ class DataConfig:
         _check(self.max_val_examples >= 1, "data.max_val_examples", f"must be >= 1, got {self.max_val_examples}")
         _check(0.0 <= self.val_fraction < 0.5, "data.val_fraction", f"must be in [0, 0.5), got {self.val_fraction}")
         _check(self.span_length >= 4, "data.span_length", f"must be >= 4, got {self.span_length}")
+        _check(self.span_length <= self.seq_length, "data.span_length",
+               f"must be at most data.seq_length={self.seq_length} (a contrastive span is the start of a KD "
+               f"window), got {self.span_length}; lower data.span_length or raise data.seq_length")
         if self.max_documents is not None:
             _check(self.max_documents >= 2, "data.max_documents", f"must be >= 2, got {self.max_documents}")
         _check(self.max_document_chars >= 1000, "data.max_document_chars",
