@@ -120,7 +120,7 @@ def main() -> None:
         "ratio_steady": loop_steady / ray_steady,
         "ratio_compute": loop_compute / ray_compute,
         "signal_bytes_per_token_measured": signal / sample_tokens,
-        "signal_bytes_per_token_formula": signal_bytes_per_token(tcfg.top_k, 576, cfg.data.span_length),
+        "signal_bytes_per_token_formula": signal_bytes_per_token(tcfg.top_k, 576, cfg.data.seq_length),
         "full_distribution_bytes_per_token": 49152 * 4,
     }
     out = Path(args.out or Path(__file__).parent / "results" / (f"teacher_stage_{args.threads}t.json" if not args.gpu

@@ -114,7 +114,8 @@ class TeacherConfig:
     top_k: int = 16
     """Teacher logits kept per token (ids + values). The rest of the vocabulary never leaves the actor."""
     batch_size: int = 64
-    """Spans per teacher forward pass (2 per example). Large batches keep Ray's per-call costs small."""
+    """KD windows per teacher forward pass (2 per example). Large batches keep Ray's per-call costs small;
+    long windows want fewer (the activations grow with batch_size x data.seq_length)."""
     num_actors: int = 1
     """Fixed size of the teacher actor pool (GPU pools do not autoscale well)."""
     num_gpus: float = 0.0
@@ -425,10 +426,11 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int = 60
+    max_steps: int = 40
     """Optimizer steps in total (across epochs); the data is re-read when one epoch is not enough."""
-    batch_size: int = 8
-    """Examples per worker per step."""
+    batch_size: int = 4
+    """Examples per worker per step (each two KD windows of data.seq_length tokens). The demo's 4 x 40 steps
+    label about the teacher tokens of the 8 x 60 steps of 32-token spans before windows (docs/log.md)."""
     lr: float = 3e-4
     """Peak AdamW learning rate. 3e-4: with the similarity term, a lower rate leaves the demo's language model
     behind the seed's loss (docs/log.md)."""

@@ -79,7 +79,7 @@ def save(model, tokenizer, path: Path) -> Path:
 def tiny_overrides(teacher_dir, corpus, storage, name: str, steps: int) -> list[str]:
     """A distill run of `steps` steps on a tiny teacher and the corpus fixture (a JSONL file with `body`)."""
     return [f"teacher.model={teacher_dir}", "teacher.top_k=8", "teacher.batch_size=8",
-            f"data.path={corpus}", "data.text_column=body", "data.span_length=16",
+            f"data.path={corpus}", "data.text_column=body", "data.span_length=16", "data.seq_length=32",
             "student.num_layers=2", "loss.num_negatives=3", "mining.window=16",
             f"train.max_steps={steps}", "train.batch_size=4", "train.log_every=2", "train.checkpoint_every=2",
             "train.warmup_steps=1", f"run.storage_path={storage}", f"run.name={name}"]
@@ -167,7 +167,7 @@ V, H, L, K = 50, 16, 6, 2  # vocabulary, width, span length, negatives
 
 
 class ToyStudent(torch.nn.Module):
-    """The DistillStudent interface (logits for the first n rows, pooled embeddings for all) on one
+    """The DistillStudent interface (logits for the windows, pooled spans of windows and negatives) on one
     embedding table and one head, so the whole loss is cheap and deterministic."""
 
     def __init__(self) -> None:
@@ -177,11 +177,12 @@ class ToyStudent(torch.nn.Module):
         self.mix = torch.nn.Linear(H, H)
         self.head = torch.nn.Linear(H, V)
 
-    def forward(self, ids: torch.Tensor, att: torch.Tensor, n: int):
+    def forward(self, ids: torch.Tensor, att: torch.Tensor, span_ids: torch.Tensor, span_att: torch.Tensor):
         from gemini_ray.models.build import mean_pool
 
-        hidden = torch.tanh(self.mix(self.emb(ids)))  # (N, L, H)
-        return self.head(hidden[:n]), mean_pool(hidden, att)
+        L = span_ids.shape[1]
+        windows, spans = torch.tanh(self.mix(self.emb(ids))), torch.tanh(self.mix(self.emb(span_ids)))  # (n, W, H), (m, L, H)
+        return self.head(windows), torch.cat([mean_pool(windows[:, :L], att[:, :L]), mean_pool(spans, span_att)])
 
 
 def toy_batch(rows: int, seed: int = 0) -> dict[str, torch.Tensor]:

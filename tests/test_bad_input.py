@@ -70,7 +70,7 @@ class Ctx:
         key given twice on the command line is refused)."""
         base = [f"teacher.model={teacher or self.teacher}", "teacher.top_k=8", "teacher.batch_size=8",
                 f"teacher.cache_dir={self.tmp / 'teacher-cache'}", f"data.path={corpus or self.corpus}",
-                "data.text_column=body", "data.span_length=16", "student.num_layers=2", "loss.num_negatives=3",
+                "data.text_column=body", "data.span_length=16", "data.seq_length=32", "student.num_layers=2", "loss.num_negatives=3",
                 "mining.window=16", "train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1",
                 f"run.storage_path={storage or self.storage}", f"run.name={RUN}"]
         given = {e.split("=", 1)[0] for e in extra}
@@ -210,7 +210,7 @@ FIX_RANGE = "Change it in the --config file or on the command line, e.g."
 
 def _range(key: str, value: str, problem: str, what: str) -> Case:
     default = {"loss.lambda_kd": "0.5", "loss.cl_temperature": "0.05", "loss.kd_temperature": "1.0",
-               "teacher.top_k": "16", "loss.num_negatives": "4", "train.lr": "0.0003", "train.batch_size": "8",
+               "teacher.top_k": "16", "loss.num_negatives": "4", "train.lr": "0.0003", "train.batch_size": "4",
                "data.max_document_chars": "1000000", "train.keep_checkpoints": "2"}[key]
     return Case(f"{key.split('.')[1]}={value}", what, f"`{key}={value}`", lambda c: c.config(f"{key}={value}"),
                 f"config key '{key}': {problem}", f"{FIX_RANGE} {key}={default} (the default)")
@@ -349,6 +349,13 @@ CASES: list[Case] = [
     Case("teacher-fake-gguf", "Teacher path that is not a model", "a text file named `teacher.gguf`",
          lambda c: c.distill(teacher=c.file("teacher.gguf", "not a model\n")),
          "is not a GGUF model (it does not start with the GGUF magic bytes)", "Point teacher.model"),
+    Case("seq-length-over-positions", "A KD window longer than the model reads",
+         "`data.seq_length=256` (the teacher reads 128 positions)", lambda c: c.distill("data.seq_length=256"),
+         "data.seq_length=256, the KD window, is longer than the teacher", "Set data.seq_length=128 or lower"),
+    Case("span-longer-than-window", "A span longer than the KD window", "`data.span_length=64 data.seq_length=32`",
+         lambda c: c.distill("data.span_length=64", "data.seq_length=32"),
+         "must be at most data.seq_length=32 (a contrastive span is the start of a KD window), got 64",
+         "lower data.span_length or raise data.seq_length"),
     Case("top_k-over-vocab", "Out-of-range top-k", "`teacher.top_k=100000` (the teacher has 400 tokens)",
          lambda c: c.distill("teacher.top_k=100000"), "teacher.top_k=100000 exceeds the teacher's vocabulary",
          "Choose teacher.top_k <= 400"),
@@ -408,7 +415,7 @@ CASES: list[Case] = [
     # --- known only once the corpus is tokenized: Ray has started, training has not ----------------------
     Case("corpus-too-short", "All documents shorter than two spans", "six different lines of four words",
          lambda c: c.distill(corpus=c.file("short.txt", "".join(f"a few words {i}\n" for i in range(6)))),
-         "is long enough for an anchor and a positive span", "Use longer documents or a smaller data.span_length",
+         "is long enough for an example, an anchor and a positive span", "Use longer documents or a smaller data.span_length",
          ray=True),
     Case("K-over-documents", "Out-of-range K", "`loss.num_negatives=500` on 40 documents",
          lambda c: c.distill("loss.num_negatives=500"), "loss.num_negatives=500 needs more than 500 usable documents",

@@ -16,7 +16,8 @@ from helpers import Killer
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted([*(ROOT / "tune_spaces").glob("*.yaml"), *(ROOT / "experiments" / "tune_spaces").glob("*.yaml")])
 
-IDENTITY = {"teacher_weights": "aa", "tokenizer_vocab": "bb", "corpus": "cc", "span_length": 32, "masked": False,
+IDENTITY = {"teacher_weights": "aa", "tokenizer_vocab": "bb", "corpus": "cc", "seq_length": 128, "span_length": 32,
+            "masked": False,
             "mlm_probability": None, "data_seed": 0, "val_fraction": 0.05, "top_k": 16, "max_negatives": 8,
             "mining_window": 128, "mining_seed": 0, "block_bytes": 4 << 20}
 
@@ -24,7 +25,7 @@ IDENTITY = {"teacher_weights": "aa", "tokenizer_vocab": "bb", "corpus": "cc", "s
 def test_cache_key_is_stable_and_changes_with_every_input():
     assert cache_key(dict(IDENTITY)) == cache_key(dict(reversed(list(IDENTITY.items()))))
     for key, other in [("teacher_weights", "zz"), ("tokenizer_vocab", "zz"), ("corpus", "zz"), ("top_k", 8),
-                       ("span_length", 64), ("max_negatives", 16), ("mining_window", 64), ("block_bytes", 1 << 20)]:
+                       ("span_length", 64), ("seq_length", 32), ("max_negatives", 16), ("mining_window", 64), ("block_bytes", 1 << 20)]:
         assert cache_key({**IDENTITY, key: other}) != cache_key(IDENTITY), key
 
 
@@ -37,8 +38,10 @@ def test_cache_from_another_teacher_or_corpus_or_format_is_refused():
         check_compatible(manifest, {**IDENTITY, "tokenizer_vocab": "other"}, "somewhere")
     with pytest.raises(GeminiRayError, match="different corpus"):
         check_compatible(manifest, {**IDENTITY, "corpus": "other"}, "somewhere")
-    with pytest.raises(GeminiRayError, match="in format 3; this gemini-ray reads format 4. Run 'gemini-ray label'"):
-        check_compatible({**manifest, "version": 3}, dict(IDENTITY), "somewhere")  # shards that are hash buckets
+    with pytest.raises(GeminiRayError, match="in format 4; this gemini-ray reads format 5. Run 'gemini-ray label'"):
+        check_compatible({**manifest, "version": 4}, dict(IDENTITY), "somewhere")  # rows of spans, not windows
+    with pytest.raises(GeminiRayError, match="made with seq_length=32, the config says 128"):
+        check_compatible({**manifest, "identity": {**IDENTITY, "seq_length": 32}}, dict(IDENTITY), "somewhere")
 
 
 def test_a_run_scoped_cache_takes_the_first_shards_that_hold_the_run():
@@ -164,7 +167,7 @@ def test_a_trial_reads_the_cache_in_order_as_distill_does():
 def tiny(teacher_dir, corpus, storage, *extra):
     """The tiny settings, `extra` overrides replacing them (the CLI refuses a key given twice)."""
     base = [f"teacher.model={teacher_dir}", "teacher.top_k=8", "teacher.batch_size=16", f"data.path={corpus}",
-            "data.text_column=body", "data.span_length=16", "data.val_fraction=0.2", "student.num_layers=2",
+            "data.text_column=body", "data.span_length=16", "data.seq_length=32", "data.val_fraction=0.2", "student.num_layers=2",
             "loss.num_negatives=2", "label.max_negatives=4", "mining.window=64", "label.block_mb=0.01",
             "data.max_val_examples=16",
             "train.batch_size=4", "train.log_every=2", "train.eval_every=2", "train.checkpoint_every=4",

@@ -17,7 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "simulated_cluster
 @pytest.mark.long
 def test_teachers_on_teacher_node_and_two_ddp_workers_on_trainer_node(llama_dir, corpus_file, tmp_path):
     overrides = [f"teacher.model={llama_dir}", "teacher.top_k=8", "teacher.batch_size=8", f"data.path={corpus_file}",
-                 "data.text_column=body", "data.span_length=16", "student.num_layers=2", "loss.num_negatives=3",
+                 "data.text_column=body", "data.span_length=16", "data.seq_length=32", "student.num_layers=2", "loss.num_negatives=3",
                  "mining.window=16", "train.max_steps=2", "train.log_every=1", "train.eval_every=2",
                  "train.checkpoint_every=2", "train.warmup_steps=1"]
     done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), *overrides],

@@ -24,7 +24,7 @@ def corpus(path, texts) -> str:
 
 
 def config(path, **data):
-    return config_from_dict({"data": {"path": path, "span_length": 16, "val_fraction": 0.2, **data},
+    return config_from_dict({"data": {"path": path, "span_length": 16, "seq_length": 32, "val_fraction": 0.2, **data},
                              "loss": {"num_negatives": 2}})
 
 

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.long]
 
 def _args(teacher: Path, corpus: Path, storage: Path, steps: int) -> list[str]:
     return ["distill", f"teacher.model={teacher}", "teacher.top_k=8", "teacher.batch_size=8", f"data.path={corpus}",
-            "data.text_column=body", "data.span_length=16", "student.num_layers=2", "loss.num_negatives=3",
+            "data.text_column=body", "data.span_length=16", "data.seq_length=32", "student.num_layers=2", "loss.num_negatives=3",
             "mining.window=16", "train.batch_size=4", "train.log_every=5", "train.eval_every=5",
             "train.checkpoint_every=5", "train.warmup_steps=1", f"train.max_steps={steps}",
             f"run.storage_path={storage}", "run.name=run"]

@@ -39,7 +39,7 @@ def test_a_second_pass_reshuffles_and_trains_each_row_once_per_pass(ray_start_2_
     texts = lee_texts[:6]
     corpus = tmp_path / "six.jsonl"
     corpus.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts), encoding="utf-8")
-    rows = int((SpanPairer(str(llama_dir), "causal", 16)({"text": np.array(texts, dtype=object)})["status"]
+    rows = int((SpanPairer(str(llama_dir), "causal", 16, seq_length=32)({"text": np.array(texts, dtype=object)})["status"]
                 == "ok").sum())
     per_pass = rows // 4  # batch_size 4, the last partial batch dropped
     trace = tmp_path / "trace"

@@ -48,7 +48,7 @@ def _distill(tmp: Path, teacher: Path, corpus: Path, *extra: str, teacher_cache:
     return ["distill", f"teacher.model={teacher}", "teacher.top_k=8", "teacher.batch_size=8",
             f"teacher.cache_dir={teacher_cache or tmp / 'teacher-cache'}", f"data.path={corpus}",
             "data.text_column=body",
-            "data.span_length=16", "student.num_layers=2", "loss.num_negatives=3", "mining.window=16",
+            "data.span_length=16", "data.seq_length=32", "student.num_layers=2", "loss.num_negatives=3", "mining.window=16",
             "train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1", f"run.storage_path={tmp / 'runs'}",
             f"run.name={RUN}", *extra]
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny(teacher_dir, corpus, storage, name, *extra):
     return [f"teacher.model={teacher_dir}", "teacher.top_k=8", "teacher.batch_size=8", f"data.path={corpus}",
-            "data.text_column=body", "data.span_length=16", "student.num_layers=2", "loss.num_negatives=3",
+            "data.text_column=body", "data.span_length=16", "data.seq_length=32", "student.num_layers=2", "loss.num_negatives=3",
             "mining.window=16", "train.batch_size=4", "train.log_every=1", "train.eval_every=100",
             "train.checkpoint_every=4", "train.warmup_steps=1", f"run.storage_path={storage}", f"run.name={name}",
             *extra]

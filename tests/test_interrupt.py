@@ -142,7 +142,7 @@ def test_the_installed_ray_train_gets_the_patch():
 
 def _tiny(teacher: Path, corpus: Path, storage: Path, *extra: str) -> list[str]:
     return [f"teacher.model={teacher}", "teacher.top_k=8", "teacher.batch_size=8", f"data.path={corpus}",
-            "data.text_column=body", "data.span_length=16", "student.num_layers=2", "loss.num_negatives=3",
+            "data.text_column=body", "data.span_length=16", "data.seq_length=32", "student.num_layers=2", "loss.num_negatives=3",
             "mining.window=16", "train.batch_size=4", "train.log_every=1", "train.eval_every=1000",
             "train.checkpoint_every=2", "train.warmup_steps=1", f"run.storage_path={storage}", "run.name=ctrlc",
             *extra]

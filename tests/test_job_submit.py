@@ -108,7 +108,7 @@ def test_ray_job_submit_runs_distill_on_a_local_head(local_head, llama_dir, corp
     storage = tmp_path / "shared"
     (work / "job.yaml").write_text(yaml.safe_dump({
         "teacher": {"model": str(llama_dir), "top_k": 8, "batch_size": 8},
-        "data": {"path": str(corpus_file), "text_column": "body", "span_length": 16},
+        "data": {"path": str(corpus_file), "text_column": "body", "span_length": 16, "seq_length": 32},
         "student": {"num_layers": 2}, "loss": {"num_negatives": 3}, "mining": {"window": 16},
         "train": {"max_steps": 2, "batch_size": 4, "log_every": 1, "checkpoint_every": 2, "warmup_steps": 1},
         "run": {"storage_path": str(storage), "name": "job"},

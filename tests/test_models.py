@@ -104,7 +104,7 @@ def test_distill_student_logits_match_the_plain_model(request, fixture):
     model, _ = load_teacher(str(request.getfixturevalue(fixture)))
     ids = torch.randint(5, model.config.vocab_size, (3, 7))
     att = torch.ones(3, 7, dtype=torch.long)
-    logits, pooled = DistillStudent(model)(ids, att, 2)
+    logits, pooled = DistillStudent(model)(ids[:2], att[:2], ids[2:], att[2:])
     assert logits.shape == (2, 7, model.config.vocab_size) and pooled.shape == (3, model.config.hidden_size)
     with torch.no_grad():
         ref = model(input_ids=ids[:2], attention_mask=att[:2]).logits

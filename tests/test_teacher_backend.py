@@ -45,7 +45,7 @@ class _Counter:
 class _FakeBackend:
     """A second backend: the contract's output columns, from no model at all."""
 
-    def __init__(self, teacher_cfg: dict) -> None:
+    def __init__(self, teacher_cfg: dict, span_length: int | None = None) -> None:
         self.k = teacher_cfg["top_k"]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

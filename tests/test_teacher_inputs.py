@@ -94,7 +94,7 @@ def _argv(command: str, tmp: Path, teacher: Path | str, corpus: Path, *extra: st
     """`gemini-ray <command>` with the tiny settings of tests/test_bad_input.py, `extra` replacing them."""
     base = [f"teacher.model={teacher}", "teacher.top_k=8", "teacher.batch_size=8",
             f"teacher.cache_dir={tmp / 'teacher-cache'}", f"data.path={corpus}", "data.text_column=body",
-            "data.span_length=16", "student.num_layers=2", "loss.num_negatives=3", "mining.window=16",
+            "data.span_length=16", "data.seq_length=32", "student.num_layers=2", "loss.num_negatives=3", "mining.window=16",
             "train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1", f"run.storage_path={tmp / 'runs'}",
             f"run.name={RUN}"]
     given = {e.split("=", 1)[0] for e in extra}

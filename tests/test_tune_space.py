@@ -153,7 +153,7 @@ def test_a_trial_starts_from_the_student_distill_builds_for_its_config(session, 
 def tiny(teacher_dir, corpus, storage, *extra):
     """The tiny settings of test_cache_tune, `extra` overrides replacing them."""
     base = [f"teacher.model={teacher_dir}", "teacher.top_k=8", "teacher.batch_size=16", f"data.path={corpus}",
-            "data.text_column=body", "data.span_length=16", "data.val_fraction=0.2", "student.num_layers=2",
+            "data.text_column=body", "data.span_length=16", "data.seq_length=32", "data.val_fraction=0.2", "student.num_layers=2",
             "loss.num_negatives=2", "label.max_negatives=4", "mining.window=64", "label.block_mb=0.01",
             "data.max_val_examples=16",
             "label.scope=run", "train.batch_size=4", "train.max_steps=2", "train.log_every=2", "train.eval_every=2",

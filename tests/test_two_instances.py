@@ -113,7 +113,7 @@ def test_distill_beside_another_instance_keeps_its_own_without_a_traceback(other
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     args = [f"teacher.model={llama_dir}", "teacher.top_k=8", "teacher.batch_size=8", f"data.path={corpus_file}",
-            "data.text_column=body", "data.span_length=16", "student.num_layers=2", "loss.num_negatives=3",
+            "data.text_column=body", "data.span_length=16", "data.seq_length=32", "student.num_layers=2", "loss.num_negatives=3",
             "mining.window=16", "train.max_steps=2", "train.batch_size=4", "train.warmup_steps=1",
             f"run.storage_path={tmp_path / 'runs'}", "run.name=beside"]
     done = subprocess.run([sys.executable, "-m", "gemini_ray.cli", "distill", *args], cwd=ROOT, env=env,

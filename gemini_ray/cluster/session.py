@@ -112,7 +112,8 @@ def start_session(cfg: Config) -> Session:
     from gemini_ray.cluster.placement import alive_nodes, check_shared_storage
     from gemini_ray.data.cache import cache_identity
     from gemini_ray.data.teacher_stage import check_backend
-    from gemini_ray.models.build import check_student_vocab, load_tokenizer, teacher_meta
+    from gemini_ray.models.build import check_student_vocab, check_window, load_tokenizer, teacher_meta
+    from gemini_ray.paths import read_json
 
     seconds = {}
     t0 = time.perf_counter()
@@ -123,8 +124,12 @@ def start_session(cfg: Config) -> Session:
         raise GeminiRayError(f"teacher.top_k={cfg.teacher.top_k} exceeds the teacher's vocabulary ({vocab} tokens). "
                              f"Choose teacher.top_k <= {vocab}; 16-64 keeps the signal small.")
     check_backend(cfg.teacher, meta.kind)  # vLLM without its extra: refused before Ray starts
-    if cfg.student.from_pretrained:  # a student of another vocabulary: refused before Ray starts
+    d = cfg.data
+    check_window(d.seq_length, d.span_length, meta.config.to_dict(), f"the teacher '{cfg.teacher.model}'")
+    if cfg.student.from_pretrained:  # a student of another vocabulary or fewer positions: refused before Ray starts
         check_student_vocab(cfg.student.from_pretrained, None, meta, tokenizer)
+        check_window(d.seq_length, d.span_length, read_json(f"{cfg.student.from_pretrained}/config.json"),
+                     f"the student '{cfg.student.from_pretrained}' (student.from_pretrained)")
     seconds["teacher_setup_s"] = time.perf_counter() - t0
 
     init_ray(cfg)

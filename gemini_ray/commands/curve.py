@@ -93,8 +93,10 @@ def _number(value: float | None) -> str:
 def curve_markdown(teacher: dict[str, Any], rows: dict[int, dict[str, Any]], targets: list[dict[str, Any]],
                    ahead: dict[str, float | None], budget: dict[str, Any]) -> str:
     last = max(rows)
-    head = (f"Budget: {budget['max_steps']} steps x {budget['batch_size']} examples of {budget['span_length']}-token "
-            f"spans (corpus {budget['corpus']}), {rate_label(budget)}, seed {budget['seed']}; "
+    window = budget.get("seq_length", budget["span_length"])  # curves made before windows: spans were windows
+    head = (f"Budget: {budget['max_steps']} steps x {budget['batch_size']} examples of two {window}-token KD "
+            f"windows ({budget['span_length']}-token contrastive spans; corpus {budget['corpus']}), "
+            f"{rate_label(budget)}, seed {budget['seed']}; "
             f"wall time {budget['wall_time_min']:.0f} min.\nLoss: {budget['loss']}.\n\n")
     table = markdown_table({"teacher": teacher, **{step_name(s): rows[s] for s in sorted(rows)}})
     lines = [f"\nTargets at step {last}:\n"]
@@ -221,7 +223,8 @@ def curve(cfg: Config, out_dir: str | None = None) -> dict[str, Any]:
         targets = check_targets(rows[last], teacher, rows[0], paired)
         ahead = forecasts(rows, teacher)
         budget = {"max_steps": cfg.train.max_steps, "batch_size": cfg.train.examples_per_step,
-                  "span_length": cfg.data.span_length, "corpus": cfg.data.path, **rate_budget(cfg.train),
+                  "seq_length": cfg.data.seq_length, "span_length": cfg.data.span_length, "corpus": cfg.data.path,
+                  **rate_budget(cfg.train),
                   "seed": cfg.train.seed, "loss": loss_label(cfg.loss),
                   "wall_time_min": (time.perf_counter() - t_start) / 60}
         history = _held_out_history(state)

@@ -60,7 +60,7 @@ __all__ = [
     "block_problem",
 ]
 
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 """2: each shard row carries its row index in the file (`row`), the base of its position in a pass.
 3: and the teacher's pooled span embeddings (`teacher_embedding`, float16), the representation loss's target.
 4: a shard is a block of the corpus (`gemini_ray.data.blocks`): shard b holds block b's training rows and
@@ -220,10 +220,10 @@ def write_manifest(directory: str, manifest: dict[str, Any]) -> None:
     atomic_write_json(join(directory, "manifest.json"), manifest)
 
 
-def signal_bytes_per_token(top_k: int, hidden_size: int, span_length: int) -> float:
+def signal_bytes_per_token(top_k: int, hidden_size: int, seq_length: int) -> float:
     """Bytes of teacher signal per token: top-k ids (int32) + logits (float32) + top-k mass (float32),
-    plus each span's pooled embedding (float16) spread over its tokens."""
-    return top_k * (4 + 4) + 4 + hidden_size * 2 / span_length
+    plus each KD window's pooled span embedding (float16) spread over the window's tokens."""
+    return top_k * (4 + 4) + 4 + hidden_size * 2 / seq_length
 
 
 def rows_a_run_reads(max_steps: int, examples_per_step: int) -> int:
@@ -270,7 +270,7 @@ def check_compatible(manifest: dict[str, Any], identity: dict[str, Any], where: 
                 f"({made.get(key, '?')[:12]} vs {str(identity.get(key))[:12]}). Point label.path at a cache made "
                 f"from this {fix}, or run 'gemini-ray label' with this config to make one."
             )
-    for key in ("span_length", "top_k", "mining_window", "masked", "mlm_probability", "data_seed", "val_fraction",
+    for key in ("seq_length", "span_length", "top_k", "mining_window", "masked", "mlm_probability", "data_seed", "val_fraction",
                 "max_val_examples"):
         if made.get(key) != identity.get(key):
             raise GeminiRayError(
@@ -297,6 +297,7 @@ def cache_identity(cfg: Config, source: str, tokenizer: Any, kind: str, revision
         "tokenizer_vocab": vocab_hash(tokenizer),
         "corpus": corpus_signature(d.path, d.format, d.text_column, d.max_documents),
         "max_val_examples": d.max_val_examples,
+        "seq_length": cfg.data.seq_length,
         "span_length": cfg.data.span_length,
         "masked": kind == "masked",
         "mlm_probability": cfg.data.mlm_probability if kind == "masked" else None,

@@ -37,7 +37,7 @@ from gemini_ray.data.blocks import local_corpus, plan_blocks, read_block
 from gemini_ray.data.corpus import csv_read_options, decode_column, embedded_corpus, infer_format
 from gemini_ray.data.corpus import corpus_files
 from gemini_ray.data.resume import count_in_task, drop_trained, task_positions
-from gemini_ray.data.spans import STATUS_OK, SpanPairer, text_hash
+from gemini_ray.data.spans import STATUS_OK, SpanPairer, min_example_tokens, text_hash
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import is_uri
 from gemini_ray.ray_compat.data import read_parquet_v1
@@ -80,7 +80,7 @@ class CorpusStats:
                    if self.val_examples_dropped else "")
         return (f"[gemini-ray] corpus{read}: {self.documents} documents -> {self.examples} examples "
                 f"({self.train_examples} train, {self.val_examples} held out{dropped}; "
-                f"skipped: {self.skipped_too_short} too short, {self.skipped_empty} empty, "
+                f"skipped: {self.skipped_too_short} shorter than two spans, {self.skipped_empty} empty, "
                 f"{self.skipped_non_utf8} not UTF-8, {self.skipped_bad_records} unreadable records, "
                 f"{self.skipped_too_long} too long; {self.duplicate_documents} duplicates; "
                 f"tokenized by {self.tokenize_processes} processes)")
@@ -360,6 +360,7 @@ def _tokenize_pool() -> ray.data.ActorPoolStrategy:
 def pairer_settings(cfg: Config, tokenizer_source: str, kind: str) -> dict[str, Any]:
     """The SpanPairer arguments of a config (every tokenize task builds its pairer from them)."""
     return dict(tokenizer_source=tokenizer_source, kind=kind, span_length=cfg.data.span_length,
+                seq_length=cfg.data.seq_length,
                 mlm_probability=cfg.data.mlm_probability, seed=cfg.data.seed,
                 trust_remote_code=cfg.teacher.trust_remote_code)
 
@@ -478,8 +479,9 @@ def _check_corpus(cfg: Config, stats: CorpusStats) -> None:
                  "not UTF-8": stats.skipped_non_utf8, "unreadable records": stats.skipped_bad_records,
                  "longer than data.max_document_chars": stats.skipped_too_long}
         raise GeminiRayError(
-            f"no document of '{cfg.data.path}' is long enough for an anchor and a positive span "
-            f"({2 * cfg.data.span_length} tokens with data.span_length={cfg.data.span_length}; "
+            f"no document of '{cfg.data.path}' is long enough for an example, an anchor and a positive span "
+            f"({min_example_tokens(cfg.data.seq_length, cfg.data.span_length)} tokens or more with data.span_length="
+            f"{cfg.data.span_length} and data.seq_length={cfg.data.seq_length}; "
             + (", ".join(f"{n} {what}" for what, n in skips.items() if n) or "none read") + "). "
             "Use longer documents or a smaller data.span_length."
         )

@@ -69,12 +69,14 @@ def _read_and_pair(batch: dict[str, np.ndarray], data: Any, pairer: dict, direct
     return rows
 
 
-def mine_windows(rows: dict[str, np.ndarray], k: int, window: int, seed: int) -> dict[str, np.ndarray]:
+def mine_windows(rows: dict[str, np.ndarray], k: int, window: int, seed: int,
+                 span_length: int | None = None) -> dict[str, np.ndarray]:
     """Hard negatives for rows in a fixed order, mined within consecutive windows of about `window` rows
     (n // window windows of equal size, so none is a short remnant), with one seeded miner whose
-    reservoir of earlier windows fills the slots a window cannot."""
+    reservoir of earlier windows fills the slots a window cannot. span_length: the negatives' length (the
+    start of each KD window; None: the whole window)."""
     n = len(rows["example_id"])
-    miner = HardNegativeMiner(k, seed=seed)
+    miner = HardNegativeMiner(k, seed=seed, span_length=span_length)
     parts = [miner({c: v[idx] for c, v in rows.items()})
              for idx in np.array_split(np.arange(n), max(1, n // window))]
     return {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
@@ -84,10 +86,11 @@ class BlockWriter:
     """The pass's writer (one actor): gathers each block's rows, mines and writes the block once it holds
     every row of it, and answers one record per finished block."""
 
-    def __init__(self, directory: str, n_blocks: int, max_negatives: int, window: int, seed: int) -> None:
+    def __init__(self, directory: str, n_blocks: int, max_negatives: int, window: int, seed: int,
+                 span_length: int | None = None) -> None:
         self.directory, self.n_blocks = directory, n_blocks
         self.fs, self.path = open_dir(directory)
-        self.k, self.window, self.seed = max_negatives, window, seed
+        self.k, self.window, self.seed, self.span_length = max_negatives, window, seed, span_length
         self.pending: dict[int, dict[str, Any]] = {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,7 +120,8 @@ class BlockWriter:
             chosen = rows["split"] == split
             if not chosen.any():
                 continue
-            part = mine_windows({c: v[chosen] for c, v in rows.items()}, self.k, self.window, self.seed + shard)
+            part = mine_windows({c: v[chosen] for c, v in rows.items()}, self.k, self.window, self.seed + shard,
+                                self.span_length)
             part["shard"] = np.full(int(chosen.sum()), shard, dtype=np.int64)
             part["row"] = np.arange(int(chosen.sum()), dtype=np.int64)  # (shard, row) is its position
             with atomic_path(join(self.directory, shard_name(shard))) as tmp:
@@ -152,7 +156,8 @@ def label_blocks(cfg: Config, blocks: list[dict[str, Any]], source: str, kind: s
     written = labelled.map_batches(
         BlockWriter, batch_size=None, batch_format="numpy", num_cpus=LIGHT_CPUS, compute=ActorPoolStrategy(size=1),
         fn_constructor_kwargs={"directory": directory, "n_blocks": n_blocks, "max_negatives": cfg.label.max_negatives,
-                               "window": cfg.mining.window, "seed": cfg.mining.seed})
+                               "window": cfg.mining.window, "seed": cfg.mining.seed,
+                               "span_length": d.span_length})
     for batch in written.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["block"])):
             yield {c: int(batch[c][i]) for c in RECORD_COLUMNS}

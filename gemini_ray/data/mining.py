@@ -57,15 +57,17 @@ def search_hard_negatives(anchor_emb: np.ndarray, cand_emb: np.ndarray, valid: n
 
 
 class HardNegativeMiner:
-    """Map a window of labelled rows to the same rows plus neg_input_ids (B, K, L) int32,
-    neg_attention_mask (B, K, L) int8, neg_mask (B, K) int8, random_negatives (B,) and
+    """Map a mining window of labelled rows (input_ids (B, 2, W): each example's two KD windows) to the same
+    rows plus neg_input_ids (B, K, L) int32 (L = span_length: a negative is another document's span, the first
+    L tokens of one of its KD windows), neg_attention_mask (B, K, L) int8, neg_mask (B, K) int8, random_negatives (B,) and
     missing_negatives (B,) int32. The teacher's span embeddings go on as teacher_embedding (B, 2, H)
     float16, the representation loss's target (the teacher stage ships them in float16: half the bytes of
     float32, and a cosine needs no more).
     """
 
-    def __init__(self, num_negatives: int, seed: int = 0, reservoir_size: int = 1024):
+    def __init__(self, num_negatives: int, seed: int = 0, reservoir_size: int = 1024, span_length: int | None = None):
         self.k = num_negatives
+        self.span_length = span_length  # None: the whole window is the span
         self.rng = np.random.default_rng(seed)
         self.reservoir_size = reservoir_size
         self.reservoir: dict[str, np.ndarray] | None = None  # spans of earlier windows
@@ -81,8 +83,9 @@ class HardNegativeMiner:
             self.reservoir = {k: v[keep] for k, v in self.reservoir.items()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = np.asarray(batch["input_ids"])  # (B, 2, L)
-        att = np.asarray(batch["attention_mask"])  # (B, 2, L)
+        L = self.span_length
+        ids = np.asarray(batch["input_ids"])[:, :, :L]  # (B, 2, L): each window's span
+        att = np.asarray(batch["attention_mask"])[:, :, :L]  # (B, 2, L)
         emb = np.asarray(batch["embedding"], dtype=np.float32)  # (B, 2, H)
         doc = np.asarray(batch["doc_id"])  # (B,)
         hashes = np.asarray(batch["span_hash"])  # (B, 2)

@@ -73,8 +73,8 @@ class CountingTeacherLabeler:
     """The teacher actor: the backend `teacher.backend` names (`teacher_stage.BACKENDS`), reporting every
     forward's real tokens to the session's counter actor. (Fault tests find its actors by this class name.)"""
 
-    def __init__(self, teacher_cfg: dict):
-        self.teacher = teacher_backend(teacher_cfg.get("backend", "hf"))(teacher_cfg)
+    def __init__(self, teacher_cfg: dict, span_length: int | None = None):
+        self.teacher = teacher_backend(teacher_cfg.get("backend", "hf"))(teacher_cfg, span_length=span_length)
         self.counter = teacher_token_counter()
         self.counter.started.remote()
 
@@ -91,9 +91,9 @@ def teacher_actor_args(cfg: Config) -> dict[str, Any]:
     t = cfg.teacher
     teacher_cfg = dataclasses.asdict(t)
     args: dict[str, Any] = {
-        "fn_constructor_kwargs": {"teacher_cfg": teacher_cfg},
+        "fn_constructor_kwargs": {"teacher_cfg": teacher_cfg, "span_length": cfg.data.span_length},
         "compute": ActorPoolStrategy(size=t.num_actors),
-        "batch_size": max(1, t.batch_size // 2),  # one example holds two spans
+        "batch_size": max(1, t.batch_size // 2),  # one example holds two windows
         "num_cpus": t.num_cpus,
         "num_gpus": t.num_gpus,
         "resources": dict(t.resources) or None,  # e.g. {teacher: 1}: only nodes that offer it
@@ -112,7 +112,8 @@ def label_and_mine(cfg: Config, examples: ray.data.Dataset) -> ray.data.Dataset:
     labelled = _teacher_stage(cfg, examples)
     return labelled.map_batches(
         StreamMiner,
-        fn_constructor_kwargs={"num_negatives": cfg.loss.num_negatives, "seed": cfg.mining.seed},
+        fn_constructor_kwargs={"num_negatives": cfg.loss.num_negatives, "seed": cfg.mining.seed,
+                               "span_length": cfg.data.span_length},
         compute=ActorPoolStrategy(size=1),
         batch_size=cfg.mining.window,
         num_cpus=LIGHT_CPUS,

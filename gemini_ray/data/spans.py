@@ -1,12 +1,19 @@
-"""Tokenize documents, cut them into spans and pair an anchor with a positive of the same document.
+"""Tokenize documents, cut them into KD windows and pair two windows of the same document.
 
 A small callable (load the tokenizer in `__init__`, map a numpy batch dict in `__call__`), testable
 without Ray; `gemini_ray.data.corpus_pass` runs it with `map_batches`.
 
 Policy:
-* A document is cut into consecutive spans of `span_length` tokens; a last partial span is kept when
-  it has at least half a span of tokens (padded, masked out). Spans 2i and 2i+1 form one example.
-* Documents with fewer than two spans are not dropped silently: they come out as one row with
+* A document is cut into pairs of consecutive windows of `seq_length` tokens; each pair is one example.
+  The teacher labels every position of both windows (KD), and the first `span_length` tokens of each are
+  the example's anchor and positive spans (contrastive).
+* The tokens left after the whole pairs make one more example when they hold a window and at least half
+  of another (the second window partial, padded), or else at least two spans: then they are cut in two
+  halves, each a window shorter than `seq_length`. So a document shorter than two windows is still
+  trained on, whole; only one with fewer than two spans of tokens is not (at most a tail of under two
+  spans of a longer one is left). With seq_length == span_length a window is a span, the halves never
+  arise, and the examples are those of before windows existed.
+* Documents too short for an example are not dropped silently: they come out as one row with
   status='too_short' (and empty documents as 'empty'), which the pipeline counts and filters.
 * Example ids and document ids are content hashes, so identical documents share a document id
   (never each other's negatives) and reruns are reproducible.
@@ -23,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SpanPairer", "text_hash", "span_hash", "special_wrap", "STATUS_OK"]
+__all__ = ["SpanPairer", "text_hash", "span_hash", "special_wrap", "min_example_tokens", "STATUS_OK"]
 
 STATUS_OK = "ok"
 
@@ -49,18 +56,26 @@ def special_wrap(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
+def min_example_tokens(seq_length: int, span_length: int) -> int:
+    """The fewest tokens a document of a causal teacher needs for one example (`SpanPairer._cut`): two
+    spans, or, when that is more (windows of spans), a window and half of another. A masked teacher's
+    windows also hold its special tokens."""
+    return min(seq_length + max(2, seq_length // 2), 2 * max(2, span_length))
+
+
 class SpanPairer:
     """Map {'text': (N,) str} -> one row per example (or per skipped document).
 
-    Output columns (E rows; L = span_length):
+    Output columns (E rows; W = seq_length, the window; the span is its first span_length tokens):
         status (E,) str; doc_id (E,) int64; example_id (E,) int64;
-        input_ids (E, 2, L) int32 — [anchor, positive]; attention_mask (E, 2, L) int8;
-        label_mask (E, 2, L) int8 — positions that carry a teacher soft label;
-        span_hash (E, 2) int64.
+        input_ids (E, 2, W) int32 — [anchor's window, positive's window]; attention_mask (E, 2, W) int8;
+        label_mask (E, 2, W) int8 — positions that carry a teacher soft label;
+        span_hash (E, 2) int64 — of each window's span (what mining deduplicates).
     """
 
     def __init__(self, tokenizer_source: str, kind: str, span_length: int, mlm_probability: float = 0.15,
-                 seed: int = 0, trust_remote_code: bool = False, tokenizer: Any = None):
+                 seed: int = 0, trust_remote_code: bool = False, tokenizer: Any = None,
+                 seq_length: int | None = None):
         from gemini_ray.models.build import load_tokenizer
 
         # one thread: a pairer is one CPU's worth of work (a Ray task holding a CPU, one process of a pool);
@@ -69,6 +84,9 @@ class SpanPairer:
         self.tok = tokenizer if tokenizer is not None else load_tokenizer(tokenizer_source, trust_remote_code)
         self.kind = kind
         self.span_length = span_length
+        self.seq_length = seq_length or span_length  # None: windows are spans
+        if self.seq_length < span_length:
+            raise ValueError(f"span_length={span_length} is longer than the window seq_length={self.seq_length}")
         self.mlm_probability = mlm_probability
         self.seed = seed
         pad = self.tok.pad_token_id
@@ -79,22 +97,30 @@ class SpanPairer:
             self.prefix, self.suffix = special_wrap(self.tok)
         else:
             self.prefix, self.suffix = [], []
-        self.body_length = span_length - len(self.prefix) - len(self.suffix)
+        self.body_length = self.seq_length - len(self.prefix) - len(self.suffix)
+        self.span_body = max(2, span_length - len(self.prefix) - len(self.suffix))  # a span's text tokens
         if self.body_length < 2:
-            raise ValueError(f"span_length={span_length} leaves no room for text after the special tokens")
+            raise ValueError(f"seq_length={self.seq_length} leaves no room for text after the special tokens")
 
     def _cut(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per document of `lengths` tokens: its number of spans and of examples (pairs of spans)."""
+        """Per document of `lengths` tokens: its number of examples, and where the last one's tail is cut in
+        two (0: into whole windows). Pairs of whole windows first; the tokens left make one more example when
+        they hold a whole window and at least half of another (the second window partial), or else at least
+        two spans' worth, then cut in halves (two windows shorter than seq_length: a document shorter than
+        two windows is trained on whole, not dropped). With seq_length == span_length the halves never
+        arise: the spans of before windows."""
         n = self.body_length
-        spans = lengths // n + (lengths % n >= max(2, n // 2))
-        return spans, spans // 2
+        whole, rest = lengths // (2 * n), lengths % (2 * n)
+        paired = rest >= n + max(2, n // 2)
+        halves = ~paired & (rest >= 2 * self.span_body)
+        return whole + (paired | halves), np.where(halves, (rest + 1) // 2, 0)
 
     def _rows(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Span rows (S, L) of token ids and attention from the flat token array: span s holds
+        """Window rows (S, W) of token ids and attention from the flat token array: window s holds
         flat[starts[s]:starts[s] + lengths[s]], wrapped in the special tokens of a masked LM, then padded."""
-        L, P, Q = self.span_length, len(self.prefix), len(self.suffix)
-        col = np.arange(L)[None, :]  # (1, L)
-        body = (col >= P) & (col < P + lengths[:, None])  # (S, L)
+        W, P, Q = self.seq_length, len(self.prefix), len(self.suffix)
+        col = np.arange(W)[None, :]  # (1, W)
+        body = (col >= P) & (col < P + lengths[:, None])  # (S, W)
         take = np.clip(starts[:, None] + col - P, 0, max(len(flat) - 1, 0))
         ids = np.where(body, flat[take] if len(flat) else 0, self.pad_id).astype(np.int32)
         if P:
@@ -106,7 +132,7 @@ class SpanPairer:
 
     def _mask(self, ids: np.ndarray, attention: np.ndarray, example_ids: np.ndarray) -> np.ndarray:
         """Masked-LM corruption in place: `mlm_probability` of each span's real, non-special tokens become the
-        mask token, drawn by a generator seeded with (seed, example id); returns the label mask (E, 2, L)."""
+        mask token, drawn by a generator seeded with (seed, example id); returns the label mask (E, 2, W)."""
         labels = np.zeros(ids.shape, dtype=np.int8)
         special = np.isin(ids, self.tok.all_special_ids) | (attention == 0)
         for e, ex_id in enumerate(example_ids.tolist()):
@@ -124,14 +150,14 @@ class SpanPairer:
         texts = ["" if t is None else str(t) for t in batch["text"]]
         if doc_ids is None:
             doc_ids = np.array([text_hash(t) for t in texts], dtype=np.int64)
-        L = self.span_length
+        W = self.seq_length
         filled = np.array([bool(t.strip()) for t in texts], dtype=bool)
         lengths = np.zeros(len(texts), dtype=np.int64)
         tokens: list[list[int]] = []
         if filled.any():  # one batched call: the tokenizer's own loop, not one Python call per document
             tokens = self.tok([texts[i] for i in np.flatnonzero(filled)], add_special_tokens=False)["input_ids"]
             lengths[filled] = [len(t) for t in tokens]
-        n_spans, n_examples = self._cut(lengths)
+        n_examples, cut = self._cut(lengths)
         status = np.where(~filled, "empty", np.where(n_examples == 0, "too_short", STATUS_OK)).astype(object)
         # one output row per example of a usable document, one per skipped document (built in document order,
         # returned interleaved across the block's documents: `interleave`)
@@ -144,12 +170,16 @@ class SpanPairer:
 
         flat = np.fromiter(itertools.chain.from_iterable(tokens), dtype=np.int64, count=int(lengths.sum()))
         offsets = np.cumsum(lengths) - lengths  # each document's first token in `flat`
-        rows, first = doc[ok], 2 * pair[ok]
-        span = np.stack([first, first + 1], axis=1)  # (E, 2) span index within the document
-        span_len = np.minimum(self.body_length, lengths[rows, None] - span * self.body_length)  # (E, 2)
-        ids, attention = self._rows(flat, (offsets[rows, None] + span * self.body_length).ravel(), span_len.ravel())
-        hashes = np.array([span_hash(r[:n]) for r, n in zip(ids, attention.sum(1).tolist())], dtype=np.int64)
-        ids, attention = ids.reshape(-1, 2, L), attention.reshape(-1, 2, L)
+        rows, n = doc[ok], self.body_length
+        left = lengths[rows] - 2 * pair[ok] * n  # (E,) the document's tokens from the example's first window on
+        halved = (pair[ok] == n_examples[rows] - 1) & (cut[rows] > 0)  # its last example, the tail cut in two
+        first = np.where(halved, cut[rows], n)  # (E,) the first window's length
+        start = offsets[rows, None] + 2 * pair[ok, None] * n + np.stack([np.zeros_like(first), first], axis=1)  # (E, 2)
+        window_len = np.stack([np.minimum(first, left), np.minimum(np.where(halved, left, n), left - first)], axis=1)
+        ids, attention = self._rows(flat, start.ravel(), window_len.ravel())  # (2E, W) each
+        span_tokens = attention[:, : self.span_length].sum(1).tolist()  # each window's span: its first tokens
+        hashes = np.array([span_hash(r[:n]) for r, n in zip(ids, span_tokens)], dtype=np.int64)
+        ids, attention = ids.reshape(-1, 2, W), attention.reshape(-1, 2, W)
         labels = self._mask(ids, attention, example_id[ok]) if self.kind == "masked" else attention.copy()
 
         def full(values: np.ndarray, width: tuple[int, ...], dtype) -> np.ndarray:
@@ -162,9 +192,9 @@ class SpanPairer:
             "status": status[doc][order],
             "doc_id": doc_ids[doc][order],
             "example_id": example_id[order],
-            "input_ids": full(ids, (2, L), np.int32),  # (E, 2, L)
-            "attention_mask": full(attention, (2, L), np.int8),  # (E, 2, L)
-            "label_mask": full(labels, (2, L), np.int8),  # (E, 2, L)
+            "input_ids": full(ids, (2, W), np.int32),  # (E, 2, W)
+            "attention_mask": full(attention, (2, W), np.int8),  # (E, 2, W)
+            "label_mask": full(labels, (2, W), np.int8),  # (E, 2, W)
             "span_hash": full(hashes.reshape(-1, 2), (2,), np.int64),  # (E, 2)
         }
 

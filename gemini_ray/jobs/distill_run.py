@@ -319,7 +319,7 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
         "teacher_signal": {**source_note, "teacher_tokens_this_run": tokens},
         "training": _training_section(state),
         "teacher_signal_bytes_per_token": signal_bytes_per_token(cfg.teacher.top_k, session.teacher_config.hidden_size,
-                                                                 cfg.data.span_length),
+                                                                 cfg.data.seq_length),
         "full_distribution_bytes_per_token": session.teacher_config.vocab_size * 4,
         "wall_time_s": run.seconds,
         "driver_peak_memory_mib": round(peak_rss_mib(), 1),  # flat in the teacher's size: its weights stay in actors

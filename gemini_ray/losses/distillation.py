@@ -85,12 +85,12 @@ def dense_kd_loss(
 
 
 def distillation_term(out: StudentOutput, cfg: Any) -> torch.Tensor:
-    """L_KD of a forward pass over the anchor and positive spans, against the teacher's top-k soft labels
-    (loss.kd_temperature, loss.kd_form)."""
+    """L_KD of a forward pass over the anchor's and the positive's KD windows, every labelled position, against
+    the teacher's top-k soft labels (loss.kd_temperature, loss.kd_form)."""
     b = out.batch
-    t_ids = torch.cat([b["topk_ids"][:, 0], b["topk_ids"][:, 1]]).long()  # (2B, L, k), ordered like the logits
-    t_val = torch.cat([b["topk_logits"][:, 0], b["topk_logits"][:, 1]])  # (2B, L, k)
-    labelled = torch.cat([b["label_mask"][:, 0], b["label_mask"][:, 1]])  # (2B, L)
+    t_ids = torch.cat([b["topk_ids"][:, 0], b["topk_ids"][:, 1]]).long()  # (2B, W, k), ordered like the logits
+    t_val = torch.cat([b["topk_logits"][:, 0], b["topk_logits"][:, 1]])  # (2B, W, k)
+    labelled = torch.cat([b["label_mask"][:, 0], b["label_mask"][:, 1]])  # (2B, W)
     return topk_kd_loss(out.logits, t_ids, t_val, labelled, cfg.kd_temperature, cfg.kd_form)
 
 

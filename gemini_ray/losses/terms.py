@@ -20,14 +20,15 @@ __all__ = ["StudentOutput", "Term", "TERMS", "register"]
 @dataclass(frozen=True)
 class StudentOutput:
     """One forward pass of the student over a batch (the layout of `gemini_ray.training.train_step`: B rows,
-    K negatives, span length L): what every term is computed from."""
+    K negatives, KD window W, span length L): what every term is computed from."""
 
     batch: dict[str, torch.Tensor]
-    """The batch as the step got it: input_ids (B, 2, L), topk_ids (B, 2, L, k), teacher_embedding (B, 2, H), ..."""
+    """The batch as the step got it: input_ids (B, 2, W), topk_ids (B, 2, W, k), teacher_embedding (B, 2, H), ..."""
     logits: torch.Tensor
-    """(2B, L, V): the anchors' then the positives' token logits."""
+    """(2B, W, V): the anchors' then the positives' windows' token logits."""
     pooled: torch.Tensor
-    """(2B + BK, H): the pooled embeddings of the anchors, the positives, then each row's K negatives."""
+    """(2B + BK, H): the pooled spans of the anchors, the positives (each its window's first L tokens), then
+    each row's K negatives."""
     across_ranks: bool = False
     """Terms that compare rows gather them from every torch.distributed rank (a collective). Off for evaluation,
     where every rank scores the same rows."""

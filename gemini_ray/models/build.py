@@ -24,6 +24,9 @@ from gemini_ray.errors import GeminiRayError
 from gemini_ray.paths import atomic_dir, check_writable, package_file, remove_tree, sha256_file
 
 __all__ = [
+    "POSITION_KEYS",
+    "position_limit",
+    "check_window",
     "TeacherKind",
     "TeacherMeta",
     "resolve_teacher",
@@ -546,9 +549,40 @@ def lm_head(model: nn.Module) -> nn.Module:
     return model.get_output_embeddings()
 
 
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+"""config.json keys that hold the most positions a model reads (the first one present counts)."""
+
+_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert"}
+
+
+def position_limit(config: dict[str, Any]) -> tuple[str, int] | None:
+    """(config key, the most tokens the model reads in one sequence) from a model's config (config.json's
+    dict), or None when it names no limit. RoBERTa-style models number positions after the padding index:
+    they read two fewer."""
+    for key in POSITION_KEYS:
+        if isinstance(config.get(key), int) and config[key] > 0:
+            offset = (config.get("pad_token_id") or 0) + 1 if config.get("model_type") in _OFFSET_TYPES else 0
+            return key, config[key] - offset
+    return None
+
+
+def check_window(seq_length: int, span_length: int, config: dict[str, Any], what: str) -> None:
+    """Refuse a KD window longer than the model reads (a model with learned positions fails on the first
+    longer window with an index error, one with rotary positions trains on positions it never learned).
+    From its config, before Ray starts."""
+    found = position_limit(config)
+    if found is not None and seq_length > found[1]:
+        key, limit = found
+        raise GeminiRayError(
+            f"data.seq_length={seq_length}, the KD window, is longer than {what} reads: {limit} positions ({key} "
+            f"in its config). Set data.seq_length={limit} or lower (data.span_length={span_length} is the "
+            "least).")
+
+
 class DistillStudent(nn.Module):
-    """One forward for a training step: the body runs on every span once, the vocabulary head only on
-    the spans that carry soft labels (the head is over half the FLOPs of a small student).
+    """One forward for a training step: the body runs on every KD window and every mined negative span once,
+    the vocabulary head only on the windows, which carry soft labels (the head is over half the FLOPs of a
+    small student).
 
     DDP wraps this module, so the whole step goes through DDP's forward.
     """
@@ -559,13 +593,21 @@ class DistillStudent(nn.Module):
         self.body = model.base_model
         self.head = lm_head(model)
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_labelled: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """input_ids, attention_mask: (N, L). The first `num_labelled` rows get logits.
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, span_ids: torch.Tensor,
+                span_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids, attention_mask: (n, W) KD windows; span_ids, span_mask: (m, L) spans that carry no soft
+        labels (mined negatives), L <= W. A window's embedding pools its first L positions, its span: for a
+        causal student exactly what the span alone gives, so anchors, positives and negatives are alike.
 
-        Returns (logits (num_labelled, L, V), pooled embeddings (N, H)).
+        Returns (logits (n, W, V), pooled embeddings (n + m, H): the windows' spans, then the spans).
         """
-        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (N, L, H)
-        logits = self.head(hidden[:num_labelled])  # (n, L, V)
-        return logits, mean_pool(hidden, attention_mask)
+        n, W = input_ids.shape
+        L = span_ids.shape[1]
+        if W == L:  # windows are spans: one pass of the body over every row, as before windows
+            hidden = self.body(input_ids=torch.cat([input_ids, span_ids]),
+                               attention_mask=torch.cat([attention_mask, span_mask])).last_hidden_state  # (n + m, L, H)
+            return self.head(hidden[:n]), mean_pool(hidden, torch.cat([attention_mask, span_mask]))
+        windows = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (n, W, H)
+        spans = self.body(input_ids=span_ids, attention_mask=span_mask).last_hidden_state  # (m, L, H)
+        pooled = torch.cat([mean_pool(windows[:, :L], attention_mask[:, :L]), mean_pool(spans, span_mask)])
+        return self.head(windows), pooled  # (n, W, V), (n + m, H)

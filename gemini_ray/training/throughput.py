@@ -7,7 +7,8 @@ are free; the vocabulary head is a matmul, tied or not):
 * student, forward + backward (3x the forward): 6 · P_S,body per token of every span it encodes (anchors,
   positives and the K negatives) + 6 · P_S,head per labelled token (the head runs on labelled spans only).
 
-Attention's sequence-length term is left out (spans are short: ≤ 4 % at 64 tokens for these widths).
+Attention's sequence-length term is left out (≤ 4 % at 64 tokens for these widths; it grows with data.seq_length,
+so long windows understate MFU).
 Model-FLOPs utilisation (MFU) = these FLOPs per second ÷ the peak (`run.peak_tflops`, else `matmul_tflops`).
 """
 

@@ -1,10 +1,10 @@
 """One training step's maths: batch of tensors → loss parts. No Ray here.
 
-A batch (B examples, K negatives, span length L, teacher top-k k) holds:
-    input_ids (B, 2, L), attention_mask (B, 2, L), label_mask (B, 2, L)   anchor and positive
-    topk_ids (B, 2, L, k), topk_logits (B, 2, L, k)                       teacher soft labels
-    teacher_embedding (B, 2, H)                                           teacher's pooled span embeddings
-    neg_input_ids (B, K, L), neg_attention_mask (B, K, L), neg_mask (B, K) mined negatives
+A batch (B examples, K negatives, KD window W, span length L <= W, teacher top-k k) holds:
+    input_ids (B, 2, W), attention_mask (B, 2, W), label_mask (B, 2, W)   the anchor's and the positive's windows
+    topk_ids (B, 2, W, k), topk_logits (B, 2, W, k)                       teacher soft labels, every position
+    teacher_embedding (B, 2, H)                                           teacher's pooled spans (each window's first L)
+    neg_input_ids (B, K, L), neg_attention_mask (B, K, L), neg_mask (B, K) mined negatives: other documents' spans
     doc_id (B,), span_hash (B, 2)                                         which rows may be in-batch negatives
 """
 
@@ -35,21 +35,21 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
     Off for evaluation, where every rank scores the same rows. `reference`: the loss parts where training
     started, for loss.balance='start'. `autocast`: the context the student's forward runs in (train.precision);
     the losses are computed outside it, in fp32."""
-    ids = batch["input_ids"].long()  # (B, 2, L)
-    B, _, L = ids.shape
+    ids = batch["input_ids"].long()  # (B, 2, W)
+    B = ids.shape[0]
     K = cfg.num_negatives
     neg_ids = batch["neg_input_ids"][:, :K].long()  # (B, K, L)
-    all_ids = torch.cat([ids[:, 0], ids[:, 1], neg_ids.reshape(B * K, L)])  # (2B + BK, L)
+    L = neg_ids.shape[-1]
+    windows = torch.cat([ids[:, 0], ids[:, 1]])  # (2B, W)
     att = batch["attention_mask"].long()
-    all_att = torch.cat([att[:, 0], att[:, 1], batch["neg_attention_mask"][:, :K].long().reshape(B * K, L)])
+    window_att = torch.cat([att[:, 0], att[:, 1]])  # (2B, W)
+    neg_att = batch["neg_attention_mask"][:, :K].long().reshape(B * K, L)
     with autocast():
-        logits, pooled = student(all_ids, all_att, 2 * B)  # (2B, L, V), (2B + BK, H)
+        logits, pooled = student(windows, window_att, neg_ids.reshape(B * K, L), neg_att)  # (2B, W, V), (2B + BK, H)
     out = StudentOutput(batch=batch, logits=logits, pooled=pooled, across_ranks=across_ranks)
     terms = measure(out, cfg)  # name -> (weight, value)
     if cfg.objective == "lm":  # no-teacher baseline: every term is logged, the gradient is plain CE
-        span_ids = torch.cat([ids[:, 0], ids[:, 1]])  # (2B, L), ordered like the logits
-        span_att = torch.cat([att[:, 0], att[:, 1]])
-        ce = next_token_loss(logits, span_ids, span_att)
+        ce = next_token_loss(logits, windows, window_att)  # windows ordered like the logits
         parts = LossParts(total=ce, terms={name: Weighted(None, t.value.detach()) for name, t in terms.items()})
     else:
         parts = combine(terms, cfg.balance, reference)
