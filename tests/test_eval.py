@@ -55,6 +55,60 @@ def test_uniform_model_perplexity_is_vocab_size_and_self_agreement_is_one():
     assert other["kl_to_teacher"] > 0 and other["teacher_top1_agreement"] < 1
 
 
+def test_position_ranges_double_from_32_and_label_the_predicted_tokens_position():
+    from gemini_ray.evaluation.metrics import range_index, range_label
+
+    assert [range_label(k) for k in range(4)] == ["1-31", "32-63", "64-127", "128-255"]
+    p = torch.tensor([1, 31, 32, 63, 64, 127, 128, 255, 256, 1023, 1024])
+    assert [range_label(int(k)) for k in range_index(p)] == [
+        "1-31", "1-31", "32-63", "32-63", "64-127", "64-127", "128-255", "128-255", "256-511", "512-1023",
+        "1024-2047"]
+
+
+def test_the_position_ranges_add_up_to_the_overall_figures():
+    from gemini_ray.evaluation.metrics import TokenStats, merge_by_position, token_stats_by_position
+
+    V, g = 23, torch.Generator().manual_seed(0)
+    ids = torch.randint(0, V, (3, 150), generator=g)
+    att = torch.ones_like(ids)
+    att[1, 70:] = 0  # a shorter window: its ranges stop at 64-127
+    targets, positions = causal_targets(ids, att)
+    logits, teacher = torch.randn(3, 150, V, generator=g), torch.randn(3, 150, V, generator=g)
+    ranges = token_stats_by_position(logits, targets, positions, teacher)
+    assert list(ranges) == ["1-31", "32-63", "64-127", "128-255"]
+    assert [s.count for s in ranges.values()] == [31 * 3, 32 * 3, 64 * 2 + 6, 22 * 2]  # tokens 1-149, 1-69
+    merged, whole = TokenStats.total(ranges.values()), token_stats(logits, targets, positions, teacher)
+    for field in ("nll", "kl", "agree"):
+        assert getattr(merged, field) == pytest.approx(getattr(whole, field), rel=1e-9)
+    # window by window, merged in any order: the same sums, in position order
+    rows = [token_stats_by_position(logits[r : r + 1], targets[r : r + 1], positions[r : r + 1], teacher[r : r + 1])
+            for r in (1, 2, 0)]
+    again = merge_by_position(rows)
+    assert list(again) == list(ranges)
+    assert all(again[k].count == ranges[k].count and again[k].nll == pytest.approx(ranges[k].nll) for k in ranges)
+
+
+def test_position_ranges_on_a_hand_made_case():
+    """A causal model's logit at p - 1 predicts token p; a masked model's logit at p predicts its own token."""
+    from gemini_ray.evaluation.metrics import perplexity_ratios, token_stats_by_position
+
+    V, L = 5, 40
+    targets = torch.zeros(1, L, dtype=torch.long)
+    logits = torch.zeros(1, L, V)  # uniform: NLL log 5 everywhere...
+    logits[0, 31:, 0] = 100.0  # ...but from logit 31 on, certain of token 0: predicted tokens 32+ cost nothing
+    scored = torch.zeros(1, L, dtype=torch.bool)
+    scored[0, [0, 30, 31, 38]] = True
+    causal = token_stats_by_position(logits, targets, scored, offset=1)  # predicts tokens 1, 31, 32, 39
+    assert {k: s.count for k, s in causal.items()} == {"1-31": 2, "32-63": 2}
+    assert causal["1-31"].nll == pytest.approx(2 * np.log(V)) and causal["32-63"].nll == pytest.approx(0, abs=1e-6)
+    masked = token_stats_by_position(logits, targets, scored, offset=0)  # scores tokens 0 (first range), 30, 31, 38
+    assert {k: s.count for k, s in masked.items()} == {"1-31": 3, "32-63": 1}
+    assert masked["1-31"].nll == pytest.approx(2 * np.log(V), rel=1e-5)  # token 31's logit is the certain one
+    ratio = perplexity_ratios({k: s.summary(False) for k, s in causal.items()},
+                              {"1-31": {"perplexity": 2.5}, "128-255": {"perplexity": 1.0}})
+    assert ratio == {"1-31": pytest.approx(V / 2.5)}  # only the ranges both hold
+
+
 # --------------------------------------------------------------------------- the shipped sets
 
 
