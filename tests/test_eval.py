@@ -55,6 +55,60 @@ def test_uniform_model_perplexity_is_vocab_size_and_self_agreement_is_one():
     assert other["kl_to_teacher"] > 0 and other["teacher_top1_agreement"] < 1
 
 
+def test_position_ranges_double_from_32_and_label_the_predicted_tokens_position():
+    from gemini_ray.evaluation.metrics import range_index, range_label
+
+    assert [range_label(k) for k in range(4)] == ["1-31", "32-63", "64-127", "128-255"]
+    p = torch.tensor([1, 31, 32, 63, 64, 127, 128, 255, 256, 1023, 1024])
+    assert [range_label(int(k)) for k in range_index(p)] == [
+        "1-31", "1-31", "32-63", "32-63", "64-127", "64-127", "128-255", "128-255", "256-511", "512-1023",
+        "1024-2047"]
+
+
+def test_the_position_ranges_add_up_to_the_overall_figures():
+    from gemini_ray.evaluation.metrics import TokenStats, merge_by_position, token_stats_by_position
+
+    V, g = 23, torch.Generator().manual_seed(0)
+    ids = torch.randint(0, V, (3, 150), generator=g)
+    att = torch.ones_like(ids)
+    att[1, 70:] = 0  # a shorter window: its ranges stop at 64-127
+    targets, positions = causal_targets(ids, att)
+    logits, teacher = torch.randn(3, 150, V, generator=g), torch.randn(3, 150, V, generator=g)
+    ranges = token_stats_by_position(logits, targets, positions, teacher)
+    assert list(ranges) == ["1-31", "32-63", "64-127", "128-255"]
+    assert [s.count for s in ranges.values()] == [31 * 3, 32 * 3, 64 * 2 + 6, 22 * 2]  # tokens 1-149, 1-69
+    merged, whole = TokenStats.total(ranges.values()), token_stats(logits, targets, positions, teacher)
+    for field in ("nll", "kl", "agree"):
+        assert getattr(merged, field) == pytest.approx(getattr(whole, field), rel=1e-9)
+    # window by window, merged in any order: the same sums, in position order
+    rows = [token_stats_by_position(logits[r : r + 1], targets[r : r + 1], positions[r : r + 1], teacher[r : r + 1])
+            for r in (1, 2, 0)]
+    again = merge_by_position(rows)
+    assert list(again) == list(ranges)
+    assert all(again[k].count == ranges[k].count and again[k].nll == pytest.approx(ranges[k].nll) for k in ranges)
+
+
+def test_position_ranges_on_a_hand_made_case():
+    """A causal model's logit at p - 1 predicts token p; a masked model's logit at p predicts its own token."""
+    from gemini_ray.evaluation.metrics import perplexity_ratios, token_stats_by_position
+
+    V, L = 5, 40
+    targets = torch.zeros(1, L, dtype=torch.long)
+    logits = torch.zeros(1, L, V)  # uniform: NLL log 5 everywhere...
+    logits[0, 31:, 0] = 100.0  # ...but from logit 31 on, certain of token 0: predicted tokens 32+ cost nothing
+    scored = torch.zeros(1, L, dtype=torch.bool)
+    scored[0, [0, 30, 31, 38]] = True
+    causal = token_stats_by_position(logits, targets, scored, offset=1)  # predicts tokens 1, 31, 32, 39
+    assert {k: s.count for k, s in causal.items()} == {"1-31": 2, "32-63": 2}
+    assert causal["1-31"].nll == pytest.approx(2 * np.log(V)) and causal["32-63"].nll == pytest.approx(0, abs=1e-6)
+    masked = token_stats_by_position(logits, targets, scored, offset=0)  # scores tokens 0 (first range), 30, 31, 38
+    assert {k: s.count for k, s in masked.items()} == {"1-31": 3, "32-63": 1}
+    assert masked["1-31"].nll == pytest.approx(2 * np.log(V), rel=1e-5)  # token 31's logit is the certain one
+    ratio = perplexity_ratios({k: s.summary(False) for k, s in causal.items()},
+                              {"1-31": {"perplexity": 2.5}, "128-255": {"perplexity": 1.0}})
+    assert ratio == {"1-31": pytest.approx(V / 2.5)}  # only the ranges both hold
+
+
 # --------------------------------------------------------------------------- the shipped sets
 
 
@@ -195,6 +249,84 @@ def test_the_teachers_quality_scores_are_kept_and_reused_only_for_the_same_files
     report()  # another teacher file
     assert computed == ["student", "teacher"]
     assert len(list((tmp_path / "runs" / "eval_cache").glob("teacher-*.json"))) == 3
+
+
+def _with_meta(student_dir, path, data):
+    """A copy of the student directory with a recorded gemini_ray.json whose data section is `data`."""
+    import shutil
+
+    shutil.copytree(student_dir, path)
+    (path / "gemini_ray.json").write_text(json.dumps({"kind": "causal", "data": data}))
+    return path
+
+
+def test_the_training_window_is_read_from_the_students_meta(student_dir, llama_dir, tmp_path):
+    from gemini_ray.config import EvalConfig
+    from gemini_ray.jobs.evaluate import check_positions, training_window
+
+    assert training_window({"data": {"seq_length": 256, "span_length": 32}}) == 256
+    assert training_window({"data": {"span_length": 32}}) == 32  # exported before data.seq_length: its spans
+    assert training_window({}) is None
+    old = _with_meta(student_dir, tmp_path / "old", {"span_length": 160})
+    assert recorded_settings(str(old))["data"]["seq_length"] == 160  # span_length <= seq_length holds
+    assert build_config(None, [], base=recorded_settings(str(old))).data.seq_length == 160
+    new = _with_meta(student_dir, tmp_path / "new", {"span_length": 32, "seq_length": 64})
+    assert recorded_settings(str(new))["data"]["seq_length"] == 64
+    check_positions(llama_dir, EvalConfig(max_length=64), "the teacher", 128)
+    with pytest.raises(GeminiRayError, match="training window, 160 tokens .* reads: 128 positions"):
+        check_positions(llama_dir, EvalConfig(max_length=64), "the teacher", 160)
+
+
+def test_eval_scores_by_position_and_at_the_training_window(student_dir, llama_dir, lee_texts, tmp_path,
+                                                            monkeypatch):
+    """A student trained on 32-token windows: `lm` at eval.lm_window and `lm_train_window` at 32, for the
+    student and the teacher, per position range; the teacher's kept row is reused for the same window only.
+    No Ray, no embedding tasks, no memory probe: the held-out language modelling alone."""
+    from gemini_ray.evaluation import tasks
+    from gemini_ray.jobs import evaluate as eval_run
+
+    monkeypatch.setattr(tasks, "TASKS", ())
+    monkeypatch.setattr(eval_run, "on_teacher_resources", lambda cfg, fn, *a: fn(*a))
+    monkeypatch.setattr(eval_run, "peak_memory_mib", lambda m, batch: 1.0)
+    computed = []
+    real = eval_run._quality_row
+    monkeypatch.setattr(eval_run, "_quality_row", lambda m, *a: computed.append(m.name) or real(m, *a))
+
+    def report(data):
+        student = _with_meta(student_dir, tmp_path / f"student-{len(list(tmp_path.glob('student-*')))}", data)
+        cfg = build_config(None, [*_args(tmp_path / "unused.jsonl"), f"run.storage_path={tmp_path / 'runs'}"],
+                           base=recorded_settings(str(student)))
+        computed.clear()
+        return evaluate(str(student), cfg, teacher_source=str(llama_dir), corpus=(lee_texts[30:34], {}))
+
+    first = report({"span_length": 32})  # exported before data.seq_length
+    s, t = first["models"]["student"], first["models"]["teacher"]
+    assert first["protocol"]["train_window"] == 32 and first["protocol"]["eval.lm_window"] == 128
+    for row in (s, t):
+        assert row["lm"]["window"] == 128 and row["lm_train_window"]["window"] == 32
+        assert list(row["lm"]["by_position"]) == ["1-31", "32-63", "64-127"]
+        assert list(row["lm_train_window"]["by_position"]) == ["1-31"]  # a 32-token window predicts tokens 1-31
+        for key in ("lm", "lm_train_window"):
+            ranges = row[key]["by_position"].values()
+            assert sum(r["tokens"] for r in ranges) == row[key]["tokens"]
+            assert sum(r["nll"] * r["tokens"] for r in ranges) / row[key]["tokens"] == pytest.approx(row[key]["nll"])
+    assert t["lm"]["by_position"]["32-63"]["teacher_top1_agreement"] == 1.0  # the teacher against itself
+    ratios = s["vs_teacher"]["perplexity_ratio_by_position"]
+    assert ratios["lm"]["64-127"] == pytest.approx(s["lm"]["by_position"]["64-127"]["perplexity"]
+                                                   / t["lm"]["by_position"]["64-127"]["perplexity"])
+    assert list(ratios["lm_train_window"]) == ["1-31"]
+    eval_run.write_report(first, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| student | 128 | 64-127 |" in md and "| student | 32 | 1-31 |" in md and "| teacher | 128" not in md
+
+    assert report({"span_length": 32})["models"]["teacher"]["lm_train_window"]["window"] == 32
+    assert computed == ["student"]  # the teacher's row kept for that window
+    other = report({"span_length": 32, "seq_length": 64})
+    assert computed == ["student", "teacher"]  # another window: not the kept row
+    assert other["models"]["teacher"]["lm_train_window"]["window"] == 64
+    same = report({"span_length": 32, "seq_length": 128})  # trained at eval.lm_window: scored once
+    assert "lm_train_window" not in same["models"]["student"] and "lm_train_window" not in same["models"]["teacher"]
+    assert list(same["models"]["student"]["vs_teacher"]["perplexity_ratio_by_position"]) == ["lm"]
 
 
 @pytest.mark.parametrize("make, message", [

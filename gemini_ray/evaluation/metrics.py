@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["spearman", "TokenStats", "token_stats", "causal_targets", "linear_probe_accuracy", "positive_mrr",
+__all__ = ["spearman", "TokenStats", "token_stats", "token_stats_by_position", "merge_by_position", "range_index",
+           "range_label", "perplexity_ratios", "causal_targets", "linear_probe_accuracy", "positive_mrr",
            "teacher_agreement", "composite_objective", "CEILING_PENALTY", "linear_probe_correct", "bootstrap_interval",
            "BOOTSTRAP_SAMPLES"]
 
@@ -38,6 +39,14 @@ class TokenStats:
         self.agree += other.agree
         self.count += other.count
 
+    @staticmethod
+    def total(parts: Iterable["TokenStats"]) -> "TokenStats":
+        """The sums of several parts (windows, position ranges) added up."""
+        out = TokenStats()
+        for part in parts:
+            out.add(part)
+        return out
+
     def summary(self, with_teacher: bool) -> dict[str, float]:
         n = max(self.count, 1)
         out = {"tokens": self.count, "nll": self.nll / n, "perplexity": float(np.exp(self.nll / n))}
@@ -57,23 +66,87 @@ def causal_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tup
     return targets, positions
 
 
+FIRST_RANGE_END = 32
+"""Predicted positions 1-31 form the first range (the span length students used to train at); each later
+range doubles: 32-63, 64-127, 128-255, ..."""
+
+
+def range_index(predicted: torch.Tensor) -> torch.Tensor:
+    """The position range of each predicted token's position in its window: 0 for 1-31, k >= 1 for
+    2^(k+4) .. 2^(k+5) - 1. Position 0 (which only a masked model without a leading special token scores)
+    counts in the first range. predicted: (P,) int positions -> (P,) long range indices."""
+    p = predicted.long().clamp(min=1)  # (P,)
+    return (torch.floor(torch.log2(p.double())).long() - 4).clamp(min=0)  # (P,) exact: log2 of ints < 2^52
+
+
+def range_label(index: int) -> str:
+    """A position range as a report keys it: 0 -> '1-31', 1 -> '32-63', 2 -> '64-127', ..."""
+    start = 1 if index == 0 else FIRST_RANGE_END << (index - 1)
+    return f"{start}-{(FIRST_RANGE_END << index) - 1}"
+
+
+def _range_start(label: str) -> int:
+    return int(label.split("-")[0])
+
+
+@torch.no_grad()
+def token_stats_by_position(logits: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor,
+                            teacher_logits: torch.Tensor | None = None, offset: int = 1) -> dict[str, TokenStats]:
+    """`token_stats` split by the range (`range_label`) of the predicted token's position in its window:
+    where along a window a student falls behind its teacher (one trained on 32-token spans, past 32). The
+    same single pass over the logits; only ranges that hold tokens, in position order.
+
+    Args:
+        logits: (N, L, V) model logits; targets: (N, L) token ids; positions: (N, L) bool, where to score.
+        teacher_logits: (N, L, V) or None (then KL and agreement stay 0).
+        offset: how far ahead of its logit's index the predicted token sits: 1 for a causal model (the logit
+            at index p - 1 predicts token p), 0 for a masked one (the logit at a masked token's index).
+    """
+    lp = torch.log_softmax(logits[positions].float(), dim=-1)  # (P, V), row-major like nonzero below
+    t = targets[positions].long()  # (P,)
+    where = range_index(torch.nonzero(positions)[:, -1] + offset)  # (P,) range of each predicted token
+    n = int(where.max()) + 1 if len(where) else 0
+
+    def per_range(v: torch.Tensor) -> torch.Tensor:  # (P,) -> (R,) sums in float64
+        return torch.zeros(n, dtype=torch.float64).index_add_(0, where, v.double())
+
+    nll = per_range(-lp.gather(1, t[:, None])[:, 0])  # (R,)
+    count = torch.bincount(where, minlength=n)  # (R,)
+    kl = agree = torch.zeros(n, dtype=torch.float64)
+    if teacher_logits is not None:
+        tlp = torch.log_softmax(teacher_logits[positions].float(), dim=-1)  # (P, V)
+        kl = per_range((tlp.exp() * (tlp - lp)).sum(-1))  # (R,)
+        agree = per_range((tlp.argmax(-1) == lp.argmax(-1)).double())  # (R,)
+    return {range_label(k): TokenStats(nll=float(nll[k]), kl=float(kl[k]), agree=float(agree[k]), count=int(count[k]))
+            for k in range(n) if count[k]}
+
+
+def merge_by_position(parts: Iterable[dict[str, TokenStats]]) -> dict[str, TokenStats]:
+    """Per-range sums of several windows (or batches) added up, in position order."""
+    total: dict[str, TokenStats] = {}
+    for part in parts:
+        for label, stats in part.items():
+            total.setdefault(label, TokenStats()).add(stats)
+    return {label: total[label] for label in sorted(total, key=_range_start)}
+
+
 @torch.no_grad()
 def token_stats(logits: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor,
                 teacher_logits: torch.Tensor | None = None) -> TokenStats:
-    """NLL of the targets, KL(teacher ‖ model) and top-1 agreement with the teacher, summed over positions.
+    """NLL of the targets, KL(teacher ‖ model) and top-1 agreement with the teacher, summed over positions:
+    the position ranges of `token_stats_by_position` added up.
 
     Args:
         logits: (N, L, V) model logits; targets: (N, L) token ids; positions: (N, L) bool, where to score.
         teacher_logits: (N, L, V) or None (then KL and agreement stay 0).
     """
-    lp = torch.log_softmax(logits[positions].float(), dim=-1)  # (P, V)
-    t = targets[positions].long()  # (P,)
-    stats = TokenStats(nll=float(-lp.gather(1, t[:, None]).sum()), count=int(t.numel()))
-    if teacher_logits is not None:
-        tlp = torch.log_softmax(teacher_logits[positions].float(), dim=-1)  # (P, V)
-        stats.kl = float((tlp.exp() * (tlp - lp)).sum())
-        stats.agree = float((tlp.argmax(-1) == lp.argmax(-1)).sum())
-    return stats
+    return TokenStats.total(token_stats_by_position(logits, targets, positions, teacher_logits).values())
+
+
+def perplexity_ratios(model: dict[str, dict[str, float]], reference: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per position range, a model's perplexity over a reference's (a student's over its teacher's), from the
+    `by_position` summaries of two models scored on the same windows; ranges that either lacks are left out."""
+    return {label: s["perplexity"] / reference[label]["perplexity"] for label, s in model.items() if label in reference}
 
 
 def linear_probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,

@@ -5,7 +5,10 @@ Protocol (every number in the report comes from here):
   chosen by content hash, never trained on): windows of `eval.lm_window` tokens, at most
   `eval.lm_max_tokens` of them. Causal models: next-token perplexity; masked models: pseudo-perplexity at
   `eval.mlm_probability` seeded masked positions. With the teacher's tokenizer: KL(teacher ‖ model) and
-  top-1 agreement with the teacher at the same positions.
+  top-1 agreement with the teacher at the same positions. Each also by range of the predicted token's
+  position in its window (1-31, 32-63, 64-127, ...: `by_position`), and, for a student whose training window
+  (its recorded `data.seq_length`; `data.span_length` before that key) is not `eval.lm_window`, all of it
+  again at its training window (`lm_train_window`), for the teacher too.
 * The embedding tasks of `gemini_ray.evaluation.tasks.TASKS`, each with a 95 % bootstrap interval over its
   items: Lee similarity (Spearman between the 1,225 human ratings and the cosine of the models' embeddings)
   and Rotten Tomatoes (a logistic-regression probe on frozen embeddings, train/test split by film).
@@ -31,12 +34,13 @@ from gemini_ray.config import Config, EvalConfig, TrainConfig
 from gemini_ray.errors import GeminiRayError
 from gemini_ray.evaluation import tasks as evaluation_tasks
 from gemini_ray.evaluation import teacher_row
-from gemini_ray.evaluation.metrics import TokenStats, bootstrap_interval, causal_targets, token_stats
+from gemini_ray.evaluation.metrics import (TokenStats, bootstrap_interval, causal_targets, merge_by_position,
+                                           perplexity_ratios, token_stats_by_position)
 from gemini_ray.evaluation.tasks import EvalTask
 from gemini_ray.process_memory import peak_rss_mib
 
 __all__ = ["Model", "load_model", "evaluate", "evaluate_students", "corpus_against_sets", "markdown_table",
-           "read_student_meta", "recorded_settings",
+           "read_student_meta", "recorded_settings", "training_window", "position_table",
            "write_report", "versus_teacher", "embedding_scores", "paired_differences", "paired_perplexity",
            "noise_verdict", "compare_pair", "protocol_settings"]
 
@@ -102,14 +106,24 @@ def position_limit(model_dir: Path) -> tuple[str, int] | None:
 _OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert"}
 
 
-def check_positions(model_dir: Path, e: EvalConfig, what: str) -> None:
+def check_positions(model_dir: Path, e: EvalConfig, what: str, train_window: int | None = None) -> None:
     """Refuse an evaluation whose windows are longer than the model reads: a model with learned positions
     (BERT, GPT-2) fails on the first longer window with an index error, one with rotary positions (Llama)
-    scores positions it never learned. Checked from config.json, before the corpus is read."""
+    scores positions it never learned. Checked from config.json, before the corpus is read. train_window:
+    the student's training window, scored as well (`training_window`)."""
     found = position_limit(model_dir)
     if found is None:
         return
     key, limit = found
+    if train_window is not None and train_window > limit:
+        from gemini_ray.models.export import STUDENT_META
+
+        fix = ("Evaluate against a teacher (--teacher) that reads at least that many positions."
+               if what == "the teacher" else "Its recorded settings do not fit it: export it again.")
+        raise GeminiRayError(
+            f"the student's training window, {train_window} tokens (data.seq_length in its "
+            f"{STUDENT_META}), is longer than {what} '{model_dir}' reads: {limit} positions ({key} in its "
+            f"config.json); the evaluation scores both models at that window too. {fix}")
     for setting, value, role in (("eval.lm_window", e.lm_window, "the held-out language-modelling window"),
                                  ("eval.max_length", e.max_length, "the tokens kept per embedded text")):
         if value > limit:
@@ -117,6 +131,15 @@ def check_positions(model_dir: Path, e: EvalConfig, what: str) -> None:
                 f"{setting}={value}, {role}, is longer than {what} '{model_dir}' reads: {limit} positions "
                 f"({key} in its config.json). Set {setting}={limit} (or lower) on the command line or in the "
                 "--config file's eval section.")
+
+
+def training_window(meta: dict[str, Any]) -> int | None:
+    """The window a student trained KD on, from its recorded meta (`read_student_meta`): its data.seq_length,
+    or its data.span_length when exported before data.seq_length existed (it then trained on spans, each its
+    own sequence). None for a model with no recorded data settings."""
+    data = meta.get("data") or {}
+    window = data.get("seq_length", data.get("span_length"))
+    return int(window) if window is not None else None
 
 
 def read_student_meta(model_dir: str) -> dict[str, Any]:
@@ -195,10 +218,12 @@ def _mask(ids: torch.Tensor, att: torch.Tensor, tok, probability: float, seed: i
 
 @torch.no_grad()
 def lm_metrics(m: Model, windows: list[list[int]], batch_size: int, reference: Model | None,
-               mlm_probability: float, seed: int) -> dict[str, float]:
-    """Perplexity (and, with a reference teacher of the same vocabulary, KL and agreement) over windows, and
-    each window's NLL sum and scored tokens (`items`), which paired comparisons between models resample."""
-    stats, window_nll, window_tokens = TokenStats(), [], []
+               mlm_probability: float, seed: int) -> dict[str, Any]:
+    """Perplexity (and, with a reference teacher of the same vocabulary, KL and agreement) over windows, the
+    same per range of the predicted token's position in its window (`by_position`, from the same forward),
+    and each window's NLL sum and scored tokens (`items`), which paired comparisons between models resample."""
+    ranges, window_nll, window_tokens = [], [], []
+    offset = 1 if m.kind == "causal" else 0  # the logit at p - 1 predicts token p; a masked token's at p
     for b, start in enumerate(range(0, len(windows), batch_size)):
         ids, att = _pad(windows[start : start + batch_size], m.tokenizer.pad_token_id)
         if m.kind == "causal":
@@ -215,13 +240,17 @@ def lm_metrics(m: Model, windows: list[list[int]], batch_size: int, reference: M
         else:
             ref = None
         for r in range(len(ids)):  # per window: (1, L, V) slices
-            window = token_stats(logits[r : r + 1], targets[r : r + 1], positions[r : r + 1],
-                                 None if ref is None else ref[r : r + 1])
-            stats.add(window)
+            by_range = token_stats_by_position(logits[r : r + 1], targets[r : r + 1], positions[r : r + 1],
+                                               None if ref is None else ref[r : r + 1], offset)
+            window = TokenStats.total(by_range.values())
+            ranges.append(by_range)
             window_nll.append(round(window.nll, 4))
             window_tokens.append(window.count)
+    by_position = merge_by_position(ranges)
+    with_teacher = reference is not None
     items = {"window_nll": window_nll, "window_tokens": window_tokens}
-    return {**stats.summary(with_teacher=reference is not None), "items": items}
+    return {**TokenStats.total(by_position.values()).summary(with_teacher),
+            "by_position": {label: s.summary(with_teacher) for label, s in by_position.items()}, "items": items}
 
 
 # --------------------------------------------------------------------------- cost
@@ -353,7 +382,8 @@ def _refuse_overlap(cfg: Config, hits: dict[str, int]) -> None:
 def _model_sources(model_dir: str, cfg: Config, teacher_source: str | None, with_teacher: bool
                    ) -> tuple[Path, str, dict[str, Any]]:
     """(the checked model directory, the teacher's source, the model's recorded meta); refuses windows
-    longer than either model reads before the corpus is read and any model loads."""
+    (eval.lm_window, eval.max_length, the student's training window) longer than either model reads before
+    the corpus is read and any model loads."""
     from gemini_ray.models.build import resolve_teacher
 
     student_path = _check_model_dir(model_dir, "the model directory")
@@ -362,9 +392,10 @@ def _model_sources(model_dir: str, cfg: Config, teacher_source: str | None, with
         teacher_source = meta.get("teacher") or resolve_teacher(cfg.teacher)
     if Path(teacher_source).expanduser().exists():
         teacher_source = str(_check_model_dir(teacher_source, "the teacher directory"))
-    check_positions(student_path, cfg.eval, "the model")
+    window = training_window(meta)
+    check_positions(student_path, cfg.eval, "the model", window)
     if with_teacher and Path(teacher_source).is_dir():
-        check_positions(Path(teacher_source), cfg.eval, "the teacher")
+        check_positions(Path(teacher_source), cfg.eval, "the teacher", window)
     return student_path, teacher_source, meta
 
 
@@ -395,7 +426,8 @@ def evaluate(model_dir: str, cfg: Config, teacher_source: str | None = None, wit
     sets = _load_sets(cfg.eval)
     held_out, hits = corpus or _corpus_against(cfg, sets)
     _refuse_overlap(cfg, hits)
-    args = (cfg, str(student_path), meta.get("kind", "auto"), teacher_source, with_teacher, name, held_out, sets)
+    args = (cfg, str(student_path), meta.get("kind", "auto"), teacher_source, with_teacher, name, held_out, sets,
+            training_window(meta))
     report = on_teacher_resources(cfg, score_models, *args) if teacher_source else score_models(*args)
     report["wall_time_s"] = time.perf_counter() - t_start
     report["driver_peak_memory_mib"] = round(peak_rss_mib(), 1)
@@ -423,8 +455,11 @@ def on_teacher_resources(cfg: Config, fn: Any, *args: Any) -> Any:
 
 
 def score_models(cfg: Config, student_path: str, student_kind: str, teacher_source: str | None, with_teacher: bool,
-                 name: str, held_out: list[str], sets: list[tuple[EvalTask, Any]]) -> dict[str, Any]:
-    """Load the model (and the teacher) here and score them on the protocol: the report without its wall time."""
+                 name: str, held_out: list[str], sets: list[tuple[EvalTask, Any]],
+                 train_window: int | None = None) -> dict[str, Any]:
+    """Load the model (and the teacher) here and score them on the protocol: the report without its wall time.
+    train_window: the student's training window (`training_window`); where it is not eval.lm_window, every
+    row is scored at it as well (`lm_train_window`)."""
     e = cfg.eval
     student = load_model(name, student_path, student_kind)
     teacher = load_model("teacher", teacher_source) if teacher_source else None  # its own kind, from its config
@@ -434,13 +469,14 @@ def score_models(cfg: Config, student_path: str, student_kind: str, teacher_sour
     batch = (8, e.lm_window)
     protocol = {"held_out_documents": len(held_out), "corpus": cfg.data.path, "val_fraction": cfg.data.val_fraction,
                 **{k: v for task, data in sets for k, v in task.protocol(data).items()},
-                "throughput_batch": list(batch), **protocol_settings(e)}
+                "throughput_batch": list(batch), **protocol_settings(e),
+                "train_window": train_window}  # in the teacher row's key: a kept row holds the windows it was scored at
     speed = throughput(models, batch)
     rows: dict[str, dict[str, Any]] = {}
     for m in models:
         t0 = time.perf_counter()
         ref = teacher if (m is teacher or same_vocab) else None  # the teacher's row checks itself: KL 0, agreement 1
-        row = _kept_or_scored(cfg, m, m is teacher, ref, protocol, held_out, sets)
+        row = _kept_or_scored(cfg, m, m is teacher, ref, protocol, held_out, sets, train_window)
         row["tokens_per_s"] = speed[m.name]
         row["peak_memory_mib"] = peak_memory_mib(m, batch)
         row["eval_s"] = time.perf_counter() - t0
@@ -452,9 +488,10 @@ def score_models(cfg: Config, student_path: str, student_kind: str, teacher_sour
 
 
 def _kept_or_scored(cfg: Config, m: Model, is_teacher: bool, ref: Model | None, protocol: dict[str, Any],
-                    held_out: list[str], sets: list[tuple[EvalTask, Any]]) -> dict[str, Any]:
-    """The model's quality row: the teacher's kept one when nothing it depends on changed (eval.reuse_teacher),
-    else scored now (and, for the teacher, kept)."""
+                    held_out: list[str], sets: list[tuple[EvalTask, Any]], train_window: int | None = None
+                    ) -> dict[str, Any]:
+    """The model's quality row: the teacher's kept one when nothing it depends on changed (eval.reuse_teacher;
+    the protocol includes the training window), else scored now (and, for the teacher, kept)."""
     kept_dir = teacher_row.cache_dir(cfg.run.storage_path) if cfg.eval.reuse_teacher else None
     key = teacher_row.row_key(m.source, m.kind, protocol, held_out) if is_teacher and kept_dir else None
     row = teacher_row.load_row(kept_dir, key)
@@ -464,7 +501,7 @@ def _kept_or_scored(cfg: Config, m: Model, is_teacher: bool, ref: Model | None, 
               f"and code: {kept_dir}/teacher-{key}.json; eval.reuse_teacher=false measures them again); "
               "speed and memory measured now")
         return row
-    row = _quality_row(m, cfg.eval, held_out, ref, sets)
+    row = _quality_row(m, cfg.eval, held_out, ref, sets, train_window)
     teacher_row.save_row(kept_dir, key, row)
     return row
 
@@ -476,14 +513,19 @@ def protocol_settings(e: EvalConfig) -> dict[str, Any]:
 
 
 def _quality_row(m: Model, e: EvalConfig, held_out: list[str], ref: Model | None,
-                 sets: list[tuple[EvalTask, Any]]) -> dict[str, Any]:
-    """The model's parameters, held-out LM metrics (against `ref`) and its score on each evaluation task."""
+                 sets: list[tuple[EvalTask, Any]], train_window: int | None = None) -> dict[str, Any]:
+    """The model's parameters, held-out LM metrics (against `ref`) at eval.lm_window (`lm`, the comparable
+    headline) and at the student's training window where that differs (`lm_train_window`), and its score on
+    each evaluation task."""
     from gemini_ray.models.build import count_parameters
 
     row: dict[str, Any] = {"source": m.source, "kind": m.kind, "parameters": count_parameters(m.model)}
-    if held_out:
-        row["lm"] = lm_metrics(m, lm_windows(m, held_out, e.lm_window, e.lm_max_tokens), e.batch_size, ref,
-                               e.mlm_probability, e.seed)
+    scored = {"lm": e.lm_window}
+    if train_window is not None and train_window != e.lm_window:
+        scored["lm_train_window"] = train_window
+    for key, window in scored.items() if held_out else ():
+        row[key] = {"window": window, **lm_metrics(m, lm_windows(m, held_out, window, e.lm_max_tokens), e.batch_size,
+                                                   ref, e.mlm_probability, e.seed)}
 
     def embed(texts: list[str]) -> np.ndarray:
         return embed_texts(m, texts, e.max_length, e.batch_size)
@@ -597,12 +639,27 @@ def compare_pair(name: str, other: str, row: dict[str, Any], other_row: dict[str
     return {"perplexity_ratio": ppl, "differences": differences}, lines
 
 
-def versus_teacher(s: dict[str, Any], t: dict[str, Any]) -> dict[str, float]:
-    """The student's share of the teacher's size, speed and scores (speed: same process, same batch)."""
+def versus_teacher(s: dict[str, Any], t: dict[str, Any]) -> dict[str, Any]:
+    """The student's share of the teacher's size, speed and scores (speed: same process, same batch), and its
+    held-out perplexity over the teacher's per position range (`perplexity_ratio_by_position`: {'lm': {'1-31':
+    ratio, ...}, 'lm_train_window': ...} where both were scored on the same windows)."""
     kept = {f"{task.metric}_kept": s[task.metric] / t[task.metric] if t[task.metric] else float("nan")
             for task in evaluation_tasks.TASKS}
-    return {"parameter_ratio": s["parameters"] / t["parameters"], "speedup": s["tokens_per_s"] / t["tokens_per_s"],
-            **kept}
+    out = {"parameter_ratio": s["parameters"] / t["parameters"], "speedup": s["tokens_per_s"] / t["tokens_per_s"],
+           **kept}
+    by_position = {key: perplexity_ratios(s[key]["by_position"], t[key]["by_position"])
+                   for key in ("lm", "lm_train_window") if _same_windows(s, t, key)}
+    if by_position:
+        out["perplexity_ratio_by_position"] = by_position
+    return out
+
+
+def _same_windows(a: dict[str, Any], b: dict[str, Any], key: str) -> bool:
+    """Whether both rows hold per-range LM figures under `key` scored on the same windows: the same length
+    and the same scored tokens per window (another tokenizer cuts other windows)."""
+    la, lb = a.get(key) or {}, b.get(key) or {}
+    return ("by_position" in la and "by_position" in lb and la.get("window") == lb.get("window")
+            and la.get("items", {}).get("window_tokens") == lb.get("items", {}).get("window_tokens"))
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -654,6 +711,34 @@ def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def position_table(rows: dict[str, dict[str, Any]]) -> str:
+    """Each student's held-out language modelling by position range of the predicted token in its window,
+    beside the teacher's: teacher and student perplexity, their ratio, the student's KL and top-1 agreement,
+    at eval.lm_window and at the student's training window where that was scored too. '' without per-range
+    figures."""
+    teacher = rows.get("teacher", {})
+    columns = ["model", "window", "positions", "tokens", "teacher ppl", "ppl", "ppl / teacher", "KL", "top-1"]
+    lines = []
+    for name, r in rows.items():
+        if name == "teacher":
+            continue  # its perplexity is every student's reference column
+        for key in ("lm", "lm_train_window"):
+            if "by_position" not in r.get(key, {}):
+                continue
+            ref = teacher[key]["by_position"] if _same_windows(r, teacher, key) else {}
+            for label, s in r[key]["by_position"].items():
+                t = ref.get(label, {})
+                ratio = s["perplexity"] / t["perplexity"] if t else None
+                lines.append(f"| {name} | {r[key]['window']} | {label} | {s['tokens']} "
+                             f"| {_fmt(t.get('perplexity'), 2)} | {_fmt(s['perplexity'], 2)} | {_fmt(ratio, 2)} "
+                             f"| {_fmt(s.get('kl_to_teacher'))} | {_fmt(s.get('teacher_top1_agreement'))} |")
+    if not lines:
+        return ""
+    head = "| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|\n"
+    return ("Held-out perplexity by position of the predicted token in its window (at eval.lm_window, and at the "
+            "student's training window where that differs):\n\n" + head + "\n".join(lines) + "\n")
+
+
 def _with_interval(row: dict[str, Any], key: str) -> str:
     ci = row.get(f"{key}_ci")
     return _fmt(row.get(key)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and all(np.isfinite(ci)) else "")
@@ -663,7 +748,12 @@ def recorded_settings(model_dir: str) -> dict[str, Any]:
     """The config sections a student recorded at export that its evaluation starts from: its corpus and
     held-out split (`data`), so that eval scores the documents its training never saw. {} for other models."""
     meta = read_student_meta(model_dir) if Path(model_dir).expanduser().is_dir() else {}
-    return {"data": dict(meta["data"])} if "data" in meta else {}
+    if "data" not in meta:
+        return {}
+    data = dict(meta["data"])
+    if training_window(meta) is not None:
+        data.setdefault("seq_length", training_window(meta))  # exported before data.seq_length: its spans
+    return {"data": data}
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
@@ -676,6 +766,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
     except OSError as exc:
         raise GeminiRayError(f"cannot write the report to '{out_dir}': {exc.strerror}. Choose another --out.") from None
     md = markdown_table(report["models"])
+    positions = position_table(report["models"])
+    md += "\n" + positions if positions else ""
     if report["notes"]:
         md += "\n" + "\n".join(f"* {n}" for n in report["notes"]) + "\n"
     atomic_write_json(out / "report.json", report)
