@@ -151,3 +151,24 @@ def test_a_document_shorter_than_two_windows_is_trained_on_whole(texts, n, windo
     ids = {tuple(r[: int(m.sum())]) for ex, mask in zip(out["input_ids"], out["attention_mask"]) for r, m in zip(ex, mask)}
     doc = tok(" ".join(words), add_special_tokens=False)["input_ids"]
     assert ids == {tuple(doc[a:b]) for a, b in windows}  # each window is the document's tokens a..b
+
+
+def test_held_out_statistics_from_the_stored_top_k_equal_the_dense_ones_when_k_is_the_vocabulary():
+    """The train worker's held-out perplexity, KL and top-1 by position range (from the cache's top-k) are
+    eval's dense figures when the top-k holds the whole vocabulary."""
+    from gemini_ray.evaluation.metrics import causal_targets, token_stats_by_position, topk_stats_by_position
+
+    g = torch.Generator().manual_seed(0)
+    N, W, V = 3, 70, 11
+    logits, teacher = torch.randn(N, W, V, generator=g), torch.randn(N, W, V, generator=g)
+    ids = torch.randint(0, V, (N, W), generator=g)
+    att = torch.ones(N, W, dtype=torch.long)
+    att[1, 50:] = 0  # a short window
+    values, topk = teacher.topk(V, dim=-1)  # (N, W, V) sorted, as the teacher stage stores them
+    got = topk_stats_by_position(logits, ids, att, topk, values)
+    want = token_stats_by_position(logits, *causal_targets(ids, att), teacher)
+    assert list(got) == list(want) == ["1-31", "32-63", "64-127"]
+    for label in got:
+        a, b = got[label], want[label]
+        assert a.count == b.count and a.agree == b.agree
+        assert a.nll == pytest.approx(b.nll, rel=1e-6) and a.kl == pytest.approx(b.kl, rel=1e-5, abs=1e-6)

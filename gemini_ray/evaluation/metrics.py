@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["spearman", "TokenStats", "token_stats", "token_stats_by_position", "merge_by_position", "range_index",
+__all__ = ["spearman", "TokenStats", "token_stats", "topk_stats_by_position", "token_stats_by_position",
+           "merge_by_position", "range_index",
            "range_label", "perplexity_ratios", "causal_targets", "linear_probe_accuracy", "positive_mrr",
            "teacher_agreement", "composite_objective", "CEILING_PENALTY", "linear_probe_correct", "bootstrap_interval",
            "BOOTSTRAP_SAMPLES"]
@@ -117,6 +118,36 @@ def token_stats_by_position(logits: torch.Tensor, targets: torch.Tensor, positio
         tlp = torch.log_softmax(teacher_logits[positions].float(), dim=-1)  # (P, V)
         kl = per_range((tlp.exp() * (tlp - lp)).sum(-1))  # (R,)
         agree = per_range((tlp.argmax(-1) == lp.argmax(-1)).double())  # (R,)
+    return {range_label(k): TokenStats(nll=float(nll[k]), kl=float(kl[k]), agree=float(agree[k]), count=int(count[k]))
+            for k in range(n) if count[k]}
+
+
+@torch.no_grad()
+def topk_stats_by_position(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           topk_ids: torch.Tensor, topk_logits: torch.Tensor) -> dict[str, TokenStats]:
+    """`token_stats_by_position` of a causal student on KD windows against the teacher's stored top-k (the
+    held-out rows of a run, where no full teacher distribution exists): the NLL of each next token, KL from
+    the teacher's top-k distribution renormalised at T = 1 (what KD trains towards) to the student's, and
+    agreement with the teacher's top-1 (its first stored id: the top-k is sorted).
+
+    Args:
+        logits: (N, W, V) student logits; input_ids, attention_mask: (N, W) the windows;
+        topk_ids, topk_logits: (N, W, k) the teacher's top-k at each position.
+    """
+    targets, positions = causal_targets(input_ids, attention_mask)  # (N, W) each: position t predicts t + 1
+    lp = torch.log_softmax(logits[positions].float(), dim=-1)  # (P, V)
+    tlp = torch.log_softmax(topk_logits[positions].float(), dim=-1)  # (P, k) the renormalised top-k
+    ids = topk_ids[positions].long()  # (P, k)
+    where = range_index(torch.nonzero(positions)[:, -1] + 1)  # (P,) range of each predicted token
+    n = int(where.max()) + 1 if len(where) else 0
+
+    def per_range(v: torch.Tensor) -> torch.Tensor:  # (P,) -> (R,) sums in float64
+        return torch.zeros(n, dtype=torch.float64).index_add_(0, where, v.double())
+
+    nll = per_range(-lp.gather(1, targets[positions].long()[:, None])[:, 0])  # (R,)
+    kl = per_range((tlp.exp() * (tlp - lp.gather(1, ids))).sum(-1))  # (R,)
+    agree = per_range((ids[:, 0] == lp.argmax(-1)).double())  # (R,)
+    count = torch.bincount(where, minlength=n)  # (R,)
     return {range_label(k): TokenStats(nll=float(nll[k]), kl=float(kl[k]), agree=float(agree[k]), count=int(count[k]))
             for k in range(n) if count[k]}
 

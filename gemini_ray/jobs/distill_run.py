@@ -242,6 +242,19 @@ def export_checkpoints(run: Run, result: ray.train.Result, directory: str,
     return dict(sorted(students.items()))
 
 
+def _held_out_lm(history: list[dict[str, Any]], window: int) -> dict[str, Any] | None:
+    """Perplexity, KL and top-1 agreement on the held-out KD windows (the training window), overall and by
+    position range, at the first and the last evaluation of the run (None: no held-out rows, or a masked
+    student)."""
+    from gemini_ray.metric_names import VAL_PERPLEXITY, VAL_STEP, lm_figures
+
+    scored = [h for h in history if VAL_PERPLEXITY in h]
+    if not scored:
+        return None
+    return {"window": window, **{when: {"step": h.get(VAL_STEP), **lm_figures(h)}
+                                 for when, h in (("first", scored[0]), ("last", scored[-1]))}}
+
+
 def _training_section(state: dict[str, Any]) -> dict[str, Any]:
     resumes, history = state.get("resumes", []), state["history"]
     return {"steps": state["step"], "epochs_started": state["epoch"] + 1,
@@ -318,6 +331,7 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
         "corpus": _corpus_section(run),
         "teacher_signal": {**source_note, "teacher_tokens_this_run": tokens},
         "training": _training_section(state),
+        "held_out_lm": _held_out_lm(state["history"], cfg.data.seq_length),
         "teacher_signal_bytes_per_token": signal_bytes_per_token(cfg.teacher.top_k, session.teacher_config.hidden_size,
                                                                  cfg.data.seq_length),
         "full_distribution_bytes_per_token": session.teacher_config.vocab_size * 4,
@@ -342,6 +356,12 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
         if VAL_TEACHER_AGREEMENT in first and VAL_TEACHER_AGREEMENT in last:
             print(f"[gemini-ray] held-out: span similarities ranked as the teacher ranks them (Spearman) "
                   f"{first[VAL_TEACHER_AGREEMENT]:.3f} -> {last[VAL_TEACHER_AGREEMENT]:.3f}")
+    lm = summary["held_out_lm"]
+    if lm:
+        ranges = ", ".join(f"{label}: {v['perplexity']:,.0f}" for label, v in lm["last"]["by_position"].items())
+        print(f"[gemini-ray] held-out {lm['window']}-token windows: perplexity {lm['first']['perplexity']:,.0f} -> "
+              f"{lm['last']['perplexity']:,.0f} (by position {ranges}), top-1 agreement with the teacher "
+              f"{lm['last']['teacher_top1_agreement']:.3f}")
     print(throughput_line(summary["training"]["throughput"]))
     print(f"[gemini-ray] student: {student_dir}")
     print(f"[gemini-ray] summary: {summary_path}")

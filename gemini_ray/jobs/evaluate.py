@@ -82,28 +82,20 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voc
                     "spiece.model", "sentencepiece.bpe.model")
 """Files of which a model directory holds at least one when AutoTokenizer can load a tokenizer from it."""
 
-_POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-"""config.json keys that hold the most positions a model reads (the first one present counts)."""
-
 _LOAD_FIX = ("Check the model directory: it needs the config.json, weights and tokenizer files that save_pretrained "
              "writes (an export of 'gemini-ray distill' has them).")
 
 
 def position_limit(model_dir: Path) -> tuple[str, int] | None:
-    """(config key, the most tokens the model reads in one sequence) from its config.json, or None when it
-    names no limit. RoBERTa-style models number positions after the padding index: they read two fewer."""
+    """(config key, the most tokens the model reads in one sequence) from its config.json
+    (`models.build.position_limit`), or None when it names none or has no readable config.json."""
+    from gemini_ray.models.build import position_limit as config_limit
+
     try:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # loading the model reports it
-    for key in _POSITION_KEYS:
-        if isinstance(config.get(key), int) and config[key] > 0:
-            offset = (config.get("pad_token_id") or 0) + 1 if config.get("model_type") in _OFFSET_TYPES else 0
-            return key, config[key] - offset
-    return None
-
-
-_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert"}
+    return config_limit(config)
 
 
 def check_positions(model_dir: Path, e: EvalConfig, what: str, train_window: int | None = None) -> None:

@@ -48,6 +48,9 @@ class LossParts:
     """name -> (weight, value), in the order the terms are logged."""
     spans: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
     """The anchors' and positives' pooled student embeddings (B, H), detached: held-out retrieval uses them."""
+    logits: torch.Tensor | None = field(default=None, repr=False)
+    """The windows' logits (2B, W, V), detached, with compute_loss(keep_logits=True): held-out statistics by
+    position."""
 
     def __getitem__(self, name: str) -> torch.Tensor:
         """The value of the term `name` (parts["kd"])."""

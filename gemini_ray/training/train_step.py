@@ -25,7 +25,8 @@ __all__ = ["compute_loss", "make_optimizer", "lr_at", "set_lr"]
 
 def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: LossConfig,
                  across_ranks: bool = True, reference: dict[str, float] | None = None,
-                 autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> LossParts:
+                 autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+                 keep_logits: bool = False) -> LossParts:
     """The combined loss of a batch over the registered terms (gemini_ray.losses: λ·L_KD + (1 − λ)·L_CL
     (+ μ·L_rep)), or next-token CE with loss.objective='lm'; `student` is a (possibly DDP-wrapped)
     DistillStudent.
@@ -34,7 +35,8 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
     from every torch.distributed rank (a collective: every rank must call it with the same batch size).
     Off for evaluation, where every rank scores the same rows. `reference`: the loss parts where training
     started, for loss.balance='start'. `autocast`: the context the student's forward runs in (train.precision);
-    the losses are computed outside it, in fp32."""
+    the losses are computed outside it, in fp32. `keep_logits`: the parts carry the windows' logits (held-out
+    statistics by position)."""
     ids = batch["input_ids"].long()  # (B, 2, W)
     B = ids.shape[0]
     K = cfg.num_negatives
@@ -55,6 +57,8 @@ def compute_loss(student: torch.nn.Module, batch: dict[str, torch.Tensor], cfg: 
         parts = combine(terms, cfg.balance, reference)
     z, z_pos = out.spans()  # (B, H) each
     parts.spans = (z.detach(), z_pos.detach())
+    if keep_logits:
+        parts.logits = logits.detach()
     return parts
 
 

@@ -36,9 +36,11 @@ import torch.distributed as dist
 from gemini_ray.config import Config, LossConfig
 from gemini_ray.data.resume import add as add_positions
 from gemini_ray.data.resume import count as count_positions
-from gemini_ray.evaluation.metrics import composite_objective, positive_mrr, teacher_agreement
+from gemini_ray.evaluation.metrics import (TokenStats, composite_objective, merge_by_position, positive_mrr,
+                                           teacher_agreement, topk_stats_by_position)
 from gemini_ray.metric_names import (LOSS_TOTAL, OBJECTIVE_EMBEDDING, VAL_EXAMPLES, VAL_LOSS_CL, VAL_LOSS_KD,
-                                     VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_STEP, VAL_TEACHER_AGREEMENT, held_out, term_of)
+                                     VAL_OBJECTIVE, VAL_RETRIEVAL, VAL_STEP, VAL_TEACHER_AGREEMENT, LM_METRICS, at_positions,
+                                     held_out, term_of)
 from gemini_ray.models.build import DistillStudent
 from gemini_ray.models.checkpoint import load_checkpoint, save_checkpoint, student_from_hf_config, verify_checkpoint
 from gemini_ray.models.numerics import Precision, allow_tf32, enable_activation_checkpointing
@@ -232,30 +234,48 @@ def _stop_nonfinite(spec: RunSpec, state: dict[str, Any], part: str, value: floa
 
 def held_out_metrics(student: torch.nn.Module, rows: dict[str, Any] | None, loss_cfg: LossConfig, batch_size: int,
                      device: torch.device, step: int,
-                     autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext) -> dict[str, float]:
+                     autocast: Callable[[], ContextManager[Any]] = contextlib.nullcontext,
+                     causal: bool = True) -> dict[str, float]:
     """Mean loss parts over the held-out rows, the retrieval of their positives and the agreement of their span
-    similarities with the teacher's (every rank scores all of them; no collective). {} without rows."""
+    similarities with the teacher's (every rank scores all of them; no collective); for a causal student also
+    the perplexity, KL and top-1 agreement on the KD windows' next tokens, overall and by position range (where
+    along the window the student falls behind). {} without rows."""
     if rows is None:
         return {}
     sums: dict[str, float] = {}
-    n, spans = 0, []
+    n, spans, by_position = 0, [], []
     student.eval()
     with torch.no_grad():
         for start in range(0, len(rows["input_ids"]), batch_size):
             batch = {k: torch.tensor(v[start : start + batch_size], device=device) for k, v in rows.items()}
             b = int(batch["input_ids"].shape[0])
-            parts = compute_loss(student, batch, loss_cfg, across_ranks=False, autocast=autocast)
+            parts = compute_loss(student, batch, loss_cfg, across_ranks=False, autocast=autocast, keep_logits=causal)
             for key, value in parts.as_floats().items():
                 sums[key] = sums.get(key, 0.0) + value * b
             spans.append((*parts.spans, batch["doc_id"], batch["teacher_embedding"]))
+            if causal:
+                both = {k: torch.cat([batch[k][:, 0], batch[k][:, 1]]).cpu()  # (2B, W, ...) ordered like the logits
+                        for k in ("input_ids", "attention_mask", "topk_ids", "topk_logits")}
+                by_position.append(topk_stats_by_position(parts.logits.cpu(), **both))
             n += b
     student.train()
     anchors, positives, docs, teacher = (torch.cat(column) for column in zip(*spans))
-    return {**{held_out(k): v / max(n, 1) for k, v in sums.items()},
+    return {**{held_out(k): v / max(n, 1) for k, v in sums.items()}, **_lm_metrics(merge_by_position(by_position)),
             VAL_RETRIEVAL: positive_mrr(anchors, positives, docs),
             VAL_TEACHER_AGREEMENT: teacher_agreement(torch.cat([anchors, positives]),
                                                      torch.cat([teacher[:, 0], teacher[:, 1]])),
             VAL_STEP: step, VAL_EXAMPLES: n}
+
+
+def _lm_metrics(by_position: dict[str, TokenStats]) -> dict[str, float]:
+    """val/perplexity, val/kl_to_teacher, val/teacher_top1_agreement over every position and per range."""
+    out: dict[str, float] = {}
+    for label, stats in [("", TokenStats.total(by_position.values())), *by_position.items()]:
+        if stats.count:
+            figures = stats.summary(with_teacher=True)
+            for name, key in LM_METRICS.items():
+                out[at_positions(name, label) if label else name] = figures[key]
+    return out
 
 
 def with_objective(metrics: dict[str, float], state: dict[str, Any], kd_ceiling: float | None = None,
@@ -588,7 +608,8 @@ def _setup(spec: RunSpec, me: _Rank, val_rows: dict[str, Any] | None, resume_fro
     model, student, optimizer, precision, state = _build_student(spec, me, resume_from)
 
     def evaluate(step: int) -> dict[str, float]:
-        metrics = held_out_metrics(student, val_rows, spec.cfg.loss, tc.batch_size, me.device, step, precision.autocast)
+        metrics = held_out_metrics(student, val_rows, spec.cfg.loss, tc.batch_size, me.device, step, precision.autocast,
+                                   causal=spec.kind == "causal")
         return with_objective(metrics, state, spec.cfg.tune.floor_at(step), spec.cfg.tune.objective_embedding)
 
     val_metrics = evaluate(state["step"])
