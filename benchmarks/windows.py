@@ -3,18 +3,20 @@ teacher's tokens/s per window against per span.
 
     python benchmarks/windows.py [--phases distill compare teacher] [--budget demo] [--out runs/windows]
 
-* distill: `gemini-ray distill` twice with the online teacher (each in its own process and Ray), the embedded
-  teacher and corpus: `spans`, the demo budget before KD windows (data.seq_length=32 = data.span_length: 60
-  steps x 8 examples of two 32-token spans), and `windows`, the demo default (data.seq_length=128: two
-  128-token windows an example, 40 steps x 4 examples, about the same teacher tokens: 192 real tokens an
-  example on the Lee corpus against 63). Per run: wall seconds (the process), the teacher tokens it labelled
-  (summary.json), training seconds. The teacher-token and wall-time ratios must sit within 10 %.
-* compare: benchmarks/compare_students.py on both students and their untrained initialisation (the same
-  for both): held-out perplexity at eval.lm_window=128 and by position range, KL, top-1 agreement, Lee, RT,
-  each student against the untrained one and windows against spans, with paired 95 % intervals.
+* distill: `gemini-ray distill` with the online teacher (each run in its own process and Ray), the embedded
+  teacher and corpus, one run after the other: `spans`, the demo before KD windows (data.seq_length=32 =
+  data.span_length: 60 steps x 8 examples of two 32-token spans), and at the same 60 steps and about the same
+  teacher tokens, `windows` (the demo default: 2 examples of two 128-token windows a step; 192 real tokens an
+  example on the Lee corpus against 63) and `windows-64` (4 examples of two 64-token windows). Per run: wall
+  seconds (the process), the teacher tokens it labelled and label-and-train seconds (summary.json), and each
+  against `spans` (goal: within 10 %). `--runs` reruns some, keeping the others' records.
+* compare: benchmarks/compare_students.py on the students and their untrained initialisation (the same for
+  all): held-out perplexity at eval.lm_window=128 and by position range, KL, top-1 agreement, Lee, RT, each
+  against the untrained one and against `spans`, with paired 95 % intervals.
 * teacher: the embedded teacher in this process (teacher.torch_threads threads), the same corpus tokens cut
-  into 32-token spans and into 128-token windows, 2,048 tokens a forward either way, alternating for
-  --rounds rounds: tokens/s per window against per span (one forward over 128 tokens against four over 32).
+  into 32-token spans and into 128-token windows, 2,048 token positions a forward either way, alternating for
+  --rounds rounds: real tokens/s per window against per span, on full rows only (the forward's cost: one
+  over 128 tokens against four over 32) and on the corpus's rows as they come (last windows padded).
 
 Writes <out>/windows.json (and compare/ from compare_students) and prints the tables. Every `gemini-ray`
 process imports gemini_ray from this checkout (PYTHONPATH).
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,7 +42,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 BUDGETS = {
     "demo": {
         "spans": ["data.seq_length=32", "data.span_length=32", "train.batch_size=8", "train.max_steps=60"],
-        "windows": ["data.seq_length=128", "data.span_length=32", "train.batch_size=4", "train.max_steps=40"],
+        "windows": ["data.seq_length=128", "data.span_length=32", "train.batch_size=2", "train.max_steps=60"],
+        "windows-64": ["data.seq_length=64", "data.span_length=32", "train.batch_size=4", "train.max_steps=60"],
     },
 }
 """Each budget's two runs: the overrides on top of the built-in defaults (the demo)."""
@@ -51,10 +55,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def distill(out: Path, budget: str) -> dict[str, dict[str, float]]:
-    """Both runs of the budget, one after the other: wall seconds, teacher tokens, training seconds."""
-    runs = {}
-    for name, overrides in BUDGETS[budget].items():
+def distill(out: Path, budget: str, names: list[str], runs: dict[str, dict]) -> dict[str, dict]:
+    """The budget's runs `names`, one after the other (into `runs`, the records kept from before): wall
+    seconds, teacher tokens, label-and-train seconds."""
+    for name in names:
+        overrides = BUDGETS[budget][name]
+        shutil.rmtree(out / f"{budget}-{name}", ignore_errors=True)  # a fresh run, not a resume of an earlier one
         args = [sys.executable, "-m", "gemini_ray", "distill", *overrides, f"run.storage_path={out}",
                 f"run.name={budget}-{name}", "train.checkpoint_every=1000"]
         t0 = time.perf_counter()
@@ -63,20 +69,24 @@ def distill(out: Path, budget: str) -> dict[str, dict[str, float]]:
         wall = time.perf_counter() - t0
         summary = json.loads((out / f"{budget}-{name}" / "summary.json").read_text())
         runs[name] = {"wall_s": wall, "teacher_tokens": summary["teacher_signal"]["teacher_tokens_this_run"],
-                      "label_and_train_s": summary["wall_time_s"].get("label_and_train_s"), "student": summary["student"]["path"],
-                      "overrides": overrides, "history_last": summary["training"]["history"][-1]}
+                      "label_and_train_s": summary["wall_time_s"].get("label_and_train_s"),
+                      "student": summary["student"]["path"], "overrides": overrides,
+                      "held_out_lm": summary.get("held_out_lm")}
         print(f"{name}: {wall:.0f} s, {runs[name]['teacher_tokens']:,} teacher tokens", flush=True)
-    spans, windows = runs["spans"], runs["windows"]
-    runs["ratios"] = {"teacher_tokens": windows["teacher_tokens"] / spans["teacher_tokens"],
-                      "wall": windows["wall_s"] / spans["wall_s"]}
+    runs = {name: run for name, run in runs.items() if name in BUDGETS[budget]}  # records of this budget's runs
+    for name, run in runs.items():
+        if name != "spans" and "spans" in runs:
+            run["versus_spans"] = {"teacher_tokens": run["teacher_tokens"] / runs["spans"]["teacher_tokens"],
+                                   "wall": run["wall_s"] / runs["spans"]["wall_s"]}
     return runs
 
 
 def compare(out: Path, runs: dict[str, dict]) -> dict:
-    """compare_students on both students (windows against spans, each against the untrained student)."""
+    """compare_students on the students (each against the untrained one and against `spans`)."""
     dest = out / "compare"
+    names = sorted(runs, key=lambda name: name != "spans")  # spans first: the reference of the others
     args = [sys.executable, str(ROOT / "benchmarks" / "compare_students.py"), "--out", str(dest),
-            "--pair", "windows:spans", f"spans={runs['spans']['student']}", f"windows={runs['windows']['student']}"]
+            *(f"{name}={runs[name]['student']}" for name in names)]
     subprocess.run(args, cwd=ROOT, env=_env(), check=True)
     return json.loads((dest / "compare.json").read_text())
 
@@ -100,20 +110,24 @@ def teacher(rounds: int) -> dict[str, float]:
     for W in (32, 128):
         r = SpanPairer("", "causal", 32, tokenizer=tok, seq_length=W)({"text": np.array(texts, dtype=object)})
         ok = r["status"] == "ok"
-        rows[W] = {"input_ids": r["input_ids"][ok], "attention_mask": r["attention_mask"][ok]}
-    rates: dict[int, list[float]] = {32: [], 128: []}
+        full = ok & (r["attention_mask"].sum((1, 2)) == 2 * W)  # no padding: the forward's cost per token
+        for kind, keep in (("corpus", ok), ("full", full)):
+            rows[kind, W] = {"input_ids": r["input_ids"][keep], "attention_mask": r["attention_mask"][keep]}
+    rates: dict[tuple[str, int], list[float]] = {key: [] for key in rows}
     for i in range(rounds):
-        for W in ((32, 128) if i % 2 == 0 else (128, 32)):
-            per_forward = 2048 // (2 * W)  # examples: 2,048 tokens a forward
-            n = min(len(rows[W]["input_ids"]), 4096 // (2 * W) * 2)  # about 8 k tokens a round
+        for key in (list(rows) if i % 2 == 0 else list(rows)[::-1]):
+            W = key[1]
+            per_forward = 2048 // (2 * W)  # examples: 2,048 token positions a forward
+            n = min(len(rows[key]["input_ids"]), 6144 // (2 * W))  # about 6 k positions a round
             t0, tokens = time.perf_counter(), 0
             for s in range(0, n, per_forward):
-                out = labeler({k: v[s : s + per_forward] for k, v in rows[W].items()})
+                out = labeler({k: v[s : s + per_forward] for k, v in rows[key].items()})
                 tokens += int(out["teacher_tokens"].sum())
-            rates[W].append(tokens / (time.perf_counter() - t0))
-    med = {W: statistics.median(v) for W, v in rates.items()}
-    return {"threads": torch.get_num_threads(), "rounds": rounds, "spans_tokens_per_s": rates[32],
-            "windows_tokens_per_s": rates[128], "ratio": med[128] / med[32]}
+            rates[key].append(tokens / (time.perf_counter() - t0))
+    med = {key: statistics.median(v) for key, v in rates.items()}
+    return {"threads": torch.get_num_threads(), "rounds": rounds,
+            **{f"{kind}_{'spans' if W == 32 else 'windows'}_tokens_per_s": v for (kind, W), v in rates.items()},
+            "ratio_full": med["full", 128] / med["full", 32], "ratio_corpus": med["corpus", 128] / med["corpus", 32]}
 
 
 def main() -> None:
@@ -122,13 +136,14 @@ def main() -> None:
     p.add_argument("--budget", default="demo", choices=sorted(BUDGETS))
     p.add_argument("--out", default="runs/windows")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--runs", nargs="+", default=["spans", "windows", "windows-64"], choices=["spans", "windows", "windows-64"])
     a = p.parse_args()
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "windows.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
     if "distill" in a.phases:
-        result["distill"] = distill(out, a.budget)
+        result["distill"] = distill(out, a.budget, a.runs, result.get("distill", {}))
         path.write_text(json.dumps(result, indent=1))
     if "compare" in a.phases:
         result["compare"] = compare(out, result["distill"])

@@ -426,10 +426,10 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int = 40
+    max_steps: int = 36
     """Optimizer steps in total (across epochs); the data is re-read when one epoch is not enough."""
     batch_size: int = 4
-    """Examples per worker per step (each two KD windows of data.seq_length tokens). The demo's 4 x 40 steps
+    """Examples per worker per step (each two KD windows of data.seq_length tokens). The demo's 4 x 36 steps
     label about the teacher tokens of the 8 x 60 steps of 32-token spans before windows (docs/log.md)."""
     lr: float = 3e-4
     """Peak AdamW learning rate. 3e-4: with the similarity term, a lower rate leaves the demo's language model

@@ -494,6 +494,12 @@ def test_a_resume_with_more_workers_goes_on_with_the_first_rows_not_trained(unin
     assert event["cause"] == "driver_restart" and event["step"] == 4
     assert event["examples_skipped"] == 16 and event["examples_repeated"] == 0
     assert summary["training"]["steps"] == 6 and summary["training"]["examples"] == 16 + 16
+    # the held-out windows' next tokens against the cache's top-k, at the start and the end (32-token windows:
+    # one position range)
+    lm = summary["held_out_lm"]
+    assert lm["window"] == 32 and list(lm["last"]["by_position"]) == ["1-31"]
+    assert lm["last"]["by_position"]["1-31"]["perplexity"] == pytest.approx(lm["last"]["perplexity"])
+    assert 0 <= lm["last"]["teacher_top1_agreement"] <= 1 and lm["last"]["kl_to_teacher"] >= 0
     # another λ on the same run.name would finish this run's checkpoints under another loss: refused
     capsys.readouterr()
     assert main(["distill", *args, "train.max_steps=8", "loss.lambda_kd=0.9"]) == 2
