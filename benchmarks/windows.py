@@ -1,13 +1,14 @@
 """KD over whole windows against spans, at the same teacher tokens: two distils, their evaluation, and the
 teacher's tokens/s per window against per span.
 
-    python benchmarks/windows.py [--phases distill compare teacher] [--budget demo] [--out runs/windows]
+    python benchmarks/windows.py [--phases distill compare teacher] [--budget demo|quality] [--runs NAME ...]
+                                 [--out runs/windows]
 
 * distill: `gemini-ray distill` with the online teacher (each run in its own process and Ray), the embedded
   teacher and corpus, one run after the other: `spans`, the demo before KD windows (data.seq_length=32 =
   data.span_length: 60 steps x 8 examples of two 32-token spans), and at the same 60 steps and about the same
-  teacher tokens, `windows` (the demo default: 2 examples of two 128-token windows a step; 192 real tokens an
-  example on the Lee corpus against 63) and `windows-64` (4 examples of two 64-token windows). Per run: wall
+  teacher tokens, `windows` (2 examples of two 128-token windows a step; 192 real tokens an example on the
+  Lee corpus against 63) and `windows-64` (4 examples of two 64-token windows: the demo default). Per run: wall
   seconds (the process), the teacher tokens it labelled and label-and-train seconds (summary.json), and each
   against `spans` (goal: within 10 %). `--runs` reruns some, keeping the others' records.
 * compare: benchmarks/compare_students.py on the students and their untrained initialisation (the same for
@@ -18,8 +19,10 @@ teacher's tokens/s per window against per span.
   --rounds rounds: real tokens/s per window against per span, on full rows only (the forward's cost: one
   over 128 tokens against four over 32) and on the corpus's rows as they come (last windows padded).
 
-Writes <out>/windows.json (and compare/ from compare_students) and prints the tables. Every `gemini-ray`
-process imports gemini_ray from this checkout (PYTHONPATH).
+`--budget quality`: configs/quality.yaml, its 64-token spans (8 examples a step) against its 128-token windows
+(4 a step), 120 steps each, the teacher online in both. Writes <out>/windows-<budget>.json (and
+compare-<budget>/ from compare_students) and prints them. Every `gemini-ray` process imports gemini_ray from
+this checkout (PYTHONPATH).
 """
 
 from __future__ import annotations
@@ -41,12 +44,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 BUDGETS = {
     "demo": {
+        "config": None,
         "spans": ["data.seq_length=32", "data.span_length=32", "train.batch_size=8", "train.max_steps=60"],
         "windows": ["data.seq_length=128", "data.span_length=32", "train.batch_size=2", "train.max_steps=60"],
         "windows-64": ["data.seq_length=64", "data.span_length=32", "train.batch_size=4", "train.max_steps=60"],
     },
+    "quality": {
+        "config": "configs/quality.yaml",
+        "spans": ["data.seq_length=64", "data.span_length=64", "train.batch_size=8", "label.use=never"],
+        "windows": ["label.use=never"],  # the file's 128-token windows, 4 examples a step
+    },
 }
-"""Each budget's two runs: the overrides on top of the built-in defaults (the demo)."""
+"""Each budget's config file (None: the built-in defaults, the demo) and its runs' overrides on top of it:
+the same steps and about the same teacher tokens a step. The quality budget's runs stream the teacher online
+as the demo's do (label.use=never), so that their wall times compare."""
+
+
+def _runs(budget: str) -> list[str]:
+    return [name for name in BUDGETS[budget] if name != "config"]
 
 
 def _env() -> dict[str, str]:
@@ -59,7 +74,8 @@ def distill(out: Path, budget: str, names: list[str], runs: dict[str, dict]) -> 
     """The budget's runs `names`, one after the other (into `runs`, the records kept from before): wall
     seconds, teacher tokens, label-and-train seconds."""
     for name in names:
-        overrides = BUDGETS[budget][name]
+        config = BUDGETS[budget]["config"]
+        overrides = [*(["--config", config] if config else []), *BUDGETS[budget][name]]
         shutil.rmtree(out / f"{budget}-{name}", ignore_errors=True)  # a fresh run, not a resume of an earlier one
         args = [sys.executable, "-m", "gemini_ray", "distill", *overrides, f"run.storage_path={out}",
                 f"run.name={budget}-{name}", "train.checkpoint_every=1000"]
@@ -73,7 +89,7 @@ def distill(out: Path, budget: str, names: list[str], runs: dict[str, dict]) -> 
                       "student": summary["student"]["path"], "overrides": overrides,
                       "held_out_lm": summary.get("held_out_lm")}
         print(f"{name}: {wall:.0f} s, {runs[name]['teacher_tokens']:,} teacher tokens", flush=True)
-    runs = {name: run for name, run in runs.items() if name in BUDGETS[budget]}  # records of this budget's runs
+    runs = {name: run for name, run in runs.items() if name in _runs(budget)}  # records of this budget's runs
     for name, run in runs.items():
         if name != "spans" and "spans" in runs:
             run["versus_spans"] = {"teacher_tokens": run["teacher_tokens"] / runs["spans"]["teacher_tokens"],
@@ -81,11 +97,15 @@ def distill(out: Path, budget: str, names: list[str], runs: dict[str, dict]) -> 
     return runs
 
 
-def compare(out: Path, runs: dict[str, dict]) -> dict:
-    """compare_students on the students (each against the untrained one and against `spans`)."""
-    dest = out / "compare"
+def compare(out: Path, budget: str, runs: dict[str, dict]) -> dict:
+    """compare_students on the students (each against the untrained one and against `spans`), under the
+    budget's evaluation protocol (its config's eval section)."""
+    dest = out / f"compare-{budget}"
+    config = BUDGETS[budget]["config"]
     names = sorted(runs, key=lambda name: name != "spans")  # spans first: the reference of the others
     args = [sys.executable, str(ROOT / "benchmarks" / "compare_students.py"), "--out", str(dest),
+            *(["--config", config] if config else []),
+            *(arg for name in names[1:] for arg in ("--pair", f"{name}:spans")),  # each pair whole in the json
             *(f"{name}={runs[name]['student']}" for name in names)]
     subprocess.run(args, cwd=ROOT, env=_env(), check=True)
     return json.loads((dest / "compare.json").read_text())
@@ -140,13 +160,13 @@ def main() -> None:
     a = p.parse_args()
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "windows.json"
+    path = out / f"windows-{a.budget}.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
     if "distill" in a.phases:
-        result["distill"] = distill(out, a.budget, a.runs, result.get("distill", {}))
+        result["distill"] = distill(out, a.budget, a.runs or _runs(a.budget), result.get("distill", {}))
         path.write_text(json.dumps(result, indent=1))
     if "compare" in a.phases:
-        result["compare"] = compare(out, result["distill"])
+        result["compare"] = compare(out, a.budget, result["distill"])
         path.write_text(json.dumps(result, indent=1))
     if "teacher" in a.phases:
         result["teacher"] = teacher(a.rounds)

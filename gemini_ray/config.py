@@ -217,7 +217,7 @@ class DataConfig:
     """File format; 'auto' reads it from the extension. 'text' means one document per line."""
     text_column: str = "text"
     """Column holding the document text (jsonl, parquet, csv)."""
-    seq_length: int = 128
+    seq_length: int = 64
     """Tokens per KD window: the teacher labels whole windows of this many tokens with their full context and
     the student trains KD on every position of them (the context length it will serve). Each example is two
     consecutive windows of one document; a document with fewer than 1.5 windows of tokens makes no example
@@ -426,11 +426,11 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int = 36
+    max_steps: int = 60
     """Optimizer steps in total (across epochs); the data is re-read when one epoch is not enough."""
     batch_size: int = 4
-    """Examples per worker per step (each two KD windows of data.seq_length tokens). The demo's 4 x 36 steps
-    label about the teacher tokens of the 8 x 60 steps of 32-token spans before windows (docs/log.md)."""
+    """Examples per worker per step (each two KD windows of data.seq_length tokens). The demo's 4 examples of
+    two 64-token windows are the teacher tokens a step of 8 pairs of 32-token spans before windows (docs/log.md)."""
     lr: float = 3e-4
     """Peak AdamW learning rate. 3e-4: with the similarity term, a lower rate leaves the demo's language model
     behind the seed's loss (docs/log.md)."""

@@ -31,7 +31,7 @@ import ray.train  # noqa: F401
 import transformers  # noqa: F401
 
 from gemini_ray.cli import main
-from gemini_ray.config import ConfigError
+from gemini_ray.config import ConfigError, TrainConfig
 from gemini_ray.data.cache import CACHE_VERSION
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
@@ -210,7 +210,7 @@ FIX_RANGE = "Change it in the --config file or on the command line, e.g."
 
 def _range(key: str, value: str, problem: str, what: str) -> Case:
     default = {"loss.lambda_kd": "0.5", "loss.cl_temperature": "0.05", "loss.kd_temperature": "1.0",
-               "teacher.top_k": "16", "loss.num_negatives": "4", "train.lr": "0.0003", "train.batch_size": "4",
+               "teacher.top_k": "16", "loss.num_negatives": "4", "train.lr": "0.0003", "train.batch_size": str(TrainConfig().batch_size),
                "data.max_document_chars": "1000000", "train.keep_checkpoints": "2"}[key]
     return Case(f"{key.split('.')[1]}={value}", what, f"`{key}={value}`", lambda c: c.config(f"{key}={value}"),
                 f"config key '{key}': {problem}", f"{FIX_RANGE} {key}={default} (the default)")
@@ -246,7 +246,7 @@ CASES: list[Case] = [
     Case("type-float", "Wrong type", "`loss.lambda_kd=abc`", lambda c: c.config("loss.lambda_kd=abc"),
          "expected a number (float), got 'abc'", f"{FIX_RANGE} loss.lambda_kd=0.5"),
     Case("type-int", "Wrong type", "`train.batch_size=8.5`", lambda c: c.config("train.batch_size=8.5"),
-         "expected a whole number (int), got 8.5", f"{FIX_RANGE} train.batch_size=8"),
+         "expected a whole number (int), got 8.5", f"{FIX_RANGE} train.batch_size={TrainConfig().batch_size}"),
     Case("type-int-yaml", "Wrong type", "`train: {max_steps: ten}` in the file",
          lambda c: c.config(yaml="train:\n  max_steps: ten\n"), "expected a whole number (int), got 'ten'",
          f"{FIX_RANGE} train.max_steps=60"),

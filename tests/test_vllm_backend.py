@@ -25,18 +25,20 @@ if importlib.util.find_spec("vllm") is None:
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def spans(lee_texts):
-    """32 real anchor/positive pairs of 32-token spans from the embedded corpus."""
+@pytest.fixture(scope="module", params=[32, 64], ids=["spans", "windows"])
+def spans(lee_texts, request):
+    """32 real examples of the embedded corpus: pairs of 32-token spans, or of 64-token KD windows whose
+    spans are their first 32 tokens."""
     source = resolve_teacher(TeacherConfig())
-    pairs = SpanPairer(source, "causal", span_length=32)({"text": np.array(lee_texts[:16], dtype=object)})
+    pairs = SpanPairer(source, "causal", span_length=32, seq_length=request.param)(
+        {"text": np.array(lee_texts[:16], dtype=object)})
     return {k: v[pairs["status"] == STATUS_OK][:32] for k, v in pairs.items()}
 
 
 def _labelled(backend: str, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from gemini_ray.data.teacher_stage import teacher_backend
 
-    teacher = teacher_backend(backend)({"backend": backend, "top_k": 16})
+    teacher = teacher_backend(backend)({"backend": backend, "top_k": 16}, span_length=32)
     try:
         return teacher(batch)
     finally:
@@ -46,7 +48,8 @@ def _labelled(backend: str, batch: dict[str, np.ndarray]) -> dict[str, np.ndarra
 def test_vllm_gives_the_hf_signal_on_the_same_spans(spans):
     """Top-1 agreement >= 0.98 and top-16 overlap >= 0.9 (the issue's bar), the same probabilities inside the
     top-k after the temperature (vLLM's values are log-probs, a shift of the logits), the same tail mass and
-    the same span embeddings."""
+    the same span embeddings (of a window: its first 32 tokens, pooled from the window's forward by 'hf' and
+    embedded on their own by vLLM's pooling engine)."""
     import torch
 
     hf, vl = _labelled("hf", spans), _labelled("vllm", spans)
