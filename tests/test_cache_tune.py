@@ -169,7 +169,7 @@ def tiny(teacher_dir, corpus, storage, *extra):
     base = [f"teacher.model={teacher_dir}", "teacher.top_k=8", "teacher.batch_size=16", f"data.path={corpus}",
             "data.text_column=body", "data.span_length=16", "data.seq_length=32", "data.val_fraction=0.2", "student.num_layers=2",
             "loss.num_negatives=2", "label.max_negatives=4", "mining.window=64", "label.block_mb=0.01",
-            "data.max_val_examples=16",
+            "data.max_val_examples=8",
             "train.batch_size=4", "train.log_every=2", "train.eval_every=2", "train.checkpoint_every=4",
             "train.warmup_steps=1", f"run.storage_path={storage}"]
     given = {e.split("=", 1)[0] for e in extra}
@@ -210,14 +210,14 @@ def test_label_writes_one_teacher_pass(uninterrupted, llama_dir, lee_texts):
 
     _, directory, manifest = uninterrupted
     assert manifest["complete"] and (directory / "manifest.json").is_file()
-    pairs = SpanPairer(str(llama_dir), "causal", 16)({"text": np.array(lee_texts, dtype=object)})
+    pairs = SpanPairer(str(llama_dir), "causal", 16, seq_length=32)({"text": np.array(lee_texts, dtype=object)})
     ok = pairs["status"] == STATUS_OK
     train = ok & ~is_val_doc(pairs["doc_id"], 0.2)
     rows = read_rows(directory)
     val = rows["split"] == "val"
-    # every training example, and the held-out examples of the first blocks: enough for the 16 scored
+    # every training example, and the held-out examples of the first blocks: enough for the 8 scored
     assert manifest["rows"] == len(rows["example_id"]) == train.sum() + val.sum()
-    assert 16 <= val.sum() < (ok & ~train).sum() and manifest["val_rows"] == 16
+    assert 8 <= val.sum() < (ok & ~train).sum() and manifest["val_rows"] == 8
     assert len(np.unique(rows["example_id"])) == manifest["rows"]  # no loss, no dup
     assert set(rows["example_id"][~val]) == set(pairs["example_id"][train])
     # every labelled token went through the teacher exactly once
@@ -244,34 +244,34 @@ def test_a_cache_labelled_for_one_run_reads_as_the_whole_one_and_grows_for_a_lon
     _, whole_dir, whole = uninterrupted
     n = whole["blocks"]["count"]
     assert n >= 4 and whole["whole"] and whole["shards_train"] == list(range(n))
-    short = build_config(None, tiny(llama_dir, corpus_file, tmp_path, "label.scope=run", "train.max_steps=3"))
+    short = build_config(None, tiny(llama_dir, corpus_file, tmp_path, "label.scope=run", "train.max_steps=1"))
     made = label(short)
     directory = next((tmp_path / "signal_cache").iterdir())
     assert directory.name == whole_dir.name  # the scope is not an input of the signal: the same cache key
     first = made["shards_train"]
     assert first == list(range(len(first))) and len(first) < n and not made["whole"]
     assert made["rows"] - made["val_rows"] <= sum(whole["expected_rows"][str(s)] for s in first) + made["val_rows"]
-    assert sum(made["expected_rows"][str(s)] for s in first) >= rows_a_run_reads(3, 4)
-    assert made["val_rows"] == whole["val_rows"] == 16  # the held-out rows: the first 16 in corpus order
+    assert sum(made["expected_rows"][str(s)] for s in first) >= rows_a_run_reads(1, 4)
+    assert made["val_rows"] == whole["val_rows"] == 8  # the held-out rows: the first 8 in corpus order
     assert made["shards_val"] == whole["shards_val"][:len(made["shards_val"])]
     assert made["teacher_tokens_this_run"] < whole["teacher_tokens"]
     assert {p.name for p in directory.glob("shard-*.parquet")} <= {p.name for p in whole_dir.glob("shard-*.parquet")}
     for name in {p.name for p in directory.glob("shard-*.parquet")}:  # the same rows, the same signal
         assert_same_rows(read_rows(directory, name), read_rows(whole_dir, name))
     held, whole_held = read_held_out(str(directory), made, 2), read_held_out(str(whole_dir), whole, 2)
-    assert np.array_equal(held["position"], whole_held["position"]) and len(held["position"]) == 16
+    assert np.array_equal(held["position"], whole_held["position"]) and len(held["position"]) == 8
 
     configure_data_context()  # in order, as distill and every trial read it
     def stream(path, shards):
         return np.concatenate([b["input_ids"] for b in read_cache(str(path), shards, 2).iter_batches(
             batch_size=None, batch_format="numpy")])
     partial, full = stream(directory, made["shards_train"]), stream(whole_dir, whole["shards_train"])
-    assert len(partial) >= rows_a_run_reads(3, 4) and np.array_equal(partial, full[:len(partial)])
+    assert len(partial) >= rows_a_run_reads(1, 4) and np.array_equal(partial, full[:len(partial)])
 
-    longer = tiny(llama_dir, corpus_file, tmp_path, "label.scope=run", "train.max_steps=40")  # 164 rows
+    longer = tiny(llama_dir, corpus_file, tmp_path, "label.scope=run", "train.max_steps=20")  # 84 rows
     session = start_session(build_config(None, longer))
     with pytest.raises(GeminiRayError, match=r"holds the first \d+ training examples of the corpus .*this "
-                                             r"run reads 164.*Run 'gemini-ray label' with this config"):
+                                             r"run reads 84.*Run 'gemini-ray label' with this config"):
         find_cache(build_config(None, [*longer, "label.use=require"]), session.identity)
     assert find_cache(build_config(None, longer), session.identity) is None  # auto: the teacher runs online
     assert find_cache(short, session.identity) is not None
@@ -279,7 +279,7 @@ def test_a_cache_labelled_for_one_run_reads_as_the_whole_one_and_grows_for_a_lon
     grown = label(build_config(None, longer))
     added = [s for s in grown["shards_train"] if s not in first]
     assert grown["shards_train"][:len(first)] == first and added
-    assert sum(grown["expected_rows"][str(s)] for s in grown["shards_train"]) >= 164
+    assert sum(grown["expected_rows"][str(s)] for s in grown["shards_train"]) >= 84
     assert grown["teacher_tokens_this_run"] == sum(whole["shards"][str(s)]["teacher_tokens"]
                                                    + whole["shards"].get(str(n + s), {}).get("teacher_tokens", 0)
                                                    for s in added)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gemini_ray.config import ConfigError, LossConfig, build_config
+from gemini_ray.config import ConfigError, LossConfig, TrainConfig, build_config
 from gemini_ray.models.build import DistillStudent, load_teacher
 from gemini_ray.models.numerics import Precision, teacher_dtype
 from gemini_ray.training.train_step import compute_loss, make_optimizer
@@ -163,7 +163,7 @@ def test_two_accumulated_micro_batches_give_the_gradient_of_one_batch_twice_as_l
     big, accumulated = grads([whole], 1), grads(halves, 2)
     for a, b in zip(big, accumulated):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    assert _spec(grad_accum_steps=2).cfg.train.examples_per_step == 16
+    assert _spec(grad_accum_steps=2).cfg.train.examples_per_step == 2 * TrainConfig().batch_size
     with pytest.raises(ConfigError, match="train.grad_accum_steps"):
         build_config(None, ["train.grad_accum_steps=0"])
 

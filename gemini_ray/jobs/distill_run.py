@@ -255,6 +255,15 @@ def _held_out_lm(history: list[dict[str, Any]], window: int) -> dict[str, Any] |
                                  for when, h in (("first", scored[0]), ("last", scored[-1]))}}
 
 
+def _print_held_out_lm(lm: dict[str, Any] | None) -> None:
+    """The end-of-run line of the held-out windows' perplexity, by position range."""
+    if lm:
+        ranges = ", ".join(f"{label}: {v['perplexity']:,.0f}" for label, v in lm["last"]["by_position"].items())
+        print(f"[gemini-ray] held-out {lm['window']}-token windows: perplexity {lm['first']['perplexity']:,.0f} -> "
+              f"{lm['last']['perplexity']:,.0f} (by position {ranges}), top-1 agreement with the teacher "
+              f"{lm['last']['teacher_top1_agreement']:.3f}")
+
+
 def _training_section(state: dict[str, Any]) -> dict[str, Any]:
     resumes, history = state.get("resumes", []), state["history"]
     return {"steps": state["step"], "epochs_started": state["epoch"] + 1,
@@ -356,12 +365,7 @@ def summarize(run: Run, state: dict[str, Any], student_dir: str, t_start: float 
         if VAL_TEACHER_AGREEMENT in first and VAL_TEACHER_AGREEMENT in last:
             print(f"[gemini-ray] held-out: span similarities ranked as the teacher ranks them (Spearman) "
                   f"{first[VAL_TEACHER_AGREEMENT]:.3f} -> {last[VAL_TEACHER_AGREEMENT]:.3f}")
-    lm = summary["held_out_lm"]
-    if lm:
-        ranges = ", ".join(f"{label}: {v['perplexity']:,.0f}" for label, v in lm["last"]["by_position"].items())
-        print(f"[gemini-ray] held-out {lm['window']}-token windows: perplexity {lm['first']['perplexity']:,.0f} -> "
-              f"{lm['last']['perplexity']:,.0f} (by position {ranges}), top-1 agreement with the teacher "
-              f"{lm['last']['teacher_top1_agreement']:.3f}")
+    _print_held_out_lm(summary["held_out_lm"])
     print(throughput_line(summary["training"]["throughput"]))
     print(f"[gemini-ray] student: {student_dir}")
     print(f"[gemini-ray] summary: {summary_path}")
